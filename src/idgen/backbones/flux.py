@@ -1,0 +1,187 @@
+"""PuLID's identity residual on diffusers' FluxTransformer2DModel, through forward hooks.
+
+PuLID-FLUX adds `image_tokens += id_weight * CA(id_tokens, image_tokens)` after double blocks
+with index % 2 == 0 and after single blocks with index % 4 == 0 (20 points on FLUX.1). diffusers'
+blocks both return (encoder_hidden_states, hidden_states) with the image tokens alone in
+hidden_states, so a forward hook on each chosen block reproduces that arithmetic exactly without
+touching the transformer's code. A pre-hook on the transformer reads the normalised time and the
+token grid of each call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from idgen.core.gate import MaskPolicy, UniformMask, gate
+from idgen.core.masks import CAOutput
+from idgen.errors import CheckpointError, IdgenError
+from idgen.models.pulid import PuLIDAdapter
+
+DOUBLE_INTERVAL = 2
+SINGLE_INTERVAL = 4
+
+
+@dataclass(frozen=True)
+class InjectionPoint:
+    kind: Literal["double", "single"]
+    block_index: int
+    ca_index: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}.{self.block_index}"
+
+
+def injection_points(
+    num_double: int, num_single: int, double_interval: int = DOUBLE_INTERVAL, single_interval: int = SINGLE_INTERVAL
+) -> list[InjectionPoint]:
+    """Where PuLID injects, in forward order; FLUX.1 (19, 38) gives 10 + 10 = 20 points."""
+    blocks = [("double", i) for i in range(0, num_double, double_interval)]
+    blocks += [("single", i) for i in range(0, num_single, single_interval)]
+    return [InjectionPoint(kind, i, ca_index) for ca_index, (kind, i) in enumerate(blocks)]  # type: ignore[arg-type]
+
+
+class Recorder(Protocol):
+    def record(
+        self, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: tuple[int, int]
+    ) -> None: ...
+
+
+@dataclass
+class InjectionRun:
+    """One generation's identity settings and the hooks' view of where the sampler is."""
+
+    id_tokens: Tensor  # (1 or B, K, kv_dim)
+    id_weight: float = 1.0
+    start_step: int = 0
+    policy: MaskPolicy = field(default_factory=UniformMask)
+    uncond_id_tokens: Tensor | None = None  # used by the second (negative) pass of a true-CFG step
+    recorder: Recorder | None = None
+    # Sampler position, advanced by the transformer pre-hook.
+    step: int = -1
+    call_in_step: int = 0
+    t: float = 1.0
+    grid: tuple[int, int] = (0, 0)
+    _last_timestep: float | None = None
+
+    def advance(self, timestep: float, grid: tuple[int, int]) -> None:
+        # true CFG calls the transformer twice with the same timestep: cond first, then uncond.
+        if timestep != self._last_timestep:
+            self.step, self.call_in_step = self.step + 1, 0
+        else:
+            self.call_in_step += 1
+        self._last_timestep, self.t, self.grid = timestep, timestep, grid
+
+    def tokens_for_call(self) -> Tensor | None:
+        if self.id_weight == 0 or self.step < self.start_step:
+            return None
+        if self.call_in_step == 0:
+            return self.id_tokens
+        return self.uncond_id_tokens if self.uncond_id_tokens is not None else self.id_tokens
+
+
+def token_grid(img_ids: Tensor) -> tuple[int, int]:
+    # img_ids (N, 3) = (0, row, col) per packed image token
+    ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+    return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
+
+
+class FluxIdentityInjector:
+    """Attaches a PuLIDAdapter's cross-attentions to a FluxTransformer2DModel.
+
+    Use `with injector.run(InjectionRun(...)):` around a pipeline call; outside a run the hooks
+    return the blocks' outputs untouched, so the transformer behaves as stock.
+    """
+
+    def __init__(self, transformer: nn.Module, adapter: PuLIDAdapter) -> None:
+        double_blocks = transformer.transformer_blocks
+        single_blocks = transformer.single_transformer_blocks
+        self.points = injection_points(len(double_blocks), len(single_blocks))  # type: ignore[arg-type]
+        config = adapter.config
+        if config.num_ca != len(self.points):
+            raise CheckpointError(
+                f"PuLID checkpoint has {config.num_ca} cross-attentions but this transformer has "
+                f"{len(self.points)} injection points"
+            )
+        width = int(transformer.inner_dim)  # type: ignore[arg-type]
+        if config.ca_dim != width:
+            raise CheckpointError(
+                f"PuLID checkpoint is for transformer width {config.ca_dim}, this transformer is {width} wide"
+            )
+        self.transformer, self.adapter = transformer, adapter
+        self._run: InjectionRun | None = None
+        self._tokens: Tensor | None = None
+        self._handles = [transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True)]
+        for point in self.points:
+            blocks = double_blocks if point.kind == "double" else single_blocks
+            block = blocks[point.block_index]  # type: ignore[index]
+            self._handles.append(block.register_forward_hook(self._after_block_hook(point)))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @contextmanager
+    def run(self, run: InjectionRun) -> Iterator[InjectionRun]:
+        if self._run is not None:
+            raise IdgenError("an identity run is already active on this transformer")
+        self._run = run
+        try:
+            yield run
+        finally:
+            self._run, self._tokens = None, None
+
+    def _before_transformer(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        run = self._run
+        if run is None:
+            return
+        timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
+        img_ids = kwargs["img_ids"] if "img_ids" in kwargs else args[4]
+        run.advance(float(timestep.flatten()[0].item()), token_grid(img_ids))
+        self._tokens = run.tokens_for_call()
+
+    def _after_block_hook(self, point: InjectionPoint):  # type: ignore[no-untyped-def]
+        ca = self.adapter.pulid_ca[point.ca_index]
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> Any:
+            run, id_tokens = self._run, self._tokens
+            if run is None or id_tokens is None:
+                return output
+            encoder_hidden_states, hidden_states = output
+            return encoder_hidden_states, self._inject(ca, point, run, id_tokens, hidden_states)
+
+        return hook
+
+    def _inject(
+        self, ca: nn.Module, point: InjectionPoint, run: InjectionRun, id_tokens: Tensor, hidden: Tensor
+    ) -> Tensor:
+        # hidden (B, N, dim) image tokens; id_tokens (1|B, K, kv_dim)
+        if id_tokens.shape[0] != hidden.shape[0]:
+            id_tokens = id_tokens.expand(hidden.shape[0], -1, -1)
+        heads_out, probs = ca.attend(id_tokens, hidden)  # type: ignore[operator]
+        residual = ca.to_out(heads_out)  # type: ignore[operator]
+        policy = run.policy
+        output = CAOutput(heads_out, probs if policy.needs_attn_probs else None)
+        mask = policy(output, run.t, run.grid)
+        if run.recorder is not None:
+            run.recorder.record(run.step, run.t, point.name, mask, heads_out, run.grid)
+        return gate(hidden, residual, run.id_weight, mask)
+
+
+@torch.no_grad()
+def encode_id_tokens(adapter: PuLIDAdapter, features: Any, with_uncond: bool) -> tuple[Tensor, Tensor | None]:
+    """IdentityFeatures -> (id tokens, uncond id tokens or None), in the adapter's dtype and device."""
+    param = next(adapter.parameters())
+    features = features.to(param.device, param.dtype)
+    tokens = adapter.encode(features.id_embedding, features.vit_hidden)
+    if not with_uncond:
+        return tokens, None
+    zeros = features.zeros_like()
+    return tokens, adapter.encode(zeros.id_embedding, zeros.vit_hidden)

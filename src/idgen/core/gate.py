@@ -1,0 +1,105 @@
+"""The identity gate and the policies that decide its per-token mask at one injection point."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from idgen.core.masks import CANormExtractor, CAOutput, Grid, MaskExtractor
+from idgen.core.refine import MaskRefiner
+from idgen.core.schedule import Stage, TemporalSpatialScheduler
+from idgen.errors import IdgenError
+
+
+def gate(hidden: Tensor, residual: Tensor, id_weight: float, mask: Tensor | None = None) -> Tensor:
+    """hidden (B, N, D) + id_weight * [mask (B, N, 1) *] residual (B, N, D).
+
+    mask=None is PuLID's exact arithmetic; a mask of ones gives bit-identical output because
+    1 * residual == residual. The mask is cast to the residual's dtype so the sum keeps it.
+    """
+    if mask is None:
+        return hidden + id_weight * residual
+    return hidden + id_weight * (mask.to(residual.dtype) * residual)
+
+
+class MaskPolicy(Protocol):
+    """Decides the (B, N, 1) row-major mask at one injection point; None means uniform."""
+
+    @property
+    def needs_attn_probs(self) -> bool: ...
+
+    def __call__(self, output: CAOutput, t: float, grid: Grid) -> Tensor | None: ...
+
+
+class Refiner(Protocol):
+    def __call__(self, masks: Tensor) -> Tensor: ...
+
+
+def _check_tokens(output: CAOutput, grid: Grid) -> tuple[int, int]:
+    batch, tokens = output.heads_out.shape[:2]
+    if tokens != grid[0] * grid[1]:
+        raise IdgenError(f"{tokens} image tokens do not fill a {grid[0]}x{grid[1]} grid")
+    return batch, tokens
+
+
+class UniformMask:
+    """PuLID: the same weight on every token."""
+
+    needs_attn_probs = False
+
+    def __call__(self, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
+        return None
+
+
+@dataclass(frozen=True)
+class ConstantMask:
+    """A mask full of one value (1 reproduces PuLID through the masked path, 0 disables identity)."""
+
+    value: float
+    needs_attn_probs = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.value <= 1.0:
+            raise IdgenError(f"constant mask value must be in [0, 1], got {self.value}")
+
+    def __call__(self, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
+        heads_out = output.heads_out
+        batch, tokens = heads_out.shape[:2]
+        return torch.full((batch, tokens, 1), self.value, dtype=heads_out.dtype, device=heads_out.device)
+
+
+@dataclass(frozen=True)
+class SpatialMask:
+    """SpatialID: prior early, refined attention mask mid, relaxed mask late, global floor always."""
+
+    scheduler: TemporalSpatialScheduler
+    extractor: MaskExtractor = field(default_factory=CANormExtractor)
+    refiner: Refiner = field(default_factory=MaskRefiner)
+    # The early mask depends only on (grid, device, dtype): build it once, not per point and step.
+    _early: dict[tuple[Grid, torch.device, torch.dtype], Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def needs_attn_probs(self) -> bool:
+        return self.extractor.needs_attn_probs
+
+    def __call__(self, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
+        heads_out = output.heads_out
+        batch, tokens = _check_tokens(output, grid)
+        stage = self.scheduler.stage(t)
+        if stage is Stage.EARLY:
+            # The attention mask is unused early, so the extractor is not even called.
+            key = ((int(grid[0]), int(grid[1])), heads_out.device, heads_out.dtype)
+            early = self._early.get(key)
+            if early is None:
+                prior = self.scheduler.combine(Stage.EARLY, None, grid, device=heads_out.device)
+                early = prior.reshape(1, tokens, 1).to(heads_out.dtype)  # (1, N, 1)
+                self._early[key] = early
+            return early.expand(batch, -1, -1)
+        refined = self.refiner(self.extractor(output, grid))  # (B, H, W)
+        mask = self.scheduler.combine(stage, refined, grid)  # (B, H, W)
+        return mask.reshape(batch, tokens, 1).to(heads_out.dtype)

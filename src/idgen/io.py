@@ -1,0 +1,182 @@
+"""Image loading with one-line errors, and atomic file writes (no partial outputs on failure)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from idgen.errors import IdgenError
+
+__all__ = [
+    "atomic_output",
+    "atomic_save_image",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_image",
+]
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def load_image(
+    path: str | os.PathLike[str], *, max_pixels: int = 64_000_000, what: str = "image"
+) -> Image.Image:
+    """Read an image file fully into memory as RGB, upright according to its EXIF orientation.
+
+    Every failure is an IdgenError whose one-line message names `what` and the file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise IdgenError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise IdgenError(f"{what} is a directory, not an image file: {p}")
+    try:
+        size_bytes = p.stat().st_size
+    except OSError as e:
+        raise IdgenError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    if size_bytes == 0:
+        raise IdgenError(f"{what} is an empty file (0 bytes): {p}")
+
+    try:
+        with Image.open(p) as im:
+            # The header gives the size; refuse huge images before decoding any pixel data.
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise IdgenError(f"{what} has zero size ({width}x{height}): {p}")
+            if width * height > max_pixels:
+                raise IdgenError(
+                    f"{what} is too large ({width}x{height} = {width * height} pixels, "
+                    f"limit {max_pixels}): {p}"
+                )
+            im.load()  # force a full decode so truncated/corrupt data fails here, not later
+            return _to_rgb(ImageOps.exif_transpose(im))
+    except IdgenError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise IdgenError(f"{what} is too large (over Pillow's decompression-bomb limit): {p}") from e
+    except UnidentifiedImageError as e:
+        raise IdgenError(f"{what} is not a readable image file: {p}") from e
+    except PermissionError as e:
+        raise IdgenError(f"cannot read {what} (permission denied): {p}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow reports truncated or corrupt data as OSError / SyntaxError / ValueError.
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IdgenError(f"{what} is corrupt or truncated ({msg}): {p}") from e
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels become white (not black)."""
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in _ALPHA_MODES:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if im.mode in _INT_MODES or im.mode == "F":
+        # 16-bit / float greyscale: Pillow's convert would clip to 255; rescale instead.
+        arr = np.asarray(im, dtype=np.float64)
+        if im.mode != "F" and arr.size and arr.max() > 255:
+            arr = arr / 257.0
+        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode != "RGB":
+        return im.convert("RGB")
+    return im.copy()  # detach from the (closed) file object
+
+
+# ---------------------------------------------------------------------------------------------
+# Atomic writes: write a temp file next to the target, fsync, then os.replace. A crash or an
+# exception leaves either the old file or the new one, never a partial file or a stray temp.
+
+
+def _new_temp_path(path: Path) -> Path:
+    """Create (exclusively) an empty temp file next to `path`, keeping its suffix for format sniffing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.{secrets.token_hex(6)}.tmp{path.suffix}")
+        try:
+            # 0o666 lets the umask decide the final permissions, like a plain open() would.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise IdgenError(f"cannot create a temporary file next to {path}")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not supported everywhere (e.g. Windows), so best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path in the target's directory; on success it replaces `path`, on error it is removed.
+
+    For writers that want a file name (PIL GIF saving, safetensors.save_file, ...). The temp path keeps
+    the target's suffix so writers that infer a format from it behave the same.
+    """
+    target = Path(path)
+    tmp = _new_temp_path(target)
+    try:
+        yield tmp
+        _fsync_file(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` to `path` atomically (creating parent folders)."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> None:
+    """Write `text` to `path` atomically; no newline translation, so files are identical across OSes."""
+    atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_save_image(image: Image.Image, path: str | os.PathLike[str], **save_kwargs: Any) -> None:
+    """`image.save(path, **save_kwargs)`, atomically. The format comes from the suffix unless given."""
+    target = Path(path)
+    fmt = save_kwargs.pop("format", None)
+    if fmt is None:
+        fmt = Image.registered_extensions().get(target.suffix.lower())
+        if fmt is None:
+            raise IdgenError(
+                f"cannot tell the image format from the file name (use .png, .jpg, ...): {target}"
+            )
+    with atomic_output(target) as tmp, open(tmp, "wb") as f:
+        image.save(f, format=fmt, **save_kwargs)
+        f.flush()

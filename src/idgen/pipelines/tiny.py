@@ -1,0 +1,110 @@
+"""Tiny random-weight FLUX + PuLID, built from configs in well under a second.
+
+They have the real geometry (VAE /8, 2x2 packing, so a token per 16x16 pixels; 16 latent
+channels) and run through exactly the same classes as the released models. Used by the tests,
+the benchmark, and the `tiny-random` model name of the CLI. Weights are random: images are noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from idgen.models.pulid import PuLIDAdapter, PuLIDConfig
+
+TINY_PULID = PuLIDConfig(
+    dim=32, depth=5, dim_head=8, heads=4, num_id_token=2, num_queries=4, output_dim=24, ff_mult=2,
+    id_dim=48, vit_dim=24, mapping_dim=32, ca_dim=32, ca_dim_head=8, ca_heads=4, num_ca=4,
+)  # fmt: skip
+
+# 3 double + 5 single blocks -> injection after double 0, 2 and single 0, 4: 4 points.
+TINY_FLUX_TRANSFORMER = dict(
+    patch_size=1, in_channels=64, num_layers=3, num_single_layers=5, attention_head_dim=16,
+    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)  # fmt: skip
+
+SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
+TINY_WORDS = (
+    "a an the of in on at with and or to from by for is are photo portrait picture image person man woman "
+    "boy girl child face smiling wearing red blue green yellow black white shirt dress hat glasses beach "
+    "forest city night snow desert library street park room kitchen garden mountain sea sky sun light dark "
+    "standing sitting walking looking holding close up half body left right centre center background"
+).split()
+
+
+def word_level_tokenizer(words: list[str], model_max_length: int):  # type: ignore[no-untyped-def]
+    """A transformers fast tokenizer over a fixed word list: lowercase, split on whitespace/punctuation."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + sorted(set(words) - set(SPECIAL_TOKENS)))}
+    core = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation runs
+    core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_flux_pipeline(seed: int = 0):  # type: ignore[no-untyped-def]
+    """A FluxPipeline with tiny random components (CPU, float32)."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_tokenizer = word_level_tokenizer(TINY_WORDS, model_max_length=77)
+    t5_tokenizer = word_level_tokenizer(TINY_WORDS, model_max_length=512)
+    vocab_size = len(clip_tokenizer)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)  # type: ignore[arg-type]
+        vae = AutoencoderKL(
+            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1, norm_num_groups=8, sample_size=64, use_quant_conv=False,
+            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
+        )  # fmt: skip
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                pad_token_id=0, eos_token_id=1, bos_token_id=3,
+            )  # fmt: skip
+        )
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+            )  # fmt: skip
+        )
+    return FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=text_encoder_2.eval(),
+        tokenizer_2=t5_tokenizer,
+        transformer=transformer.eval(),
+    )
+
+
+def tiny_pulid_adapter(seed: int = 0) -> PuLIDAdapter:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PuLIDAdapter(TINY_PULID).eval()
+
+
+def tiny_identity_encoder(seed: int = 0, detector=None, require_face: bool = True):  # type: ignore[no-untyped-def]
+    from idgen.identity.random import RandomIdentityEncoder
+
+    c = TINY_PULID
+    return RandomIdentityEncoder(
+        arcface_dim=16, clip_dim=c.id_dim - 16, vit_dim=c.vit_dim, num_vit_tokens=17,
+        num_vit_features=c.num_vit_features, seed=seed, detector=detector, require_face=require_face,
+    )  # fmt: skip

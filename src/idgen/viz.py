@@ -1,0 +1,58 @@
+"""Pictures of the identity mask over the sampling steps, laid over the generated image."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from torch import Tensor
+
+from idgen.io import atomic_output
+
+HEAT = np.array([255, 40, 0], dtype=np.float32)  # mask colour
+
+
+def overlay_mask(image: Image.Image, mask: Tensor, alpha: float = 0.6) -> Image.Image:
+    """Blend a (H, W) mask in [0,1] over the image; the token grid is upsampled bilinearly."""
+    grid = mask.float()[None, None]
+    up = torch.nn.functional.interpolate(grid, size=(image.height, image.width), mode="bilinear")
+    weight = (alpha * up[0, 0].clamp(0, 1)).numpy()[..., None]
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray((rgb * (1 - weight) + HEAT * weight).round().astype(np.uint8))
+
+
+def labelled(image: Image.Image, text: str) -> Image.Image:
+    out = Image.new("RGB", (image.width, image.height + 12), "white")
+    out.paste(image, (0, 12))
+    ImageDraw.Draw(out).text((2, 0), text, fill="black")
+    return out
+
+
+def mask_frames(image: Image.Image, per_step: list[tuple[int, float, Tensor]], min_size: int = 96) -> list[Image.Image]:
+    """One labelled overlay per step; small images are enlarged so the label fits."""
+    if image.width < min_size:
+        scale = -(-min_size // image.width)
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    return [labelled(overlay_mask(image, mask), f"step {step} t={t:.2f}") for step, t, mask in per_step]
+
+
+def mask_strip(image: Image.Image, per_step: list[tuple[int, float, Tensor]]) -> Image.Image:
+    frames = mask_frames(image, per_step)
+    if not frames:
+        raise ValueError("no masks were recorded")
+    strip = Image.new("RGB", (sum(f.width for f in frames), frames[0].height), "white")
+    for i, frame in enumerate(frames):
+        strip.paste(frame, (i * frames[0].width, 0))
+    return strip
+
+
+def save_mask_gif(
+    image: Image.Image, per_step: list[tuple[int, float, Tensor]], path: str | os.PathLike[str], ms: int = 300
+) -> None:
+    frames = mask_frames(image, per_step)
+    if not frames:
+        raise ValueError("no masks were recorded")
+    with atomic_output(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)

@@ -1,0 +1,129 @@
+import pytest
+import torch
+from torch import Tensor
+
+from idgen.core.gate import ConstantMask, SpatialMask, UniformMask, gate
+from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, CAOutput, Grid
+from idgen.core.refine import MaskRefiner
+from idgen.core.schedule import TemporalSpatialScheduler, gaussian_prior
+from idgen.errors import IdgenError
+
+
+class SpyExtractor:
+    """Returns a fixed (B, H, W) mask and counts its calls."""
+
+    needs_attn_probs = False
+
+    def __init__(self, mask: Tensor) -> None:
+        self.mask = mask
+        self.calls = 0
+
+    def __call__(self, output: CAOutput, grid: Grid) -> Tensor:
+        self.calls += 1
+        return self.mask
+
+
+def _identity(masks: Tensor) -> Tensor:
+    return masks
+
+
+def _random(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(sum(shape))).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gate_ones_mask_is_bit_identical_to_uniform(dtype):
+    hidden, residual = _random(2, 6, 8, dtype=dtype), _random(2, 6, 9, dtype=dtype)[..., :8]
+    uniform = gate(hidden, residual, 0.8)
+    assert uniform.dtype == dtype
+    assert torch.equal(gate(hidden, residual, 0.8, torch.ones(2, 6, 1, dtype=dtype)), uniform)
+    assert torch.equal(gate(hidden, residual, 0.8, torch.ones(2, 6, 1)), uniform)  # float32 mask too
+
+
+def test_gate_zero_mask_or_weight_returns_hidden():
+    hidden, residual = _random(2, 6, 8), _random(3, 6, 8)[:2]
+    assert torch.equal(gate(hidden, residual, 1.0, torch.zeros(2, 6, 1)), hidden)
+    assert torch.equal(gate(hidden, residual, 0.0), hidden)
+    assert torch.equal(gate(hidden, residual, 0.0, torch.rand(2, 6, 1)), hidden)
+
+
+def test_gate_mask_arithmetic():
+    hidden = torch.zeros(1, 3, 2)
+    residual = torch.ones(1, 3, 2)
+    mask = torch.tensor([[[0.0], [0.5], [1.0]]])
+    assert torch.equal(
+        gate(hidden, residual, 2.0, mask), torch.tensor([[[0.0, 0.0], [1.0, 1.0], [2.0, 2.0]]])
+    )
+
+
+def test_uniform_and_constant_policies():
+    output = CAOutput(torch.zeros(2, 15, 4, dtype=torch.bfloat16))
+    assert UniformMask()(output, 0.5, (3, 5)) is None
+    assert UniformMask.needs_attn_probs is False
+    ones = ConstantMask(1.0)(output, 0.5, (3, 5))
+    assert ones is not None and ones.dtype == torch.bfloat16
+    assert torch.equal(ones, torch.ones(2, 15, 1, dtype=torch.bfloat16))
+    zeros = ConstantMask(0.0)(output, 0.9, (3, 5))
+    assert zeros is not None and torch.equal(zeros, torch.zeros(2, 15, 1, dtype=torch.bfloat16))
+    assert ConstantMask(1.0).needs_attn_probs is False
+    with pytest.raises(IdgenError):
+        ConstantMask(1.5)
+
+
+def test_spatial_mask_early_is_the_prior_without_extraction():
+    spy = SpyExtractor(torch.rand(2, 3, 5))
+    policy = SpatialMask(TemporalSpatialScheduler(), spy)
+    output = CAOutput(torch.zeros(2, 15, 4))
+    mask = policy(output, 0.9, (3, 5))
+    assert spy.calls == 0
+    assert mask is not None and mask.shape == (2, 15, 1)
+    expected = gaussian_prior((3, 5), 0.3).reshape(1, 15, 1).expand(2, 15, 1)
+    assert torch.equal(mask, expected)
+    assert torch.equal(policy(output, 0.8, (3, 5)), expected)  # cached, same values
+    assert spy.calls == 0
+
+
+def test_spatial_mask_early_applies_global_floor():
+    policy = SpatialMask(TemporalSpatialScheduler.from_preset("balanced"), SpyExtractor(torch.zeros(1, 4, 7)))
+    mask = policy(CAOutput(torch.zeros(1, 28, 4)), 1.0, (4, 7))
+    assert torch.equal(mask, gaussian_prior((4, 7), 0.7).clamp(min=0.3).reshape(1, 28, 1))
+
+
+def test_spatial_mask_mid_is_refined_extraction_with_floor():
+    heads_out = _random(2, 28, 6)
+    output = CAOutput(heads_out)
+    policy = SpatialMask(TemporalSpatialScheduler.from_preset("balanced"))
+    mask = policy(output, 0.5, (4, 7))
+    refined = MaskRefiner()(CANormExtractor()(output, (4, 7)))
+    assert torch.equal(mask, refined.clamp(min=0.3).reshape(2, 28, 1))
+
+
+def test_spatial_mask_mid_and_late_by_hand():
+    raw = torch.tensor([[[0.0, 0.5, 1.0], [0.25, 0.75, 0.125]]])  # (1, 2, 3)
+    spy = SpyExtractor(raw)
+    policy = SpatialMask(TemporalSpatialScheduler(late_floor=0.5, global_floor=0.25), spy, _identity)
+    output = CAOutput(torch.zeros(1, 6, 4))
+    mid = policy(output, 0.7, (2, 3))
+    assert torch.equal(mid, torch.tensor([0.25, 0.5, 1.0, 0.25, 0.75, 0.25]).view(1, 6, 1))
+    late = policy(output, 0.3, (2, 3))
+    assert torch.equal(late, torch.tensor([0.5, 0.75, 1.0, 0.625, 0.875, 0.5625]).view(1, 6, 1))
+    assert spy.calls == 2
+
+
+def test_spatial_mask_shape_and_dtype_on_non_square_grid():
+    output = CAOutput(_random(3, 20, 8, dtype=torch.bfloat16))
+    policy = SpatialMask(TemporalSpatialScheduler())
+    for t in (0.9, 0.5, 0.1):
+        mask = policy(output, t, (4, 5))
+        assert mask is not None and mask.shape == (3, 20, 1) and mask.dtype == torch.bfloat16
+        assert mask.min() >= 0.0 and mask.max() <= 1.0
+
+
+def test_spatial_mask_needs_attn_probs_delegates():
+    assert SpatialMask(TemporalSpatialScheduler()).needs_attn_probs is False
+    assert SpatialMask(TemporalSpatialScheduler(), AttentionEntropyExtractor()).needs_attn_probs is True
+
+
+def test_spatial_mask_rejects_a_wrong_grid():
+    with pytest.raises(IdgenError, match="3x5"):
+        SpatialMask(TemporalSpatialScheduler())(CAOutput(torch.zeros(1, 16, 4)), 0.5, (3, 5))

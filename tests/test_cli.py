@@ -1,0 +1,114 @@
+"""`idgen generate`: outputs, sidecar, mask strip, and one-line errors that leave no file behind."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from idgen.cli import main
+
+REFERENCE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "reference.png"
+TINY = ["--flux", "tiny-random", "--pulid", "tiny-random", "--encoder", "tiny-random"]
+
+
+def run(argv):
+    """main()'s exit code, also when argparse exits on its own."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def generate(tmp_path, *extra, out="out.png"):
+    argv = ["generate", *TINY, "--prompt", "a person on a beach", "--id-image", str(REFERENCE),
+            "--width", "64", "--height", "48", "--steps", "5", "--out", str(tmp_path / out), *extra]  # fmt: skip
+    return run(argv)
+
+
+def test_generate_writes_png_sidecar_and_mask_strip(tmp_path, capsys):
+    assert generate(tmp_path, "--mask-strip", "--mask-gif", "--seed", "3") == 0
+    image = Image.open(tmp_path / "out.png")
+    assert image.size == (64, 48)
+    sidecar = json.loads((tmp_path / "out.json").read_text())
+    assert sidecar["seed"] == 3
+    assert sidecar["parameters"]["mode"] == "spatial"
+    assert sidecar["parameters"]["id_weight"] == 1.0
+    assert sidecar["schedule"]["late_floor"] == 0.5 and sidecar["schedule"]["prior_sigma"] == 0.3
+    assert {"idgen", "torch", "diffusers", "transformers", "python"} <= set(sidecar["versions"])
+    strip = Image.open(tmp_path / "out.masks.png")
+    assert strip.width == 5 * strip.height - 5 * 12 or strip.width > image.width  # one frame per step
+    gif = Image.open(tmp_path / "out.masks.gif")
+    assert gif.n_frames == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.masks.gif", "out.masks.png", "out.png"]
+    printed = capsys.readouterr().out.split()
+    assert printed[0].endswith("out.png")
+
+
+def test_same_seed_same_file(tmp_path):
+    assert generate(tmp_path, "--seed", "5", out="a.png") == 0
+    assert generate(tmp_path, "--seed", "5", out="b.png") == 0
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+
+
+def test_preset_and_overrides_reach_the_schedule(tmp_path):
+    assert generate(tmp_path, "--preset", "balanced", "--late-floor", "0.6", "--prior-box", "0,0,0.5,0.5") == 0
+    schedule = json.loads((tmp_path / "out.json").read_text())["schedule"]
+    assert schedule["late_floor"] == 0.6
+    assert schedule["prior_sigma"] == 0.7 and schedule["global_floor"] == 0.3
+    assert schedule["prior_box"] == [0.0, 0.0, 0.5, 0.5]
+
+
+def write(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return str(path)
+
+
+BAD_CASES = {
+    "missing id image": (["--id-image", "/nonexistent/me.jpg"], "me.jpg"),
+    "not divisible by 16": (["--width", "40"], "multiples of 16"),
+    "empty prompt": (["--prompt", "  "], "prompt is empty"),
+    "negative id weight": (["--id-weight", "-0.5"], "id_weight must be >= 0"),
+    "unknown preset": (["--preset", "fancy"], "fancy"),
+    "unknown option": (["--colour", "red"], "unrecognized arguments: --colour"),
+    "unknown mode": (["--mode", "everywhere"], "invalid choice: 'everywhere'"),
+    "not png": (["--out", "x.jpg"], "--out must end in .png"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, capsys, case):
+    extra, message = BAD_CASES[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    assert generate(out, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert len(err.splitlines()) == 1, err
+    assert list(out.iterdir()) == []
+
+
+def test_corrupt_and_non_image_id_files(tmp_path, capsys):
+    for name, data in [("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 40), ("notes.jpg", b"hello, world")]:
+        path = write(tmp_path, name, data)
+        out = tmp_path / f"out-{name}"
+        out.mkdir()
+        assert generate(out, "--id-image", path) == 2
+        err = capsys.readouterr().err.strip()
+        assert name in err and len(err.splitlines()) == 1
+        assert list(out.iterdir()) == []
+
+
+def test_wrong_checkpoint_architecture(tmp_path, capsys):
+    from safetensors.torch import save_file
+    import torch
+
+    path = tmp_path / "not_pulid.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(path))
+    argv = ["generate", "--flux", "tiny-random", "--encoder", "tiny-random", "--pulid", str(path),
+            "--prompt", "a person", "--id-image", str(REFERENCE), "--out", str(tmp_path / "o.png")]  # fmt: skip
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a PuLID-FLUX checkpoint: missing key 'pulid_encoder" in err
+    assert not (tmp_path / "o.png").exists()
