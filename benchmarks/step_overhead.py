@@ -5,7 +5,8 @@ SpatialID's IBench runs use, so each stage gets its real share of steps), interl
 to cancel drift, and prints the overhead ratios.
 
     python benchmarks/step_overhead.py                    # tiny random models, CPU
-    python benchmarks/step_overhead.py --full --device cuda   # full-size random FLUX (19/38 blocks, 3072 wide)
+    python benchmarks/step_overhead.py --full --device cuda --dtype bfloat16
+        # full-size random FLUX (19/38 blocks, 3072 wide)
 """
 
 from __future__ import annotations
@@ -30,10 +31,17 @@ from idgen.pipelines.tiny import TINY_FLUX_TRANSFORMER, TINY_PULID
 
 MODES = ("none", "uniform", "spatial")
 FULL_FLUX = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
-)  # fmt: skip
+)
 
 
 def schedule_sigmas(steps: int, tokens: int) -> list[float]:
@@ -59,7 +67,9 @@ def build(full: bool, device: str, dtype: torch.dtype) -> tuple[Any, PuLIDAdapte
     return transformer, adapter, config  # type: ignore[return-value]
 
 
-def inputs(config: dict[str, Any], height: int, width: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+def inputs(
+    config: dict[str, Any], height: int, width: int, device: str, dtype: torch.dtype
+) -> dict[str, Any]:
     rows, cols = height // 16, width // 16
     ids = torch.zeros(rows * cols, 3, device=device)
     ids[:, 1] = torch.arange(rows, device=device).repeat_interleave(cols).float()
@@ -67,7 +77,9 @@ def inputs(config: dict[str, Any], height: int, width: int, device: str, dtype: 
     text_len = 128
     return dict(
         hidden_states=torch.randn(1, rows * cols, config["in_channels"], device=device, dtype=dtype),
-        encoder_hidden_states=torch.randn(1, text_len, config["joint_attention_dim"], device=device, dtype=dtype),
+        encoder_hidden_states=torch.randn(
+            1, text_len, config["joint_attention_dim"], device=device, dtype=dtype
+        ),
         pooled_projections=torch.randn(1, config["pooled_projection_dim"], device=device, dtype=dtype),
         img_ids=ids,
         txt_ids=torch.zeros(text_len, 3, device=device),
@@ -90,8 +102,14 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def one_pass(transformer: Any, injector: FluxIdentityInjector, run: InjectionRun | None, args: dict[str, Any],
-             sigmas: list[float], device: str) -> float:  # fmt: skip
+def one_pass(
+    transformer: Any,
+    injector: FluxIdentityInjector,
+    run: InjectionRun | None,
+    args: dict[str, Any],
+    sigmas: list[float],
+    device: str,
+) -> float:
     """Seconds per step, averaged over one pass through the schedule."""
     dtype = args["hidden_states"].dtype
     sync(device)
@@ -127,8 +145,20 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
 
 def peak_rss_child(opts: argparse.Namespace, mode: str) -> int:
     """Peak resident memory (bytes) of a fresh process that builds the models and runs `mode`."""
-    cmd = [sys.executable, __file__, "--_memory-of", mode, "--height", str(opts.height), "--width",
-           str(opts.width), "--steps", str(opts.steps), "--dtype", opts.dtype]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--_memory-of",
+        mode,
+        "--height",
+        str(opts.height),
+        "--width",
+        str(opts.width),
+        "--steps",
+        str(opts.steps),
+        "--dtype",
+        opts.dtype,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return int(out.strip().splitlines()[-1])
 
@@ -165,17 +195,28 @@ def main() -> None:
     if not opts.device.startswith("cuda"):
         for mode in MODES:
             result[f"peak_{mode}"] = peak_rss_child(opts, mode)
-    size = "full-size FLUX.1 (19/38 blocks, 3072 wide)" if opts.full else "tiny random FLUX (3/5 blocks, 32 wide)"
-    machine = torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor() or "CPU"
-    print(f"{size}, {opts.width}x{opts.height}, {opts.steps} steps, {opts.dtype}, {opts.device} ({machine}, "
-          f"{torch.get_num_threads()} threads), median of {opts.repeats}")  # fmt: skip
+    size = (
+        "full-size FLUX.1 (19/38 blocks, 3072 wide)"
+        if opts.full
+        else "tiny random FLUX (3/5 blocks, 32 wide)"
+    )
+    machine = (
+        torch.cuda.get_device_name() if opts.device.startswith("cuda") else platform.processor() or "CPU"
+    )
+    print(
+        f"{size}, {opts.width}x{opts.height}, {opts.steps} steps, {opts.dtype}, {opts.device} ({machine}, "
+        f"{torch.get_num_threads()} threads), median of {opts.repeats}"
+    )
     memory = "peak GPU memory" if opts.device.startswith("cuda") else "peak RSS"
     for mode in MODES:
-        print(f"  {mode:8s} {result[mode] * 1e3:9.2f} ms/step   {memory} {result[f'peak_{mode}'] / 2**20:9.1f} MiB")
+        peak = result[f"peak_{mode}"] / 2**20
+        print(f"  {mode:8s} {result[mode] * 1e3:9.2f} ms/step   {memory} {peak:9.1f} MiB")
     result["spatial_over_uniform"] = result["spatial"] / result["uniform"]
     result["uniform_over_none"] = result["uniform"] / result["none"]
-    print(f"  step time  spatial / uniform = {result['spatial_over_uniform']:.4f} "
-          f"({(result['spatial_over_uniform'] - 1) * 100:+.2f}%)")  # fmt: skip
+    print(
+        f"  step time  spatial / uniform = {result['spatial_over_uniform']:.4f} "
+        f"({(result['spatial_over_uniform'] - 1) * 100:+.2f}%)"
+    )
     print(f"  step time  uniform / none    = {result['uniform_over_none']:.4f}")
     print(f"  memory     spatial / uniform = {result['peak_spatial'] / result['peak_uniform']:.4f}")
     if opts.json:

@@ -21,8 +21,23 @@ def run(argv):
 
 
 def generate(tmp_path, *extra, out="out.png"):
-    argv = ["generate", *TINY, "--prompt", "a person on a beach", "--id-image", str(REFERENCE),
-            "--width", "64", "--height", "48", "--steps", "5", "--out", str(tmp_path / out), *extra]  # fmt: skip
+    argv = [
+        "generate",
+        *TINY,
+        "--prompt",
+        "a person on a beach",
+        "--id-image",
+        str(REFERENCE),
+        "--width",
+        "64",
+        "--height",
+        "48",
+        "--steps",
+        "5",
+        "--out",
+        str(tmp_path / out),
+        *extra,
+    ]
     return run(argv)
 
 
@@ -40,7 +55,12 @@ def test_generate_writes_png_sidecar_and_mask_strip(tmp_path, capsys):
     assert strip.width == 5 * strip.height - 5 * 12 or strip.width > image.width  # one frame per step
     gif = Image.open(tmp_path / "out.masks.gif")
     assert gif.n_frames == 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "out.masks.gif", "out.masks.png", "out.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.json",
+        "out.masks.gif",
+        "out.masks.png",
+        "out.png",
+    ]
     printed = capsys.readouterr().out.split()
     assert printed[0].endswith("out.png")
 
@@ -52,7 +72,9 @@ def test_same_seed_same_file(tmp_path):
 
 
 def test_preset_and_overrides_reach_the_schedule(tmp_path):
-    assert generate(tmp_path, "--preset", "balanced", "--late-floor", "0.6", "--prior-box", "0,0,0.5,0.5") == 0
+    assert (
+        generate(tmp_path, "--preset", "balanced", "--late-floor", "0.6", "--prior-box", "0,0,0.5,0.5") == 0
+    )
     schedule = json.loads((tmp_path / "out.json").read_text())["schedule"]
     assert schedule["late_floor"] == 0.6
     assert schedule["prior_sigma"] == 0.7 and schedule["global_floor"] == 0.3
@@ -101,13 +123,26 @@ def test_corrupt_and_non_image_id_files(tmp_path, capsys):
 
 
 def test_wrong_checkpoint_architecture(tmp_path, capsys):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     path = tmp_path / "not_pulid.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2, 2)}, str(path))
-    argv = ["generate", "--flux", "tiny-random", "--encoder", "tiny-random", "--pulid", str(path),
-            "--prompt", "a person", "--id-image", str(REFERENCE), "--out", str(tmp_path / "o.png")]  # fmt: skip
+    argv = [
+        "generate",
+        "--flux",
+        "tiny-random",
+        "--encoder",
+        "tiny-random",
+        "--pulid",
+        str(path),
+        "--prompt",
+        "a person",
+        "--id-image",
+        str(REFERENCE),
+        "--out",
+        str(tmp_path / "o.png"),
+    ]
     assert run(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "is not a PuLID-FLUX checkpoint: missing key 'pulid_encoder" in err

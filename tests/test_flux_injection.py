@@ -77,7 +77,7 @@ def transformer_inputs(seed: int = 0):
 
 
 def reference_pulid_forward(transformer, adapter, id_tokens, id_weight, inputs):
-    """PuLID-FLUX's own loop (x += w * CA(id, x) after double i%2==0 and single i%4==0), on diffusers blocks."""
+    """PuLID-FLUX's own loop, on diffusers blocks: x += w * CA(id, x) after double i%2==0, single i%4==0."""
     t = transformer
     hidden = t.x_embedder(inputs["hidden_states"])
     temb = t.time_text_embed(

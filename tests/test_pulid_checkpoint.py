@@ -124,14 +124,16 @@ def test_wrong_architecture_is_rejected(tmp_path):
 def test_released_sizes_reject_a_tiny_file(tmp_path):
     path = tmp_path / "tiny.safetensors"
     random_official_file(path, TINY_PULID)
-    with pytest.raises(CheckpointError, match=r"missing key 'pulid_encoder.layers.5.0.norm1.weight' \(and 166 more\)"):
+    with pytest.raises(
+        CheckpointError, match=r"missing key 'pulid_encoder.layers.5.0.norm1.weight' \(and 166 more\)"
+    ):
         load_pulid_adapter(path)  # no config: the released sizes
 
 
 def test_corrupt_and_missing_files(tmp_path):
     bad = tmp_path / "broken.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="broken.safetensors is not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match=r"broken\.safetensors is not a readable safetensors file"):
         load_pulid_adapter(bad, config=TINY_PULID)
     with pytest.raises(CheckpointError, match="not found"):
         load_pulid_adapter(tmp_path / "nope.safetensors")

@@ -23,7 +23,7 @@ def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -
 
     try:
         flux = FluxPipeline.from_pretrained(str(source), torch_dtype=dtype)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise IdgenError(f"cannot load a FLUX pipeline from {source}: {first}") from None
     return flux.to(device)
@@ -61,7 +61,11 @@ def load(
         flux = load_flux(flux, device, torch_dtype)
     if pulid is None:
         raise IdgenError("a PuLID checkpoint is needed (pulid=...)")
-    adapter = pulid if isinstance(pulid, PuLIDAdapter) else load_pulid_adapter(pulid, device=device, dtype=torch_dtype)
+    adapter = (
+        pulid
+        if isinstance(pulid, PuLIDAdapter)
+        else load_pulid_adapter(pulid, device=device, dtype=torch_dtype)
+    )
     if isinstance(encoder, str):
         if encoder != "pulid":
             raise IdgenError(f"unknown identity encoder {encoder!r}; choose 'pulid' or '{TINY_RANDOM}'")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -39,7 +40,7 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
         raise argparse.ArgumentTypeError(f"--prior-box must be four numbers, got {text!r}") from None
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"--prior-box must be left,top,right,bottom in [0,1], got {text!r}")
-    return box  # type: ignore[return-value]
+    return box[0], box[1], box[2], box[3]
 
 
 def add_generate(sub: Any) -> None:
@@ -56,7 +57,9 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--late-floor", type=float)
     p.add_argument("--global-floor", type=float)
     p.add_argument("--prior-box", type=parse_box, help="centre the prior on this face box: l,t,r,b in [0,1]")
-    p.add_argument("--true-cfg", type=float, default=1.0, help="true CFG scale (>1 enables; uses --negative-prompt)")
+    p.add_argument(
+        "--true-cfg", type=float, default=1.0, help="true CFG scale (>1 enables; uses --negative-prompt)"
+    )
     p.add_argument("--negative-prompt")
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=1024)
@@ -64,13 +67,21 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--guidance", type=float, default=4.0, help="distilled guidance")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-sequence-length", type=int, default=128)
-    p.add_argument("--flux", default="black-forest-labs/FLUX.1-dev", help="FLUX folder, hub id, or tiny-random")
-    p.add_argument("--pulid", default="guozinan/PuLID", help="PuLID-FLUX file, folder, hub id, or tiny-random")
+    p.add_argument(
+        "--flux", default="black-forest-labs/FLUX.1-dev", help="FLUX folder, hub id, or tiny-random"
+    )
+    p.add_argument(
+        "--pulid", default="guozinan/PuLID", help="PuLID-FLUX file, folder, hub id, or tiny-random"
+    )
     p.add_argument("--encoder", default="pulid", help="pulid or tiny-random")
-    p.add_argument("--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random")
+    p.add_argument(
+        "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    p.add_argument("--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it")
+    p.add_argument(
+        "--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it"
+    )
     p.add_argument("--mask-strip", action="store_true", help="also write <out>.masks.png (mask per step)")
     p.add_argument("--mask-gif", action="store_true", help="also write <out>.masks.gif")
     p.set_defaults(func=run_generate)
@@ -113,11 +124,22 @@ def run_generate(args: argparse.Namespace) -> int:
     pipe = idgen.load(args.flux, args.pulid, args.encoder, device=device, torch_dtype=dtype, **encoder_kwargs)
     recorder = MaskRecorder(keep_ca_norm=False) if wants_masks else None
     result = pipe(
-        args.prompt, id_image, mode=args.mode, scheduler=scheduler, id_weight=args.id_weight,
-        start_step=args.start_step, true_cfg_scale=args.true_cfg, negative_prompt=args.negative_prompt,
-        height=args.height, width=args.width, num_inference_steps=args.steps, guidance_scale=args.guidance,
-        seed=args.seed, max_sequence_length=args.max_sequence_length, recorder=recorder,
-    )  # fmt: skip
+        args.prompt,
+        id_image,
+        mode=args.mode,
+        scheduler=scheduler,
+        id_weight=args.id_weight,
+        start_step=args.start_step,
+        true_cfg_scale=args.true_cfg,
+        negative_prompt=args.negative_prompt,
+        height=args.height,
+        width=args.width,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
+        max_sequence_length=args.max_sequence_length,
+        recorder=recorder,
+    )
     image = result.images[0]
     atomic_save_image(image, out, format="PNG")
     written = [str(out)]
@@ -162,10 +184,9 @@ def build_parser() -> ArgumentParser:
 
 def quiet_libraries() -> None:
     """Library warnings (dtype casts, torchvision fallbacks) would bury our one-line messages."""
-    import logging
-
-    for name in ("diffusers", "transformers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    # Both libraries reset their loggers on import; their verbosity variables survive that.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,9 @@ def labelled(image: Image.Image, text: str) -> Image.Image:
     return out
 
 
-def mask_frames(image: Image.Image, per_step: list[tuple[int, float, Tensor]], min_size: int = 96) -> list[Image.Image]:
+def mask_frames(
+    image: Image.Image, per_step: list[tuple[int, float, Tensor]], min_size: int = 96
+) -> list[Image.Image]:
     """One labelled overlay per step; small images are enlarged so the label fits."""
     if image.width < min_size:
         scale = -(-min_size // image.width)

@@ -10,10 +10,10 @@ token grid of each call.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -39,7 +39,10 @@ class InjectionPoint:
 
 
 def injection_points(
-    num_double: int, num_single: int, double_interval: int = DOUBLE_INTERVAL, single_interval: int = SINGLE_INTERVAL
+    num_double: int,
+    num_single: int,
+    double_interval: int = DOUBLE_INTERVAL,
+    single_interval: int = SINGLE_INTERVAL,
 ) -> list[InjectionPoint]:
     """Where PuLID injects, in forward order; FLUX.1 (19, 38) gives 10 + 10 = 20 points."""
     blocks = [("double", i) for i in range(0, num_double, double_interval)]
@@ -100,9 +103,9 @@ class FluxIdentityInjector:
     """
 
     def __init__(self, transformer: nn.Module, adapter: PuLIDAdapter) -> None:
-        double_blocks = transformer.transformer_blocks
-        single_blocks = transformer.single_transformer_blocks
-        self.points = injection_points(len(double_blocks), len(single_blocks))  # type: ignore[arg-type]
+        double_blocks = cast(nn.ModuleList, transformer.transformer_blocks)
+        single_blocks = cast(nn.ModuleList, transformer.single_transformer_blocks)
+        self.points = injection_points(len(double_blocks), len(single_blocks))
         config = adapter.config
         if config.num_ca != len(self.points):
             raise CheckpointError(
@@ -120,7 +123,7 @@ class FluxIdentityInjector:
         self._handles = [transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True)]
         for point in self.points:
             blocks = double_blocks if point.kind == "double" else single_blocks
-            block = blocks[point.block_index]  # type: ignore[index]
+            block = blocks[point.block_index]
             self._handles.append(block.register_forward_hook(self._after_block_hook(point)))
 
     def remove(self) -> None:
@@ -147,7 +150,7 @@ class FluxIdentityInjector:
         run.advance(float(timestep.flatten()[0].item()), token_grid(img_ids))
         self._tokens = run.tokens_for_call()
 
-    def _after_block_hook(self, point: InjectionPoint):  # type: ignore[no-untyped-def]
+    def _after_block_hook(self, point: InjectionPoint) -> Callable[..., Any]:
         ca = self.adapter.pulid_ca[point.ca_index]
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> Any:

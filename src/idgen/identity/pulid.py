@@ -500,7 +500,7 @@ class PuLIDIdentityEncoder:
             return None
         height, width = bgr.shape[:2]
         i = center_face_index(dets[:, 0:4], width, height)
-        landmarks = np.asarray(dets[i, 5:15], dtype=np.float64).reshape(5, 2)
+        landmarks = dets[i, 5:15].reshape(5, 2)  # float32, as facexlib passes them to OpenCV
         affine = cv2.estimateAffinePartial2D(landmarks, FFHQ_TEMPLATE_512)[0]
         aligned = cv2.warpAffine(
             bgr, affine, (FACE_SIZE, FACE_SIZE), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_BGR

@@ -60,7 +60,9 @@ def check_state_dict(module: nn.Module, state_dict: dict[str, Tensor], source: s
         return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
 
     if missing:
-        raise CheckpointError(f"{source} is not a {what} checkpoint: missing key {missing[0]!r}{more(missing)}")
+        raise CheckpointError(
+            f"{source} is not a {what} checkpoint: missing key {missing[0]!r}{more(missing)}"
+        )
     if unexpected:
         raise CheckpointError(
             f"{source} is not a {what} checkpoint: unexpected key {unexpected[0]!r}{more(unexpected)}"

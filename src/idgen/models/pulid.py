@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -170,7 +171,8 @@ class IDFormer(nn.Module):
         for i, features in enumerate(vit_hidden):
             context = torch.cat((id_tokens, getattr(self, f"mapping_{i}")(features)), dim=1)
             start = i * self.layers_per_scale
-            for attn, ff in self.layers[start : start + self.layers_per_scale]:  # type: ignore[misc]
+            for layer in self.layers[start : start + self.layers_per_scale]:
+                attn, ff = cast(nn.ModuleList, layer)
                 latents = attn(context, latents) + latents
                 latents = ff(latents) + latents
         return latents[:, : self.num_queries] @ self.proj_out

@@ -113,10 +113,16 @@ class IdentityFluxPipeline:
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)
         call = dict(
-            prompt=prompt, height=height, width=width, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, generator=generator, max_sequence_length=max_sequence_length,
-            true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt if true_cfg else None,
-        )  # fmt: skip
+            prompt=prompt,
+            height=height,
+            width=width,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generator,
+            max_sequence_length=max_sequence_length,
+            true_cfg_scale=true_cfg_scale,
+            negative_prompt=negative_prompt if true_cfg else None,
+        )
         call.update(flux_kwargs)
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
@@ -126,9 +132,13 @@ class IdentityFluxPipeline:
             id_features = self.encode_identity(id_image)
         id_tokens, uncond_tokens = encode_id_tokens(self.adapter, id_features, with_uncond=true_cfg)
         run = InjectionRun(
-            id_tokens=id_tokens, id_weight=id_weight, start_step=start_step, policy=chosen,
-            uncond_id_tokens=uncond_tokens, recorder=recorder,
-        )  # fmt: skip
+            id_tokens=id_tokens,
+            id_weight=id_weight,
+            start_step=start_step,
+            policy=chosen,
+            uncond_id_tokens=uncond_tokens,
+            recorder=recorder,
+        )
         with self.injector.run(run):
             images = self.flux(**call).images
         return IdentityPipelineOutput(images=images, id_features=id_features)

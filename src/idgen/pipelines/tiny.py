@@ -7,21 +7,43 @@ the benchmark, and the `tiny-random` model name of the CLI. Weights are random: 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from idgen.models.pulid import PuLIDAdapter, PuLIDConfig
 
 TINY_PULID = PuLIDConfig(
-    dim=32, depth=5, dim_head=8, heads=4, num_id_token=2, num_queries=4, output_dim=24, ff_mult=2,
-    id_dim=48, vit_dim=24, mapping_dim=32, ca_dim=32, ca_dim_head=8, ca_heads=4, num_ca=4,
-)  # fmt: skip
+    dim=32,
+    depth=5,
+    dim_head=8,
+    heads=4,
+    num_id_token=2,
+    num_queries=4,
+    output_dim=24,
+    ff_mult=2,
+    id_dim=48,
+    vit_dim=24,
+    mapping_dim=32,
+    ca_dim=32,
+    ca_dim_head=8,
+    ca_heads=4,
+    num_ca=4,
+)
 
 # 3 double + 5 single blocks -> injection after double 0, 2 and single 0, 4: 4 points.
 TINY_FLUX_TRANSFORMER = dict(
-    patch_size=1, in_channels=64, num_layers=3, num_single_layers=5, attention_head_dim=16,
-    num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+    patch_size=1,
+    in_channels=64,
+    num_layers=3,
+    num_single_layers=5,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=32,
+    guidance_embeds=True,
     axes_dims_rope=(4, 6, 6),
-)  # fmt: skip
+)
 
 SPECIAL_TOKENS = ["<pad>", "</s>", "<unk>", "<s>"]
 TINY_WORDS = (
@@ -32,7 +54,7 @@ TINY_WORDS = (
 ).split()
 
 
-def word_level_tokenizer(words: list[str], model_max_length: int):  # type: ignore[no-untyped-def]
+def word_level_tokenizer(words: list[str], model_max_length: int) -> Any:
     """A transformers fast tokenizer over a fixed word list: lowercase, split on whitespace/punctuation."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
@@ -53,7 +75,7 @@ def word_level_tokenizer(words: list[str], model_max_length: int):  # type: igno
     )
 
 
-def tiny_flux_pipeline(seed: int = 0):  # type: ignore[no-untyped-def]
+def tiny_flux_pipeline(seed: int = 0) -> Any:
     """A FluxPipeline with tiny random components (CPU, float32)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
@@ -63,25 +85,48 @@ def tiny_flux_pipeline(seed: int = 0):  # type: ignore[no-untyped-def]
     vocab_size = len(clip_tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        transformer = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)  # type: ignore[arg-type]
+        transformer: Any = FluxTransformer2DModel(**TINY_FLUX_TRANSFORMER)
         vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(8, 8, 8, 8),
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=1, norm_num_groups=8, sample_size=64, use_quant_conv=False,
-            use_post_quant_conv=False, shift_factor=0.1159, scaling_factor=0.3611,
-        )  # fmt: skip
+            in_channels=3,
+            out_channels=3,
+            latent_channels=16,
+            block_out_channels=(8, 8, 8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=64,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+            shift_factor=0.1159,
+            scaling_factor=0.3611,
+        )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
-                vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
-                pad_token_id=0, eos_token_id=1, bos_token_id=3,
-            )  # fmt: skip
+                vocab_size=vocab_size,
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=32,
+                pad_token_id=0,
+                eos_token_id=1,
+                bos_token_id=3,
+            )
         )
         text_encoder_2 = T5EncoderModel(
             T5Config(
-                vocab_size=vocab_size, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
-                relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-            )  # fmt: skip
+                vocab_size=vocab_size,
+                d_model=32,
+                d_ff=37,
+                d_kv=8,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
         )
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
@@ -100,11 +145,17 @@ def tiny_pulid_adapter(seed: int = 0) -> PuLIDAdapter:
         return PuLIDAdapter(TINY_PULID).eval()
 
 
-def tiny_identity_encoder(seed: int = 0, detector=None, require_face: bool = True):  # type: ignore[no-untyped-def]
+def tiny_identity_encoder(seed: int = 0, detector: Any = None, require_face: bool = True) -> Any:
     from idgen.identity.random import RandomIdentityEncoder
 
     c = TINY_PULID
     return RandomIdentityEncoder(
-        arcface_dim=16, clip_dim=c.id_dim - 16, vit_dim=c.vit_dim, num_vit_tokens=17,
-        num_vit_features=c.num_vit_features, seed=seed, detector=detector, require_face=require_face,
-    )  # fmt: skip
+        arcface_dim=16,
+        clip_dim=c.id_dim - 16,
+        vit_dim=c.vit_dim,
+        num_vit_tokens=17,
+        num_vit_features=c.num_vit_features,
+        seed=seed,
+        detector=detector,
+        require_face=require_face,
+    )
