@@ -147,3 +147,32 @@ def test_wrong_checkpoint_architecture(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "is not a PuLID-FLUX checkpoint: missing key 'pulid_encoder" in err
     assert not (tmp_path / "o.png").exists()
+
+
+def test_mask_image_confines_the_identity_and_centres_the_prior(tmp_path):
+    mask = Image.new("L", (64, 48), 0)
+    mask.paste(255, (32, 0, 64, 24))  # top-right quarter
+    mask.save(tmp_path / "mask.png")
+    assert generate(tmp_path, "--mask-image", str(tmp_path / "mask.png"), "--mask-strip") == 0
+    schedule = json.loads((tmp_path / "out.json").read_text())["schedule"]
+    assert schedule["prior_box"] == [0.5, 0.0, 1.0, 0.5]
+
+
+def test_black_mask_image_is_an_error(tmp_path, capsys):
+    Image.new("L", (32, 32), 0).save(tmp_path / "black.png")
+    out = tmp_path / "o"
+    out.mkdir()
+    assert generate(out, "--mask-image", str(tmp_path / "black.png")) == 2
+    assert "black everywhere" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_no_face_with_a_detector_is_an_error(tmp_path, capsys):
+    pytest.importorskip("dlib")
+    Image.new("RGB", (128, 128), (90, 140, 200)).save(tmp_path / "sky.png")
+    out = tmp_path / "o"
+    out.mkdir()
+    assert generate(out, "--id-image", str(tmp_path / "sky.png"), "--detector", "dlib") == 2
+    err = capsys.readouterr().err.strip()
+    assert "no face" in err and len(err.splitlines()) == 1
+    assert list(out.iterdir()) == []

@@ -187,3 +187,30 @@ def test_true_cfg_end_to_end(tiny_pipe):
     )
     assert len(recorder.records) == 2 * SIZE["num_inference_steps"] * 4  # cond + uncond pass per step
     assert not torch.allclose(with_cfg, latents(tiny_pipe, mode="uniform"))
+
+
+def test_entropy_extractor_and_fixed_mask_run_through_the_pipeline(tiny_pipe):
+    from idgen.core.masks import AttentionEntropyExtractor, FixedMaskExtractor
+
+    scheduler = TemporalSpatialScheduler.from_preset("v1", early_threshold=1.0)  # no prior stage
+    recorder = MaskRecorder()
+    latents(tiny_pipe, policy=SpatialMask(scheduler, AttentionEntropyExtractor()), recorder=recorder)
+    assert all(r.mask.shape == (1, 4, 6) for r in recorder.records)
+    # A fixed left-half mask through the mid stage: the refined mask is exactly refine(resized mask).
+    user = torch.zeros(40, 60)
+    user[:, :30] = 1.0
+    mid_only = TemporalSpatialScheduler.from_preset("v1", early_threshold=1.0, late_threshold=0.0)
+    recorder = MaskRecorder()
+    latents(tiny_pipe, policy=SpatialMask(mid_only, FixedMaskExtractor(user)), recorder=recorder)
+    expected = SpatialMask(mid_only).refiner(torch.tensor([[[1.0, 1, 1, 0, 0, 0]] * 4]))
+    for r in recorder.records:
+        assert torch.equal(r.mask, expected)
+
+
+def test_mask_box_and_user_mask():
+    from idgen.pipelines.pulid_flux import mask_box
+
+    mask = torch.zeros(10, 20)
+    assert mask_box(mask) is None
+    mask[2:5, 10:15] = 1.0
+    assert mask_box(mask) == (0.5, 0.2, 0.75, 0.5)

@@ -57,6 +57,17 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--late-floor", type=float)
     p.add_argument("--global-floor", type=float)
     p.add_argument("--prior-box", type=parse_box, help="centre the prior on this face box: l,t,r,b in [0,1]")
+    p.add_argument("--extractor", choices=["ca-norm", "entropy"], default="ca-norm", help="mask from the CA")
+    p.add_argument(
+        "--min-spread",
+        type=float,
+        default=0.0,
+        help="treat a mask as flat (zeros) when (max-min) < min_spread*max; 0 = reference min-max",
+    )
+    p.add_argument(
+        "--mask-image",
+        help="inject only where this picture is white (replaces the CA mask; the prior centres on it)",
+    )
     p.add_argument(
         "--true-cfg", type=float, default=1.0, help="true CFG scale (>1 enables; uses --negative-prompt)"
     )
@@ -98,7 +109,8 @@ def run_generate(args: argparse.Namespace) -> int:
     import idgen
     from idgen.core.schedule import TemporalSpatialScheduler
     from idgen.io import atomic_save_image, atomic_write_text, load_image
-    from idgen.pipelines.pulid_flux import check_generation_inputs
+    from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
+    from idgen.pipelines.pulid_flux import check_generation_inputs, mask_box, mask_policy, user_mask
     from idgen.recording import MaskRecorder
 
     out = Path(args.out)
@@ -109,10 +121,24 @@ def run_generate(args: argparse.Namespace) -> int:
     wants_masks = args.mask_strip or args.mask_gif
     if wants_masks and args.mode != "spatial":
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
-    scheduler = TemporalSpatialScheduler.from_preset(args.preset, **scheduler_overrides(args))
     # Everything that can be checked without the models is checked before they load.
     check_generation_inputs(args.prompt, args.id_weight, args.height, args.width, args.steps)
     id_image = load_image(args.id_image, what="id image") if args.mode != "none" else None
+    overrides = scheduler_overrides(args)
+    extractor: Any = AttentionEntropyExtractor(min_spread=args.min_spread)
+    if args.extractor == "ca-norm":
+        extractor = CANormExtractor(min_spread=args.min_spread)
+    if args.mask_image:
+        if args.mode != "spatial":
+            raise IdgenError("--mask-image needs --mode spatial")
+        mask = user_mask(args.mask_image)
+        box = mask_box(mask)
+        if box is None:
+            raise IdgenError(f"{args.mask_image}: the mask image is black everywhere")
+        overrides.setdefault("prior_box", box)
+        extractor = FixedMaskExtractor(mask)
+    scheduler = TemporalSpatialScheduler.from_preset(args.preset, **overrides)
+    policy = mask_policy(args.mode, scheduler=scheduler, extractor=extractor)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     encoder_kwargs: dict[str, Any] = {}
@@ -127,7 +153,7 @@ def run_generate(args: argparse.Namespace) -> int:
         args.prompt,
         id_image,
         mode=args.mode,
-        scheduler=scheduler,
+        policy=policy,
         id_weight=args.id_weight,
         start_step=args.start_step,
         true_cfg_scale=args.true_cfg,

@@ -145,10 +145,16 @@ class FluxIdentityInjector:
         run = self._run
         if run is None:
             return
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
         timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
         img_ids = kwargs["img_ids"] if "img_ids" in kwargs else args[4]
         run.advance(float(timestep.flatten()[0].item()), token_grid(img_ids))
-        self._tokens = run.tokens_for_call()
+        tokens = run.tokens_for_call()
+        if tokens is not None and tokens.device != hidden.device:
+            # Model CPU offload moves the transformer at call time; the identity networks follow it.
+            self.adapter.to(hidden.device)
+            tokens = tokens.to(hidden.device)
+        self._tokens = tokens
 
     def _after_block_hook(self, point: InjectionPoint) -> Callable[..., Any]:
         ca = self.adapter.pulid_ca[point.ca_index]

@@ -6,11 +6,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
 from idgen.backbones.flux import FluxIdentityInjector, InjectionRun, MaskPolicy, Recorder, encode_id_tokens
 from idgen.core.gate import SpatialMask, UniformMask
+from idgen.core.masks import MaskExtractor
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
@@ -22,16 +24,40 @@ MODES: tuple[str, ...] = ("spatial", "uniform", "none")
 
 
 def mask_policy(
-    mode: str, preset: str = "v1", scheduler: TemporalSpatialScheduler | None = None
+    mode: str,
+    preset: str = "v1",
+    scheduler: TemporalSpatialScheduler | None = None,
+    extractor: MaskExtractor | None = None,
 ) -> MaskPolicy | None:
-    """The mask policy a mode name stands for; None for "none" (no identity at all)."""
+    """The mask policy a mode name stands for; None for "none" (no identity at all).
+
+    `extractor` replaces SpatialID's CA-norm extractor, e.g. AttentionEntropyExtractor() or
+    FixedMaskExtractor(user_mask(...)) to inject only where the user says.
+    """
     if mode == "spatial":
-        return SpatialMask(scheduler or TemporalSpatialScheduler.from_preset(preset))
+        scheduler = scheduler or TemporalSpatialScheduler.from_preset(preset)
+        return SpatialMask(scheduler, extractor) if extractor is not None else SpatialMask(scheduler)
     if mode == "uniform":
         return UniformMask()
     if mode == "none":
         return None
     raise IdgenError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def user_mask(image: str | os.PathLike[str] | Image.Image) -> torch.Tensor:
+    """A mask picture (white = identity here) -> (h, w) float tensor in [0, 1]."""
+    picture = image if isinstance(image, Image.Image) else load_image(image, what="mask image")
+    return torch.from_numpy(np.asarray(picture.convert("L"), dtype=np.float32) / 255.0)
+
+
+def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
+    """Bounding box (left, top, right, bottom) in [0, 1] of mask > threshold; None if empty."""
+    rows = torch.nonzero((mask > threshold).any(dim=1)).flatten()
+    cols = torch.nonzero((mask > threshold).any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return None
+    h, w = mask.shape
+    return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
 
 
 FLUX_PIXEL_MULTIPLE = 16  # VAE /8, then 2x2 packing
