@@ -107,9 +107,9 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     import idgen
+    from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
     from idgen.core.schedule import TemporalSpatialScheduler
     from idgen.io import atomic_save_image, atomic_write_text, load_image
-    from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
     from idgen.pipelines.pulid_flux import check_generation_inputs, mask_box, mask_policy, user_mask
     from idgen.recording import MaskRecorder
 
