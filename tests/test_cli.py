@@ -174,5 +174,5 @@ def test_no_face_with_a_detector_is_an_error(tmp_path, capsys):
     out.mkdir()
     assert generate(out, "--id-image", str(tmp_path / "sky.png"), "--detector", "dlib") == 2
     err = capsys.readouterr().err.strip()
-    assert "no face" in err and len(err.splitlines()) == 1
+    assert "no face" in err and "sky.png" in err and len(err.splitlines()) == 1
     assert list(out.iterdir()) == []

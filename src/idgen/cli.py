@@ -123,7 +123,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
     # Everything that can be checked without the models is checked before they load.
     check_generation_inputs(args.prompt, args.id_weight, args.height, args.width, args.steps)
-    id_image = load_image(args.id_image, what="id image") if args.mode != "none" else None
+    if args.mode != "none":
+        load_image(args.id_image, what="id image")  # fail before the models load
     overrides = scheduler_overrides(args)
     extractor: Any = AttentionEntropyExtractor(min_spread=args.min_spread)
     if args.extractor == "ca-norm":
@@ -151,7 +152,7 @@ def run_generate(args: argparse.Namespace) -> int:
     recorder = MaskRecorder(keep_ca_norm=False) if wants_masks else None
     result = pipe(
         args.prompt,
-        id_image,
+        args.id_image if args.mode != "none" else None,
         mode=args.mode,
         policy=policy,
         id_weight=args.id_weight,

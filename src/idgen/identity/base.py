@@ -63,12 +63,15 @@ class FaceDetector(Protocol):
 
 @runtime_checkable
 class IdentityEncoder(Protocol):
-    """Turns one RGB photo into PuLID's inputs. Raises NoFaceError when it needs a face and finds none."""
+    """Turns one RGB photo into PuLID's inputs.
+
+    Raises NoFaceError when it needs a face and finds none; `what` names the photo in that message.
+    """
 
     id_dim: int
     vit_dim: int
 
-    def __call__(self, image: Image.Image) -> IdentityFeatures: ...
+    def __call__(self, image: Image.Image, *, what: str = "image") -> IdentityFeatures: ...
 
 
 def largest_face(boxes: list[FaceBox]) -> FaceBox | None:

@@ -447,7 +447,8 @@ class PuLIDIdentityEncoder:
             self._det = model_zoo.get_model(str(folder / ANTELOPEV2_DETECTOR), providers=list(providers))
             self._rec = model_zoo.get_model(str(folder / ANTELOPEV2_RECOGNISER), providers=list(providers))
         except Exception as e:
-            raise CheckpointError(f"cannot load antelopev2 models from {folder}: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot load antelopev2 models from {folder}: {first}") from e
         if self._det is None or self._rec is None:
             raise CheckpointError(f"{folder} does not hold the antelopev2 detector and recogniser")
         self._det.prepare(ctx_id, input_size=(det_size, det_size), det_thresh=DET_THRESHOLD)

@@ -102,8 +102,9 @@ class IdentityFluxPipeline:
         return int(self.flux.vae_scale_factor) * 2
 
     def encode_identity(self, id_image: str | os.PathLike[str] | Image.Image) -> IdentityFeatures:
-        image = id_image if isinstance(id_image, Image.Image) else load_image(id_image, what="id image")
-        return self.encoder(image)
+        if isinstance(id_image, Image.Image):
+            return self.encoder(id_image, what="the id image")
+        return self.encoder(load_image(id_image, what="id image"), what=str(id_image))
 
     @torch.no_grad()
     def __call__(
