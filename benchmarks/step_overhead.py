@@ -102,26 +102,23 @@ def sync(device: str) -> None:
 
 
 @torch.no_grad()
-def one_pass(
-    transformer: Any,
-    injector: FluxIdentityInjector,
-    run: InjectionRun | None,
-    args: dict[str, Any],
-    sigmas: list[float],
-    device: str,
-) -> float:
-    """Seconds per step, averaged over one pass through the schedule."""
-    dtype = args["hidden_states"].dtype
+def one_call(transformer: Any, injector: FluxIdentityInjector, run: InjectionRun | None, args: dict[str, Any],
+             sigma: float, device: str) -> float:  # fmt: skip
+    """Seconds of one transformer call at one timestep."""
+    timestep = torch.full((1,), sigma, device=device, dtype=args["hidden_states"].dtype)
+    if run is not None:
+        run.step, run._last_timestep = -1, None  # a fresh step each call
     sync(device)
     start = time.perf_counter()
     with injector.run(run) if run is not None else nullcontext():
-        for sigma in sigmas:
-            transformer(**args, timestep=torch.full((1,), sigma, device=device, dtype=dtype))
+        transformer(**args, timestep=timestep)
     sync(device)
-    return (time.perf_counter() - start) / len(sigmas)
+    return time.perf_counter() - start
 
 
 def measure(opts: argparse.Namespace) -> dict[str, Any]:
+    """Per-step time of each mode: for every timestep of the schedule, the median over repeats of
+    one call; modes alternate call by call in rotating order so drift and noise hit all alike."""
     dtype = getattr(torch, opts.dtype)
     transformer, adapter, config = build(opts.full, opts.device, dtype)
     injector = FluxIdentityInjector(transformer, adapter)
@@ -129,16 +126,20 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     sigmas = schedule_sigmas(opts.steps, (opts.height // 16) * (opts.width // 16))
     runs = {m: make_run(m, adapter, opts.device, dtype) for m in MODES}
     for mode in MODES:  # warm-up
-        one_pass(transformer, injector, runs[mode], args, sigmas[:3], opts.device)
-    times: dict[str, list[float]] = {m: [] for m in MODES}
-    for _ in range(opts.repeats):
-        for mode in MODES:
-            times[mode].append(one_pass(transformer, injector, runs[mode], args, sigmas, opts.device))
-    result: dict[str, Any] = {m: statistics.median(v) for m, v in times.items()}
+        for sigma in sigmas[:2]:
+            one_call(transformer, injector, runs[mode], args, sigma, opts.device)
+    times: dict[str, list[list[float]]] = {m: [[] for _ in sigmas] for m in MODES}
+    for repeat in range(opts.repeats):
+        for i, sigma in enumerate(sigmas):
+            order = MODES[(repeat + i) % 3 :] + MODES[: (repeat + i) % 3]
+            for mode in order:
+                times[mode][i].append(one_call(transformer, injector, runs[mode], args, sigma, opts.device))
+    result: dict[str, Any] = {m: sum(statistics.median(t) for t in times[m]) / len(sigmas) for m in MODES}
     if opts.device.startswith("cuda"):
         for mode in MODES:
             torch.cuda.reset_peak_memory_stats()
-            one_pass(transformer, injector, runs[mode], args, sigmas[:2], opts.device)
+            for sigma in sigmas[:2]:
+                one_call(transformer, injector, runs[mode], args, sigma, opts.device)
             result[f"peak_{mode}"] = torch.cuda.max_memory_allocated()
     return result
 
@@ -166,12 +167,16 @@ def peak_rss_child(opts: argparse.Namespace, mode: str) -> int:
 def memory_child(opts: argparse.Namespace) -> None:
     import resource
 
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     dtype = getattr(torch, opts.dtype)
     transformer, adapter, config = build(False, "cpu", dtype)
     injector = FluxIdentityInjector(transformer, adapter)
     args = inputs(config, opts.height, opts.width, "cpu", dtype)
     sigmas = schedule_sigmas(opts.steps, (opts.height // 16) * (opts.width // 16))
-    one_pass(transformer, injector, make_run(opts.memory_of, adapter, "cpu", dtype), args, sigmas, "cpu")
+    run = make_run(opts.memory_of, adapter, "cpu", dtype)
+    for sigma in sigmas:
+        one_call(transformer, injector, run, args, sigma, "cpu")
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
@@ -183,14 +188,17 @@ def main() -> None:
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     opts = p.parse_args()
     if opts.memory_of:
         memory_child(opts)
         return
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if opts.threads:
+        # On a shared CPU, intra-op threads stall on tiny ops whenever a core is taken: 1 thread is steadier.
+        torch.set_num_threads(opts.threads)
     result = measure(opts)
     if not opts.device.startswith("cuda"):
         for mode in MODES:
@@ -205,7 +213,7 @@ def main() -> None:
     )
     print(
         f"{size}, {opts.width}x{opts.height}, {opts.steps} steps, {opts.dtype}, {opts.device} ({machine}, "
-        f"{torch.get_num_threads()} threads), median of {opts.repeats}"
+        f"{torch.get_num_threads()} threads), median of {opts.repeats} per timestep"
     )
     memory = "peak GPU memory" if opts.device.startswith("cuda") else "peak RSS"
     for mode in MODES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +40,15 @@ def _pad_mode(side: int, pad: int) -> str:
     return "reflect" if side > pad else "replicate"
 
 
+@functools.lru_cache(maxsize=32)
+def _cached_kernel(kernel_size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> Tensor:
+    # The blur runs at every injection point and step; its taps never change.
+    return gaussian_kernel1d(kernel_size, sigma, device=device, dtype=dtype)
+
+
 def gaussian_blur(masks: Tensor, kernel_size: int = 5, sigma: float = 1.5) -> Tensor:
     """(B, H, W) -> (B, H, W): separable Gaussian blur, rows then columns, reflect padding."""
-    kernel = gaussian_kernel1d(kernel_size, sigma, device=masks.device, dtype=masks.dtype)
+    kernel = _cached_kernel(kernel_size, float(sigma), masks.device, masks.dtype)
     pad = kernel_size // 2
     x = masks.unsqueeze(1)  # (B, 1, H, W)
     rows, cols = x.shape[-2:]
@@ -60,10 +68,8 @@ def threshold_mask(masks: Tensor, k: float = 0.5) -> Tensor:
     """
     flat = masks.flatten(1)  # (B, N)
     n = flat.shape[1]
-    mean = flat.mean(dim=1, keepdim=True)  # (B, 1)
-    std = flat.std(dim=1, keepdim=True, correction=1 if n > 1 else 0)  # (B, 1)
-    spread = flat.amax(dim=1, keepdim=True) - flat.amin(dim=1, keepdim=True)  # (B, 1)
-    hard = (flat > mean + k * std) & (spread > 0)
+    std, mean = torch.std_mean(flat, dim=1, keepdim=True, correction=1 if n > 1 else 0)  # (B, 1) each
+    hard = (flat > mean + k * std) & (std > 0)  # std == 0 exactly when the sample is flat
     return hard.to(masks.dtype).view_as(masks)
 
 

@@ -1,0 +1,240 @@
+"""Captions of the demo world: a small template grammar over a fixed vocabulary.
+
+A caption names the scene factors of a render (`Scene`): background, clothing colour, lighting, framing and
+position, each through one of a few synonymous phrases, arranged by one of a few templates, e.g.
+
+    "a close-up photo of a person on a beach, wearing a red shirt, in warm light, on the left"
+    "a person in a snowy forest at night, wearing a red shirt"
+
+Omitted factors (training captions leave some out, so short user prompts are in distribution) mean:
+framing and clothing colour unspecified (any), lighting neutral, position centre.
+
+"A snowy forest" is a phrase of the `snow` scene (its picture *is* a snowy pine forest) and "at night" is
+the `night` lighting tint, so the demo prompt `DEMO_PROMPT` renders as snow + night tint + red clothing.
+
+Held-out prompts (never used for training): 24 (background, clothing colour) pairs, two per background,
+listed in `HELD_OUT_PAIRS`. Training scenes are drawn without them (`random_train_scene`), so no training
+image shows such a pair and no training caption names one; `test_prompts()` gives 48 fixed prompts on
+exactly those pairs (each pair once close-up, once half-body), in the canonical phrasing. The
+background/clothing *words* are all seen in training, only their combinations are new.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from idgen.world.render import (
+    BACKGROUNDS,
+    CLOTHING_NAMES,
+    FRAMINGS,
+    LIGHTING_NAMES,
+    POSITIONS,
+    Scene,
+)
+
+DEMO_PROMPT = "a person in a snowy forest at night, wearing a red shirt"
+
+# Subject phrase per framing; key None = framing not stated.
+SUBJECTS: dict[int | None, tuple[str, ...]] = {
+    None: ("a photo of a person", "a person", "a picture of a person"),
+    0: ("a close-up photo of a person", "a close-up portrait of a person", "a headshot of a person"),
+    1: ("a half-body photo of a person", "a waist-up photo of a person", "a medium shot of a person"),
+}
+# The first phrase of each list is the canonical one. No colour words here: they belong to clothing.
+BACKGROUND_PHRASES: dict[str, tuple[str, ...]] = {
+    "beach": ("on a beach", "on a sandy beach", "at the seaside"),
+    "forest": ("in a forest", "in the woods", "among tall trees"),
+    "night city": ("in a night city", "in a city after dark", "among city lights"),
+    "snow": ("in the snow", "in a snowy forest", "on a snowy field", "in a winter landscape"),
+    "desert": ("in a desert", "among sand dunes", "in a sandy desert"),
+    "library": ("in a library", "in front of bookshelves", "among shelves of books"),
+    "office": ("in an office", "at the office", "in a modern office"),
+    "garden": ("in a garden", "in a flower garden", "on a lawn with flowers"),
+    "mountain": ("in the mountains", "in front of mountains", "with mountains behind"),
+    "underwater": ("underwater", "under the sea", "deep under water"),
+    "brick wall": ("in front of a brick wall", "by a brick wall", "against a brick wall"),
+    "lavender field": ("in a lavender field", "in a field of lavender", "among rows of lavender"),
+}
+CLOTHING_WORDS: dict[str, tuple[str, ...]] = {c: (c,) for c in CLOTHING_NAMES} | {"grey": ("grey", "gray")}
+CLOTHING_TEMPLATES: tuple[str, ...] = (
+    "wearing {a} {c} shirt",
+    "in {a} {c} shirt",
+    "wearing {a} {c} sweater",
+    "wearing {a} {c} t-shirt",
+    "dressed in {c}",
+)
+LIGHTING_PHRASES: dict[str, tuple[str, ...]] = {
+    "neutral": ("in daylight", "in natural light", "in soft light"),
+    "warm": ("in warm light", "in golden light", "at sunset"),
+    "cool": ("in cool light", "in cold light", "in bluish light"),
+    "rosy": ("in rosy light", "in a rosy glow", "in pinkish light"),
+    "night": ("at night", "by night", "in moonlight"),
+}
+POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("on the left", "on the left side", "to the left"),
+    "centre": ("in the centre", "in the middle", "in the center"),
+    "right": ("on the right", "on the right side", "to the right"),
+}
+# Templates: groups of parts; parts inside a group are joined by spaces, groups by ", ". Parts:
+# S subject (with framing), B background, C clothing, L lighting, P position. Omitted parts vanish.
+TEMPLATES: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("S", "B"), ("C",), ("L",), ("P",)),
+    (("S", "C", "B"), ("L",), ("P",)),
+    (("S", "B", "L"), ("C",), ("P",)),
+    (("S", "P"), ("B",), ("C",), ("L",)),
+)
+CANONICAL_TEMPLATE = 2  # the demo prompt's form: "<subject> <background> <lighting>, <clothing>, <position>"
+
+# Probabilities of leaving a factor out of a training caption (lighting only when neutral, position only
+# when centre: those are the defaults an omission stands for).
+P_OMIT_FRAMING, P_OMIT_CLOTHING, P_OMIT_LIGHTING, P_OMIT_POSITION = 0.2, 0.1, 0.5, 0.5
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words and single punctuation marks, as the tokenizer splits them."""
+    return _WORD.findall(text.lower())
+
+
+def _all_phrases() -> list[str]:
+    phrases = [p for ps in SUBJECTS.values() for p in ps]
+    phrases += [p for ps in BACKGROUND_PHRASES.values() for p in ps]
+    phrases += [_clothing(t, w) for t in CLOTHING_TEMPLATES for ws in CLOTHING_WORDS.values() for w in ws]
+    phrases += [p for ps in LIGHTING_PHRASES.values() for p in ps]
+    phrases += [p for ps in POSITION_PHRASES.values() for p in ps]
+    return [*phrases, ",", DEMO_PROMPT]
+
+
+def _clothing(template: str, colour_word: str) -> str:
+    return template.format(a="an" if colour_word[0] in "aeiou" else "a", c=colour_word)
+
+
+def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+VOCABULARY: tuple[str, ...] = tuple(sorted({w for p in _all_phrases() for w in words(p)}))
+"""Every word (and punctuation mark) the grammar can produce, sorted; the tokenizer's vocabulary."""
+
+
+def _assemble(template: tuple[tuple[str, ...], ...], parts: dict[str, str | None]) -> str:
+    groups = [" ".join(p for k in group if (p := parts[k])) for group in template]
+    return ", ".join(g for g in groups if g)
+
+
+def caption(scene: Scene, rng: np.random.Generator, omit: bool = True) -> str:
+    """A random caption of `scene`: random template and synonyms; with `omit`, factors are left out with the
+    probabilities P_OMIT_* (only where the omission's meaning is consistent with the scene)."""
+    n = scene.names()
+    framing: int | None = scene.framing
+    if omit and rng.random() < P_OMIT_FRAMING:
+        framing = None
+    parts: dict[str, str | None] = {
+        "S": _pick(SUBJECTS[framing], rng),
+        "B": _pick(BACKGROUND_PHRASES[n["background"]], rng),
+        "C": _clothing(_pick(CLOTHING_TEMPLATES, rng), _pick(CLOTHING_WORDS[n["clothing_colour"]], rng)),
+        "L": _pick(LIGHTING_PHRASES[n["lighting"]], rng),
+        "P": _pick(POSITION_PHRASES[n["position"]], rng),
+    }
+    if omit:
+        if rng.random() < P_OMIT_CLOTHING:
+            parts["C"] = None
+        if n["lighting"] == "neutral" and rng.random() < P_OMIT_LIGHTING:
+            parts["L"] = None
+        if n["position"] == "centre" and rng.random() < P_OMIT_POSITION:
+            parts["P"] = None
+    return _assemble(TEMPLATES[int(rng.integers(len(TEMPLATES)))], parts)
+
+
+def scene_words(scene: Scene) -> dict[str, str]:
+    """The canonical phrase of each factor, e.g. {"subject": "a close-up photo of a person",
+    "background": "on a beach", "clothing": "wearing a red shirt", "lighting": "in daylight",
+    "position": "on the left"}."""
+    n = scene.names()
+    return {
+        "subject": SUBJECTS[scene.framing][0],
+        "background": BACKGROUND_PHRASES[n["background"]][0],
+        "clothing": _clothing(CLOTHING_TEMPLATES[0], CLOTHING_WORDS[n["clothing_colour"]][0]),
+        "lighting": LIGHTING_PHRASES[n["lighting"]][0],
+        "position": POSITION_PHRASES[n["position"]][0],
+    }
+
+
+def canonical_caption(scene: Scene) -> str:
+    """The one deterministic, fully explicit caption of `scene` (canonical phrases, canonical template)."""
+    w = scene_words(scene)
+    parts: dict[str, str | None] = {
+        "S": w["subject"],
+        "B": w["background"],
+        "C": w["clothing"],
+        "L": w["lighting"],
+        "P": w["position"],
+    }
+    return _assemble(TEMPLATES[CANONICAL_TEMPLATE], parts)
+
+
+# Two clothing colours per background, spread so that every colour is held out with 2-3 backgrounds.
+HELD_OUT_PAIRS: frozenset[tuple[int, int]] = frozenset(
+    (b, (3 * b + k) % len(CLOTHING_NAMES)) for b in range(len(BACKGROUNDS)) for k in (0, 6)
+)
+
+
+def is_held_out(scene: Scene) -> bool:
+    """True when the scene's (background, clothing colour) pair is reserved for evaluation."""
+    return (scene.background, scene.clothing_colour) in HELD_OUT_PAIRS
+
+
+def random_train_scene(rng: np.random.Generator) -> Scene:
+    """A uniformly random scene that is not held out (rejection sampling)."""
+    while True:
+        scene = Scene.random(rng)
+        if not is_held_out(scene):
+            return scene
+
+
+def train_captions(n: int, seed: int = 0) -> list[tuple[Scene, str]]:
+    """`n` (scene, caption) pairs for training, deterministic in `seed`; never a held-out pair."""
+    rng = np.random.default_rng([int(seed), 0xCA7])
+    out = []
+    for _ in range(n):
+        scene = random_train_scene(rng)
+        out.append((scene, caption(scene, rng)))
+    return out
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """An evaluation prompt and the scene it asks for."""
+
+    text: str
+    scene: Scene
+
+
+@lru_cache(maxsize=1)
+def _test_prompts() -> tuple[Prompt, ...]:
+    prompts = []
+    for b, c in sorted(HELD_OUT_PAIRS):
+        for framing in range(len(FRAMINGS)):
+            scene = Scene(
+                background=b,
+                clothing_colour=c,
+                lighting=(b + c + framing) % len(LIGHTING_NAMES),
+                framing=framing,
+                position=(b + 2 * c + framing) % len(POSITIONS),
+            )
+            prompts.append(Prompt(canonical_caption(scene), scene))
+    return tuple(prompts)
+
+
+def test_prompts() -> list[Prompt]:
+    """The 48 fixed held-out evaluation prompts (see the module docstring)."""
+    return list(_test_prompts())
+
+
+# Not a test: keeps pytest from collecting it in test modules that import it by name.
+test_prompts.__test__ = False  # type: ignore[attr-defined]

@@ -1,0 +1,785 @@
+"""Procedural renderer of the demo world: a person (head and shoulders) in a scene, as 64x64 RGB.
+
+Pure numpy, vectorised, deterministic. An image is painted back to front on a 4x supersampled canvas
+(256x256) that carries, next to the colour, a *part label* per supersample (background, clothes, neck,
+ear, hair, skin, eye, brow, nose, mouth, glasses, facial hair). The canvas is then box-downsampled to
+64x64, which anti-aliases the edges, and the labels are downsampled by counting.
+
+Face mask (exact definition)
+----------------------------
+A supersample is *face* when it lies inside the face outline (the `face_shape` superellipse) and is not
+covered by hair. Everything drawn on the face -- eyes, brows, nose, mouth, glasses, facial hair -- is
+clipped to that outline, so it counts as face; hair (including a fringe over the forehead), ears, neck,
+clothes and background never do. A 64x64 pixel is in `Render.face_mask` iff at least half of its 16
+supersamples (8 of 16) are face; `Render.labels` is consistent with it (a masked pixel carries its most
+frequent face part, an unmasked one its most frequent non-face part).
+
+Coordinates: a person is drawn in "face units" (the face outline is about 2 units wide), centred on the
+face; framing sets the scale (close-up 15 px/unit, face 24-30 px wide; half-body 9 px/unit, face
+14-18 px wide) and position the horizontal placement ("left" = image left). Per-image jitter from the
+`seed`: a sub-pixel-to-one-pixel offset of the person, a +-3% scale change and the phase of the
+background pattern; nothing else is random.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from idgen.world import backgrounds as bg
+from idgen.world.backgrounds import HI, SIZE, SS
+
+RGB = tuple[int, int, int]
+
+# ---------------------------------------------------------------------------------------------------------
+# Identity attributes: every attribute is an index into one of these option lists.
+# ---------------------------------------------------------------------------------------------------------
+ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "face_shape": ("round", "oval", "long", "square", "heart"),
+    "skin_tone": ("porcelain", "fair", "light", "medium", "olive", "tan", "brown", "deep"),
+    "hair_style": ("bald", "buzz", "short", "fringe", "side part", "bob", "long", "afro", "mohawk"),
+    "hair_colour": ("black", "dark brown", "chestnut", "ginger", "blonde", "platinum", "grey", "blue"),
+    "eye_colour": ("brown", "dark", "blue", "green", "grey", "hazel"),
+    "eye_spacing": ("close", "normal", "wide"),
+    "brows": ("thin", "thick", "arched", "angled"),
+    "nose": ("button", "long", "wide", "pointed"),
+    "mouth": ("smile", "neutral", "open", "grin"),
+    "glasses": ("none", "round", "square"),
+    "facial_hair": ("none", "moustache", "beard", "goatee"),
+}
+NUM_COMBINATIONS: int = prod(len(v) for v in ATTRIBUTES.values())
+IDENTITY_CODE_SIZE: int = sum(len(v) for v in ATTRIBUTES.values())
+
+SKIN_RGB: tuple[RGB, ...] = (
+    (255, 226, 205),
+    (243, 200, 168),
+    (228, 178, 138),
+    (205, 150, 108),
+    (188, 146, 100),
+    (165, 112, 72),
+    (125, 78, 48),
+    (84, 52, 34),
+)
+HAIR_RGB: tuple[RGB, ...] = (
+    (22, 20, 22),
+    (62, 40, 26),
+    (118, 70, 38),
+    (196, 88, 36),
+    (232, 196, 110),
+    (238, 234, 220),
+    (150, 150, 156),
+    (50, 90, 210),
+)
+EYE_RGB: tuple[RGB, ...] = (
+    (105, 60, 28),
+    (38, 24, 20),
+    (55, 125, 215),
+    (50, 150, 70),
+    (135, 145, 160),
+    (150, 118, 45),
+)
+# Face outline per face_shape: half-width a, half-height b, superellipse power p, chin taper (heart).
+_FACE_GEOMETRY: tuple[tuple[float, float, float, float], ...] = (
+    (1.00, 1.04, 2.0, 0.0),
+    (0.88, 1.16, 2.0, 0.15),
+    (0.80, 1.32, 2.4, 0.0),
+    (0.97, 1.04, 5.0, 0.0),
+    (1.00, 1.14, 2.0, 0.48),
+)
+_EYE_SPACING: tuple[float, ...] = (0.34, 0.42, 0.50)  # half-distance between eye centres, in units of a
+
+# ---------------------------------------------------------------------------------------------------------
+# Scene factors (controlled by the caption).
+# ---------------------------------------------------------------------------------------------------------
+BACKGROUNDS: tuple[str, ...] = bg.SCENES
+CLOTHING_COLOURS: dict[str, RGB] = {
+    "red": (205, 30, 35),
+    "orange": (245, 130, 20),
+    "yellow": (245, 212, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 85, 205),
+    "purple": (125, 50, 175),
+    "pink": (245, 135, 185),
+    "white": (238, 238, 238),
+    "black": (30, 30, 32),
+    "grey": (128, 128, 132),
+    "brown": (120, 75, 40),
+}
+CLOTHING_NAMES: tuple[str, ...] = tuple(CLOTHING_COLOURS)
+# Lighting tints multiply the whole image; every component <= 1 so nothing clips.
+LIGHTINGS: dict[str, tuple[float, float, float]] = {
+    "neutral": (1.0, 1.0, 1.0),
+    "warm": (1.0, 0.84, 0.62),
+    "cool": (0.68, 0.84, 1.0),
+    "rosy": (1.0, 0.70, 0.84),
+    "night": (0.5, 0.56, 0.86),
+}
+LIGHTING_NAMES: tuple[str, ...] = tuple(LIGHTINGS)
+FRAMINGS: tuple[str, ...] = ("close-up", "half-body")
+POSITIONS: tuple[str, ...] = ("left", "centre", "right")
+
+# Layout per framing: pixels per face unit and face-centre y; face-centre x per position (final pixels).
+_SCALE = (15.0, 9.0)
+_CENTRE_Y = (27.0, 19.5)
+_CENTRE_X = ((20.0, 32.0, 44.0), (15.0, 32.0, 49.0))
+
+# ---------------------------------------------------------------------------------------------------------
+# Part labels (per pixel of Render.labels).
+# ---------------------------------------------------------------------------------------------------------
+LABEL_NAMES: tuple[str, ...] = (
+    "background",
+    "clothes",
+    "neck",
+    "ear",
+    "hair",
+    "skin",
+    "eye",
+    "brow",
+    "nose",
+    "mouth",
+    "glasses",
+    "facial hair",
+)
+BACKGROUND, CLOTHES, NECK, EAR, HAIR, SKIN, EYE, BROW, NOSE, MOUTH, GLASSES, FACIAL_HAIR = range(12)
+FACE_LABELS: tuple[int, ...] = tuple(range(SKIN, len(LABEL_NAMES)))  # labels >= SKIN are face
+
+
+def _check_index(kind: str, name: str, value: int, n: int) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not 0 <= value < n:
+        raise ValueError(f"{kind}.{name} must be an int in [0, {n}), got {value!r}")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A person of the demo world: one index per attribute of `ATTRIBUTES` (same order as the fields)."""
+
+    face_shape: int
+    skin_tone: int
+    hair_style: int
+    hair_colour: int
+    eye_colour: int
+    eye_spacing: int
+    brows: int
+    nose: int
+    mouth: int
+    glasses: int
+    facial_hair: int
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_index("Identity", f.name, getattr(self, f.name), len(ATTRIBUTES[f.name]))
+
+    @classmethod
+    def from_seed(cls, seed: int) -> Identity:
+        """The identity of `seed`, each attribute uniform over its options.
+
+        Uses sha256 rather than numpy's generators so identities (and hence the fixed train/test split)
+        can never change with a numpy release.
+        """
+        digest = hashlib.sha256(f"idgen.world.identity:{int(seed)}".encode()).digest()
+        values = {
+            name: int.from_bytes(digest[2 * i : 2 * i + 2], "little") % len(options)
+            for i, (name, options) in enumerate(ATTRIBUTES.items())
+        }
+        return cls(**values)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, int | str]) -> Identity:
+        """Inverse of `to_dict`; also accepts option names instead of indices."""
+        values = {k: ATTRIBUTES[k].index(v) if isinstance(v, str) else int(v) for k, v in d.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(int(getattr(self, f.name)) for f in fields(self))
+
+    def names(self) -> dict[str, str]:
+        """Attribute -> option name, e.g. {"face_shape": "oval", ...}."""
+        return {f.name: ATTRIBUTES[f.name][getattr(self, f.name)] for f in fields(self)}
+
+    def describe(self) -> str:
+        n = self.names()
+        return (
+            f"{n['face_shape']} face, {n['skin_tone']} skin, {n['hair_colour']} {n['hair_style']} hair, "
+            f"{n['eye_colour']} {n['eye_spacing']}-set eyes, {n['brows']} brows, {n['nose']} nose, "
+            f"{n['mouth']} mouth, glasses: {n['glasses']}, facial hair: {n['facial_hair']}"
+        )
+
+
+def identity_code(identity: Identity) -> np.ndarray:
+    """Concatenated one-hot encoding of the attributes, float32 of length `IDENTITY_CODE_SIZE` (58)."""
+    code = np.zeros(IDENTITY_CODE_SIZE, np.float32)
+    offset = 0
+    for name, value in zip(ATTRIBUTES, identity.as_tuple(), strict=True):
+        code[offset + value] = 1.0
+        offset += len(ATTRIBUTES[name])
+    return code
+
+
+# Fixed seeds of the split. Never change them: the split (pinned by a test) must be the same forever.
+_TRAIN_SEED_BASE = 1_000_000
+_TEST_SEED_BASE = 2_000_000
+NUM_TRAIN_IDENTITIES = 1000
+NUM_TEST_IDENTITIES = 100
+
+
+@lru_cache(maxsize=1)
+def _split() -> tuple[tuple[Identity, ...], tuple[Identity, ...]]:
+    # Candidates come from two disjoint seed ranges; duplicates within train and any test candidate that
+    # collides with a train identity (same attribute tuple) are skipped, so disjointness is guaranteed.
+    train: dict[tuple[int, ...], Identity] = {}
+    k = 0
+    while len(train) < NUM_TRAIN_IDENTITIES:
+        ident = Identity.from_seed(_TRAIN_SEED_BASE + k)
+        train.setdefault(ident.as_tuple(), ident)
+        k += 1
+    test: dict[tuple[int, ...], Identity] = {}
+    k = 0
+    while len(test) < NUM_TEST_IDENTITIES:
+        ident = Identity.from_seed(_TEST_SEED_BASE + k)
+        if ident.as_tuple() not in train:
+            test.setdefault(ident.as_tuple(), ident)
+        k += 1
+    return tuple(train.values()), tuple(test.values())
+
+
+def train_identities() -> list[Identity]:
+    """The 1,000 training identities (fixed forever; index = identity class id)."""
+    return list(_split()[0])
+
+
+def test_identities() -> list[Identity]:
+    """The 100 held-out identities, disjoint from the training ones by attribute tuple (fixed forever)."""
+    return list(_split()[1])
+
+
+# Not a test: keeps pytest from collecting it in test modules that import it by name.
+test_identities.__test__ = False  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The non-identity factors of an image, all controlled by the caption (indices into the lists above)."""
+
+    background: int = 0
+    clothing_colour: int = 0
+    lighting: int = 0
+    framing: int = 0
+    position: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = {
+            "background": len(BACKGROUNDS),
+            "clothing_colour": len(CLOTHING_NAMES),
+            "lighting": len(LIGHTING_NAMES),
+            "framing": len(FRAMINGS),
+            "position": len(POSITIONS),
+        }
+        for name, n in sizes.items():
+            _check_index("Scene", name, getattr(self, name), n)
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> Scene:
+        """Every factor uniform over its options."""
+        return cls(
+            background=int(rng.integers(len(BACKGROUNDS))),
+            clothing_colour=int(rng.integers(len(CLOTHING_NAMES))),
+            lighting=int(rng.integers(len(LIGHTING_NAMES))),
+            framing=int(rng.integers(len(FRAMINGS))),
+            position=int(rng.integers(len(POSITIONS))),
+        )
+
+    @classmethod
+    def from_names(
+        cls,
+        background: str = "beach",
+        clothing_colour: str = "red",
+        lighting: str = "neutral",
+        framing: str = "close-up",
+        position: str = "centre",
+    ) -> Scene:
+        return cls(
+            background=BACKGROUNDS.index(background),
+            clothing_colour=CLOTHING_NAMES.index(clothing_colour),
+            lighting=LIGHTING_NAMES.index(lighting),
+            framing=FRAMINGS.index(framing),
+            position=POSITIONS.index(position),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+    def names(self) -> dict[str, str]:
+        return {
+            "background": BACKGROUNDS[self.background],
+            "clothing_colour": CLOTHING_NAMES[self.clothing_colour],
+            "lighting": LIGHTING_NAMES[self.lighting],
+            "framing": FRAMINGS[self.framing],
+            "position": POSITIONS[self.position],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class Render:
+    """One rendered image with its ground truth.
+
+    image: (64, 64, 3) uint8 RGB. face_mask: (64, 64) bool, see the module docstring. labels: (64, 64)
+    uint8 part labels (indices into LABEL_NAMES), consistent with face_mask. face_box: (left, top, right,
+    bottom) tight box of face_mask in pixels, right/bottom exclusive (crop with image[t:b, l:r]).
+    background_rgb: mean colour of the background layer over the whole frame as rendered (tint included),
+    before the person is drawn on it. scene is None for reference photos, which set backdrop instead (the
+    name of the studio backdrop) and carry their clothing colour index in clothing_colour.
+    """
+
+    image: np.ndarray
+    face_mask: np.ndarray
+    labels: np.ndarray
+    face_box: tuple[int, int, int, int]
+    identity: Identity
+    scene: Scene | None
+    background_rgb: tuple[float, float, float]
+    clothing_colour: int
+    backdrop: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Painting.
+# ---------------------------------------------------------------------------------------------------------
+_PIX = np.arange(HI, dtype=np.float32) + 0.5  # supersample centres
+
+
+class _Painter:
+    """Paints shapes given in face units onto the supersampled canvas.
+
+    Shapes only write a small "material" id per supersample (one byte, so painting is cheap); each
+    material has a colour and a part label, and `composite` turns ids into colours and labels at the end.
+    """
+
+    def __init__(self, cx: float, cy: float, s: float) -> None:
+        self.cx, self.cy, self.s = cx, cy, s
+        self.mat = np.zeros((HI, HI), np.uint8)  # 0 = background, untouched
+        self.colours: list[Any] = [(0, 0, 0)]
+        self.part: list[int] = [BACKGROUND]
+        self.face = np.zeros((HI, HI), bool)  # supersamples inside the face outline and not under hair
+
+    def box(
+        self, x0: float, y0: float, x1: float, y1: float
+    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+        """Canvas slices covering the unit-space box, with broadcastable u (1, w) and v (h, 1) coordinates."""
+        c0 = max(int(np.floor(self.cx + x0 * self.s)), 0)
+        c1 = min(int(np.ceil(self.cx + x1 * self.s)) + 1, HI)
+        r0 = max(int(np.floor(self.cy + y0 * self.s)), 0)
+        r1 = min(int(np.ceil(self.cy + y1 * self.s)) + 1, HI)
+        if c1 <= c0 or r1 <= r0:
+            return None
+        u = ((_PIX[c0:c1] - self.cx) / self.s)[None, :]
+        v = ((_PIX[r0:r1] - self.cy) / self.s)[:, None]
+        return (slice(r0, r1), slice(c0, c1)), u, v
+
+    def fill(self, sl: tuple[slice, slice], mask: np.ndarray, colour: Any, label: int) -> None:
+        if len(self.colours) == 256:  # pragma: no cover - a person uses about 30 materials
+            raise RuntimeError("too many materials")
+        self.colours.append(colour)
+        self.part.append(label)
+        np.copyto(self.mat[sl], np.uint8(len(self.colours) - 1), where=mask)
+
+    def on_face(self, sl: tuple[slice, slice], mask: np.ndarray) -> np.ndarray:
+        """Clip a feature to the face outline, so everything drawn on the face belongs to the face mask."""
+        return mask & self.face[sl]
+
+    def composite(self, background: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The person over `background` (planar (3, HI, HI) uint8) and the (HI, HI) part labels."""
+        lut = np.clip(np.rint(np.array(self.colours, np.float32).T), 0, 255).astype(
+            np.uint8
+        )  # (3, materials)
+        out = np.where((self.mat == 0)[None], background, np.take(lut, self.mat, axis=1))
+        return out, np.asarray(self.part, np.uint8)[self.mat]
+
+
+def _ellipse(u: np.ndarray, v: np.ndarray, x: float, y: float, rx: float, ry: float) -> np.ndarray:
+    return ((u - x) / rx) ** 2 + ((v - y) / ry) ** 2 <= 1.0
+
+
+def _segment(
+    u: np.ndarray, v: np.ndarray, p0: tuple[float, float], p1: tuple[float, float], half_width: float
+) -> np.ndarray:
+    """Points within `half_width` of the segment p0-p1 (a thick line with round caps)."""
+    dx, dy = p1[0] - p0[0], p1[1] - p0[1]
+    t = np.clip(((u - p0[0]) * dx + (v - p0[1]) * dy) / (dx * dx + dy * dy), 0.0, 1.0)
+    return (u - p0[0] - t * dx) ** 2 + (v - p0[1] - t * dy) ** 2 <= half_width * half_width
+
+
+def _face_outline(u: np.ndarray, v: np.ndarray, shape: int) -> np.ndarray:
+    a, b, p, taper = _FACE_GEOMETRY[shape]
+    w = a * (1.0 - taper * np.clip(v / b, 0.0, 1.0)) if taper else a
+    if p == 2.0:
+        return (u / w) ** 2 + (v / b) ** 2 <= 1.0
+    return np.abs(u / w) ** p + np.abs(v / b) ** p <= 1.0
+
+
+def _shade(rgb: RGB | np.ndarray, k: float) -> np.ndarray:
+    return np.asarray(rgb, np.float32) * k
+
+
+def _draw_torso(p: _Painter, clothes: np.ndarray, skin: np.ndarray, half_body: bool) -> None:
+    y0, w, r = 1.52, 1.85, 0.6  # shoulder line, half-width, shoulder rounding (units)
+    res = p.box(-w - 0.5, y0, w + 0.5, 40.0)
+    if res is None:
+        return
+    sl, u, v = res
+    # Half-body: the torso widens a little downwards (arms hanging at the sides).
+    ww = w + 0.1 * np.clip(v - y0 - r, 0.0, None) if half_body else w
+    au = np.abs(u)
+    torso = ((au <= ww - r) & (v >= y0)) | ((au <= ww) & (v >= y0 + r))
+    torso |= (au - (w - r)) ** 2 + (v - (y0 + r)) ** 2 <= r * r
+    p.fill(sl, torso, clothes, CLOTHES)
+    if half_body:
+        # Darker sleeves separate the arms from the chest.
+        arm = torso & (au >= ww - 0.55) & (au <= ww - 0.45) & (v > y0 + 0.5)
+        p.fill(sl, arm, clothes * 0.7, CLOTHES)
+    # Round neckline showing the neck's skin.
+    neckline = _ellipse(u, v, 0.0, y0 - 0.05, 0.45, 0.35) & (v >= y0 - 0.2)
+    p.fill(sl, neckline, skin * 0.86, NECK)
+    collar = _ellipse(u, v, 0.0, y0 - 0.05, 0.53, 0.43) & ~neckline & torso
+    p.fill(sl, collar, clothes * 0.78, CLOTHES)
+
+
+def _hair_back(p: _Painter, style: str, a: float, b: float, hair: np.ndarray) -> None:
+    """Hair behind the face (cap, volume, long hair over the shoulders)."""
+    if style == "bald":
+        return
+    res = p.box(-a - 0.7, -b - 0.9, a + 0.7, 2.8)
+    if res is None:
+        return
+    sl, u, v = res
+    if style == "buzz":
+        m = _ellipse(u, v, 0.0, -0.04, a + 0.05, b + 0.06) & (v < -0.15)
+    elif style in ("short", "fringe"):
+        m = _ellipse(u, v, 0.0, -0.07, a + 0.13, b + 0.15) & (v < 0.0)
+    elif style == "side part":
+        m = _ellipse(u, v, 0.0, -0.07, a + 0.15, b + 0.16) & (v < 0.05)
+        m |= _ellipse(u, v, -0.35 * a, -b + 0.05, 0.75 * a, 0.32)  # volume swept to one side
+    elif style == "bob":
+        m = _ellipse(u, v, 0.0, -0.06, a + 0.2, b + 0.17) & (v < 0.0)
+        m |= (np.abs(u) < a + 0.2) & (v >= -0.1) & (v < 0.8)
+    elif style == "long":
+        m = _ellipse(u, v, 0.0, -0.06, a + 0.18, b + 0.16) & (v < 0.0)
+        m |= (np.abs(u) < a + 0.24) & (v >= -0.1) & (v < 2.5 - 0.4 * (u / a) ** 2)
+    elif style == "afro":
+        m = _ellipse(u, v, 0.0, -0.32, a + 0.55, b + 0.42) & (v < 0.45)
+    elif style == "mohawk":
+        m = (np.abs(u) < 0.2) & _ellipse(u, v, 0.0, -0.1, 0.6, b + 0.45) & (v < -0.3)
+    else:  # pragma: no cover - ATTRIBUTES and this function are kept in sync by the tests
+        raise ValueError(style)
+    p.fill(sl, m, hair, HAIR)
+    _hair_texture(p, sl, u, v, m, style, hair)
+
+
+def _hair_texture(
+    p: _Painter,
+    sl: tuple[slice, slice],
+    u: np.ndarray,
+    v: np.ndarray,
+    m: np.ndarray,
+    style: str,
+    hair: np.ndarray,
+) -> None:
+    # Curls for the afro, strands for longer styles: makes hair read as hair, not as a hat.
+    if style == "afro":
+        tex = m & ((np.sin(u * 22.0) * np.sin(v * 22.0)) > 0.55)
+    elif style in ("bob", "long", "side part"):
+        tex = m & (np.sin(u * 26.0 + 2.0 * v) > 0.8)
+    else:
+        return
+    p.fill(sl, tex, hair * 0.8 + 12.0, HAIR)
+
+
+def _hair_front(p: _Painter, style: str, a: float, b: float, hair: np.ndarray) -> None:
+    """Hair over the face: the hairline, fringes, side curtains. Removes those pixels from the face."""
+    if style == "bald":
+        return
+    res = p.box(-a - 0.1, -b - 0.1, a + 0.1, b + 0.1)
+    if res is None:
+        return
+    sl, u, v = res
+    x = u / a
+    if style == "buzz":
+        m = v < -0.78 * b + 0.3 * x**2
+    elif style == "short":
+        m = v < -0.6 * b + 0.35 * x**2
+    elif style == "fringe":
+        m = v < -0.42 * b + 0.08 * x**2 + 0.03 * np.sin(u * 30.0)
+    elif style == "side part":
+        m = v < -0.5 * b + 0.28 * x + 0.15 * x**2
+    elif style == "bob":
+        m = (v < -0.44 * b + 0.08 * x**2) | ((np.abs(x) > 0.8) & (v < 0.45))
+    elif style == "long":
+        m = (v < -0.58 * b + 0.4 * x**2) | ((np.abs(x) > 0.84) & (v < 0.35))
+    elif style == "afro":
+        m = v < -0.58 * b + 0.3 * x**2
+    elif style == "mohawk":
+        m = (np.abs(u) < 0.2) & (v < -0.66 * b)
+    else:  # pragma: no cover
+        raise ValueError(style)
+    m = p.on_face(sl, m)
+    p.fill(sl, m, hair, HAIR)
+    _hair_texture(p, sl, u, v, m, style, hair)
+    p.face[sl] &= ~m
+
+
+def _draw_face(p: _Painter, ident: Identity) -> None:
+    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
+    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
+    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
+    style = ATTRIBUTES["hair_style"][ident.hair_style]
+
+    # Ears sit behind the face outline, half hidden.
+    res = p.box(-a - 0.2, -0.3, a + 0.2, 0.3)
+    if res is not None:
+        sl, u, v = res
+        ears = _ellipse(u, v, -a, -0.02, 0.15, 0.23) | _ellipse(u, v, a, -0.02, 0.15, 0.23)
+        p.fill(sl, ears, skin * 0.92, EAR)
+
+    # Face outline, flat skin (no shading: pure-skin pixels keep the exact palette colour).
+    res = p.box(-a, -b, a, b)
+    assert res is not None
+    sl, u, v = res
+    face = _face_outline(u, v, ident.face_shape)
+    p.face[sl] = face
+    p.fill(sl, face, skin, SKIN)
+
+    # Facial hair first: mouth and nose are drawn over a beard.
+    beard_col = hair * 0.92
+    fh = ATTRIBUTES["facial_hair"][ident.facial_hair]
+    res = p.box(-a, 0.0, a, b)
+    if res is not None and fh != "none":
+        sl, u, v = res
+        moustache = _ellipse(u, v, 0.0, 0.42, 0.27, 0.075)
+        if fh == "beard":
+            m = (v > 0.08 + 0.32 * (1.0 - (u / a) ** 2)) | moustache
+        elif fh == "goatee":
+            m = _ellipse(u, v, 0.0, b * 0.84, 0.24, 0.24) | moustache
+        else:
+            m = moustache
+        p.fill(sl, p.on_face(sl, m), beard_col, FACIAL_HAIR)
+
+    # Nose.
+    res = p.box(-0.25, -0.05, 0.25, 0.4)
+    assert res is not None
+    sl, u, v = res
+    nose = ATTRIBUTES["nose"][ident.nose]
+    if nose == "button":
+        m = _ellipse(u, v, 0.0, 0.24, 0.1, 0.08)
+    elif nose == "long":
+        m = ((np.abs(u) < 0.05) & (v > -0.02) & (v < 0.32)) | _ellipse(u, v, 0.0, 0.32, 0.1, 0.05)
+    elif nose == "wide":
+        m = _ellipse(u, v, 0.0, 0.26, 0.22, 0.075)
+    else:  # pointed: a triangle widening downwards
+        m = (v > 0.02) & (v < 0.32) & (np.abs(u) < 0.16 * (v - 0.02) / 0.3)
+    p.fill(sl, p.on_face(sl, m), skin * 0.7, NOSE)
+
+    # Mouth.
+    res = p.box(-0.35, 0.3, 0.35, 0.75)
+    assert res is not None
+    sl, u, v = res
+    lips = skin * 0.5 + np.asarray((175, 55, 65), np.float32) * 0.5
+    mouth = ATTRIBUTES["mouth"][ident.mouth]
+    if mouth == "smile":
+        p.fill(sl, p.on_face(sl, _segment(u, v, (-0.22, 0.5), (0.0, 0.6), 0.05)), lips, MOUTH)
+        p.fill(sl, p.on_face(sl, _segment(u, v, (0.0, 0.6), (0.22, 0.5), 0.05)), lips, MOUTH)
+    elif mouth == "neutral":
+        p.fill(sl, p.on_face(sl, (np.abs(u) < 0.2) & (np.abs(v - 0.56) < 0.045)), lips, MOUTH)
+    elif mouth == "open":
+        outer = _ellipse(u, v, 0.0, 0.56, 0.14, 0.12)
+        p.fill(sl, p.on_face(sl, outer), lips, MOUTH)
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, 0.0, 0.56, 0.085, 0.07)), (90, 22, 32), MOUTH)
+    else:  # grin: a wide half-moon of teeth with a lip border
+        outer = _ellipse(u, v, 0.0, 0.48, 0.29, 0.2) & (v > 0.48)
+        p.fill(sl, p.on_face(sl, outer), lips, MOUTH)
+        teeth = _ellipse(u, v, 0.0, 0.48, 0.22, 0.13) & (v > 0.5)
+        p.fill(sl, p.on_face(sl, teeth), (245, 245, 238), MOUTH)
+
+    # Eyes: white, iris in the eye colour, dark pupil.
+    d = _EYE_SPACING[ident.eye_spacing] * a
+    ey = -0.08
+    res = p.box(-d - 0.35, -0.55, d + 0.35, 0.2)
+    assert res is not None
+    sl, u, v = res
+    for sx in (-d, d):
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.2, 0.12)), (242, 242, 240), EYE)
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.11, 0.11)), EYE_RGB[ident.eye_colour], EYE)
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.036, 0.036)), (12, 12, 16), EYE)
+
+    # Brows, in a darker shade of the hair colour.
+    brow_col = hair * 0.72
+    brows = ATTRIBUTES["brows"][ident.brows]
+    by = ey - 0.25
+    for side in (-1.0, 1.0):
+        sx = side * d
+        b_in, b_out = sx - side * 0.18, sx + side * 0.2
+        if brows == "thin":
+            m = _segment(u, v, (b_in, by), (b_out, by - 0.01), 0.035)
+        elif brows == "thick":
+            m = _segment(u, v, (b_in, by), (b_out, by), 0.075)
+        elif brows == "arched":
+            m = _segment(u, v, (b_in, by + 0.02), (sx, by - 0.08), 0.045)
+            m |= _segment(u, v, (sx, by - 0.08), (b_out, by + 0.03), 0.045)
+        else:  # angled: rising towards the outside
+            m = _segment(u, v, (b_in, by + 0.04), (b_out, by - 0.09), 0.055)
+        p.fill(sl, p.on_face(sl, m), brow_col, BROW)
+
+    # Glasses: dark frames around both eyes and a bridge.
+    glasses = ATTRIBUTES["glasses"][ident.glasses]
+    if glasses != "none":
+        frame = (np.abs(u) < d - 0.2) & (np.abs(v - ey) < 0.04)  # the bridge between the lenses
+        for sx in (-d, d):
+            if glasses == "round":
+                ring = _ellipse(u, v, sx, ey, 0.27, 0.25) & ~_ellipse(u, v, sx, ey, 0.2, 0.18)
+            else:
+                du, dv = np.abs(u - sx), np.abs(v - ey)
+                ring = (du < 0.29) & (dv < 0.21) & ~((du < 0.22) & (dv < 0.14))
+            frame = frame | ring
+        p.fill(sl, p.on_face(sl, frame), (28, 28, 34), GLASSES)
+
+    _hair_front(p, style, a, b, hair)
+
+
+def _draw_person(
+    background: np.ndarray,
+    ident: Identity,
+    clothes: RGB,
+    framing: int,
+    position: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The person painted over `background`: planar (3, HI, HI) uint8 colour and (HI, HI) part labels."""
+    # Jitter: up to +-1 final pixel of offset (in supersamples) and +-3% scale.
+    dx, dy = (int(v) for v in rng.integers(-SS, SS + 1, size=2))
+    scale = _SCALE[framing] * SS * float(rng.uniform(0.97, 1.03))
+    cx = _CENTRE_X[framing][position] * SS + dx
+    cy = _CENTRE_Y[framing] * SS + dy
+    p = _Painter(cx, cy, scale)
+    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
+    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
+    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
+    style = ATTRIBUTES["hair_style"][ident.hair_style]
+
+    _draw_torso(p, np.asarray(clothes, np.float32), skin, half_body=framing == 1)
+    _hair_back(p, style, a, b, hair)
+    res = p.box(-0.4, 0.3, 0.4, 1.6)
+    assert res is not None
+    sl, u, v = res
+    p.fill(sl, (np.abs(u) < 0.36) & (v > 0.3) & (v < 1.6), skin * 0.86, NECK)
+    _draw_face(p, ident)
+    return p.composite(background)
+
+
+# Supersample -> final pixel block index, for counting labels per pixel with one bincount.
+_BLOCK = ((np.arange(HI)[:, None] // SS) * SIZE + (np.arange(HI)[None, :] // SS)).ravel()
+_NL = len(LABEL_NAMES)
+
+
+def _downsample(planar: np.ndarray) -> np.ndarray:
+    """Box filter SSxSS -> 1 of a planar (3, HI, HI) uint8 canvas, to (SIZE, SIZE, 3) float32.
+
+    Explicit uint16 adds of contiguous slices: several times faster than a strided mean."""
+    rows = planar.reshape(3, SIZE, SS, HI).astype(np.uint16)
+    acc = rows[:, :, 0] + rows[:, :, 1]
+    for k in range(2, SS):
+        acc += rows[:, :, k]
+    cols = acc.reshape(3, SIZE, SIZE, SS)
+    out = cols[..., 0] + cols[..., 1]
+    for k in range(2, SS):
+        out += cols[..., k]
+    return out.transpose(1, 2, 0).astype(np.float32) * np.float32(1.0 / (SS * SS))
+
+
+def _finish(
+    rgb: np.ndarray,
+    lab: np.ndarray,
+    tint: tuple[float, float, float],
+    background_rgb: np.ndarray,
+    identity: Identity,
+    scene: Scene | None,
+    clothing_colour: int,
+    backdrop: str | None,
+) -> Render:
+    low = _downsample(rgb)
+    t = np.asarray(tint, np.float32)
+    image = np.clip(np.rint(low * t), 0, 255).astype(np.uint8)
+    counts = np.bincount(_BLOCK * _NL + lab.ravel(), minlength=SIZE * SIZE * _NL).reshape(SIZE * SIZE, _NL)
+    face_counts = counts[:, SKIN:]
+    mask = face_counts.sum(axis=1) * 2 >= SS * SS  # coverage >= 0.5
+    labels = np.where(mask, face_counts.argmax(axis=1) + SKIN, counts[:, :SKIN].argmax(axis=1))
+    face_mask = mask.reshape(SIZE, SIZE)
+    rows, cols = np.flatnonzero(face_mask.any(axis=1)), np.flatnonzero(face_mask.any(axis=0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.size else (0, 0, 0, 0)
+    bg_mean = tuple(float(c) for c in background_rgb * t)
+    return Render(
+        image=image,
+        face_mask=face_mask,
+        labels=labels.reshape(SIZE, SIZE).astype(np.uint8),
+        face_box=box,
+        identity=identity,
+        scene=scene,
+        background_rgb=(bg_mean[0], bg_mean[1], bg_mean[2]),
+        clothing_colour=clothing_colour,
+        backdrop=backdrop,
+    )
+
+
+def _scene_canvas(identity: Identity, scene: Scene, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([int(seed), 0x5CE7E])
+    background, background_rgb = bg.scene_crop(scene.background, rng)
+    clothes = CLOTHING_COLOURS[CLOTHING_NAMES[scene.clothing_colour]]
+    rgb, lab = _draw_person(background, identity, clothes, scene.framing, scene.position, rng)
+    return rgb, lab, background_rgb
+
+
+def render_layers(identity: Identity, scene: Scene, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The supersampled canvas of `render` before downsampling and tint: (256, 256, 3) uint8 colour and
+    (256, 256) uint8 part labels. Exposed for tests and ground-truth tools."""
+    rgb, lab, _ = _scene_canvas(identity, scene, seed)
+    return rgb.transpose(1, 2, 0), lab
+
+
+def render(identity: Identity, scene: Scene, seed: int = 0) -> Render:
+    """Render `identity` in `scene`. Deterministic in (identity, scene, seed); `seed` only jitters the pose
+    (<= 1 px offset, +-3% scale) and the background pattern's phase."""
+    rgb, lab, background_rgb = _scene_canvas(identity, scene, seed)
+    tint = LIGHTINGS[LIGHTING_NAMES[scene.lighting]]
+    return _finish(rgb, lab, tint, background_rgb, identity, scene, scene.clothing_colour, None)
+
+
+def reference_choice(seed: int) -> tuple[int, int]:
+    """(backdrop index, clothing colour index) of the reference photo with `seed`."""
+    rng = np.random.default_rng([int(seed), 0x8EF])
+    return int(rng.integers(len(bg.BACKDROP_NAMES))), int(rng.integers(len(CLOTHING_NAMES)))
+
+
+def render_reference(identity: Identity, seed: int = 0) -> Render:
+    """A reference photo: close-up, centre, neutral light, on a random plain studio backdrop (not a scene)
+    in random clothing, both drawn from `seed`. `Render.backdrop` names the backdrop and
+    `Render.background_rgb` is its mean colour, for measuring how much of it a model drags along."""
+    backdrop_index, clothing = reference_choice(seed)
+    rng = np.random.default_rng([int(seed), 0x8EF, 1])
+    background, background_rgb = bg.backdrop(backdrop_index)
+    rgb, lab = _draw_person(background, identity, CLOTHING_COLOURS[CLOTHING_NAMES[clothing]], 0, 1, rng)
+    return _finish(
+        rgb,
+        lab,
+        LIGHTINGS["neutral"],
+        background_rgb,
+        identity,
+        None,
+        clothing,
+        bg.BACKDROP_NAMES[backdrop_index],
+    )
