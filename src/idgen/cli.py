@@ -72,19 +72,15 @@ def add_generate(sub: Any) -> None:
         "--true-cfg", type=float, default=1.0, help="true CFG scale (>1 enables; uses --negative-prompt)"
     )
     p.add_argument("--negative-prompt")
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=1024)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.0, help="distilled guidance")
+    p.add_argument("--width", type=int, help="default: the model's (1024 for FLUX.1, 64 for the demo world)")
+    p.add_argument("--height", type=int, help="default: the model's")
+    p.add_argument("--steps", type=int, help="default: the model's (20)")
+    p.add_argument("--guidance", type=float, help="distilled guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-sequence-length", type=int, default=128)
-    p.add_argument(
-        "--flux", default="black-forest-labs/FLUX.1-dev", help="FLUX folder, hub id, or tiny-random"
-    )
-    p.add_argument(
-        "--pulid", default="guozinan/PuLID", help="PuLID-FLUX file, folder, hub id, or tiny-random"
-    )
-    p.add_argument("--encoder", default="pulid", help="pulid or tiny-random")
+    p.add_argument("--max-sequence-length", type=int, help="T5 tokens (default: the model's)")
+    p.add_argument("--flux", help="FLUX folder, hub id, or tiny-random (default: the demo world)")
+    p.add_argument("--pulid", help="PuLID-FLUX file, folder or hub id (default with --flux: guozinan/PuLID)")
+    p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
     p.add_argument(
         "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
     )
@@ -93,8 +89,17 @@ def add_generate(sub: Any) -> None:
     p.add_argument(
         "--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it"
     )
-    p.add_argument("--mask-strip", action="store_true", help="also write <out>.masks.png (mask per step)")
+    p.add_argument(
+        "--mask-strip",
+        action=argparse.BooleanOptionalAction,
+        help="also write <out>.masks.png, the mask at every step (default: on for the demo world)",
+    )
     p.add_argument("--mask-gif", action="store_true", help="also write <out>.masks.gif")
+    p.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        help="also write <out>.compare.png: reference | none | uniform | spatial (default: demo world)",
+    )
     p.set_defaults(func=run_generate)
 
 
@@ -103,28 +108,12 @@ def scheduler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    import idgen
+def build_policy(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The mask policy and the schedule the arguments ask for."""
     from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
     from idgen.core.schedule import TemporalSpatialScheduler
-    from idgen.io import atomic_save_image, atomic_write_text, load_image
-    from idgen.pipelines.pulid_flux import check_generation_inputs, mask_box, mask_policy, user_mask
-    from idgen.recording import MaskRecorder
+    from idgen.pipelines.pulid_flux import mask_box, mask_policy, user_mask
 
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise IdgenError(f"--out must end in .png, got {out.name}")
-    if args.mode != "none" and not args.id_image:
-        raise IdgenError(f"--mode {args.mode} needs --id-image")
-    wants_masks = args.mask_strip or args.mask_gif
-    if wants_masks and args.mode != "spatial":
-        raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
-    # Everything that can be checked without the models is checked before they load.
-    check_generation_inputs(args.prompt, args.id_weight, args.height, args.width, args.steps)
-    if args.mode != "none":
-        load_image(args.id_image, what="id image")  # fail before the models load
     overrides = scheduler_overrides(args)
     extractor: Any = AttentionEntropyExtractor(min_spread=args.min_spread)
     if args.extractor == "ca-norm":
@@ -139,22 +128,73 @@ def run_generate(args: argparse.Namespace) -> int:
         overrides.setdefault("prior_box", box)
         extractor = FixedMaskExtractor(mask)
     scheduler = TemporalSpatialScheduler.from_preset(args.preset, **overrides)
-    policy = mask_policy(args.mode, scheduler=scheduler, extractor=extractor)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return mask_policy(args.mode, scheduler=scheduler, extractor=extractor), scheduler
+
+
+def load_pipeline(args: argparse.Namespace, device: str) -> Any:
+    import torch
+
+    import idgen
+
+    if args.flux is None and args.pulid is None and args.encoder is None:
+        from idgen.world.bundle import load_world
+
+        return load_world(device)
     dtype = getattr(torch, args.dtype) if args.dtype else None
     encoder_kwargs: dict[str, Any] = {}
     if args.encoder == idgen.TINY_RANDOM and args.detector == "dlib":
         from idgen.identity.faces import DlibFaceDetector
 
         encoder_kwargs["detector"] = DlibFaceDetector()
+    return idgen.load(
+        args.flux or "black-forest-labs/FLUX.1-dev",
+        args.pulid or "guozinan/PuLID",
+        args.encoder or "pulid",
+        device=device,
+        torch_dtype=dtype,
+        **encoder_kwargs,
+    )
+
+
+def warn_unknown_words(prompt: str) -> None:
+    from idgen.world.tokenizer import unknown_words
+
+    unknown = unknown_words(prompt)
+    if unknown:
+        print(f"idgen: warning: not in the demo world's vocabulary: {', '.join(unknown)}", file=sys.stderr)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from idgen.io import atomic_save_image, atomic_write_text, load_image
+    from idgen.pipelines.pulid_flux import check_generation_inputs
+    from idgen.recording import MaskRecorder
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise IdgenError(f"--out must end in .png, got {out.name}")
+    if args.mode != "none" and not args.id_image:
+        raise IdgenError(f"--mode {args.mode} needs --id-image")
+    demo = args.flux is None and args.pulid is None and args.encoder is None
+    mask_strip = demo if args.mask_strip is None else args.mask_strip
+    compare = demo if args.compare is None else args.compare
+    if (args.mask_strip or args.mask_gif) and args.mode != "spatial":
+        raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
+    wants_masks = (mask_strip or args.mask_gif) and args.mode == "spatial"
+    # Everything that can be checked without the models is checked before they load.
+    check_generation_inputs(
+        args.prompt, args.id_weight, args.height or 1024, args.width or 1024, args.steps or 1
+    )
+    reference = load_image(args.id_image, what="id image") if args.mode != "none" else None
+    policy, scheduler = build_policy(args)
+    if demo:
+        warn_unknown_words(args.prompt)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
-    pipe = idgen.load(args.flux, args.pulid, args.encoder, device=device, torch_dtype=dtype, **encoder_kwargs)
-    recorder = MaskRecorder(keep_ca_norm=False) if wants_masks else None
-    result = pipe(
-        args.prompt,
-        args.id_image if args.mode != "none" else None,
-        mode=args.mode,
-        policy=policy,
+    pipe = load_pipeline(args, device)
+    loaded = time.perf_counter()
+    call = dict(
         id_weight=args.id_weight,
         start_step=args.start_step,
         true_cfg_scale=args.true_cfg,
@@ -165,32 +205,53 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         seed=args.seed,
         max_sequence_length=args.max_sequence_length,
-        recorder=recorder,
     )
+    recorder = MaskRecorder(keep_ca_norm=False) if wants_masks else None
+    id_image = args.id_image if args.mode != "none" else None
+    result = pipe(args.prompt, id_image, mode=args.mode, policy=policy, recorder=recorder, **call)
     image = result.images[0]
+    generated = time.perf_counter()
     atomic_save_image(image, out, format="PNG")
     written = [str(out)]
     if recorder is not None:
-        from idgen.viz import mask_strip, save_mask_gif
+        from idgen.viz import mask_strip as strip_of
+        from idgen.viz import save_mask_gif
 
         per_step = recorder.mean_mask_per_step()
-        if args.mask_strip:
+        if mask_strip:
             strip_path = out.with_suffix(".masks.png")
-            atomic_save_image(mask_strip(image, per_step), strip_path, format="PNG")
+            atomic_save_image(strip_of(image, per_step), strip_path, format="PNG")
             written.append(str(strip_path))
         if args.mask_gif:
             gif_path = out.with_suffix(".masks.gif")
             save_mask_gif(image, per_step, gif_path)
             written.append(str(gif_path))
+    if compare and reference is not None:
+        from idgen.viz import side_by_side
+
+        panels = {"reference": reference}
+        for mode in ("none", "uniform", "spatial"):
+            if mode == args.mode:
+                panels[mode] = image
+            else:
+                panels[mode] = pipe(
+                    args.prompt, id_image, mode=mode, id_features=result.id_features, **call
+                ).images[0]
+        compare_path = out.with_suffix(".compare.png")
+        atomic_save_image(side_by_side(panels, size=image.size), compare_path, format="PNG")
+        written.append(str(compare_path))
     params = {k: v for k, v in vars(args).items() if k != "func"}
     sidecar = {
         "image": out.name,
+        "model": "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder},
         "parameters": params,
+        "sampling": {k: v for k, v in pipe.defaults.items() if call.get(k) is None}
+        | {k: v for k, v in call.items() if v is not None},
         "schedule": dataclasses.asdict(scheduler) if args.mode == "spatial" else None,
         "seed": args.seed,
         "device": device,
         "dtype": str(next(pipe.flux.transformer.parameters()).dtype).removeprefix("torch."),
-        "seconds": round(time.perf_counter() - started, 3),
+        "seconds": {"load": round(loaded - started, 3), "generate": round(generated - loaded, 3)},
         "versions": versions(),
     }
     sidecar_path = out.with_suffix(".json")
@@ -201,11 +262,82 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_world(sub: Any) -> None:
+    world = sub.add_parser("world", help="the demo world: render data, train every asset")
+    commands = world.add_subparsers(dest="world_command", required=True, parser_class=ArgumentParser)
+    r = commands.add_parser("render", help="render people in scenes with captions and exact face masks")
+    r.add_argument("--out", required=True, help="folder for PNGs, masks and index.jsonl")
+    r.add_argument("--count", type=int, default=16)
+    r.add_argument("--split", choices=["train", "test"], default="train")
+    r.add_argument("--references", action="store_true", help="render reference photos instead of scenes")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=run_world_render)
+    t = commands.add_parser("train", help="reproduce every demo-world asset from scratch (resumable)")
+    t.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test)")
+    t.add_argument("--work", help="checkpoints and caches (default: outputs/world)")
+    t.add_argument(
+        "--assets", help="where the trained assets go (default: the package's, or <work>/assets with --quick)"
+    )
+    t.add_argument("--threads", type=int, default=1, help="CPU threads for training")
+    t.set_defaults(func=run_world_train)
+
+
+def run_world_render(args: argparse.Namespace) -> int:
+    import numpy as np
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from idgen.io import atomic_save_image, atomic_write_text
+    from idgen.world.captions import caption, random_train_scene
+    from idgen.world.render import render, render_reference, test_identities, train_identities
+
+    if args.count < 1:
+        raise IdgenError(f"--count must be >= 1, got {args.count}")
+    out = Path(args.out)
+    people = train_identities() if args.split == "train" else test_identities()
+    rng = np.random.default_rng([args.seed, 0x4E4])
+    lines = []
+    for i in tqdm(range(args.count), desc="render"):
+        who = int(rng.integers(len(people)))
+        if args.references:
+            r, text = render_reference(people[who], seed=args.seed * 100_003 + i), None
+        else:
+            scene = random_train_scene(rng)
+            r, text = render(people[who], scene, seed=args.seed * 100_003 + i), caption(scene, rng)
+        name = f"{args.split}_{i:05d}"
+        atomic_save_image(Image.fromarray(r.image), out / f"{name}.png")
+        atomic_save_image(Image.fromarray(r.face_mask.astype(np.uint8) * 255), out / f"{name}.mask.png")
+        entry = {
+            "image": f"{name}.png",
+            "mask": f"{name}.mask.png",
+            "caption": text,
+            "face_box": list(r.face_box),
+        }
+        lines.append(json.dumps({**entry, "identity": who, "split": args.split}))
+    atomic_write_text(out / "index.jsonl", "\n".join(lines) + "\n")
+    print(out / "index.jsonl")
+    return 0
+
+
+def run_world_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from idgen.world.build import ASSETS, train_all
+
+    torch.set_num_threads(args.threads)
+    work = Path(args.work or ("outputs/world-quick" if args.quick else "outputs/world"))
+    assets = Path(args.assets) if args.assets else (work / "assets" if args.quick else ASSETS)
+    report = train_all(work, assets, quick=args.quick)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="idgen", description="Identity-preserving text-to-image generation.")
     parser.add_argument("--version", action="version", version=versions()["idgen"])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     add_generate(sub)
+    add_world(sub)
     return parser
 
 

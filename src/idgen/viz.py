@@ -58,3 +58,19 @@ def save_mask_gif(
         raise ValueError("no masks were recorded")
     with atomic_output(path) as tmp:
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=ms, loop=0)
+
+
+def side_by_side(panels: dict[str, Image.Image], size: tuple[int, int], min_size: int = 128) -> Image.Image:
+    """Labelled panels in a row, each resized to `size` (enlarged with nearest-neighbour when tiny)."""
+    width, height = size
+    if width < min_size:
+        scale = -(-min_size // width)
+        width, height = width * scale, height * scale
+    tiles = [
+        labelled(im.convert("RGB").resize((width, height), Image.Resampling.NEAREST), name)
+        for name, im in panels.items()
+    ]
+    row = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
+    for i, tile in enumerate(tiles):
+        row.paste(tile, (i * tiles[0].width, 0))
+    return row

@@ -61,6 +61,9 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, 
 
 
 FLUX_PIXEL_MULTIPLE = 16  # VAE /8, then 2x2 packing
+FLUX_DEFAULTS: dict[str, Any] = dict(
+    height=1024, width=1024, num_inference_steps=20, guidance_scale=4.0, max_sequence_length=128
+)
 
 
 def check_generation_inputs(
@@ -90,9 +93,17 @@ class IdentityFluxPipeline:
     >>> image = pipe("a person in a snowy forest", id_image="me.jpg", mode="spatial").images[0]
     """
 
-    def __init__(self, flux: Any, adapter: PuLIDAdapter, encoder: IdentityEncoder) -> None:
+    def __init__(
+        self,
+        flux: Any,
+        adapter: PuLIDAdapter,
+        encoder: IdentityEncoder,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
         param = next(flux.transformer.parameters())
         self.flux, self.encoder = flux, encoder
+        # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
+        self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
         self.adapter = adapter.to(param.device, param.dtype).eval()
         self.injector = FluxIdentityInjector(flux.transformer, self.adapter)
 
@@ -121,17 +132,26 @@ class IdentityFluxPipeline:
         start_step: int = 0,
         true_cfg_scale: float = 1.0,
         negative_prompt: str | None = None,
-        height: int = 1024,
-        width: int = 1024,
-        num_inference_steps: int = 20,
-        guidance_scale: float = 4.0,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         seed: int | None = 42,
         generator: torch.Generator | None = None,
-        max_sequence_length: int = 128,
+        max_sequence_length: int | None = None,
         recorder: Recorder | None = None,
         **flux_kwargs: Any,
     ) -> IdentityPipelineOutput:
-        """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`."""
+        """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
+
+        Sampling settings left as None come from `self.defaults`.
+        """
+        d = self.defaults
+        height = d["height"] if height is None else height
+        width = d["width"] if width is None else width
+        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        max_sequence_length = d["max_sequence_length"] if max_sequence_length is None else max_sequence_length
         check_generation_inputs(prompt, id_weight, height, width, num_inference_steps, self.pixel_multiple)
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler)
         true_cfg = true_cfg_scale > 1.0

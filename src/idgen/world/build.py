@@ -1,0 +1,196 @@
+"""`idgen world train`: reproduce every demo-world asset from scratch, stage by stage, resumably.
+
+Each stage writes its output atomically and is skipped when that output exists; each training
+checkpoints under the work folder and resumes from it after a kill.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from idgen.io import atomic_output
+from idgen.training import TrainConfig
+from idgen.world import generator as gen
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+class BaseRecipe(NamedTuple):
+    renders: int = 8192
+    vae: TrainConfig = TrainConfig(
+        steps=400, lr=1e-3, batch_size=16, checkpoint_every=100, warmup=20, seed=11
+    )
+    transformer: TrainConfig = TrainConfig(
+        steps=2000, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
+    )
+
+
+QUICK_BASE = BaseRecipe(
+    renders=64,
+    vae=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=11),
+    transformer=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=12),
+)
+
+
+def cached(path: Path, make: Any) -> dict[str, Any]:
+    """A dict of tensors (and string lists) computed once and kept at `path`."""
+    if path.exists():
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(value, tmp)
+    return dict(value)
+
+
+def train_base(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+    """Renders -> VAE -> latents and text embeddings -> transformer -> assets/flux (a FluxPipeline folder)."""
+    from diffusers import AutoencoderKL
+
+    recipe = QUICK_BASE if quick else BaseRecipe()
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+
+    def renders() -> dict[str, Any]:
+        data = gen.render_set(recipe.renders, seed=1)
+        return {"images": data.images, "captions": data.captions}
+
+    data = cached(work / "renders.pt", renders)
+    pipe = gen.new_pipeline()
+    vae_dir = work / "vae"
+    if (vae_dir / "config.json").exists():
+        pipe.vae = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        subset = gen.RenderSet(
+            data["images"], torch.empty(0), torch.empty(0), torch.empty(0), data["captions"]
+        )
+        report["vae"] = gen.train_vae(pipe.vae, subset, recipe.vae, work / "vae-train")
+        pipe.vae.save_pretrained(vae_dir)
+    pipe.vae.eval().requires_grad_(False)
+
+    def encoded() -> dict[str, Any]:
+        t5, pooled = gen.encode_texts(pipe, data["captions"])
+        empty_t5, empty_pooled = gen.encode_texts(pipe, [""])
+        latents = gen.encode_latents(pipe, data["images"])
+        return {
+            "latents": latents,
+            "t5": t5,
+            "pooled": pooled,
+            "empty_t5": empty_t5,
+            "empty_pooled": empty_pooled,
+        }
+
+    enc = gen.EncodedSet(**cached(work / "encoded.pt", encoded))
+    report["transformer"] = gen.train_transformer(pipe, enc, recipe.transformer, work / "transformer-train")
+    pipe.transformer.eval().requires_grad_(False)
+    save_pipeline(pipe, assets / "flux")
+    (work / "base-report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def save_pipeline(pipe: Any, folder: Path) -> None:
+    """save_pretrained into a temporary sibling, then swap it in, so a kill never leaves half a folder."""
+    import shutil
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+
+
+class AdapterRecipe(NamedTuple):
+    renders: int = 8192
+    train: TrainConfig = TrainConfig(
+        steps=1500, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
+    )
+
+
+QUICK_ADAPTER = AdapterRecipe(
+    renders=32, train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=13)
+)
+
+
+def train_adapter(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+    """The PuLID adapter on the frozen base, reading the base and identity encoder from `assets`."""
+    from diffusers import FluxPipeline
+
+    from idgen.models.loading import save_pulid_adapter
+    from idgen.models.pulid import PuLIDAdapter
+    from idgen.world.identity import WorldIdentityEncoder
+
+    recipe = QUICK_ADAPTER if quick else AdapterRecipe()
+    pipe = FluxPipeline.from_pretrained(assets / "flux")
+    encoder = WorldIdentityEncoder.from_pretrained(assets / "identity")
+
+    def renders() -> dict[str, Any]:
+        data = gen.render_set(recipe.renders, seed=2)
+        t5, pooled = gen.encode_texts(pipe, data.captions)
+        latents = gen.encode_latents(pipe, data.images)
+        return {
+            "latents": latents,
+            "t5": t5,
+            "pooled": pooled,
+            "images": data.images,
+            "face_boxes": data.face_boxes,
+        }
+
+    data = gen.AdapterSet(**cached(work / "adapter-data.pt", renders))
+    config = gen.demo_pulid_config(pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(14)
+        adapter = PuLIDAdapter(config)
+    report = gen.train_adapter(pipe, adapter, encoder, data, recipe.train, work / "adapter-train")
+    save_pulid_adapter(adapter.eval(), assets / "pulid")
+    return report
+
+
+NUM_REFERENCES = 8
+
+
+def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list[Path]:
+    """Reference photos of the first held-out identities, shipped for `idgen generate --id-image`."""
+    from PIL import Image
+
+    from idgen.io import atomic_save_image
+    from idgen.world.render import render_reference, test_identities
+
+    folder = assets / "references"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, person in enumerate(test_identities()[:count]):
+        path = folder / f"test_{i:03d}.png"
+        atomic_save_image(Image.fromarray(render_reference(person, seed=i).image), path)
+        paths.append(path)
+    return paths
+
+
+def train_all(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+    """Every demo-world asset from scratch, in dependency order; each stage resumes after a kill."""
+    from idgen.world.bundle import write_manifest
+    from idgen.world.evaluators import train_evaluators
+    from idgen.world.identity import train_identity_models
+
+    report: dict[str, Any] = {}
+    report["identity"] = train_identity_models(work / "identity", assets / "identity", quick=quick)
+    report["evaluators"] = train_evaluators(work / "evaluators", assets / "evaluators", quick=quick)
+    report["base"] = train_base(work / "generator", assets, quick=quick)
+    report["adapter"] = train_adapter(work / "generator", assets, quick=quick)
+    write_references(assets)
+    write_manifest(assets)
+    return report
+
+
+if __name__ == "__main__":
+    import sys
+
+    torch.set_num_threads(1)
+    quick = "--quick" in sys.argv
+    work = Path("outputs/world-quick" if quick else "outputs/world/generator")
+    print(train_base(work, ASSETS if not quick else work / "assets", quick=quick))

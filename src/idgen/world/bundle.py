@@ -1,0 +1,86 @@
+"""The shipped demo-world assets: their manifest of sha256 sums, verification, and loading.
+
+assets/
+  flux/              a FluxPipeline folder (model_index.json, transformer/, vae/, text encoders, tokenizers)
+  pulid/             config.json + model.safetensors (PuLIDAdapter at demo sizes)
+  identity/          detector/, recognizer/, tower/ (stand-ins for antelopev2 and EVA02-CLIP)
+  evaluators/        clip/, face/, segmenter/ (independent models for evaluation)
+  references/        reference photos of held-out identities
+  MANIFEST.json      {relative path: {"sha256": ..., "bytes": ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from idgen.errors import IdgenError
+from idgen.io import atomic_write_text
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+MANIFEST_NAME = "MANIFEST.json"
+GENERATOR_PARTS = ("flux", "pulid", "identity")
+WORLD_DEFAULTS = dict(height=64, width=64, num_inference_steps=20, guidance_scale=1.0, max_sequence_length=24)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def asset_files(assets: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in assets.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and "__pycache__" not in p.parts
+    )
+
+
+def write_manifest(assets: Path = ASSETS) -> dict[str, Any]:
+    manifest = {
+        p.relative_to(assets).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
+        for p in asset_files(assets)
+    }
+    atomic_write_text(assets / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def verify(assets: Path = ASSETS, parts: tuple[str, ...] | None = None) -> None:
+    """Check every listed file (under `parts`, if given) exists and matches its sha256; name the first that doesn't."""
+    path = assets / MANIFEST_NAME
+    if not path.is_file():
+        raise IdgenError(f"demo-world assets are missing their manifest: {path} (run `idgen world train`)")
+    manifest = json.loads(path.read_text())
+    for name, entry in manifest.items():
+        if parts is not None and name.split("/", 1)[0] not in parts:
+            continue
+        file = assets / name
+        if not file.is_file():
+            raise IdgenError(f"demo-world asset missing: {file}")
+        if file.stat().st_size != entry["bytes"] or sha256(file) != entry["sha256"]:
+            raise IdgenError(f"demo-world asset corrupted (sha256 mismatch): {file}")
+
+
+def reference_photos(assets: Path = ASSETS) -> list[Path]:
+    return sorted((assets / "references").glob("*.png"))
+
+
+def load_world(device: str = "cpu", assets: Path = ASSETS, require_face: bool = False) -> Any:
+    """The demo world as an IdentityFluxPipeline, through the same loaders as real checkpoints."""
+    from diffusers import FluxPipeline
+
+    from idgen.models.loading import load_pulid_adapter
+    from idgen.pipelines.pulid_flux import IdentityFluxPipeline
+    from idgen.world.identity import WorldIdentityEncoder
+
+    verify(assets, GENERATOR_PARTS)
+    flux = FluxPipeline.from_pretrained(assets / "flux").to(device)
+    flux.set_progress_bar_config(disable=True)
+    adapter = load_pulid_adapter(assets / "pulid", device=device)
+    encoder = WorldIdentityEncoder.from_pretrained(assets / "identity", require_face=require_face)
+    return IdentityFluxPipeline(flux, adapter, encoder, defaults=WORLD_DEFAULTS)

@@ -1,0 +1,307 @@
+"""The demo world's miniature FLUX: configs, the training data, and the base-model trainings.
+
+Every part is a stock diffusers/transformers class with a small config, saved with
+`save_pretrained` as a FluxPipeline folder, so `FluxPipeline.from_pretrained(folder)` (the loader
+real FLUX.1 goes through) reads it. Text encoders are frozen at their seeded random init, as FLUX
+keeps its pretrained encoders frozen; the VAE and the transformer are trained on renders.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from idgen.training import TrainConfig, Trainer
+from idgen.world.captions import caption, random_train_scene
+from idgen.world.render import render, train_identities
+
+MAX_TEXT_TOKENS = 24  # T5 sequence length the demo world trains and samples with
+SEED_COMPONENTS = 20_261_123
+
+VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    block_out_channels=(16, 32, 32),  # /4: 64 px -> 16x16 latents -> 8x8 packed tokens
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=64,
+    mid_block_add_attention=False,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
+TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    patch_size=1,
+    in_channels=16,  # 4 latent channels packed 2x2
+    num_layers=3,  # PuLID injects after double blocks 0, 2 ...
+    num_single_layers=5,  # ... and single blocks 0, 4: 4 injection points
+    attention_head_dim=32,
+    num_attention_heads=3,
+    joint_attention_dim=64,
+    pooled_projection_dim=64,
+    guidance_embeds=False,
+    axes_dims_rope=(8, 12, 12),
+)
+
+
+def text_encoders(vocab_size: int) -> tuple[Any, Any]:
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED_COMPONENTS)
+        clip = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=40,
+                projection_dim=64,
+                pad_token_id=0,
+                eos_token_id=1,
+                bos_token_id=3,
+            )
+        )
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=vocab_size,
+                d_model=64,
+                d_ff=128,
+                d_kv=16,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                pad_token_id=0,
+                eos_token_id=1,
+            )
+        )
+    return clip.eval().requires_grad_(False), t5.eval().requires_grad_(False)
+
+
+def new_pipeline(seed: int = SEED_COMPONENTS) -> Any:
+    """A FluxPipeline with the demo world's configs and untrained VAE/transformer."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from idgen.world.tokenizer import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    clip, t5 = text_encoders(len(tokenizer))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(**VAE_CONFIG)
+        transformer = FluxTransformer2DModel(**TRANSFORMER_CONFIG)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_image_seq_len=64, max_image_seq_len=256
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=build_tokenizer(),
+        transformer=transformer,
+    )
+
+
+@dataclass
+class RenderSet:
+    """Renders with their captions and ground truth, as tensors."""
+
+    images: Tensor  # (N, 3, 64, 64) float in [0, 1]
+    face_masks: Tensor  # (N, 64, 64) bool
+    face_boxes: Tensor  # (N, 4) pixel l, t, r, b
+    identities: Tensor  # (N,) index into train_identities()
+    captions: list[str]
+
+
+def render_set(n: int, seed: int) -> RenderSet:
+    """n renders of training identities in random training scenes, deterministic in seed."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng([seed, 0x5E7])
+    people = train_identities()
+    images, masks, boxes, ids, texts = [], [], [], [], []
+    for i in tqdm(range(n), desc="render", leave=False, mininterval=2):
+        who = int(rng.integers(len(people)))
+        scene = random_train_scene(rng)
+        r = render(people[who], scene, seed=int(rng.integers(2**31)) + i)
+        images.append(r.image)
+        masks.append(r.face_mask)
+        boxes.append(r.face_box)
+        ids.append(who)
+        texts.append(caption(scene, rng))
+    return RenderSet(
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
+        face_masks=torch.from_numpy(np.stack(masks)),
+        face_boxes=torch.tensor(boxes, dtype=torch.float32),
+        identities=torch.tensor(ids),
+        captions=texts,
+    )
+
+
+@torch.no_grad()
+def encode_texts(pipe: Any, texts: list[str], batch: int = 256) -> tuple[Tensor, Tensor]:
+    """(N, MAX_TEXT_TOKENS, 64) T5 embeddings and (N, 64) pooled CLIP embeddings, as FluxPipeline makes them."""
+    out_t5, out_pooled = [], []
+    for i in range(0, len(texts), batch):
+        t5, pooled, _ = pipe.encode_prompt(
+            texts[i : i + batch], prompt_2=None, device="cpu", max_sequence_length=MAX_TEXT_TOKENS
+        )
+        out_t5.append(t5)
+        out_pooled.append(pooled)
+    return torch.cat(out_t5), torch.cat(out_pooled)
+
+
+def train_vae(vae: Any, data: RenderSet, config: TrainConfig, folder: Path) -> dict[str, float]:
+    """Reconstruction (L1 + MSE) with a small KL, then latent scale/shift from the data."""
+
+    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        idx = torch.randint(len(data.images), (config.batch_size,), generator=g)
+        x = data.images[idx] * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        recon = vae.decode(z).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        return rec + 1e-4 * kl, {"rec": float(rec.detach())}
+
+    last = Trainer("vae", {"vae": vae}, vae.parameters(), config, folder).fit(step)
+    with torch.no_grad():
+        z = torch.cat(
+            [vae.encode(data.images[i : i + 256] * 2 - 1).latent_dist.mean for i in range(0, 2048, 256)]
+        )
+    vae.register_to_config(shift_factor=float(z.mean()), scaling_factor=float(1.0 / z.std()))
+    return last
+
+
+@torch.no_grad()
+def encode_latents(pipe: Any, images: Tensor, batch: int = 256) -> Tensor:
+    """(N, 3, 64, 64) in [0,1] -> packed, scaled latents (N, 64 tokens, 16) as FluxPipeline expects them."""
+    vae = pipe.vae
+    out = []
+    for i in range(0, len(images), batch):
+        z = vae.encode(images[i : i + batch] * 2 - 1).latent_dist.mean
+        z = (z - vae.config.shift_factor) * vae.config.scaling_factor
+        out.append(pipe._pack_latents(z, z.shape[0], z.shape[1], z.shape[2], z.shape[3]))
+    return torch.cat(out)
+
+
+def latent_ids(pipe: Any, height: int = 64, width: int = 64) -> Tensor:
+    rows, cols = height // pipe.vae_scale_factor // 2, width // pipe.vae_scale_factor // 2
+    return pipe._prepare_latent_image_ids(1, rows, cols, "cpu", torch.float32)
+
+
+def flow_matching_loss(
+    transformer: Any,
+    latents: Tensor,
+    t5: Tensor,
+    pooled: Tensor,
+    img_ids: Tensor,
+    g: torch.Generator,
+) -> Tensor:
+    """Rectified flow: x_t = (1 - t) x0 + t noise, predict noise - x0; t logit-normal, as FLUX trains."""
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.sigmoid(torch.randn(latents.shape[0], generator=g))
+    x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
+    pred = transformer(
+        hidden_states=x_t,
+        encoder_hidden_states=t5,
+        pooled_projections=pooled,
+        timestep=t,
+        img_ids=img_ids,
+        txt_ids=torch.zeros(t5.shape[1], 3),
+        return_dict=False,
+    )[0]
+    return F.mse_loss(pred, noise - latents)
+
+
+@dataclass
+class EncodedSet:
+    latents: Tensor  # (N, 64, 16)
+    t5: Tensor  # (N, L, 64)
+    pooled: Tensor  # (N, 64)
+    empty_t5: Tensor  # (1, L, 64): the empty caption, for caption dropout (CFG-ready)
+    empty_pooled: Tensor  # (1, 64)
+
+
+def train_transformer(
+    pipe: Any, data: EncodedSet, config: TrainConfig, folder: Path, caption_dropout: float = 0.1
+) -> dict[str, float]:
+    transformer = pipe.transformer
+    img_ids = latent_ids(pipe)
+
+    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
+        t5, pooled = data.t5[idx], data.pooled[idx]
+        drop = torch.rand(config.batch_size, generator=g) < caption_dropout
+        t5 = torch.where(drop[:, None, None], data.empty_t5, t5)
+        pooled = torch.where(drop[:, None], data.empty_pooled, pooled)
+        loss = flow_matching_loss(transformer, data.latents[idx], t5, pooled, img_ids, g)
+        return loss, {}
+
+    return Trainer("transformer", {"transformer": transformer}, transformer.parameters(), config, folder).fit(
+        step
+    )
+
+
+def demo_pulid_config(transformer_width: int, id_dim: int, vit_dim: int) -> Any:
+    """PuLID's networks at demo-world sizes: the same classes, 4 cross-attentions for 4 injection points."""
+    from idgen.models.pulid import PuLIDConfig
+
+    return PuLIDConfig(
+        dim=64, depth=5, dim_head=16, heads=4, num_id_token=2, num_queries=8, output_dim=64, ff_mult=2,
+        id_dim=id_dim, vit_dim=vit_dim, mapping_dim=64, ca_dim=transformer_width, ca_dim_head=32,
+        ca_heads=transformer_width // 32, num_ca=4,
+    )  # fmt: skip
+
+
+@dataclass
+class AdapterSet:
+    latents: Tensor  # (N, 64, 16)
+    t5: Tensor  # (N, L, 64)
+    pooled: Tensor  # (N, 64)
+    images: Tensor  # (N, 3, 64, 64): the reference is cut from the target itself, surroundings included
+    face_boxes: Tensor  # (N, 4)
+
+
+def train_adapter(
+    pipe: Any, adapter: Any, encoder: Any, data: AdapterSet, config: TrainConfig, folder: Path
+) -> dict[str, float]:
+    """PuLID-style identity adapter on a frozen base: flow-matching loss with uniform injection.
+
+    The reference is the target image's own face crop with its surroundings (as PuLID and
+    IP-Adapter train), so the adapter also learns to carry background and clothing colour: the
+    contamination SpatialID is meant to remove.
+    """
+    from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
+
+    transformer = pipe.transformer.requires_grad_(False)
+    injector = FluxIdentityInjector(transformer, adapter)
+    img_ids = latent_ids(pipe)
+
+    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
+        with torch.no_grad():
+            features = encoder.encode_batch(data.images[idx], data.face_boxes[idx])
+        id_tokens = adapter.encode(features.id_embedding, features.vit_hidden)
+        with injector.run(InjectionRun(id_tokens=id_tokens)):
+            loss = flow_matching_loss(
+                transformer, data.latents[idx], data.t5[idx], data.pooled[idx], img_ids, g
+            )
+        return loss, {}
+
+    try:
+        trainer = Trainer("adapter", {"adapter": adapter}, adapter.parameters(), config, folder)
+        return trainer.fit(step)
+    finally:
+        injector.remove()
