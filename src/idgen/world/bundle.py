@@ -51,7 +51,7 @@ def write_manifest(assets: Path = ASSETS) -> dict[str, Any]:
 
 
 def verify(assets: Path = ASSETS, parts: tuple[str, ...] | None = None) -> None:
-    """Check every listed file (under `parts`, if given) exists and matches its sha256; name the first that doesn't."""
+    """Check each listed file (under `parts`, if given) exists and matches its sha256; name any that fails."""
     path = assets / MANIFEST_NAME
     if not path.is_file():
         raise IdgenError(f"demo-world assets are missing their manifest: {path} (run `idgen world train`)")

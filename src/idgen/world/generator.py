@@ -151,7 +151,7 @@ def render_set(n: int, seed: int) -> RenderSet:
 
 @torch.no_grad()
 def encode_texts(pipe: Any, texts: list[str], batch: int = 256) -> tuple[Tensor, Tensor]:
-    """(N, MAX_TEXT_TOKENS, 64) T5 embeddings and (N, 64) pooled CLIP embeddings, as FluxPipeline makes them."""
+    """(N, MAX_TEXT_TOKENS, 64) T5 and (N, 64) pooled CLIP embeddings, as FluxPipeline makes them."""
     out_t5, out_pooled = [], []
     for i in range(0, len(texts), batch):
         t5, pooled, _ = pipe.encode_prompt(
