@@ -52,8 +52,8 @@ def test_world_render_writes_images_masks_and_index(tmp_path):
         mask = Image.open(tmp_path / entry["mask"])
         assert image.size == mask.size == (64, 64)
         assert entry["caption"] and entry["split"] == "test"
-        l, t, r, b = entry["face_box"]
-        assert 0 <= l < r <= 64 and 0 <= t < b <= 64
+        left, top, right, bottom = entry["face_box"]
+        assert 0 <= left < right <= 64 and 0 <= top < bottom <= 64
     again = tmp_path / "again"
     assert main(["world", "render", "--out", str(again), "--count", "3", "--split", "test"]) == 0
     assert (again / "test_00001.png").read_bytes() == (tmp_path / "test_00001.png").read_bytes()
