@@ -1,0 +1,71 @@
+"""The embedded demo world: `idgen generate` with no model arguments, and `idgen world train --quick`."""
+
+import json
+import warnings
+
+import pytest
+from PIL import Image
+
+from idgen.cli import main
+from idgen.world.bundle import ASSETS, GENERATOR_PARTS, reference_photos
+
+shipped = pytest.mark.skipif(
+    not all((ASSETS / part).is_dir() for part in GENERATOR_PARTS) or not reference_photos(),
+    reason="the demo world's trained assets are not in this checkout",
+)
+
+
+@shipped
+def test_generate_on_the_demo_world(tmp_path, capsys):
+    reference = reference_photos()[0]
+    out = tmp_path / "demo.png"
+    prompt = "a person in a snowy forest at night, wearing a red shirt"
+    argv = ["generate", "--id-image", str(reference), "--prompt", prompt]
+    argv += ["--mode", "spatial", "--steps", "8", "--out", str(out), "--mask-gif"]
+    assert main(argv) == 0
+    assert Image.open(out).size == (64, 64)
+    compare = Image.open(tmp_path / "demo.compare.png")
+    assert compare.width == 4 * (compare.height - 12)  # reference | none | uniform | spatial
+    gif = Image.open(tmp_path / "demo.masks.gif")
+    frames = []
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        frames.append(gif.convert("RGB").tobytes())
+    assert len(frames) == 8 and len(set(frames)) > 1  # the mask changes over the steps
+    sidecar = json.loads((tmp_path / "demo.json").read_text())
+    assert sidecar["model"] == "demo world" and sidecar["sampling"]["height"] == 64
+    assert capsys.readouterr().err == ""  # every word is in the vocabulary
+
+
+@shipped
+def test_out_of_vocabulary_words_and_non_faces_warn_but_run(tmp_path, capsys):
+    Image.new("RGB", (64, 64), (30, 200, 40)).save(tmp_path / "green.png")
+    argv = [
+        "generate",
+        "--id-image",
+        str(tmp_path / "green.png"),
+        "--prompt",
+        "a person on a beach with a giraffe",
+    ]
+    argv += ["--steps", "4", "--no-compare", "--no-mask-strip", "--out", str(tmp_path / "o.png")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "not in the demo world's vocabulary: giraffe" in err
+    assert any("no face found" in str(w.message) for w in caught)
+    assert (tmp_path / "o.png").exists()
+
+
+def test_world_train_quick_end_to_end(tmp_path):
+    assert (
+        main(["world", "train", "--quick", "--work", str(tmp_path / "work"), "--assets", str(tmp_path / "a")])
+        == 0
+    )
+    from idgen.world.bundle import load_world, verify
+
+    verify(tmp_path / "a")
+    pipe = load_world(assets=tmp_path / "a")
+    assert pipe("a person on a beach", reference_photos(tmp_path / "a")[0], num_inference_steps=2).images[
+        0
+    ].size == (64, 64)
