@@ -122,7 +122,7 @@ class Trainer:
                 torch.manual_seed(generator.initial_seed())  # dropout & co. replay exactly on resume
                 loss, metrics = step_fn(self.step, generator)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 if config.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(self.parameters, config.grad_clip)
                 self.optimizer.step()
