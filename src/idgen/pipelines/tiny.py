@@ -75,10 +75,44 @@ def word_level_tokenizer(words: list[str], model_max_length: int) -> Any:
     )
 
 
+def small_text_encoders(vocab_size: int, width: int, ff: int, max_positions: int) -> tuple[Any, Any]:
+    """A 2-layer CLIP text encoder and a 2-layer T5 encoder over a word-level vocabulary
+    (<pad>=0, </s>=1, <s>=3), built from the current RNG state, CLIP first."""
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=width,
+            intermediate_size=ff,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_positions,
+            projection_dim=width,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=3,
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=width,
+            d_ff=ff,
+            d_kv=width // 4,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    return clip, t5
+
+
 def tiny_flux_pipeline(seed: int = 0) -> Any:
     """A FluxPipeline with tiny random components (CPU, float32)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     clip_tokenizer = word_level_tokenizer(TINY_WORDS, model_max_length=77)
     t5_tokenizer = word_level_tokenizer(TINY_WORDS, model_max_length=512)
@@ -101,33 +135,7 @@ def tiny_flux_pipeline(seed: int = 0) -> Any:
             shift_factor=0.1159,
             scaling_factor=0.3611,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=32,
-                intermediate_size=37,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                pad_token_id=0,
-                eos_token_id=1,
-                bos_token_id=3,
-            )
-        )
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=vocab_size,
-                d_model=32,
-                d_ff=37,
-                d_kv=8,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
+        text_encoder, text_encoder_2 = small_text_encoders(vocab_size, width=32, ff=37, max_positions=77)
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         vae=vae,

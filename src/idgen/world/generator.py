@@ -53,37 +53,11 @@ TRANSFORMER_CONFIG: dict[str, Any] = dict(
 
 
 def text_encoders(vocab_size: int) -> tuple[Any, Any]:
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from idgen.pipelines.tiny import small_text_encoders
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED_COMPONENTS)
-        clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=vocab_size,
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=40,
-                projection_dim=64,
-                pad_token_id=0,
-                eos_token_id=1,
-                bos_token_id=3,
-            )
-        )
-        t5 = T5EncoderModel(
-            T5Config(
-                vocab_size=vocab_size,
-                d_model=64,
-                d_ff=128,
-                d_kv=16,
-                num_layers=2,
-                num_heads=4,
-                relative_attention_num_buckets=8,
-                pad_token_id=0,
-                eos_token_id=1,
-            )
-        )
+        clip, t5 = small_text_encoders(vocab_size, width=64, ff=128, max_positions=40)
     return clip.eval().requires_grad_(False), t5.eval().requires_grad_(False)
 
 
