@@ -68,9 +68,7 @@ def add_generate(sub: Any) -> None:
         "--mask-image",
         help="inject only where this picture is white (replaces the CA mask; the prior centres on it)",
     )
-    p.add_argument(
-        "--true-cfg", type=float, default=1.0, help="true CFG scale (>1 enables; uses --negative-prompt)"
-    )
+    p.add_argument("--true-cfg", type=float, help="true CFG scale, >1 enables (default: the model's)")
     p.add_argument("--negative-prompt")
     p.add_argument("--width", type=int, help="default: the model's (1024 for FLUX.1, 64 for the demo world)")
     p.add_argument("--height", type=int, help="default: the model's")

@@ -62,7 +62,13 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, 
 
 FLUX_PIXEL_MULTIPLE = 16  # VAE /8, then 2x2 packing
 FLUX_DEFAULTS: dict[str, Any] = dict(
-    height=1024, width=1024, num_inference_steps=20, guidance_scale=4.0, max_sequence_length=128
+    height=1024,
+    width=1024,
+    num_inference_steps=20,
+    guidance_scale=4.0,
+    max_sequence_length=128,
+    true_cfg_scale=1.0,
+    negative_prompt=None,
 )
 
 
@@ -130,7 +136,7 @@ class IdentityFluxPipeline:
         scheduler: TemporalSpatialScheduler | None = None,
         id_weight: float = 1.0,
         start_step: int = 0,
-        true_cfg_scale: float = 1.0,
+        true_cfg_scale: float | None = None,
         negative_prompt: str | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -152,10 +158,12 @@ class IdentityFluxPipeline:
         num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
         max_sequence_length = d["max_sequence_length"] if max_sequence_length is None else max_sequence_length
+        true_cfg_scale = d["true_cfg_scale"] if true_cfg_scale is None else true_cfg_scale
+        negative_prompt = d["negative_prompt"] if negative_prompt is None else negative_prompt
         check_generation_inputs(prompt, id_weight, height, width, num_inference_steps, self.pixel_multiple)
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler)
         true_cfg = true_cfg_scale > 1.0
-        if true_cfg and not negative_prompt:
+        if true_cfg and negative_prompt is None:
             raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")
         if generator is None:
             generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)

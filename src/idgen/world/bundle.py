@@ -22,7 +22,16 @@ from idgen.io import atomic_write_text
 ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST_NAME = "MANIFEST.json"
 GENERATOR_PARTS = ("flux", "pulid", "identity")
-WORLD_DEFAULTS = dict(height=64, width=64, num_inference_steps=20, guidance_scale=1.0, max_sequence_length=24)
+# The demo model is not guidance-distilled: it was trained with 10% empty captions for true CFG.
+WORLD_DEFAULTS = dict(
+    height=64,
+    width=64,
+    num_inference_steps=20,
+    guidance_scale=1.0,
+    max_sequence_length=24,
+    true_cfg_scale=4.0,
+    negative_prompt="",
+)
 
 
 def sha256(path: Path) -> str:

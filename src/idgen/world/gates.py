@@ -54,9 +54,16 @@ def pairs(per_identity: int) -> list[Pair]:
 
 @torch.no_grad()
 def generate(
-    pipe: Any, prompts: list[str], seeds: list[int], id_tokens: Tensor | None, policy: Any
+    pipe: Any,
+    prompts: list[str],
+    seeds: list[int],
+    id_tokens: Tensor | None,
+    policy: Any,
+    uncond_tokens: Tensor | None = None,
 ) -> Tensor:
-    """(B, 3, 64, 64) in [0, 1]: one batched FluxPipeline call, per-sample id tokens and seeds."""
+    """(B, 3, 64, 64) in [0, 1]: one batched FluxPipeline call, per-sample id tokens and seeds.
+
+    With true CFG the negative pass gets PuLID's uncond id tokens, as IdentityFluxPipeline does."""
     call = dict(
         prompt=prompts,
         generator=[torch.Generator().manual_seed(s) for s in seeds],
@@ -66,10 +73,13 @@ def generate(
         num_inference_steps=pipe.defaults["num_inference_steps"],
         guidance_scale=pipe.defaults["guidance_scale"],
         max_sequence_length=pipe.defaults["max_sequence_length"],
+        true_cfg_scale=pipe.defaults["true_cfg_scale"],
+        negative_prompt=[pipe.defaults["negative_prompt"] or ""] * len(prompts),
     )
     if id_tokens is None:
         return pipe.flux(**call).images
-    with pipe.injector.run(InjectionRun(id_tokens=id_tokens, policy=policy)):
+    run = InjectionRun(id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens)
+    with pipe.injector.run(run):
         return pipe.flux(**call).images
 
 
@@ -126,9 +136,11 @@ def run(per_identity: int = 2, batch: int = 50, device: str = "cpu") -> dict[str
         who = torch.tensor([p.identity for p in chunk])
         feats = ref_features
         tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
+        zeros = feats.zeros_like()
+        uncond = pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
         images = {"none": generate(pipe, prompts, seeds, None, None)}
         for mode in ("uniform", "spatial"):
-            images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode])
+            images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
         masks = {m: segmenter.masks(images[m]) for m in MODES}
         boxes = {m: segmenter.face_boxes(images[m]) for m in MODES}
         scene_pred = clip.classify_scene(images["none"])
