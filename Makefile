@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint typecheck bench clean
+.PHONY: setup demo test lint typecheck bench world-gates clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,12 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/idgen generate --flux tiny-random --pulid tiny-random --encoder tiny-random \
-		--id-image assets/examples/reference.png --detector none \
-		--prompt "a photo of a person on a beach, wearing a red shirt" \
-		--mode spatial --width 256 --height 256 --steps 12 --mask-strip --out outputs/demo.png
+	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_000.png \
+		--prompt "a person in a snowy forest at night, wearing a red shirt" \
+		--mode spatial --out outputs/demo.png
+
+world-gates: setup
+	$(PY) -m idgen.world.gates --json outputs/world-gates.json
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest
