@@ -168,6 +168,8 @@ def test_shipped_segmenter_finds_faces_and_no_face_in_a_backdrop():
     assert float(iou.mean()) >= 0.8, iou
     boxes = segmenter.face_boxes(images)
     assert all(b is not None for b in boxes)
+    both = segmenter.detect(images)
+    assert torch.equal(both[0], masks) and both[1] == boxes
     free = to_tensor(np.stack([face_free_image(np.random.default_rng(k)) for k in range(4)]))
     assert segmenter.face_boxes(free) == [None] * 4
 

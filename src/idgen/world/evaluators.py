@@ -468,7 +468,12 @@ class FaceSegmenter(_Saved):
 
     def face_boxes(self, images: Tensor) -> list[tuple[int, int, int, int] | None]:
         """Per image the box (l, t, r, b) of the largest connected face region, or None when no face."""
-        return largest_region_boxes(self.masks(images), self.config.min_pixels)
+        return self.detect(images)[1]
+
+    def detect(self, images: Tensor) -> tuple[Tensor, list[tuple[int, int, int, int] | None]]:
+        """`masks(images)` and `face_boxes(images)` from one forward pass."""
+        masks = self.masks(images)
+        return masks, largest_region_boxes(masks, self.config.min_pixels)
 
 
 def largest_region_boxes(masks: Tensor, min_pixels: int = 1) -> list[tuple[int, int, int, int] | None]:
