@@ -105,7 +105,7 @@ def background_shift(generated: Tensor, base: Tensor, mask: Tensor, backdrop: Te
     return float((direction @ moved).mean() * 255)
 
 
-def run(per_identity: int = 2, batch: int = 50, device: str = "cpu") -> dict[str, Any]:
+def run(per_identity: int = 1, batch: int = 50, device: str = "cpu") -> dict[str, Any]:
     from idgen.world.bundle import load_world
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter, WorldCLIP
 
@@ -214,11 +214,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--pairs-per-identity", type=int, default=2)
+    parser.add_argument("--pairs-per-identity", type=int, default=1)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--json")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     summary = run(args.pairs_per_identity, args.batch)
     print(table(summary))
     if args.json:
