@@ -25,7 +25,7 @@ class BaseRecipe(NamedTuple):
         steps=1000, lr=1e-3, batch_size=16, checkpoint_every=100, warmup=20, seed=11
     )
     transformer: TrainConfig = TrainConfig(
-        steps=2800, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
+        steps=4000, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
     )
 
 
@@ -108,7 +108,7 @@ def save_pipeline(pipe: Any, folder: Path) -> None:
 class AdapterRecipe(NamedTuple):
     renders: int = 8192
     train: TrainConfig = TrainConfig(
-        steps=1000, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
+        steps=2000, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
 
 
