@@ -141,25 +141,31 @@ def run(per_identity: int = 1, batch: int = 50, device: str = "cpu") -> dict[str
         images = {"none": generate(pipe, prompts, seeds, None, None)}
         for mode in ("uniform", "spatial"):
             images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
-        masks = {m: segmenter.masks(images[m]) for m in MODES}
-        boxes = {m: segmenter.face_boxes(images[m]) for m in MODES}
+        masks, boxes, image_embeds, face_embeds = {}, {}, {}, {}
+        for m in MODES:  # one segmenter pass, one CLIP pass and one recogniser pass per mode and batch
+            masks[m], boxes[m] = segmenter.detect(images[m])
+            image_embeds[m] = clip.image_embeds(images[m])
+            found = [(j, box) for j, box in enumerate(boxes[m]) if box is not None]
+            if found:
+                index = [j for j, _ in found]
+                embeds = recognizer.embed(images[m][index], [box for _, box in found])
+                face_embeds[m] = dict(zip(index, embeds, strict=True))
+            else:
+                face_embeds[m] = {}
         scene_pred = clip.classify_scene(images["none"])
         text = clip.text_embeds(prompts)
         for j, pair in enumerate(chunk):
             row: dict[str, Any] = {"identity": pair.identity, "prompt": pair.prompt.text, "seed": pair.seed}
             row["scene_correct"] = bool(scene_pred[j] == pair.prompt.scene.background)
             for mode in MODES:
-                image = images[mode][j]
-                row[f"clip_t_{mode}"] = float(clip.image_embeds(image[None])[0] @ text[j])
-                box = boxes[mode][j]
-                row[f"face_{mode}"] = box is not None
-                if box is not None:
-                    emb = recognizer.embed(image[None], [box])[0]
-                    row[f"facesim_{mode}"] = float(emb @ ref_embeds[pair.identity])
+                row[f"clip_t_{mode}"] = float(image_embeds[mode][j] @ text[j])
+                row[f"face_{mode}"] = j in face_embeds[mode]
+                if j in face_embeds[mode]:
+                    row[f"facesim_{mode}"] = float(face_embeds[mode][j] @ ref_embeds[pair.identity])
                 if mode != "none":
                     background = ~(masks[mode][j] | masks["none"][j])
                     row[f"contamination_{mode}"] = background_shift(
-                        image, images["none"][j], background, backdrops[pair.identity]
+                        images[mode][j], images["none"][j], background, backdrops[pair.identity]
                     )
             rows.append(row)
     return summarise(rows)
