@@ -107,7 +107,7 @@ def one_call(transformer: Any, injector: FluxIdentityInjector, run: InjectionRun
     """Seconds of one transformer call at one timestep."""
     timestep = torch.full((1,), sigma, device=device, dtype=args["hidden_states"].dtype)
     if run is not None:
-        run.step, run._last_timestep = -1, None  # a fresh step each call
+        run = InjectionRun(id_tokens=run.id_tokens, policy=run.policy)  # a fresh run: step 0 at this sigma
     sync(device)
     start = time.perf_counter()
     with injector.run(run) if run is not None else nullcontext():
