@@ -46,6 +46,18 @@ class IdentityFeatures:
             face_box=None,
         )
 
+    @property
+    def batch_size(self) -> int:
+        return int(self.id_embedding.shape[0])
+
+    @staticmethod
+    def cat(features: list[IdentityFeatures]) -> IdentityFeatures:
+        """One batch from several photos' features, in order (face boxes dropped)."""
+        return IdentityFeatures(
+            id_embedding=torch.cat([f.id_embedding for f in features]),
+            vit_hidden=[torch.cat(hs) for hs in zip(*(f.vit_hidden for f in features), strict=True)],
+        )
+
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> IdentityFeatures:
         return IdentityFeatures(
             id_embedding=self.id_embedding.to(device, dtype),

@@ -73,9 +73,15 @@ FLUX_DEFAULTS: dict[str, Any] = dict(
 
 
 def check_generation_inputs(
-    prompt: str, id_weight: float, height: int, width: int, steps: int, multiple: int = FLUX_PIXEL_MULTIPLE
+    prompt: str | list[str],
+    id_weight: float,
+    height: int,
+    width: int,
+    steps: int,
+    multiple: int = FLUX_PIXEL_MULTIPLE,
 ) -> None:
-    if not isinstance(prompt, str) or not prompt.strip():
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise IdgenError("prompt is empty")
     if id_weight < 0:
         raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
@@ -83,6 +89,18 @@ def check_generation_inputs(
         raise IdgenError(f"width and height must be positive multiples of {multiple}, got {width}x{height}")
     if steps < 1:
         raise IdgenError(f"num_inference_steps must be >= 1, got {steps}")
+
+
+def seed_generators(seed: int | list[int] | None, batch: int) -> torch.Generator | list[torch.Generator]:
+    """One CPU generator (a single image), or one per image so each image depends on its own seed only."""
+    if isinstance(seed, list):
+        if len(seed) != batch:
+            raise IdgenError(f"got {len(seed)} seeds for {batch} prompts")
+        return [torch.Generator("cpu").manual_seed(s) for s in seed]
+    base = 0 if seed is None else seed
+    if batch == 1:
+        return torch.Generator("cpu").manual_seed(base)
+    return [torch.Generator("cpu").manual_seed(base + i) for i in range(batch)]
 
 
 @dataclass
@@ -126,7 +144,7 @@ class IdentityFluxPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | list[str],
         id_image: str | os.PathLike[str] | Image.Image | None = None,
         *,
         id_features: IdentityFeatures | None = None,
@@ -142,15 +160,16 @@ class IdentityFluxPipeline:
         width: int | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
-        seed: int | None = 42,
-        generator: torch.Generator | None = None,
+        seed: int | list[int] | None = 42,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         max_sequence_length: int | None = None,
         recorder: Recorder | None = None,
         **flux_kwargs: Any,
     ) -> IdentityPipelineOutput:
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
-        Sampling settings left as None come from `self.defaults`.
+        Sampling settings left as None come from `self.defaults`. A list of prompts is one batch: `seed` is
+        then one seed or one per prompt, and `id_features` one photo's features or one row per prompt.
         """
         d = self.defaults
         height = d["height"] if height is None else height
@@ -165,8 +184,9 @@ class IdentityFluxPipeline:
         true_cfg = true_cfg_scale > 1.0
         if true_cfg and negative_prompt is None:
             raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")
+        batch = 1 if isinstance(prompt, str) else len(prompt)
         if generator is None:
-            generator = torch.Generator("cpu").manual_seed(0 if seed is None else seed)
+            generator = seed_generators(seed, batch)
         call = dict(
             prompt=prompt,
             height=height,
@@ -176,7 +196,9 @@ class IdentityFluxPipeline:
             generator=generator,
             max_sequence_length=max_sequence_length,
             true_cfg_scale=true_cfg_scale,
-            negative_prompt=negative_prompt if true_cfg else None,
+            negative_prompt=(negative_prompt if isinstance(prompt, str) else [negative_prompt] * batch)
+            if true_cfg
+            else None,
         )
         call.update(flux_kwargs)
         if chosen is None:
@@ -185,7 +207,12 @@ class IdentityFluxPipeline:
             if id_image is None:
                 raise IdgenError(f"mode {mode!r} needs an id image")
             id_features = self.encode_identity(id_image)
+        if id_features.batch_size not in (1, batch):
+            raise IdgenError(f"id_features hold {id_features.batch_size} identities for {batch} prompts")
         id_tokens, uncond_tokens = encode_id_tokens(self.adapter, id_features, with_uncond=true_cfg)
+        if id_tokens.shape[0] != batch:  # one photo for the whole batch
+            id_tokens = id_tokens.expand(batch, -1, -1)
+            uncond_tokens = None if uncond_tokens is None else uncond_tokens.expand(batch, -1, -1)
         run = InjectionRun(
             id_tokens=id_tokens,
             id_weight=id_weight,

@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,11 +106,14 @@ def background_shift(generated: Tensor, base: Tensor, mask: Tensor, backdrop: Te
     return float((direction @ moved).mean() * 255)
 
 
-def run(per_identity: int = 1, batch: int = 50, device: str = "cpu") -> dict[str, Any]:
-    from idgen.world.bundle import load_world
+def run(
+    per_identity: int = 1, batch: int = 50, device: str = "cpu", assets: Path | None = None
+) -> dict[str, Any]:
+    """Gates of the generator in `assets` (default: the shipped one); evaluators are the shipped ones."""
+    from idgen.world.bundle import ASSETS, load_world
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter, WorldCLIP
 
-    pipe = load_world(device)
+    pipe = load_world(device, assets or ASSETS)
     clip, recognizer, segmenter = (
         WorldCLIP.from_pretrained(),
         FaceRecognizer.from_pretrained(),
@@ -223,10 +227,11 @@ def main() -> None:
     parser.add_argument("--pairs-per-identity", type=int, default=1)
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--json")
+    parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    summary = run(args.pairs_per_identity, args.batch)
+    summary = run(args.pairs_per_identity, args.batch, assets=args.assets)
     print(table(summary))
     if args.json:
         with open(args.json, "w") as f:

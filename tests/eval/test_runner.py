@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from idgen.errors import IdgenError
+from idgen.eval.report import collect
+from idgen.eval.runner import Method, MetricModels, Shard, plan_batches, run_eval
+from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def results(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def run_whole(out: Path, bench, batch_size: int = 3) -> list[dict]:
+    run_eval(out, bench, METHODS, FakeGenerator(), fake_models(), batch_size=batch_size, progress=False)
+    collect(out, bench, METHODS)
+    return results(out)
+
+
+def test_every_pair_is_generated_once_and_none_images_are_shared(tmp_path):
+    bench = benchmark(tmp_path / "photos")  # 3 identities x 4 prompts, per-prompt seeds
+    gen = FakeGenerator()
+    report = run_eval(tmp_path / "out", bench, METHODS, gen, fake_models(), batch_size=5, progress=False)
+    # 4 no-id images (one per prompt, shared by identities) + 2 methods x 12 pairs
+    assert report.generated == 4 + 24
+    assert len(list((tmp_path / "out/images/none").glob("*.png"))) == 4
+    assert report.scored == 12 * 3  # each pair's no-id image scored against its identity, then 2 methods
+    again = run_eval(tmp_path / "out", bench, METHODS, gen, fake_models(), batch_size=5, progress=False)
+    assert again.generated == 0 and again.scored == 0
+
+
+def test_metrics_of_the_fake_world_are_as_constructed(tmp_path):
+    rows = run_whole(tmp_path / "out", benchmark(tmp_path / "photos"))
+    by = {(r["method"], r["identity"], r["prompt"]): r for r in rows}
+    spatial, uniform = by[("spatial", "id_0", "000")], by[("uniform", "id_0", "000")]
+    # spatial paints only the face: the background is untouched
+    assert spatial["contamination_px"] == 0.0 and spatial["contamination_clip"] == pytest.approx(
+        0.0, abs=1e-6
+    )
+    assert uniform["contamination_px"] > 10
+    assert spatial["facesim"] == pytest.approx(1.0, abs=1e-6)  # the face square is the reference colour
+    assert by[("none", "id_0", "000")]["face_found"] is True
+    assert "clip_i" not in by[("none", "id_0", "000")]  # CLIP-I compares with the no-id image itself
+
+
+def test_kill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path):
+    bench = benchmark(tmp_path / "photos")
+    expected = run_whole(tmp_path / "whole", bench)
+    out = tmp_path / "killed"
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from pathlib import Path
+        from idgen.eval.runner import run_eval
+        from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models
+        bench = benchmark(Path({str(tmp_path / "photos")!r}))
+        run_eval(Path({str(out)!r}), bench, METHODS, FakeGenerator(sleep=0.2), fake_models(), batch_size=3,
+                 progress=False)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(out.glob("images/*/*/*.png"))) < 7:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(out.glob("images/**/*.png")))
+    assert 0 < done_before < 28, "the kill must land mid-run"
+    got = run_whole(out, bench)
+    assert got == expected
+    assert len(got) == len({(r["method"], r["identity"], r["prompt"], r["seed"]) for r in got}) == 36
+
+
+def test_two_shards_together_equal_one_process(tmp_path):
+    bench = benchmark(tmp_path / "photos", policy="per-pair")
+    expected = run_whole(tmp_path / "whole", bench)
+    out = tmp_path / "sharded"
+    first = run_eval(out, bench, METHODS, FakeGenerator(), fake_models(), Shard(0, 2), 3, progress=False)
+    run_eval(out, bench, METHODS, FakeGenerator(), fake_models(), Shard(1, 2), 3, progress=False)
+    assert first.pending_scores > 0  # shard 0 scored before shard 1 had made its no-id images
+    again = run_eval(out, bench, METHODS, FakeGenerator(), fake_models(), Shard(0, 2), 3, progress=False)
+    assert again.generated == 0 and again.pending_scores == 0
+    collect(out, bench, METHODS)
+    assert results(out) == expected
+
+
+def test_batches_are_fixed_by_the_plan(tmp_path):
+    bench = benchmark(tmp_path / "photos")
+    batches = plan_batches(bench, METHODS, 5)
+    assert [len(b.jobs) for b in batches] == [4, 5, 5, 2, 5, 5, 2]
+    assert [b.method.name if b.method else "none" for b in batches] == ["none"] + ["uniform"] * 3 + [
+        "spatial"
+    ] * 3
+
+
+def test_a_missing_or_unreadable_photo_skips_that_identity_only(tmp_path):
+    bench = benchmark(tmp_path / "photos")
+    (tmp_path / "photos/id_1.png").write_bytes(b"not a png")
+    os.remove(tmp_path / "photos/id_2.png")
+    report = run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), fake_models(), progress=False)
+    assert set(report.problems) == {"id_1", "id_2"}
+    assert "not a readable image file" in report.problems["id_1"]
+    assert "not found" in report.problems["id_2"]
+    summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["methods"]["spatial"]["images_scored"] == 4  # id_0's four prompts survive
+    assert set(summary["problems"]) == {"id_1", "id_2"}
+
+
+def test_a_face_free_image_counts_as_no_face_not_as_zero(tmp_path):
+    bench = benchmark(tmp_path / "photos", identities=1, prompts=1)
+
+    class BlackFace(FakeGenerator):
+        def generate(self, prompts, seeds, features, method):  # type: ignore[no-untyped-def]
+            images, strips = super().generate(prompts, seeds, features, method)
+            import numpy as np
+            from PIL import Image
+
+            a = np.asarray(images[0]).copy()
+            a[8:24, 8:24] = 0
+            return [Image.fromarray(a)], strips
+
+    run_eval(tmp_path / "out", bench, METHODS, BlackFace(), fake_models(), progress=False)
+    summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["methods"]["spatial"]["no_face"] == 1
+    assert "facesim" not in summary["methods"]["spatial"]
+
+
+def test_resuming_into_another_plan_is_refused(tmp_path):
+    bench = benchmark(tmp_path / "photos")
+    run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), fake_models(), progress=False)
+    with pytest.raises(IdgenError, match="different plan"):
+        run_eval(tmp_path / "out", bench, [Method("uniform")], FakeGenerator(), fake_models(), progress=False)
+
+
+def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
+    bench = benchmark(tmp_path / "photos", identities=1, prompts=2)
+    models = MetricModels(clip=None, faces=fake_models().faces, skipped={"clip": "not installed"})
+    report = run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
+    assert report.skipped_metrics == {"clip": "not installed"}
+    summary = collect(tmp_path / "out", bench, METHODS)
+    assert "facesim" in summary["methods"]["spatial"] and "clip_t" not in summary["methods"]["spatial"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("sparse", "unknown method"),
+        ("spatial:weight=2", "unknown method option"),
+        ("uniform:id_weight=abc", "must be a number"),
+        ("uniform:id_weight=-1", ">= 0"),
+    ],
+)
+def test_bad_method_specs_name_the_problem(spec, message):
+    with pytest.raises(IdgenError, match=message):
+        Method.parse(spec)
+
+
+def test_method_specs_parse_to_settings_and_names():
+    m = Method.parse("spatial:preset=balanced,id_weight=0.6")
+    assert (m.mode, m.preset, m.id_weight, m.name) == ("spatial", "balanced", 0.6, "spatial-w0.6-balanced")
+    assert Method.parse("uniform").name == "uniform"
