@@ -18,7 +18,9 @@ import torch
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--benchmark", default="demo-quick", choices=["demo-quick", "demo"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -47,7 +49,8 @@ def main() -> None:
     gen, score = run.seconds_generating, run.seconds_scoring
     print(f"machine: {platform.processor() or platform.machine()}, {args.threads} thread(s)")
     print(f"benchmark {args.benchmark}: {run.generated} images generated, {run.scored} scored")
-    print(f"generating {gen:.1f} s | scoring {score:.1f} s | report {total - gen - score:.1f} s | total {total:.1f} s")
+    rest = total - gen - score
+    print(f"generating {gen:.1f} s | scoring {score:.1f} s | report {rest:.1f} s | total {total:.1f} s")
     print(f"metrics share of generate+score: {score / (gen + score):.1%} (target <= 25%)")
 
 

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 from idgen.core.gate import MaskPolicy, UniformMask, gate
 from idgen.core.masks import CAOutput
 from idgen.errors import CheckpointError, IdgenError
-from idgen.models.pulid import PuLIDAdapter
 
 DOUBLE_INTERVAL = 2
 SINGLE_INTERVAL = 4
@@ -95,14 +94,31 @@ def token_grid(img_ids: Tensor) -> tuple[int, int]:
     return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
 
 
+class IdentityAdapter(Protocol):
+    """What the injector needs from an identity adapter (PuLIDAdapter, WPlusFluxAdapter)."""
+
+    config: Any
+
+    def encode(self, id_embedding: Tensor, vit_hidden: list[Tensor]) -> Tensor: ...
+
+    def identity_attention(self, index: int) -> nn.Module: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class FluxIdentityInjector:
-    """Attaches a PuLIDAdapter's cross-attentions to a FluxTransformer2DModel.
+    """Attaches an identity adapter's cross-attentions to a FluxTransformer2DModel.
+
+    The adapter (PuLIDAdapter, or the W+ branch WPlusFluxAdapter) gives `config.num_ca`, `config.ca_dim`,
+    `encode(id_embedding, vit_hidden)` and `identity_attention(i)` with `attend` and `to_out`.
 
     Use `with injector.run(InjectionRun(...)):` around a pipeline call; outside a run the hooks
     return the blocks' outputs untouched, so the transformer behaves as stock.
     """
 
-    def __init__(self, transformer: nn.Module, adapter: PuLIDAdapter) -> None:
+    def __init__(self, transformer: nn.Module, adapter: IdentityAdapter) -> None:
         double_blocks = cast(nn.ModuleList, transformer.transformer_blocks)
         single_blocks = cast(nn.ModuleList, transformer.single_transformer_blocks)
         self.points = injection_points(len(double_blocks), len(single_blocks))
@@ -157,7 +173,7 @@ class FluxIdentityInjector:
         self._tokens = tokens
 
     def _after_block_hook(self, point: InjectionPoint) -> Callable[..., Any]:
-        ca = self.adapter.pulid_ca[point.ca_index]
+        ca = self.adapter.identity_attention(point.ca_index)
 
         def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> Any:
             run, id_tokens = self._run, self._tokens
@@ -185,7 +201,9 @@ class FluxIdentityInjector:
 
 
 @torch.no_grad()
-def encode_id_tokens(adapter: PuLIDAdapter, features: Any, with_uncond: bool) -> tuple[Tensor, Tensor | None]:
+def encode_id_tokens(
+    adapter: IdentityAdapter, features: Any, with_uncond: bool
+) -> tuple[Tensor, Tensor | None]:
     """IdentityFeatures -> (id tokens, uncond id tokens or None), in the adapter's dtype and device."""
     param = next(adapter.parameters())
     features = features.to(param.device, param.dtype)

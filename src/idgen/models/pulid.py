@@ -192,3 +192,6 @@ class PuLIDAdapter(nn.Module):
 
     def encode(self, id_embedding: Tensor, vit_hidden: list[Tensor]) -> Tensor:
         return self.pulid_encoder(id_embedding, vit_hidden)
+
+    def identity_attention(self, index: int) -> PerceiverAttentionCA:
+        return cast(PerceiverAttentionCA, self.pulid_ca[index])

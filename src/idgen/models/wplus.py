@@ -1,0 +1,238 @@
+"""The W+ adapter's identity networks: the mapping F_w and the per-layer identity attention projections.
+
+Module names follow the official W+ adapter checkpoints (wplus_adapter.bin and
+wplus_adapter_stage1.bin, a torch.save of {"w_proj": ..., "wplus_adapter": ...}), so their
+flattened keys load strictly without renaming:
+
+    w_proj.proj_{g}.weight              (token_dim, group_size * w_dim), g = 0..3, no bias
+    w_proj.norm.{weight,bias}           (token_dim,)  shared LayerNorm
+    wplus_adapter.{slot}.to_q_wplus.weight   (width, width)
+    wplus_adapter.{slot}.to_k_wplus.weight   (width, token_dim)
+    wplus_adapter.{slot}.to_v_wplus.weight   (width, token_dim)
+
+`slot` is the layer's position among ALL of the UNet's attention processors in
+`unet.attn_processors` order (the official code saved a ModuleList over every processor, and
+self-attention processors have no weights): on SD1.5 the 16 cross-attentions are the odd slots
+1, 3, ..., 31 (down blocks, then up blocks, then the mid block at 31).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+
+from idgen.core.wplus_edit import W_DIM, W_PLUS_LAYERS, check_w_plus
+from idgen.errors import CheckpointError, IdgenError
+from idgen.models.checkpoint import load_strict, read_config, read_state_dict
+from idgen.models.pulid import merge_heads, scaled_attention_probs, split_heads
+
+WEIGHTS_NAME = "model.safetensors"
+OFFICIAL_FILES = ("wplus_adapter.bin", "wplus_adapter_stage1.bin")
+
+# (slot, width) of every cross-attention of the SD1.5 UNet, forward order of unet.attn_processors.
+SD15_ATTENTION_LAYERS: tuple[tuple[int, int], ...] = tuple(
+    zip(
+        range(1, 32, 2),
+        (320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 640, 640, 640, 320, 320, 320, 1280),
+        strict=True,
+    )
+)
+
+
+@dataclass(frozen=True)
+class WPlusConfig:
+    """Sizes of the W+ adapter. Defaults are the released SD1.5 adapter."""
+
+    num_layers: int = W_PLUS_LAYERS  # W+ vectors per code (StyleGAN2-FFHQ 1024 px: 18)
+    w_dim: int = W_DIM
+    # Half-open [start, end) W+ layer groups, one identity token each, coarse to fine.
+    groups: tuple[tuple[int, int], ...] = ((0, 4), (4, 8), (8, 12), (12, 18))
+    token_dim: int = 768  # = the UNet's cross_attention_dim
+    attention_layers: tuple[tuple[int, int], ...] = field(default=SD15_ATTENTION_LAYERS)
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; keep hashable tuples of ints.
+        object.__setattr__(self, "groups", tuple((int(a), int(b)) for a, b in self.groups))
+        object.__setattr__(
+            self, "attention_layers", tuple((int(s), int(w)) for s, w in self.attention_layers)
+        )
+        for name in ("num_layers", "w_dim", "token_dim"):
+            if getattr(self, name) < 1:
+                raise IdgenError(f"W+ adapter {name} must be >= 1, got {getattr(self, name)}")
+        edges = [0] + [end for _, end in self.groups]
+        if not self.groups or any(
+            start != edges[i] or end <= start for i, (start, end) in enumerate(self.groups)
+        ):
+            raise IdgenError(f"W+ groups must be contiguous non-empty ranges from 0, got {list(self.groups)}")
+        if edges[-1] != self.num_layers:
+            raise IdgenError(f"W+ groups end at layer {edges[-1]}, the code has {self.num_layers} layers")
+        slots = [slot for slot, _ in self.attention_layers]
+        if len(set(slots)) != len(slots) or any(slot < 0 for slot in slots):
+            raise IdgenError(f"W+ attention slots must be distinct and >= 0, got {slots}")
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.groups)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class WPlusMapping(nn.Module):
+    """F_w: W+ (B, L, w_dim) -> identity tokens (B, num_groups, token_dim).
+
+    Each layer group is flattened and mapped by its own bias-free linear layer; one shared
+    LayerNorm normalises the tokens. Token order is coarse to fine.
+    """
+
+    def __init__(self, config: WPlusConfig) -> None:
+        super().__init__()
+        self.config = config
+        for g, (start, end) in enumerate(config.groups):
+            setattr(self, f"proj_{g}", nn.Linear((end - start) * config.w_dim, config.token_dim, bias=False))
+        self.norm = nn.LayerNorm(config.token_dim)
+
+    def forward(self, w_plus: Tensor) -> Tensor:
+        c = self.config
+        w_plus = check_w_plus(w_plus, c.num_layers, c.w_dim)  # (B, L, w_dim)
+        tokens = [
+            getattr(self, f"proj_{g}")(w_plus[:, start:end].flatten(1))  # (B, token_dim)
+            for g, (start, end) in enumerate(c.groups)
+        ]
+        return self.norm(torch.stack(tokens, dim=1))  # (B, num_groups, token_dim)
+
+
+class WPlusProjections(nn.Module):
+    """Wq+, Wk+, Wv+ of one UNet cross-attention layer (no biases, like the layer's own q, k, v)."""
+
+    def __init__(self, width: int, token_dim: int) -> None:
+        super().__init__()
+        self.to_q_wplus = nn.Linear(width, width, bias=False)
+        self.to_k_wplus = nn.Linear(token_dim, width, bias=False)
+        self.to_v_wplus = nn.Linear(token_dim, width, bias=False)
+
+    def attend(self, text_out: Tensor, id_tokens: Tensor, heads: int) -> tuple[Tensor, Tensor]:
+        """softmax((f' Wq+)(F_w Wk+)^T / sqrt(d)) (F_w Wv+), per head.
+
+        text_out (B, N, width) = f', the text attention's output before to_out;
+        id_tokens (B, K, token_dim) -> out (B, N, width), probs (B, heads, N, K)
+        """
+        q = split_heads(self.to_q_wplus(text_out), heads)  # (B, h, N, d)
+        k = split_heads(self.to_k_wplus(id_tokens), heads)  # (B, h, K, d)
+        v = split_heads(self.to_v_wplus(id_tokens), heads)  # (B, h, K, d)
+        probs = scaled_attention_probs(q, k)  # (B, h, N, K)
+        return merge_heads(probs @ v), probs
+
+
+class WPlusAdapter(nn.Module):
+    """Everything in a W+ adapter checkpoint: the mapping and one projection set per cross-attention."""
+
+    def __init__(self, config: WPlusConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or WPlusConfig()
+        c = self.config
+        self.w_proj = WPlusMapping(c)
+        self.wplus_adapter = nn.ModuleDict(
+            {str(slot): WPlusProjections(width, c.token_dim) for slot, width in c.attention_layers}
+        )
+
+    def encode(self, w_plus: Tensor) -> Tensor:
+        """W+ (L, D) | (B, L, D) -> identity tokens (B, K, token_dim)."""
+        return self.w_proj(w_plus)
+
+    def projections(self, slot: int) -> WPlusProjections:
+        return cast(WPlusProjections, self.wplus_adapter[str(slot)])
+
+    def mapping_parameters(self) -> list[nn.Parameter]:
+        """F_w: trained in stage I, frozen in stage II."""
+        return list(self.w_proj.parameters())
+
+    def attention_parameters(self) -> list[nn.Parameter]:
+        """Wq+, Wk+, Wv+ of every layer: trained in both stages."""
+        return list(self.wplus_adapter.parameters())
+
+
+def identity_parameters(adapter: WPlusAdapter) -> list[nn.Parameter]:
+    """All trainable identity-branch parameters: mapping + identity attention projections."""
+    return adapter.mapping_parameters() + adapter.attention_parameters()
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def wplus_config_from_folder(folder: Path) -> WPlusConfig:
+    raw = read_config(folder)
+    raw.pop("_class_name", None)
+    unknown = sorted(set(raw) - set(WPlusConfig.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(
+            f"{folder}/config.json is not a W+ adapter config: unknown field {unknown[0]!r}"
+        )
+    try:
+        return WPlusConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}/config.json is not a valid W+ adapter config ({e})") from None
+
+
+def _hub_path(text: str) -> tuple[Path, WPlusConfig | None]:
+    from idgen.models.loading import resolve_hub_file
+
+    if text.count("/") == 1:  # "owner/name": one of our folders on the hub
+        weights = resolve_hub_file(text, WEIGHTS_NAME)
+        return weights, wplus_config_from_folder(resolve_hub_file(text, "config.json").parent)
+    repo, filename = text.rsplit("/", 1)  # "owner/name/file": one file in the official layout
+    return resolve_hub_file(repo, filename), None
+
+
+def load_wplus_adapter(
+    source: str | os.PathLike[str],
+    config: WPlusConfig | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> WPlusAdapter:
+    """Load W+ adapter weights strictly.
+
+    source: an official wplus_adapter.bin / wplus_adapter_stage1.bin (SD1.5 sizes unless `config`
+    says otherwise), a .safetensors with the same flat keys, a folder with config.json +
+    model.safetensors (save_wplus_adapter), or a hub id ("owner/name" for such a folder,
+    "owner/name/file.bin" for one file).
+    """
+    path = Path(source)
+    if path.is_dir():
+        config = config or wplus_config_from_folder(path)
+        path = path / WEIGHTS_NAME
+    elif not path.exists():
+        text = str(source)
+        if text.count("/") >= 1 and not text.startswith((".", "/")) and "\\" not in text:
+            path, hub_config = _hub_path(text)
+            config = config or hub_config
+        else:
+            raise CheckpointError(f"W+ adapter checkpoint not found: {source}")
+    state_dict = read_state_dict(path)
+    with torch.device("meta"):
+        adapter = WPlusAdapter(config or WPlusConfig())
+    adapter = adapter.to_empty(device="cpu")
+    load_strict(adapter, state_dict, str(path), "W+ adapter")
+    return adapter.to(device, dtype).eval()
+
+
+def save_wplus_adapter(adapter: WPlusAdapter, folder: str | os.PathLike[str]) -> Path:
+    """Write config.json + model.safetensors (official key names), each atomically."""
+    from safetensors.torch import save_file
+
+    from idgen.io import atomic_output, atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"_class_name": "WPlusAdapter", **adapter.config.to_dict()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
+    with atomic_output(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
+    return folder
