@@ -84,6 +84,8 @@ def add_generate(sub: Any) -> None:
     )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
+                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
     p.add_argument(
         "--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it"
     )
@@ -135,6 +137,10 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     import idgen
 
     if args.flux is None and args.pulid is None and args.encoder is None:
+        if getattr(args, "world_adapter", "pulid") == "pidiff":
+            from idgen.world.pidiff import load_pidiff_world
+
+            return load_pidiff_world(device)
         from idgen.world.bundle import load_world
 
         return load_world(device)
@@ -362,6 +368,8 @@ def add_eval(sub: Any) -> None:
     g.add_argument("--pulid", help="PuLID-FLUX checkpoint: file, folder or hub id")
     g.add_argument("--encoder", help="identity encoder: pulid (antelopev2 + EVA02-CLIP) or tiny-random")
     g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
+                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
     m = p.add_argument_group("metric models (real models; the demo world uses its own evaluators)")
     m.add_argument("--clip-model", default="openai/clip-vit-large-patch14")
     m.add_argument("--face-model", default="antelopev2", help="antelopev2 (insightface) or dlib (offline)")

@@ -69,3 +69,10 @@ def test_world_train_quick_end_to_end(tmp_path):
     assert pipe("a person on a beach", reference_photos(tmp_path / "a")[0], num_inference_steps=2).images[
         0
     ].size == (64, 64)
+    from idgen.world.pidiff import load_pidiff_world
+
+    pidiff = load_pidiff_world(assets=tmp_path / "a")
+    image = pidiff("a person on a beach", reference_photos(tmp_path / "a")[0], num_inference_steps=2).images[
+        0
+    ]
+    assert image.size == (64, 64)

@@ -108,7 +108,12 @@ class FluxEvalGenerator:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        self.settings = {k: v for k, v in pipe.defaults.items()}
+        # What a resumed run must match: sampling defaults and which identity networks generate.
+        self.settings = {
+            **pipe.defaults,
+            "adapter": type(pipe.adapter).__name__,
+            "encoder": type(pipe.encoder).__name__,
+        }
 
     def encode(self, photo: Image.Image, what: str) -> IdentityFeatures:
         return self.pipe.encoder(photo, what=what)

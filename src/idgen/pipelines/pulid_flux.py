@@ -10,14 +10,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from idgen.backbones.flux import FluxIdentityInjector, InjectionRun, MaskPolicy, Recorder, encode_id_tokens
+from idgen.backbones.flux import (
+    FluxIdentityInjector,
+    IdentityAdapter,
+    InjectionRun,
+    MaskPolicy,
+    Recorder,
+    encode_id_tokens,
+)
 from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.masks import MaskExtractor
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
-from idgen.models.pulid import PuLIDAdapter
 
 Mode = Literal["spatial", "uniform", "none"]
 MODES: tuple[str, ...] = ("spatial", "uniform", "none")
@@ -120,7 +126,7 @@ class IdentityFluxPipeline:
     def __init__(
         self,
         flux: Any,
-        adapter: PuLIDAdapter,
+        adapter: IdentityAdapter,  # PuLIDAdapter, or the W+ branch WPlusFluxAdapter
         encoder: IdentityEncoder,
         defaults: dict[str, Any] | None = None,
     ) -> None:

@@ -25,7 +25,7 @@ class BaseRecipe(NamedTuple):
         steps=1000, lr=1e-3, batch_size=16, checkpoint_every=100, warmup=20, seed=11
     )
     transformer: TrainConfig = TrainConfig(
-        steps=4000, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
+        steps=8000, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
     )
 
 
@@ -110,6 +110,7 @@ class AdapterRecipe(NamedTuple):
     train: TrainConfig = TrainConfig(
         steps=2000, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
+    id_loss_weight: float = 1.0
 
 
 QUICK_ADAPTER = AdapterRecipe(
@@ -146,7 +147,9 @@ def train_adapter(work: Path, assets: Path = ASSETS, quick: bool = False) -> dic
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(14)
         adapter = PuLIDAdapter(config)
-    report = gen.train_adapter(pipe, adapter, encoder, data, recipe.train, work / "adapter-train")
+    report = gen.train_adapter(
+        pipe, adapter, encoder, data, recipe.train, work / "adapter-train", recipe.id_loss_weight
+    )
     save_pulid_adapter(adapter.eval(), assets / "pulid")
     return report
 
@@ -176,12 +179,16 @@ def train_all(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[st
     from idgen.world.bundle import write_manifest
     from idgen.world.evaluators import train_evaluators
     from idgen.world.identity import train_identity_models
+    from idgen.world.pidiff import train_pidiff_branch
+    from idgen.world.wplus import train_wplus_codec
 
     report: dict[str, Any] = {}
     report["identity"] = train_identity_models(work / "identity", assets / "identity", quick=quick)
     report["evaluators"] = train_evaluators(work / "evaluators", assets / "evaluators", quick=quick)
     report["base"] = train_base(work / "generator", assets, quick=quick)
     report["adapter"] = train_adapter(work / "generator", assets, quick=quick)
+    report["wplus"] = train_wplus_codec(work / "wplus", assets / "wplus", quick=quick)
+    report["pidiff"] = train_pidiff_branch(work / "generator", assets, quick=quick)
     write_references(assets)
     write_manifest(assets)
     return report

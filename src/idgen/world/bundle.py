@@ -5,6 +5,8 @@ assets/
   pulid/             config.json + model.safetensors (PuLIDAdapter at demo sizes)
   identity/          detector/, recognizer/, tower/ (stand-ins for antelopev2 and EVA02-CLIP)
   evaluators/        clip/, face/, segmenter/ (independent models for evaluation)
+  wplus/             the W+-like style codec (PIDiff's identity space in the demo world)
+  pidiff/            the W+ identity branch on the demo FLUX (config.json + model.safetensors)
   references/        reference photos of held-out identities
   MANIFEST.json      {relative path: {"sha256": ..., "bytes": ...}}
 """

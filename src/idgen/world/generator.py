@@ -175,19 +175,18 @@ def latent_ids(pipe: Any, height: int = 64, width: int = 64) -> Tensor:
     return pipe._prepare_latent_image_ids(1, rows, cols, "cpu", torch.float32)
 
 
-def flow_matching_loss(
-    transformer: Any,
-    latents: Tensor,
-    t5: Tensor,
-    pooled: Tensor,
-    img_ids: Tensor,
-    g: torch.Generator,
-) -> Tensor:
-    """Rectified flow: x_t = (1 - t) x0 + t noise, predict noise - x0; t logit-normal, as FLUX trains."""
+def noised(latents: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+    """Rectified flow: x_t = (1 - t) x0 + t noise with t logit-normal, as FLUX trains.
+
+    Returns (x_t, t, velocity target noise - x0)."""
     noise = torch.randn(latents.shape, generator=g)
     t = torch.sigmoid(torch.randn(latents.shape[0], generator=g))
     x_t = (1 - t[:, None, None]) * latents + t[:, None, None] * noise
-    pred = transformer(
+    return x_t, t, noise - latents
+
+
+def velocity(transformer: Any, x_t: Tensor, t: Tensor, t5: Tensor, pooled: Tensor, img_ids: Tensor) -> Tensor:
+    return transformer(
         hidden_states=x_t,
         encoder_hidden_states=t5,
         pooled_projections=pooled,
@@ -196,7 +195,31 @@ def flow_matching_loss(
         txt_ids=torch.zeros(t5.shape[1], 3),
         return_dict=False,
     )[0]
-    return F.mse_loss(pred, noise - latents)
+
+
+def predicted_x0(x_t: Tensor, t: Tensor, v: Tensor) -> Tensor:
+    """One-step estimate of the clean latents: x_t - t v."""
+    return x_t - t[:, None, None] * v
+
+
+def flow_matching_loss(
+    transformer: Any,
+    latents: Tensor,
+    t5: Tensor,
+    pooled: Tensor,
+    img_ids: Tensor,
+    g: torch.Generator,
+) -> Tensor:
+    x_t, t, target = noised(latents, g)
+    return F.mse_loss(velocity(transformer, x_t, t, t5, pooled, img_ids), target)
+
+
+def decode_latents(pipe: Any, packed: Tensor, height: int = 64, width: int = 64) -> Tensor:
+    """Packed, scaled latents (B, 64, 16) -> images (B, 3, H, W) in [0, 1], differentiably."""
+    vae = pipe.vae
+    z = pipe._unpack_latents(packed, height, width, pipe.vae_scale_factor)
+    z = z / vae.config.scaling_factor + vae.config.shift_factor
+    return (vae.decode(z).sample / 2 + 0.5).clamp(0, 1)
 
 
 @dataclass
@@ -248,10 +271,26 @@ class AdapterSet:
     face_boxes: Tensor  # (N, 4)
 
 
+def identity_loss(recognizer: Any, images: Tensor, boxes: Tensor, reference: Tensor, t: Tensor) -> Tensor:
+    """PuLID's ID loss on one-step x0 estimates: 1 - cos(recogniser(generated face), reference), weighted
+    by (1 - t) because the estimate is a blur at high noise. images (B, 3, 64, 64), reference (B, D) unit."""
+    from idgen.world.identity import RECOGNIZER_EXPAND, crop_faces
+
+    embedding = recognizer(crop_faces(images, boxes, RECOGNIZER_EXPAND))  # (B, D), unit
+    return ((1 - (embedding * reference).sum(-1)) * (1 - t)).mean()
+
+
 def train_adapter(
-    pipe: Any, adapter: Any, encoder: Any, data: AdapterSet, config: TrainConfig, folder: Path
+    pipe: Any,
+    adapter: Any,
+    encoder: Any,
+    data: AdapterSet,
+    config: TrainConfig,
+    folder: Path,
+    id_loss_weight: float = 0.0,
 ) -> dict[str, float]:
-    """PuLID-style identity adapter on a frozen base: flow-matching loss with uniform injection.
+    """PuLID-style identity adapter on a frozen base: flow-matching loss with uniform injection, plus
+    PuLID's ID loss (`id_loss_weight`) through the frozen VAE decoder and identity recogniser.
 
     The reference is the target image's own face crop with its surroundings (as PuLID and
     IP-Adapter train), so the adapter also learns to carry background and clothing colour: the
@@ -260,19 +299,29 @@ def train_adapter(
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
 
     transformer = pipe.transformer.requires_grad_(False)
+    pipe.vae.requires_grad_(False)
+    encoder.recognizer.requires_grad_(False)
     injector = FluxIdentityInjector(transformer, adapter)
     img_ids = latent_ids(pipe)
+    arcface_dim = encoder.recognizer.dim
 
     def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
         with torch.no_grad():
             features = encoder.encode_batch(data.images[idx], data.face_boxes[idx])
         id_tokens = adapter.encode(features.id_embedding, features.vit_hidden)
+        latents = data.latents[idx]
+        x_t, t, target = noised(latents, g)
         with injector.run(InjectionRun(id_tokens=id_tokens)):
-            loss = flow_matching_loss(
-                transformer, data.latents[idx], data.t5[idx], data.pooled[idx], img_ids, g
-            )
-        return loss, {}
+            v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
+        diffusion = F.mse_loss(v, target)
+        if not id_loss_weight:
+            return diffusion, {}
+        images = decode_latents(pipe, predicted_x0(x_t, t, v))
+        reference = features.id_embedding[:, :arcface_dim]
+        id_loss = identity_loss(encoder.recognizer, images, data.face_boxes[idx], reference, t)
+        parts = {"diffusion": float(diffusion.detach()), "id": float(id_loss.detach())}
+        return diffusion + id_loss_weight * id_loss, parts
 
     try:
         trainer = Trainer("adapter", {"adapter": adapter}, adapter.parameters(), config, folder)

@@ -1,0 +1,280 @@
+"""PIDiff in the demo world: a W+ identity branch on the demo FLUX, trained with the identity-tailored
+losses (`idgen.core.losses`) on the frozen base, reading identity from the demo world's W+-like space.
+
+Only the branch trains (mapping F_w + the residual cross-attentions); the transformer, VAE, text
+encoders and the W+ encoder stay frozen. The reference is the target's own face crop, as for the PuLID
+adapter, so the two branches see the same data and differ only in identity space and losses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from idgen.core.losses import IdentityLossWeights, face_mask_on_grid, identity_tailored_loss, perturb_codes
+from idgen.identity.base import IdentityFeatures
+from idgen.training import TrainConfig, Trainer
+from idgen.world.generator import latent_ids, noised, velocity
+
+EncodeWPlus = Callable[[Tensor, Tensor], Tensor]  # images (B, 3, 64, 64) in [0, 1], boxes (B, 4) -> (B, L, D)
+
+
+@dataclass
+class WPlusSet:
+    latents: Tensor  # (N, 64, 16) packed latents
+    t5: Tensor  # (N, L, 64)
+    pooled: Tensor  # (N, 64)
+    images: Tensor  # (N, 3, 64, 64)
+    face_boxes: Tensor  # (N, 4)
+    face_masks: Tensor  # (N, 64, 64) bool
+
+
+def demo_wplus_flux_config(
+    transformer_width: int, heads: int, num_layers: int, w_dim: int, num_ca: int
+) -> Any:
+    """The W+ branch at demo sizes: the code's levels split into 4 groups, coarse to fine."""
+    from idgen.models.wplus_flux import WPlusFluxConfig
+
+    edges = [round(i * num_layers / 4) for i in range(5)]
+    groups = tuple((edges[i], edges[i + 1]) for i in range(4) if edges[i + 1] > edges[i])
+    return WPlusFluxConfig(num_layers, w_dim, groups, transformer_width, heads, num_ca)
+
+
+def train_wplus_branch(
+    pipe: Any,
+    branch: Any,
+    encode_wplus: EncodeWPlus,
+    data: WPlusSet,
+    config: TrainConfig,
+    folder: Path,
+    weights: IdentityLossWeights | None = None,
+) -> dict[str, float]:
+    """Identity-tailored fine-tuning of the W+ branch on the frozen demo FLUX (flow matching)."""
+    from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
+
+    weights = weights or IdentityLossWeights()
+    transformer = pipe.transformer.requires_grad_(False)
+    injector = FluxIdentityInjector(transformer, branch)
+    img_ids = latent_ids(pipe)
+    rows = cols = int(data.latents.shape[1] ** 0.5)
+
+    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
+        with torch.no_grad():
+            w = encode_wplus(data.images[idx], data.face_boxes[idx])  # (B, L, D)
+        w_perturbed = perturb_codes(w, g)
+        mask = face_mask_on_grid(data.face_masks[idx], rows, cols)  # (B, 64, 1)
+        x_t, t, target = noised(data.latents[idx], g)
+        t5, pooled = data.t5[idx], data.pooled[idx]
+
+        def predict(code: Tensor | None) -> Tensor:
+            if code is None:
+                return velocity(transformer, x_t, t, t5, pooled, img_ids)
+            tokens = branch.encode(code.flatten(1))
+            with injector.run(InjectionRun(id_tokens=tokens)):
+                return velocity(transformer, x_t, t, t5, pooled, img_ids)
+
+        pred = predict(w)
+        with torch.no_grad():
+            pred_perturbed, pred_base = predict(w_perturbed), predict(None)
+        return identity_tailored_loss(pred, target, pred_perturbed, pred_base, mask, weights)
+
+    try:
+        trainer = Trainer("pidiff branch", {"branch": branch}, branch.parameters(), config, folder)
+        return trainer.fit(step)
+    finally:
+        injector.remove()
+
+
+class WorldWPlusEncoder:
+    """IdentityEncoder of the demo world's PIDiff: the world face detector finds the face, the style codec
+    maps its crop to W (L, D); W travels flattened in IdentityFeatures.id_embedding (no ViT features)."""
+
+    def __init__(self, detector: Any, codec: Any, *, require_face: bool = True) -> None:
+        self.detector, self.codec = detector.eval(), codec.eval()
+        self.require_face = require_face
+        self.id_dim = codec.num_levels * codec.w_dim  # W, flattened
+        self.vit_dim = 0  # no ViT features
+
+    @classmethod
+    def from_pretrained(
+        cls, identity_folder: Path, codec_folder: Path, *, require_face: bool = True
+    ) -> WorldWPlusEncoder:
+        from idgen.world.identity import WorldFaceDetector
+        from idgen.world.wplus import WorldStyleCodec
+
+        detector = WorldFaceDetector.from_pretrained(identity_folder / "detector")
+        return cls(detector, WorldStyleCodec.from_pretrained(codec_folder), require_face=require_face)
+
+    @torch.no_grad()
+    def encode_wplus(self, images: Tensor, boxes: Tensor) -> Tensor:
+        """(B, 3, 64, 64) in [0, 1] at (B, 4) pixel face boxes -> W (B, L, D)."""
+        from idgen.world.identity import crop_faces
+        from idgen.world.wplus import CROP_EXPAND
+
+        return self.codec.encode(crop_faces(images, boxes, CROP_EXPAND, self.codec.size))
+
+    def encode_batch(self, images: Tensor, boxes: Tensor) -> IdentityFeatures:
+        return IdentityFeatures(id_embedding=self.encode_wplus(images, boxes).flatten(1), vit_hidden=[])
+
+    def __call__(self, image: Image.Image, *, what: str = "image") -> IdentityFeatures:
+        import warnings
+
+        from idgen.errors import NoFaceError
+        from idgen.identity.base import FaceBox
+        from idgen.world.identity import DEFAULT_FACE_BOX, IMAGE_SIZE, pil_to_tensor
+
+        w, h = image.size
+        x = pil_to_tensor(image)
+        boxes, probs = self.detector.detect(x)
+        if probs[0] < 0.5:
+            if self.require_face:
+                raise NoFaceError(f"no face found in {what}")
+            warnings.warn(f"no face found in {what}; using a centred default face box", stacklevel=2)
+            boxes = torch.tensor([DEFAULT_FACE_BOX])
+        features = self.encode_batch(x, boxes)
+        left, top, right, bottom = boxes[0].tolist()
+        sx, sy = w / IMAGE_SIZE, h / IMAGE_SIZE
+        features.face_box = FaceBox(left * sx, top * sy, right * sx, bottom * sy, float(probs[0]))
+        return features
+
+
+class BranchRecipe(NamedTuple):
+    renders: int = 8192
+    train: TrainConfig = TrainConfig(
+        steps=1000, lr=5e-4, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
+    )
+    weights: IdentityLossWeights = IdentityLossWeights()
+
+
+QUICK_BRANCH = BranchRecipe(renders=32, train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=15))
+
+
+def train_pidiff_branch(work: Path, assets: Path, quick: bool = False) -> dict[str, float]:
+    """The W+ branch on the frozen base in `assets/flux`, identity from `assets/wplus` -> `assets/pidiff`."""
+    from diffusers import FluxPipeline
+
+    from idgen.backbones.flux import injection_points
+    from idgen.models.wplus_flux import WPlusFluxAdapter, save_wplus_flux_adapter
+    from idgen.world import generator as gen
+    from idgen.world.build import cached
+
+    recipe = QUICK_BRANCH if quick else BranchRecipe()
+    pipe = FluxPipeline.from_pretrained(assets / "flux")
+    encoder = WorldWPlusEncoder.from_pretrained(assets / "identity", assets / "wplus")
+
+    def renders() -> dict[str, Any]:
+        data = gen.render_set(recipe.renders, seed=2)  # the PuLID adapter's data, with the face masks
+        t5, pooled = gen.encode_texts(pipe, data.captions)
+        return {
+            "latents": gen.encode_latents(pipe, data.images),
+            "t5": t5,
+            "pooled": pooled,
+            "images": data.images,
+            "face_boxes": data.face_boxes,
+            "face_masks": data.face_masks,
+        }
+
+    data = WPlusSet(**cached(work / "pidiff-data.pt", renders))
+    t = pipe.transformer
+    points = injection_points(len(t.transformer_blocks), len(t.single_transformer_blocks))
+    codec = encoder.codec
+    config = demo_wplus_flux_config(
+        t.inner_dim, t.config.num_attention_heads, codec.num_levels, codec.w_dim, len(points)
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(16)
+        branch = WPlusFluxAdapter(config)
+    branch.init_from_transformer(t, points)
+    report = train_wplus_branch(
+        pipe, branch, encoder.encode_wplus, data, recipe.train, work / "pidiff-train", recipe.weights
+    )
+    save_wplus_flux_adapter(branch.eval(), assets / "pidiff")
+    return report
+
+
+def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_face: bool = False) -> Any:
+    """The demo world with the W+ branch instead of PuLID's: an IdentityFluxPipeline like `load_world`'s."""
+    from diffusers import FluxPipeline
+
+    from idgen.models.wplus_flux import load_wplus_flux_adapter
+    from idgen.pipelines.pulid_flux import IdentityFluxPipeline
+    from idgen.world.bundle import ASSETS, WORLD_DEFAULTS, verify
+
+    assets = assets or ASSETS
+    verify(assets, ("flux", "pidiff", "identity", "wplus"))
+    flux = FluxPipeline.from_pretrained(assets / "flux").to(device)
+    flux.set_progress_bar_config(disable=True)
+    branch = load_wplus_flux_adapter(assets / "pidiff", device=device)
+    encoder = WorldWPlusEncoder.from_pretrained(
+        assets / "identity", assets / "wplus", require_face=require_face
+    )
+    return IdentityFluxPipeline(flux, branch, encoder, defaults=WORLD_DEFAULTS)
+
+
+def compare(out: Path, benchmark: str = "demo", threads: int = 1) -> str:
+    """PIDiff's W+ branch against PuLID's adapter and no identity, on the same held-out pairs and seeds,
+    through the eval harness; then the style codec's level edits against the renderer's ground truth."""
+    from idgen.eval.harness import evaluate, world_metric_models
+    from idgen.eval.manifest import builtin
+    from idgen.eval.runner import FluxEvalGenerator, Method
+    from idgen.world.bundle import ASSETS, load_world
+    from idgen.world.render import test_identities
+    from idgen.world.wplus import WorldStyleCodec, measure_edits
+
+    torch.set_num_threads(threads)
+    methods = [Method("uniform"), Method("spatial")]
+    summaries = {}
+    for name, load in (("PuLID adapter", load_world), ("PIDiff W+ branch", load_pidiff_world)):
+        folder = out / ("pulid" if name.startswith("PuLID") else "pidiff")
+        bench = builtin(benchmark, folder / "references")
+        generator = FluxEvalGenerator(load())
+        _, summary = evaluate(folder, bench, methods, generator, world_metric_models)
+        summaries[name] = summary
+    lines = [
+        "| identity | mode | FaceSim | backdrop shift (0-255) | background change (0-255) | CLIP-T |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def cell(entry: dict[str, Any], key: str) -> str:
+        value = entry.get(key)
+        return "–" if value is None else f"{value['mean']:.3f} ± {value['ci95']:.3f}"
+
+    first = next(iter(summaries.values()))
+    assert first is not None
+    none = first["methods"]["none"]
+    lines.append(f"| none | – | {cell(none, 'facesim')} | 0 | 0 | {cell(none, 'clip_t')} |")
+    for name, summary in summaries.items():
+        assert summary is not None
+        for m in methods:
+            e = summary["methods"][m.name]
+            lines.append(
+                f"| {name} | {m.name} | {cell(e, 'facesim')} | {cell(e, 'backdrop_shift')} | "
+                f"{cell(e, 'contamination_px')} | {cell(e, 'clip_t')} |"
+            )
+    edits = measure_edits(WorldStyleCodec.from_pretrained(ASSETS / "wplus"), test_identities())
+    lines += ["", "Style-codec level edits on the 100 held-out identities (renderer ground truth):", ""]
+    lines += ["```", json.dumps(edits, indent=1, default=str), "```"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=compare.__doc__)
+    parser.add_argument("--out", type=Path, default=Path("outputs/eval/pidiff-vs-pulid"))
+    parser.add_argument("--benchmark", default="demo", choices=["demo", "demo-quick"])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    print(compare(args.out, args.benchmark, args.threads))
+
+
+if __name__ == "__main__":
+    main()
