@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
+from idgen.pidiff.cli import add_edit, add_train_pidiff
 
 EXIT_USAGE = 2
 
@@ -477,6 +478,8 @@ def build_parser() -> ArgumentParser:
     add_generate(sub)
     add_world(sub)
     add_eval(sub)
+    add_train_pidiff(sub)
+    add_edit(sub)
     return parser
 
 

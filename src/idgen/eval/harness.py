@@ -55,21 +55,22 @@ def real_metric_models(options: MetricOptions) -> MetricModels:
             models.skipped[metric] = str(e).splitlines()[0] if str(e) else type(e).__name__
             return None
 
-    if options.clip:
-        models.clip = attempt("clip", lambda: HFCLIP.from_pretrained(options.clip, device=options.device))
+    clip_source, faces, aesthetic = options.clip, options.faces, options.aesthetic
+    if clip_source:
+        models.clip = attempt("clip", lambda: HFCLIP.from_pretrained(clip_source, device=options.device))
     else:
         models.skipped["clip"] = "no CLIP model given"
     if options.faces == "dlib":
         models.faces = attempt("faces", DlibFaceModel)
-    elif options.faces:
-        models.faces = attempt("faces", lambda: InsightFaceModel(name=options.faces, root=options.face_root))
+    elif faces:
+        models.faces = attempt("faces", lambda: InsightFaceModel(name=faces, root=options.face_root))
     else:
         models.skipped["faces"] = "no face model given"
-    if options.aesthetic:
+    if aesthetic:
         if models.clip is None:
             models.skipped["aesthetic"] = "needs the CLIP model, which is not loaded"
         else:
-            head = attempt("aesthetic", lambda: LaionAesthetic.from_file(options.aesthetic, models.clip))
+            head = attempt("aesthetic", lambda: LaionAesthetic.from_file(aesthetic, models.clip))
             if head is not None:
                 models.scorers["aesthetic"] = head
     if options.iq:

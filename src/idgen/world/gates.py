@@ -186,6 +186,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[f"no_face_{mode}"] = sum(not r[f"face_{mode}"] for r in rows)
         if mode != "none":
             out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
+    paired = [r for r in rows if "facesim_uniform" in r and "facesim_none" in r]
+    out["facesim_gain_uniform_vs_none"] = mean_ci([r["facesim_uniform"] - r["facesim_none"] for r in paired])
     both = [r for r in rows if "facesim_uniform" in r and "facesim_spatial" in r]
     out["facesim_drop_spatial_vs_uniform"] = mean_ci(
         [r["facesim_uniform"] - r["facesim_spatial"] for r in both]
@@ -212,7 +214,7 @@ def table(s: dict[str, Any]) -> str:
         "",
         f"- pairs: {s['pairs']} (held-out identities x held-out prompts); ± is a 95% CI of the mean",
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
-        f"- FaceSim margin, uniform - none: {s['facesim_uniform'][0] - s['facesim_none'][0]:+.3f}",
+        f"- FaceSim margin, uniform - none (paired): {f(s['facesim_gain_uniform_vs_none'])}",
         f"- contamination reduction, spatial vs uniform: {s['contamination_reduction'] * 100:.1f}% "
         "(gate: >= 40%)",
         f"- FaceSim drop, spatial vs uniform: {f(s['facesim_drop_spatial_vs_uniform'])} (gate: <= 0.03)",
