@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +36,16 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float | None = 1.0
     warmup: int = 0
+
+
+def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), recording its wall and CPU seconds in `timings` (CPU time is the one-core cost;
+    wall time on a shared machine says little)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args)
+    timings[f"{name}_seconds"] = round(time.perf_counter() - wall, 1)
+    timings[f"{name}_cpu_seconds"] = round(time.process_time() - cpu, 1)
+    return out
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:

@@ -30,6 +30,7 @@ from torch import Tensor
 from idgen.backbones.flux import InjectionRun
 from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import TemporalSpatialScheduler
+from idgen.eval.metrics import backdrop_shift
 from idgen.world.captions import Prompt, test_prompts
 from idgen.world.render import render_reference, test_identities
 
@@ -91,19 +92,6 @@ def mean_ci(values: list[float]) -> tuple[float, float]:
     x = np.asarray(values, dtype=np.float64)
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
     return float(x.mean()), float(half)
-
-
-def background_shift(generated: Tensor, base: Tensor, mask: Tensor, backdrop: Tensor) -> float:
-    """Mean move of background pixels from `base` to `generated` along the direction to `backdrop`.
-
-    generated, base (3, H, W) in [0,1]; mask (H, W) bool background; backdrop (3,) in [0,1]. In 0-255 units.
-    """
-    pixels = mask.flatten()
-    base_bg = base.flatten(1)[:, pixels]  # (3, n)
-    direction = backdrop - base_bg.mean(dim=1)
-    direction = direction / direction.norm().clamp_min(1e-6)
-    moved = generated.flatten(1)[:, pixels] - base_bg
-    return float((direction @ moved).mean() * 255)
 
 
 def run(
@@ -168,7 +156,7 @@ def run(
                     row[f"facesim_{mode}"] = float(face_embeds[mode][j] @ ref_embeds[pair.identity])
                 if mode != "none":
                     background = ~(masks[mode][j] | masks["none"][j])
-                    row[f"contamination_{mode}"] = background_shift(
+                    row[f"contamination_{mode}"] = backdrop_shift(
                         images[mode][j], images["none"][j], background, backdrops[pair.identity]
                     )
             rows.append(row)

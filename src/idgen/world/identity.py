@@ -27,9 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 import warnings
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -44,6 +44,7 @@ from idgen.identity.base import FaceBox, IdentityFeatures
 from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
 from idgen.training import TrainConfig, Trainer
+from idgen.training import timed as record_time
 
 __all__ = [
     "DEFAULT_ASSETS",
@@ -796,13 +797,7 @@ def train_identity_models(
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Any, *args: Any) -> Any:
-        # Wall time on a shared machine says little; CPU time (one thread) is the one-core cost.
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn(*args)
-        timings[f"{name}_seconds"] = round(time.perf_counter() - wall, 1)
-        timings[f"{name}_cpu_seconds"] = round(time.process_time() - cpu, 1)
-        return out
+    timed = partial(record_time, timings)
 
     data = timed("data", _dataset, work_dir, plan)
     detector = timed("detector", _train_detector, data, plan.detector, work_dir / "detector", progress)

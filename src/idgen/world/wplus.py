@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from idgen.core.wplus_edit import mix as mix_layers
 from idgen.errors import IdgenError
 from idgen.io import atomic_output, atomic_write_text
 from idgen.training import TrainConfig, Trainer
+from idgen.training import timed as record_time
 from idgen.world.identity import TOWER_EXPAND, _Saveable, crop_faces
 from idgen.world.render import (
     ATTRIBUTES,
@@ -409,13 +410,7 @@ def train_wplus_codec(
     work_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Any, *args: Any) -> Any:
-        # CPU time (one thread) is the one-core cost; wall time on a shared machine says little.
-        wall, cpu = time.perf_counter(), time.process_time()
-        out = fn(*args)
-        timings[f"{name}_seconds"] = round(time.perf_counter() - wall, 1)
-        timings[f"{name}_cpu_seconds"] = round(time.process_time() - cpu, 1)
-        return out
+    timed = partial(record_time, timings)
 
     data = timed("data", _dataset, work_dir, plan)
     codec, log = timed("train", _train, data, plan, work_dir / "train", progress)
