@@ -63,7 +63,9 @@ def real_metric_models(options: MetricOptions) -> MetricModels:
     if options.faces == "dlib":
         models.faces = attempt("faces", DlibFaceModel)
     elif faces:
-        models.faces = attempt("faces", lambda: InsightFaceModel(name=faces, root=options.face_root))
+        models.faces = attempt(
+            "faces", lambda: InsightFaceModel(name=faces, root=options.face_root, device=options.device)
+        )
     else:
         models.skipped["faces"] = "no face model given"
     if aesthetic:
