@@ -11,7 +11,7 @@ from typing import Any
 
 from idgen.eval.manifest import Benchmark
 from idgen.eval.metrics import mean_ci
-from idgen.eval.runner import NONE, Job, Method, iter_scores, mask_strip_path, score_jobs
+from idgen.eval.runner import NONE, Job, Method, iter_scores, mask_strip_path
 from idgen.io import atomic_output, atomic_write_text
 
 # (key, column title, higher is better?) in table order.
@@ -229,7 +229,3 @@ def write_report(
     html_grid(out, benchmark, methods)
     summary["plots"] = [str(p) for p in plots]
     return summary
-
-
-def expected_jobs(benchmark: Benchmark, methods: Sequence[Method]) -> int:
-    return len(score_jobs(benchmark, methods))

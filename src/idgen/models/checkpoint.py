@@ -13,6 +13,23 @@ from torch import Tensor, nn
 from idgen.errors import CheckpointError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+WEIGHTS_NAME = "model.safetensors"  # beside config.json, as transformers and diffusers save models
+
+
+def save_model_folder(module: nn.Module, folder: str | os.PathLike[str], config: dict[str, Any]) -> Path:
+    """Write `folder`/config.json (`config` plus `_class_name`) and model.safetensors, each atomically."""
+    from safetensors.torch import save_file
+
+    from idgen.io import atomic_output, atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_output(folder / WEIGHTS_NAME) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+    record = {"_class_name": type(module).__name__, **config}
+    atomic_write_text(folder / "config.json", json.dumps(record, indent=2) + "\n")
+    return folder
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:

@@ -15,7 +15,6 @@ EqualLinear is plain torch, and the encoder uses no fused ops at all.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -27,9 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idgen.errors import CheckpointError, IdgenError
-from idgen.models.checkpoint import load_strict, read_config, read_state_dict
+from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
 
-WEIGHTS_NAME = "model.safetensors"
 DECODER_PREFIX = "decoder."
 
 
@@ -327,15 +325,4 @@ def load_e4e_encoder(
 
 def save_e4e_encoder(model: E4EEncoder, folder: str | os.PathLike[str]) -> Path:
     """Write config.json + model.safetensors (no decoder, no pickle), each atomically."""
-    from safetensors.torch import save_file
-
-    from idgen.io import atomic_output, atomic_write_text
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "E4EEncoder", **model.config.to_dict()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_output(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-    return folder
+    return save_model_folder(model, folder, model.config.to_dict())

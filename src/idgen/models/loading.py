@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
 
 from idgen.errors import CheckpointError
-from idgen.models.checkpoint import load_strict, read_config, read_state_dict
+from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
 from idgen.models.pulid import PuLIDAdapter, PuLIDConfig
 
 PULID_HUB_REPO = "guozinan/PuLID"
 PULID_HUB_FILE = "pulid_flux_v0.9.1.safetensors"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def resolve_hub_file(repo_id: str, filename: str) -> Path:
@@ -76,15 +74,4 @@ def load_pulid_adapter(
 
 def save_pulid_adapter(adapter: PuLIDAdapter, folder: str | os.PathLike[str]) -> Path:
     """Write config.json + model.safetensors, each atomically."""
-    from safetensors.torch import save_file
-
-    from idgen.io import atomic_output, atomic_write_text
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "PuLIDAdapter", **adapter.config.to_dict()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    with atomic_output(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-    return folder
+    return save_model_folder(adapter, folder, adapter.config.to_dict())

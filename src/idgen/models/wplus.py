@@ -18,7 +18,6 @@ self-attention processors have no weights): on SD1.5 the 16 cross-attentions are
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +28,9 @@ from torch import Tensor, nn
 
 from idgen.core.wplus_edit import W_DIM, W_PLUS_LAYERS, check_w_plus
 from idgen.errors import CheckpointError, IdgenError
-from idgen.models.checkpoint import load_strict, read_config, read_state_dict
+from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
 from idgen.models.pulid import merge_heads, scaled_attention_probs, split_heads
 
-WEIGHTS_NAME = "model.safetensors"
 OFFICIAL_FILES = ("wplus_adapter.bin", "wplus_adapter_stage1.bin")
 
 # (slot, width) of every cross-attention of the SD1.5 UNet, forward order of unet.attn_processors.
@@ -224,15 +222,4 @@ def load_wplus_adapter(
 
 def save_wplus_adapter(adapter: WPlusAdapter, folder: str | os.PathLike[str]) -> Path:
     """Write config.json + model.safetensors (official key names), each atomically."""
-    from safetensors.torch import save_file
-
-    from idgen.io import atomic_output, atomic_write_text
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {"_class_name": "WPlusAdapter", **adapter.config.to_dict()}
-    tensors = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    with atomic_output(folder / WEIGHTS_NAME) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-    return folder
+    return save_model_folder(adapter, folder, adapter.config.to_dict())

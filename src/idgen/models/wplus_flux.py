@@ -9,7 +9,6 @@ branch plugs into `FluxIdentityInjector` like PuLID's adapter, so SpatialID's ma
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from idgen.errors import CheckpointError
-from idgen.models.checkpoint import load_strict, read_config, read_state_dict
+from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
 from idgen.models.wplus import WPlusConfig, WPlusMapping, WPlusProjections
-
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -99,25 +96,17 @@ class WPlusFluxAdapter(nn.Module):
 
 
 def save_wplus_flux_adapter(adapter: WPlusFluxAdapter, folder: str | os.PathLike[str]) -> Path:
-    from safetensors.torch import save_file
-
-    from idgen.io import atomic_output, atomic_write_text
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in adapter.state_dict().items()}
-    with atomic_output(folder / WEIGHTS_NAME) as tmp:
-        save_file(state, str(tmp))
-    config = {"kind": "wplus-flux", **adapter.config.to_dict()}
-    atomic_write_text(folder / "config.json", json.dumps(config, indent=2) + "\n")
-    return folder
+    """Write config.json + model.safetensors, each atomically."""
+    return save_model_folder(adapter, folder, adapter.config.to_dict())
 
 
 def load_wplus_flux_adapter(folder: str | os.PathLike[str], device: str = "cpu") -> WPlusFluxAdapter:
     folder = Path(folder)
     config = read_config(folder)
-    if config.pop("kind", None) != "wplus-flux":
-        raise CheckpointError(f"{folder} is not a W+ FLUX branch (config.json kind is not 'wplus-flux')")
+    if config.pop("_class_name", None) != "WPlusFluxAdapter":
+        raise CheckpointError(
+            f"{folder} is not a W+ FLUX branch (config.json _class_name is not WPlusFluxAdapter)"
+        )
     adapter = WPlusFluxAdapter(WPlusFluxConfig(**config))
     load_strict(adapter, read_state_dict(folder / WEIGHTS_NAME), str(folder), "W+ FLUX branch")
     return adapter.to(device).eval()

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from idgen.backbones.flux import InjectionRun
 from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import TemporalSpatialScheduler
-from idgen.eval.metrics import backdrop_shift
+from idgen.eval.metrics import backdrop_shift, mean_ci
 from idgen.world.captions import Prompt, test_prompts
 from idgen.world.render import render_reference, test_identities
 
@@ -83,15 +82,6 @@ def generate(
     run = InjectionRun(id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens)
     with pipe.injector.run(run):
         return pipe.flux(**call).images
-
-
-def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its normal 95% confidence interval."""
-    if not values:
-        return math.nan, math.nan
-    x = np.asarray(values, dtype=np.float64)
-    half = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan
-    return float(x.mean()), float(half)
 
 
 def run(
