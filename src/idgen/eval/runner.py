@@ -355,6 +355,11 @@ def _faces(models: MetricModels, images: list[Image.Image]) -> list[Face | None]
     return [largest_face(found) for found in models.faces.faces(images)]
 
 
+def _patch_tokens(clip_and_image: tuple[ImageTextModel, Image.Image]) -> Any:
+    clip, image = clip_and_image
+    return clip.patch_embeds([image])[0][0]  # (N, C), one image per call: independent of batching
+
+
 def _one_face(models: MetricModels, image: Image.Image) -> Face | None:
     return _faces(models, [image])[0]
 
@@ -417,31 +422,28 @@ def score_batch(
         values = scorer.score(images)
         for k, row in enumerate(rows):
             row[name] = float(values[k])
-    for k, row in enumerate(rows):
-        if not with_id[k] or faces is None:
-            continue
-        size = images[k].size
-        keep = M.background([faces[k], base_faces[k]], size)
+    if faces is None or not any(with_id):
+        return rows
+    index = [k for k in range(len(jobs)) if with_id[k]]
+    # Background: outside the face of both the with-id and the no-id image.
+    keeps = {k: M.background([faces[k], base_faces[k]], images[k].size) for k in index}
+    for k in index:
         gen_px, base_px = np.array(images[k]), np.array(bases[k])
-        row["contamination_px"] = M.pixel_contamination(gen_px, base_px, keep)
+        rows[k]["contamination_px"] = M.pixel_contamination(gen_px, base_px, keeps[k])
         backdrop = identities[jobs[k].pair.identity.id].backdrop_rgb
         if backdrop is not None:
-            as_tensor = [torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in (gen_px, base_px)]
-            row["backdrop_shift"] = M.backdrop_shift(
-                as_tensor[0],
-                as_tensor[1],
-                torch.from_numpy(keep),
-                torch.tensor(backdrop, dtype=torch.float32),
+            gen_t, base_t = (torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in (gen_px, base_px))
+            rows[k]["backdrop_shift"] = M.backdrop_shift(
+                gen_t, base_t, torch.from_numpy(keeps[k]), torch.tensor(backdrop, dtype=torch.float32)
             )
-    if models.clip is not None and faces is not None and any(with_id):
-        index = [k for k in range(len(jobs)) if with_id[k]]
-        patches, grid = models.clip.patch_embeds([images[k] for k in index])
-        base_patches, _ = models.clip.patch_embeds([bases[k] for k in index])
+    if models.clip is not None:
+        clip = models.clip
+        patches, grid = clip.patch_embeds([images[k] for k in index])
+        # No-id images are shared by every method: their patch tokens are computed once per process.
         for n, k in enumerate(index):
-            size = images[k].size
-            keep = M.background([faces[k], base_faces[k]], size)
-            patch_keep = M.patch_background(keep, models.clip.view_box(size), grid)
-            rows[k]["contamination_clip"] = M.patch_contamination(patches[n], base_patches[n], patch_keep)
+            base_patches = cache.get("patches", jobs[k].none_image, _patch_tokens, (clip, bases[k]))
+            patch_keep = M.patch_background(keeps[k], clip.view_box(images[k].size), grid)
+            rows[k]["contamination_clip"] = M.patch_contamination(patches[n], base_patches, patch_keep)
     return rows
 
 
@@ -454,17 +456,22 @@ def score_all(
     batch_size: int,
     progress: bool = True,
 ) -> None:
-    todo = [j for j in jobs if not (out / j.score).exists() and j.pair.identity.id not in report.problems]
-    ready = [j for j in todo if (out / j.image).exists() and (out / j.none_image).exists()]
-    report.pending_scores += len(todo) - len(ready)
+    # Fixed chunks of the plan-ordered jobs, as for generation: a resumed run scores every image in the
+    # same batch as an uninterrupted one, so batched metric models give the same numbers.
+    usable = [j for j in jobs if j.pair.identity.id not in report.problems]
+    chunks = [usable[i : i + batch_size] for i in range(0, len(usable), batch_size)]
+    todo = [c for c in chunks if any(not (out / j.score).exists() for j in c)]
+    ready = [c for c in todo if all((out / j.image).exists() and (out / j.none_image).exists() for j in c)]
+    report.pending_scores += sum(not (out / j.score).exists() for c in todo if c not in ready for j in c)
     cache = _Cache()
-    with _progress(len(ready), "score", progress) as bar:
-        for start in range(0, len(ready), batch_size):
-            chunk = ready[start : start + batch_size]
+    with _progress(sum(len(c) for c in ready), "score", progress) as bar:
+        for chunk in ready:
             t0 = time.perf_counter()
             rows = score_batch(out, chunk, models, cache, identities)
             for job, row in zip(chunk, rows, strict=True):
                 path = out / job.score
+                if path.exists():
+                    continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")
                 report.scored += 1
