@@ -81,6 +81,18 @@ def test_preset_and_overrides_reach_the_schedule(tmp_path):
     assert schedule["prior_box"] == [0.0, 0.0, 0.5, 0.5]
 
 
+def test_refiner_and_anchor_choices_reach_the_policy(tmp_path):
+    assert generate(tmp_path, out="paper.png") == 0
+    policy = json.loads((tmp_path / "paper.json").read_text())["mask_policy"]
+    assert "refiner=MaskRefiner(kernel_size=5, sigma=1.5" in policy and "anchor=None" in policy
+    assert generate(tmp_path, "--refiner", "grid-scaled", "--anchor", "attention", out="world.png") == 0
+    policy = json.loads((tmp_path / "world.json").read_text())["mask_policy"]
+    assert "refiner=GridScaledRefiner(" in policy and "anchor=AttentionAnchor(" in policy
+    # An explicit prior box is where the user wants the prior: no anchor moves it.
+    assert generate(tmp_path, "--anchor", "attention", "--prior-box", "0,0,0.5,0.5", out="box.png") == 0
+    assert "anchor=None" in json.loads((tmp_path / "box.json").read_text())["mask_policy"]
+
+
 def write(tmp_path, name, data: bytes):
     path = tmp_path / name
     path.write_bytes(data)
@@ -95,6 +107,7 @@ BAD_CASES = {
     "unknown preset": (["--preset", "fancy"], "fancy"),
     "unknown option": (["--colour", "red"], "unrecognized arguments: --colour"),
     "unknown mode": (["--mode", "everywhere"], "invalid choice: 'everywhere'"),
+    "unknown refiner": (["--refiner", "sharp"], "invalid choice: 'sharp'"),
     "not png": (["--out", "x.jpg"], "--out must end in .png"),
 }
 

@@ -214,3 +214,30 @@ def test_mask_box_and_user_mask():
     assert mask_box(mask) is None
     mask[2:5, 10:15] = 1.0
     assert mask_box(mask) == (0.5, 0.2, 0.75, 0.5)
+
+
+def test_the_pipeline_spatial_policy_is_a_template_for_presets(tiny_pipe):
+    from dataclasses import replace
+
+    from idgen.core.gate import AttentionAnchor
+    from idgen.core.refine import GridScaledRefiner, MaskRefiner
+    from idgen.pipelines.pulid_flux import mask_policy
+
+    assert tiny_pipe.spatial == SpatialMask(TemporalSpatialScheduler.from_preset("v1"))  # the authors'
+    world = SpatialMask(
+        TemporalSpatialScheduler.from_preset("v1"), refiner=GridScaledRefiner(), anchor=AttentionAnchor()
+    )
+    balanced = mask_policy("spatial", "balanced", spatial=world)
+    assert balanced == replace(world, scheduler=TemporalSpatialScheduler.from_preset("balanced"))
+    assert mask_policy("spatial", "v1") == SpatialMask(TemporalSpatialScheduler(), refiner=MaskRefiner())
+    # The pipeline's template is what mode="spatial" runs: same latents as passing it as the policy.
+    recorder = MaskRecorder()
+    tiny_pipe.spatial = world
+    try:
+        by_mode = latents(tiny_pipe, mode="spatial", preset="balanced", recorder=recorder)
+    finally:
+        tiny_pipe.spatial = SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+    assert torch.equal(by_mode, latents(tiny_pipe, policy=balanced))
+    early = [r for r in recorder.records if r.t > 0.7]
+    prior = TemporalSpatialScheduler.from_preset("balanced").prior((4, 6))
+    assert early and any(not torch.equal(r.mask[0], prior.clamp(min=0.3)) for r in early)  # anchored

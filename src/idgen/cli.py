@@ -60,6 +60,18 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--prior-box", type=parse_box, help="centre the prior on this face box: l,t,r,b in [0,1]")
     p.add_argument("--extractor", choices=["ca-norm", "entropy"], default="ca-norm", help="mask from the CA")
     p.add_argument(
+        "--refiner",
+        choices=["paper", "grid-scaled"],
+        help="mask blur/dilation: the authors' constants in tokens (paper) or scaled to the token grid "
+        "(grid-scaled); default: the model's (paper for FLUX, grid-scaled for the demo world)",
+    )
+    p.add_argument(
+        "--anchor",
+        choices=["centre", "attention"],
+        help="centre of the early prior: the image centre (the authors') or the attention's peak; "
+        "default: the model's (centre for FLUX, attention for the demo world)",
+    )
+    p.add_argument(
         "--min-spread",
         type=float,
         default=0.0,
@@ -109,9 +121,12 @@ def scheduler_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
 
 
-def build_policy(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The mask policy and the schedule the arguments ask for."""
+def build_policy(args: argparse.Namespace, spatial: Any = None) -> tuple[Any, Any]:
+    """The mask policy and the schedule the arguments ask for, starting from the model's SpatialMask
+    `spatial` (None: the authors'). An explicit prior box (--prior-box, --mask-image) drops the anchor."""
+    from idgen.core.gate import AttentionAnchor, SpatialMask
     from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
+    from idgen.core.refine import GridScaledRefiner, MaskRefiner
     from idgen.core.schedule import TemporalSpatialScheduler
     from idgen.pipelines.pulid_flux import mask_box, mask_policy, user_mask
 
@@ -129,7 +144,18 @@ def build_policy(args: argparse.Namespace) -> tuple[Any, Any]:
         overrides.setdefault("prior_box", box)
         extractor = FixedMaskExtractor(mask)
     scheduler = TemporalSpatialScheduler.from_preset(args.preset, **overrides)
-    return mask_policy(args.mode, scheduler=scheduler, extractor=extractor), scheduler
+    spatial = spatial or SpatialMask(scheduler)
+    replace = dataclasses.replace
+    if args.refiner:
+        spatial = replace(
+            spatial, refiner=GridScaledRefiner() if args.refiner == "grid-scaled" else MaskRefiner()
+        )
+    if args.anchor:
+        spatial = replace(spatial, anchor=AttentionAnchor() if args.anchor == "attention" else None)
+    if "prior_box" in overrides:
+        spatial = replace(spatial, anchor=None)
+    policy = mask_policy(args.mode, scheduler=scheduler, extractor=extractor, spatial=spatial)
+    return policy, scheduler
 
 
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
@@ -192,13 +218,14 @@ def run_generate(args: argparse.Namespace) -> int:
         args.prompt, args.id_weight, args.height or 1024, args.width or 1024, args.steps or 1
     )
     reference = load_image(args.id_image, what="id image") if args.mode != "none" else None
-    policy, scheduler = build_policy(args)
+    build_policy(args)  # bad settings fail before the models load
     if demo:
         warn_unknown_words(args.prompt)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     pipe = load_pipeline(args, device)
     loaded = time.perf_counter()
+    policy, scheduler = build_policy(args, pipe.spatial)
     call = dict(
         id_weight=args.id_weight,
         start_step=args.start_step,
@@ -253,6 +280,7 @@ def run_generate(args: argparse.Namespace) -> int:
         "sampling": {k: v for k, v in pipe.defaults.items() if call.get(k) is None}
         | {k: v for k, v in call.items() if v is not None},
         "schedule": dataclasses.asdict(scheduler) if args.mode == "spatial" else None,
+        "mask_policy": repr(policy) if args.mode == "spatial" else None,
         "seed": args.seed,
         "device": device,
         "dtype": str(next(pipe.flux.transformer.parameters()).dtype).removeprefix("torch."),

@@ -1,8 +1,9 @@
 import pytest
 import torch
 from torch import Tensor
+from torch.testing import assert_close
 
-from idgen.core.gate import ConstantMask, SpatialMask, UniformMask, gate
+from idgen.core.gate import AttentionAnchor, ConstantMask, SpatialMask, UniformMask, gate
 from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, CAOutput, Grid
 from idgen.core.refine import MaskRefiner
 from idgen.core.schedule import TemporalSpatialScheduler, gaussian_prior
@@ -127,3 +128,31 @@ def test_spatial_mask_needs_attn_probs_delegates():
 def test_spatial_mask_rejects_a_wrong_grid():
     with pytest.raises(IdgenError, match="3x5"):
         SpatialMask(TemporalSpatialScheduler())(CAOutput(torch.zeros(1, 16, 4)), 0.5, (3, 5))
+
+
+def test_attention_anchor_is_the_centroid_of_the_hard_mask():
+    raw = torch.zeros(2, 3, 5)
+    raw[0, 2, 3], raw[0, 2, 4] = 1.0, 0.9  # two standout tokens: x = (0.5 + 1) / 2, y = 1
+    anchor = AttentionAnchor(SpyExtractor(raw))
+    centers = anchor(CAOutput(torch.zeros(2, 15, 4)), (3, 5))
+    assert_close(centers[0], torch.tensor([0.75, 1.0]))
+    assert centers[1].isnan().all()  # flat: no hard mask, the default centre stays
+    assert anchor.needs_attn_probs is False
+    assert AttentionAnchor(AttentionEntropyExtractor()).needs_attn_probs is True
+
+
+def test_spatial_mask_with_anchor_moves_the_early_prior_only():
+    raw = torch.zeros(2, 3, 5)
+    raw[0, 0, 0] = 1.0  # sample 0 peaks top-left; sample 1 is flat
+    spy = SpyExtractor(raw)
+    sched = TemporalSpatialScheduler.from_preset("balanced")
+    policy = SpatialMask(sched, spy, _identity, anchor=AttentionAnchor(spy))
+    output = CAOutput(torch.zeros(2, 15, 4))
+    early = policy(output, 0.9, (3, 5))
+    assert early is not None and early.shape == (2, 15, 1)
+    assert torch.equal(early[0], gaussian_prior((3, 5), 0.7, center=(-1.0, -1.0)).clamp(min=0.3).view(15, 1))
+    assert torch.equal(early[1], gaussian_prior((3, 5), 0.7).clamp(min=0.3).view(15, 1))
+    # Mid and late are the anchor-free policy's.
+    plain = SpatialMask(sched, spy, _identity)
+    for t in (0.5, 0.2):
+        assert torch.equal(policy(output, t, (3, 5)), plain(output, t, (3, 5)))

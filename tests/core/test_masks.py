@@ -11,8 +11,10 @@ from idgen.core.masks import (
     FixedMaskExtractor,
     attention_entropy,
     ca_output_norm,
+    grid_axis,
     minmax_normalize,
     resize_mask,
+    token_centroid,
     tokens_to_grid,
 )
 from idgen.errors import IdgenError
@@ -177,3 +179,18 @@ def test_fixed_mask_extractor_per_sample_and_errors():
         FixedMaskExtractor(torch.full((2, 2), 2.0))
     with pytest.raises(IdgenError):
         FixedMaskExtractor(torch.ones(4))
+
+
+def test_grid_axis():
+    assert torch.equal(grid_axis(1), torch.zeros(1))
+    assert_close(grid_axis(5), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+
+
+def test_token_centroid_by_hand():
+    w = torch.zeros(3, 3, 5)  # x = [-1, -0.5, 0, 0.5, 1], y = [-1, 0, 1]
+    w[0, 0, 4] = 1.0  # one token: its coordinates
+    w[1, 1, 0], w[1, 2, 1] = 1.0, 3.0  # weighted: x = (-1 + 3 * -0.5) / 4, y = (0 + 3 * 1) / 4
+    centroid = token_centroid(w)
+    assert_close(centroid[0], torch.tensor([1.0, -1.0]))
+    assert_close(centroid[1], torch.tensor([-0.625, 0.75]))
+    assert centroid[2].isnan().all()  # nothing to average

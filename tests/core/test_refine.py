@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from idgen.core.refine import MaskRefiner, dilate, gaussian_blur, gaussian_kernel1d, threshold_mask
+from idgen.core.refine import (
+    GridScaledRefiner,
+    MaskRefiner,
+    dilate,
+    gaussian_blur,
+    gaussian_kernel1d,
+    nearest_odd,
+    threshold_mask,
+)
 from idgen.errors import IdgenError
 
 # The 5-tap, sigma 1.5 kernel by hand: taps exp(-d^2 / 4.5) at d = 0, 1, 2, normalised.
@@ -168,3 +176,39 @@ def test_refiner_bf16_input_gives_float32():
 def test_refiner_bad_args(kwargs):
     with pytest.raises(IdgenError):
         MaskRefiner(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("x", "odd"), [(5, 5), (4.96, 5), (4, 5), (6, 7), (3, 3), (2.5, 3), (1.5, 1), (0.6, 1)]
+)
+def test_nearest_odd(x, odd):
+    assert nearest_odd(x) == odd
+
+
+def test_grid_scaled_refiner_is_the_authors_at_the_reference_grid():
+    masks = torch.rand(2, 64, 64, generator=torch.Generator().manual_seed(0))
+    scaled = GridScaledRefiner()
+    assert scaled.for_grid((64, 64)) == MaskRefiner()
+    assert torch.equal(scaled(masks), MaskRefiner()(masks))
+
+
+def test_grid_scaled_refiner_scales_blur_and_dilation_with_the_grid():
+    assert GridScaledRefiner().for_grid((32, 32)) == MaskRefiner(kernel_size=3, sigma=0.75, dilation=1)
+    # 16x16 tokens per side is 1/4: kernel 5/4 -> 1, dilation 3/4 -> 1.
+    assert GridScaledRefiner().for_grid((16, 16)) == MaskRefiner(kernel_size=1, sigma=0.375, dilation=1)
+    # The geometric mean side counts: 32x128 has as many tokens as 64x64.
+    assert GridScaledRefiner().for_grid((32, 128)) == MaskRefiner()
+    assert GridScaledRefiner(reference_grid=(8, 8)).for_grid((16, 16)) == MaskRefiner(
+        kernel_size=11, sigma=3.0, dilation=7
+    )
+
+
+def test_grid_scaled_refiner_on_an_8x8_grid_neither_blurs_nor_dilates():
+    # No blur and no dilation: M = 0.7 * m + 0.3 * [m > mean + 0.5 std], by hand.
+    m = torch.zeros(1, 8, 8)
+    m[0, 2, 5], m[0, 3, 5] = 1.0, 0.5
+    # mean = 1.5 / 64, std = sqrt((1 + 0.25 - 64 mean^2) / 63) ~ 0.1405: both tokens are above the threshold.
+    expected = 0.7 * m + 0.3 * (m > 0).float()
+    assert_close(GridScaledRefiner()(m), expected)
+    with pytest.raises(IdgenError):
+        GridScaledRefiner(reference_grid=(0, 64))

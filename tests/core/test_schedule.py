@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussian_prior
+from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussian_prior, gaussian_priors
 from idgen.errors import IdgenError
 
 
@@ -160,3 +160,31 @@ def test_unknown_preset_and_override_names():
 def test_bad_values(kwargs):
     with pytest.raises(IdgenError):
         TemporalSpatialScheduler(**kwargs)
+
+
+def test_gaussian_priors_is_gaussian_prior_per_centre():
+    centers = torch.tensor([[0.0, 0.0], [0.5, -1.0], [-1.0, 1.0]])
+    priors = gaussian_priors((3, 5), 0.4, centers)
+    assert priors.shape == (3, 3, 5)
+    for prior, (cx, cy) in zip(priors, centers.tolist(), strict=True):
+        assert torch.equal(prior, gaussian_prior((3, 5), 0.4, center=(cx, cy)))
+    # By hand: centre (0.5, -1) on x = [-1, -0.5, 0, 0.5, 1], y = [-1, 0, 1]; token (0, 3) is the peak.
+    assert priors[1, 0, 3] == 1.0
+    assert_close(priors[1, 1, 4], torch.tensor(math.exp(-(0.25 + 1.0) / (2 * 0.16))))
+
+
+def test_prior_with_centres_keeps_the_default_centre_for_nan_rows():
+    sched = TemporalSpatialScheduler(prior_sigma=0.5, prior_box=(0.6, 0.2, 0.8, 0.4))
+    centers = torch.tensor([[-1.0, 1.0], [float("nan"), float("nan")]])
+    priors = sched.prior((5, 5), centers=centers)
+    assert torch.equal(priors[0], gaussian_prior((5, 5), 0.5, center=(-1.0, 1.0)))
+    assert torch.equal(priors[1], sched.prior((5, 5)))  # the box's centre
+
+
+def test_combine_early_with_centres_is_per_sample_and_floored():
+    sched = TemporalSpatialScheduler.from_preset("balanced")
+    centers = torch.tensor([[1.0, -1.0], [0.0, 0.0]])
+    mask = sched.combine(Stage.EARLY, None, (4, 7), centers=centers)
+    assert mask.shape == (2, 4, 7)
+    assert torch.equal(mask[0], gaussian_prior((4, 7), 0.7, center=(1.0, -1.0)).clamp(min=0.3))
+    assert torch.equal(mask[1], sched.combine(Stage.EARLY, None, (4, 7))[0])

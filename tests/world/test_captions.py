@@ -110,3 +110,12 @@ def test_captions_fit_the_tokenizer_length() -> None:
     )
     longest += max(len(t) for t in TEMPLATES) - 1  # commas between groups
     assert longest + 1 <= MODEL_MAX_LENGTH  # + </s>
+
+
+def test_validation_prompts_are_training_distribution_and_fixed() -> None:
+    from idgen.world.captions import validation_prompts
+
+    prompts = validation_prompts()
+    assert len(prompts) == 48 and prompts == validation_prompts()
+    assert not any(is_held_out(p.scene) for p in prompts)
+    assert all(p.text == canonical_caption(p.scene) for p in prompts)

@@ -25,6 +25,7 @@ from idgen.world.render import (
     render_reference,
     test_identities,
     train_identities,
+    validation_identities,
 )
 
 # The submodule, not the `render` function that idgen.world re-exports under the same name.
@@ -81,6 +82,13 @@ def test_split_is_fixed_and_disjoint() -> None:
     assert digest == "391b4294673db8e9f611eccea378cace3899fb92b6149c801366cd3524fb493b"
     digest = hashlib.sha256(repr([i.as_tuple() for i in test]).encode()).hexdigest()
     assert digest == "3d3b0dad20c8f196d76f060bd903317d63f7a14bbad9ce614a708882f67ab588"
+
+
+def test_validation_identities_are_disjoint_from_both_splits() -> None:
+    validation = {i.as_tuple() for i in validation_identities()}
+    assert len(validation) == 100
+    assert not validation & {i.as_tuple() for i in train_identities() + test_identities()}
+    assert validation_identities() == validation_identities()
 
 
 def test_render_is_deterministic() -> None:

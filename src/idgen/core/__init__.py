@@ -1,6 +1,15 @@
 """SpatialID's method core in plain torch: mask extraction, refinement, scheduling, gating."""
 
-from idgen.core.gate import ConstantMask, MaskPolicy, Refiner, SpatialMask, UniformMask, gate
+from idgen.core.gate import (
+    AttentionAnchor,
+    ConstantMask,
+    MaskPolicy,
+    PriorAnchor,
+    Refiner,
+    SpatialMask,
+    UniformMask,
+    gate,
+)
 from idgen.core.masks import (
     AttentionEntropyExtractor,
     CANormExtractor,
@@ -10,24 +19,37 @@ from idgen.core.masks import (
     MaskExtractor,
     attention_entropy,
     ca_output_norm,
+    grid_axis,
     minmax_normalize,
     resize_mask,
+    token_centroid,
     tokens_to_grid,
 )
-from idgen.core.refine import MaskRefiner, dilate, gaussian_blur, gaussian_kernel1d, threshold_mask
-from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussian_prior
+from idgen.core.refine import (
+    GridScaledRefiner,
+    MaskRefiner,
+    dilate,
+    gaussian_blur,
+    gaussian_kernel1d,
+    nearest_odd,
+    threshold_mask,
+)
+from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussian_prior, gaussian_priors
 
 __all__ = [
     "PRESETS",
+    "AttentionAnchor",
     "AttentionEntropyExtractor",
     "CANormExtractor",
     "CAOutput",
     "ConstantMask",
     "FixedMaskExtractor",
     "Grid",
+    "GridScaledRefiner",
     "MaskExtractor",
     "MaskPolicy",
     "MaskRefiner",
+    "PriorAnchor",
     "Refiner",
     "SpatialMask",
     "Stage",
@@ -40,8 +62,12 @@ __all__ = [
     "gaussian_blur",
     "gaussian_kernel1d",
     "gaussian_prior",
+    "gaussian_priors",
+    "grid_axis",
     "minmax_normalize",
+    "nearest_odd",
     "resize_mask",
     "threshold_mask",
+    "token_centroid",
     "tokens_to_grid",
 ]

@@ -8,8 +8,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from idgen.core.masks import CANormExtractor, CAOutput, Grid, MaskExtractor
-from idgen.core.refine import MaskRefiner
+from idgen.core.masks import CANormExtractor, CAOutput, Grid, MaskExtractor, token_centroid
+from idgen.core.refine import MaskRefiner, threshold_mask
 from idgen.core.schedule import Stage, TemporalSpatialScheduler
 from idgen.errors import IdgenError
 
@@ -36,6 +36,35 @@ class MaskPolicy(Protocol):
 
 class Refiner(Protocol):
     def __call__(self, masks: Tensor) -> Tensor: ...
+
+
+class PriorAnchor(Protocol):
+    """Where the early prior is centred: (B, 2) centres (x, y) on the prior's axes; NaN keeps the default."""
+
+    @property
+    def needs_attn_probs(self) -> bool: ...
+
+    def __call__(self, output: CAOutput, grid: Grid) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttentionAnchor:
+    """Centres the early prior on the tokens that stand out in this point's own CA output.
+
+    The centred prior misses off-centre faces. Early attention is too noisy for its shape to be used, but
+    where it peaks is often right: the centroid of its hard mask (> mean + k * std, as the refiner's) moves
+    the prior there. A flat output keeps the default centre.
+    """
+
+    extractor: MaskExtractor = field(default_factory=CANormExtractor)
+    k: float = 0.5
+
+    @property
+    def needs_attn_probs(self) -> bool:
+        return self.extractor.needs_attn_probs
+
+    def __call__(self, output: CAOutput, grid: Grid) -> Tensor:
+        return token_centroid(threshold_mask(self.extractor(output, grid), self.k))  # (B, 2)
 
 
 def _check_tokens(output: CAOutput, grid: Grid) -> tuple[int, int]:
@@ -73,11 +102,15 @@ class ConstantMask:
 
 @dataclass(frozen=True)
 class SpatialMask:
-    """SpatialID: prior early, refined attention mask mid, relaxed mask late, global floor always."""
+    """SpatialID: prior early, refined attention mask mid, relaxed mask late, global floor always.
+
+    anchor=None centres the prior on the image (or the scheduler's prior_box), as the authors do.
+    """
 
     scheduler: TemporalSpatialScheduler
     extractor: MaskExtractor = field(default_factory=CANormExtractor)
     refiner: Refiner = field(default_factory=MaskRefiner)
+    anchor: PriorAnchor | None = None
     # The early mask depends only on (grid, device, dtype): build it once, not per point and step.
     _early: dict[tuple[Grid, torch.device, torch.dtype], Tensor] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -85,12 +118,15 @@ class SpatialMask:
 
     @property
     def needs_attn_probs(self) -> bool:
-        return self.extractor.needs_attn_probs
+        return self.extractor.needs_attn_probs or (self.anchor is not None and self.anchor.needs_attn_probs)
 
     def __call__(self, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
         heads_out = output.heads_out
         batch, tokens = _check_tokens(output, grid)
         stage = self.scheduler.stage(t)
+        if stage is Stage.EARLY and self.anchor is not None:
+            prior = self.scheduler.combine(stage, None, grid, centers=self.anchor(output, grid))  # (B, H, W)
+            return prior.reshape(batch, tokens, 1).to(heads_out.dtype)
         if stage is Stage.EARLY:
             # The attention mask is unused early, so the extractor is not even called.
             key = ((int(grid[0]), int(grid[1])), heads_out.device, heads_out.dtype)

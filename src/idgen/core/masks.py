@@ -74,6 +74,24 @@ def minmax_normalize(values: Tensor, eps: float = 1e-6, min_spread: float = 0.0)
     return out
 
 
+def grid_axis(n: int, device: torch.device | None = None) -> Tensor:
+    """(n,) token coordinates on linspace(-1, 1), the axes of SpatialID's prior; a 1-token axis is [0]."""
+    # linspace(-1, 1, 1) is [-1], which would put a 1-wide axis at the border.
+    if n == 1:
+        return torch.zeros(1, device=device)
+    return torch.linspace(-1.0, 1.0, n, device=device)
+
+
+def token_centroid(weights: Tensor) -> Tensor:
+    """(B, H, W) non-negative -> (B, 2): weighted mean (x, y) on grid_axis coordinates; NaN if all zero."""
+    w = weights.float()
+    total = w.sum(dim=(1, 2))  # (B,)
+    x = (w.sum(dim=1) * grid_axis(w.shape[2], w.device)).sum(dim=1)  # (B,)
+    y = (w.sum(dim=2) * grid_axis(w.shape[1], w.device)).sum(dim=1)  # (B,)
+    centroid = torch.stack([x, y], dim=1) / total[:, None]
+    return centroid.masked_fill((total == 0)[:, None], float("nan"))
+
+
 def tokens_to_grid(values: Tensor, grid: Grid) -> Tensor:
     """(B, N) -> (B, H, W), row-major (FLUX packs image tokens row by row)."""
     rows, cols = grid

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -102,3 +103,42 @@ class MaskRefiner:
         soft = gaussian_blur(masks.float(), self.kernel_size, self.sigma)  # (B, H, W)
         hard = dilate(threshold_mask(soft, self.k), self.dilation)  # (B, H, W)
         return (self.soft_weight * soft + (1.0 - self.soft_weight) * hard).clamp(0.0, 1.0)
+
+
+def nearest_odd(x: float) -> int:
+    """The odd integer nearest to x (ties go up), at least 1: 5 -> 5, 4.96 -> 5, 2.5 -> 3, 0.6 -> 1."""
+    return max(1, 2 * math.floor(x / 2) + 1)
+
+
+@dataclass(frozen=True)
+class GridScaledRefiner:
+    """MaskRefiner whose blur and dilation scale with the token grid, relative to `reference_grid`.
+
+    SpatialID's constants (kernel 5, sigma 1.5, 3x3 dilation) are in tokens of FLUX at 1024 px, a 64x64
+    grid. On a grid with s times as many tokens per side (s = sqrt(H*W / reference tokens)) they cover the
+    same fraction of the image as sigma * s, kernel and dilation nearest_odd(size * s). At the reference
+    grid this is MaskRefiner itself; on an 8x8 grid both become 1 (no blur, no dilation), where the
+    unscaled blur would spread a face of 2x2 tokens over most of the image.
+    """
+
+    base: MaskRefiner = MaskRefiner()
+    reference_grid: tuple[int, int] = (64, 64)
+
+    def __post_init__(self) -> None:
+        if min(self.reference_grid) < 1:
+            raise IdgenError(f"reference_grid must be positive, got {self.reference_grid}")
+
+    def for_grid(self, grid: tuple[int, int]) -> MaskRefiner:
+        scale = math.sqrt(grid[0] * grid[1] / (self.reference_grid[0] * self.reference_grid[1]))
+        if scale == 1.0:
+            return self.base
+        return replace(
+            self.base,
+            kernel_size=nearest_odd(self.base.kernel_size * scale),
+            sigma=self.base.sigma * scale,
+            dilation=nearest_odd(self.base.dilation * scale),
+        )
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        # masks (B, H, W)
+        return self.for_grid((int(masks.shape[-2]), int(masks.shape[-1])))(masks)

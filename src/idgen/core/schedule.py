@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from idgen.core.masks import Grid
+from idgen.core.masks import Grid, grid_axis
 from idgen.errors import IdgenError
 
 
@@ -18,13 +18,6 @@ class Stage(enum.Enum):
     EARLY = "early"  # mostly noise: attention is unreliable, use the centred prior
     MID = "mid"  # structure forms: use the refined attention mask
     LATE = "late"  # details: relax the mask so texture reaches the face's surroundings
-
-
-def _axis(n: int, device: torch.device | None) -> Tensor:
-    # linspace(-1, 1, 1) is [-1], which would put a 1-wide axis at the border: use 0 instead.
-    if n == 1:
-        return torch.zeros(1, device=device)
-    return torch.linspace(-1.0, 1.0, n, device=device)
 
 
 def gaussian_prior(
@@ -39,18 +32,24 @@ def gaussian_prior(
     x = linspace(-1, 1, W), y = linspace(-1, 1, H) (anisotropic in pixels on non-square
     grids, as in the reference); center = (cx, cy) in the same coordinates.
     """
+    return gaussian_priors(grid, sigma, torch.tensor([center], dtype=torch.float32, device=device))[0]
+
+
+def gaussian_priors(grid: Grid, sigma: float, centers: Tensor) -> Tensor:
+    """(B, 2) centres (cx, cy) -> (B, H, W): gaussian_prior at each centre."""
     rows, cols = grid
     if rows < 1 or cols < 1:
         raise IdgenError(f"grid must be positive, got {grid}")
     if not sigma > 0:
         raise IdgenError(f"prior sigma must be > 0, got {sigma}")
-    cx, cy = center
-    dx2 = (_axis(cols, device) - cx) ** 2  # (W,)
-    dy2 = (_axis(rows, device) - cy) ** 2  # (H,)
-    dist2 = dy2[:, None] + dx2[None, :]  # (H, W)
+    cx, cy = centers.float().unbind(-1)  # (B,) each
+    dx2 = (grid_axis(cols, centers.device)[None, :] - cx[:, None]) ** 2  # (B, W)
+    dy2 = (grid_axis(rows, centers.device)[None, :] - cy[:, None]) ** 2  # (B, H)
+    dist2 = dy2[:, :, None] + dx2[:, None, :]  # (B, H, W)
     # Subtracting the smallest distance normalises to max 1 exactly (same as dividing by the
     # max) and cannot underflow to 0/0 when the centre is far off-grid and sigma small.
-    return torch.exp(-(dist2 - dist2.min()) / (2.0 * sigma**2))
+    nearest = dist2.flatten(1).amin(dim=1).view(-1, 1, 1)
+    return torch.exp(-(dist2 - nearest) / (2.0 * sigma**2))
 
 
 def _box_coordinate(u: float, n: int) -> float:
@@ -139,8 +138,13 @@ class TemporalSpatialScheduler:
             return Stage.MID
         return Stage.LATE
 
-    def prior(self, grid: Grid, *, device: torch.device | None = None) -> Tensor:
-        """(H, W) float32 Gaussian prior, centred on the image or on prior_box."""
+    def prior(
+        self, grid: Grid, *, device: torch.device | None = None, centers: Tensor | None = None
+    ) -> Tensor:
+        """(H, W) float32 Gaussian prior, centred on the image or on prior_box.
+
+        centers (B, 2): (B, H, W), one prior per sample centred there; a NaN row keeps the default centre.
+        """
         center = (0.0, 0.0)
         if self.prior_box is not None:
             left, top, right, bottom = self.prior_box
@@ -148,7 +152,11 @@ class TemporalSpatialScheduler:
                 _box_coordinate((left + right) / 2, grid[1]),
                 _box_coordinate((top + bottom) / 2, grid[0]),
             )
-        return gaussian_prior(grid, self.prior_sigma, center, device=device)
+        if centers is None:
+            return gaussian_prior(grid, self.prior_sigma, center, device=device)
+        default = torch.tensor(center, dtype=torch.float32, device=centers.device)
+        centers = torch.where(centers.isnan().any(dim=-1, keepdim=True), default, centers.float())
+        return gaussian_priors(grid, self.prior_sigma, centers)
 
     def combine(
         self,
@@ -157,9 +165,13 @@ class TemporalSpatialScheduler:
         grid: Grid,
         *,
         device: torch.device | None = None,
+        centers: Tensor | None = None,
     ) -> Tensor:
-        """-> (1, H, W) for EARLY (refined is ignored), else (B, H, W) from refined (B, H, W)."""
+        """-> (1, H, W) for EARLY (refined is ignored), or (B, H, W) with prior centres (B, 2);
+        else (B, H, W) from refined (B, H, W)."""
         if stage is Stage.EARLY:
+            if centers is not None:
+                return self.prior(grid, centers=centers).clamp(min=self.global_floor)
             mask = self.prior(grid, device=device if refined is None else refined.device)[None]
         else:
             if refined is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,15 +35,18 @@ def mask_policy(
     preset: str = "v1",
     scheduler: TemporalSpatialScheduler | None = None,
     extractor: MaskExtractor | None = None,
+    spatial: SpatialMask | None = None,
 ) -> MaskPolicy | None:
     """The mask policy a mode name stands for; None for "none" (no identity at all).
 
-    `extractor` replaces SpatialID's CA-norm extractor, e.g. AttentionEntropyExtractor() or
-    FixedMaskExtractor(user_mask(...)) to inject only where the user says.
+    `spatial` is the SpatialMask to start from (default: the authors' extractor, refiner and centred
+    prior); `scheduler` or else `preset` replaces its schedule. `extractor` replaces its extractor, e.g.
+    AttentionEntropyExtractor() or FixedMaskExtractor(user_mask(...)) to inject only where the user says.
     """
     if mode == "spatial":
         scheduler = scheduler or TemporalSpatialScheduler.from_preset(preset)
-        return SpatialMask(scheduler, extractor) if extractor is not None else SpatialMask(scheduler)
+        chosen = dataclasses.replace(spatial or SpatialMask(scheduler), scheduler=scheduler)
+        return chosen if extractor is None else dataclasses.replace(chosen, extractor=extractor)
     if mode == "uniform":
         return UniformMask()
     if mode == "none":
@@ -129,9 +133,13 @@ class IdentityFluxPipeline:
         adapter: IdentityAdapter,  # PuLIDAdapter, or the W+ branch WPlusFluxAdapter
         encoder: IdentityEncoder,
         defaults: dict[str, Any] | None = None,
+        spatial: SpatialMask | None = None,
     ) -> None:
         param = next(flux.transformer.parameters())
         self.flux, self.encoder = flux, encoder
+        # The spatial mode's policy (its schedule comes from each call's preset): the authors' unless the
+        # model says otherwise, as the demo world does for its small token grid.
+        self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
         # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
         self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
         self.adapter = adapter.to(param.device, param.dtype).eval()
@@ -186,7 +194,7 @@ class IdentityFluxPipeline:
         true_cfg_scale = d["true_cfg_scale"] if true_cfg_scale is None else true_cfg_scale
         negative_prompt = d["negative_prompt"] if negative_prompt is None else negative_prompt
         check_generation_inputs(prompt, id_weight, height, width, num_inference_steps, self.pixel_multiple)
-        chosen = policy if policy is not None else mask_policy(mode, preset, scheduler)
+        chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         true_cfg = true_cfg_scale > 1.0
         if true_cfg and negative_prompt is None:
             raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")

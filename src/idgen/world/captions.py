@@ -236,5 +236,14 @@ def test_prompts() -> list[Prompt]:
     return list(_test_prompts())
 
 
+@lru_cache(maxsize=1)
+def validation_prompts() -> list[Prompt]:
+    """48 fixed prompts on training-distribution scenes (no held-out pair), in the canonical phrasing, for
+    choosing method settings without looking at the held-out prompts."""
+    rng = np.random.default_rng([0xBA1, 48])
+    scenes = [random_train_scene(rng) for _ in range(48)]
+    return [Prompt(canonical_caption(scene), scene) for scene in scenes]
+
+
 # Not a test: keeps pytest from collecting it in test modules that import it by name.
 test_prompts.__test__ = False  # type: ignore[attr-defined]

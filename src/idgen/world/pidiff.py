@@ -206,7 +206,7 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
 
     from idgen.models.wplus_flux import load_wplus_flux_adapter
     from idgen.pipelines.pulid_flux import IdentityFluxPipeline
-    from idgen.world.bundle import ASSETS, WORLD_DEFAULTS, verify
+    from idgen.world.bundle import ASSETS, WORLD_DEFAULTS, WORLD_SPATIAL, verify
 
     assets = assets or ASSETS
     verify(assets, ("flux", "pidiff", "identity", "wplus"))
@@ -216,7 +216,7 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
     encoder = WorldWPlusEncoder.from_pretrained(
         assets / "identity", assets / "wplus", require_face=require_face
     )
-    return IdentityFluxPipeline(flux, branch, encoder, defaults=WORLD_DEFAULTS)
+    return IdentityFluxPipeline(flux, branch, encoder, defaults=WORLD_DEFAULTS, spatial=WORLD_SPATIAL)
 
 
 def compare(out: Path, benchmark: str = "demo", threads: int = 1) -> str:

@@ -227,6 +227,7 @@ def identity_code(identity: Identity) -> np.ndarray:
 # Fixed seeds of the split. Never change them: the split (pinned by a test) must be the same forever.
 _TRAIN_SEED_BASE = 1_000_000
 _TEST_SEED_BASE = 2_000_000
+_VALIDATION_SEED_BASE = 3_000_000
 NUM_TRAIN_IDENTITIES = 1000
 NUM_TEST_IDENTITIES = 100
 
@@ -259,6 +260,21 @@ def train_identities() -> list[Identity]:
 def test_identities() -> list[Identity]:
     """The 100 held-out identities, disjoint from the training ones by attribute tuple (fixed forever)."""
     return list(_split()[1])
+
+
+@lru_cache(maxsize=1)
+def validation_identities() -> list[Identity]:
+    """100 identities disjoint from both the training and the held-out ones, for choosing method settings
+    without looking at the held-out identities."""
+    taken = {ident.as_tuple() for part in _split() for ident in part}
+    out: dict[tuple[int, ...], Identity] = {}
+    k = 0
+    while len(out) < NUM_TEST_IDENTITIES:
+        ident = Identity.from_seed(_VALIDATION_SEED_BASE + k)
+        if ident.as_tuple() not in taken:
+            out.setdefault(ident.as_tuple(), ident)
+        k += 1
+    return list(out.values())
 
 
 # Not a test: keeps pytest from collecting it in test modules that import it by name.
