@@ -168,3 +168,22 @@ def test_method_specs_parse_to_settings_and_names():
     m = Method.parse("spatial:preset=balanced,id_weight=0.6")
     assert (m.mode, m.preset, m.id_weight, m.name) == ("spatial", "balanced", 0.6, "spatial-w0.6-balanced")
     assert Method.parse("uniform").name == "uniform"
+
+
+def test_the_plan_records_how_the_spatial_mode_builds_its_mask(tiny_pipe):
+    from dataclasses import replace
+
+    from idgen.core.gate import AttentionAnchor
+    from idgen.core.refine import GridScaledRefiner
+    from idgen.eval.runner import FluxEvalGenerator
+
+    authors = FluxEvalGenerator(tiny_pipe).settings["spatial"]
+    assert authors["anchor"] == "None" and authors["refiner"].startswith("MaskRefiner(")
+    original = tiny_pipe.spatial
+    tiny_pipe.spatial = replace(original, refiner=GridScaledRefiner(), anchor=AttentionAnchor())
+    try:
+        world = FluxEvalGenerator(tiny_pipe).settings["spatial"]
+    finally:
+        tiny_pipe.spatial = original
+    # A resume with another mask construction is another plan (check_plan compares these settings).
+    assert world != authors and world["anchor"].startswith("AttentionAnchor(")

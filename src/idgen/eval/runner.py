@@ -108,11 +108,14 @@ class FluxEvalGenerator:
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
-        # What a resumed run must match: sampling defaults and which identity networks generate.
+        # What a resumed run must match: sampling defaults, which identity networks generate, and how the
+        # spatial mode builds its mask (its schedule is each method's preset).
+        spatial = pipe.spatial
         self.settings = {
             **pipe.defaults,
             "adapter": type(pipe.adapter).__name__,
             "encoder": type(pipe.encoder).__name__,
+            "spatial": {part: repr(getattr(spatial, part)) for part in ("extractor", "refiner", "anchor")},
         }
 
     def encode(self, photo: Image.Image, what: str) -> IdentityFeatures:
