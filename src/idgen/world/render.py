@@ -232,24 +232,27 @@ NUM_TRAIN_IDENTITIES = 1000
 NUM_TEST_IDENTITIES = 100
 
 
+def _draw(
+    seed_base: int, count: int, taken: frozenset[tuple[int, ...]] = frozenset()
+) -> tuple[Identity, ...]:
+    # Candidates from consecutive seeds; repeats and attribute tuples already `taken` are skipped.
+    out: dict[tuple[int, ...], Identity] = {}
+    k = 0
+    while len(out) < count:
+        ident = Identity.from_seed(seed_base + k)
+        if ident.as_tuple() not in taken:
+            out.setdefault(ident.as_tuple(), ident)
+        k += 1
+    return tuple(out.values())
+
+
 @lru_cache(maxsize=1)
 def _split() -> tuple[tuple[Identity, ...], tuple[Identity, ...]]:
-    # Candidates come from two disjoint seed ranges; duplicates within train and any test candidate that
-    # collides with a train identity (same attribute tuple) are skipped, so disjointness is guaranteed.
-    train: dict[tuple[int, ...], Identity] = {}
-    k = 0
-    while len(train) < NUM_TRAIN_IDENTITIES:
-        ident = Identity.from_seed(_TRAIN_SEED_BASE + k)
-        train.setdefault(ident.as_tuple(), ident)
-        k += 1
-    test: dict[tuple[int, ...], Identity] = {}
-    k = 0
-    while len(test) < NUM_TEST_IDENTITIES:
-        ident = Identity.from_seed(_TEST_SEED_BASE + k)
-        if ident.as_tuple() not in train:
-            test.setdefault(ident.as_tuple(), ident)
-        k += 1
-    return tuple(train.values()), tuple(test.values())
+    # Disjoint seed ranges, and a test candidate that collides with a train identity is skipped, so the
+    # split is disjoint by attribute tuple.
+    train = _draw(_TRAIN_SEED_BASE, NUM_TRAIN_IDENTITIES)
+    test = _draw(_TEST_SEED_BASE, NUM_TEST_IDENTITIES, frozenset(i.as_tuple() for i in train))
+    return train, test
 
 
 def train_identities() -> list[Identity]:
@@ -262,19 +265,11 @@ def test_identities() -> list[Identity]:
     return list(_split()[1])
 
 
-@lru_cache(maxsize=1)
 def validation_identities() -> list[Identity]:
     """100 identities disjoint from both the training and the held-out ones, for choosing method settings
     without looking at the held-out identities."""
-    taken = {ident.as_tuple() for part in _split() for ident in part}
-    out: dict[tuple[int, ...], Identity] = {}
-    k = 0
-    while len(out) < NUM_TEST_IDENTITIES:
-        ident = Identity.from_seed(_VALIDATION_SEED_BASE + k)
-        if ident.as_tuple() not in taken:
-            out.setdefault(ident.as_tuple(), ident)
-        k += 1
-    return list(out.values())
+    taken = frozenset(ident.as_tuple() for part in _split() for ident in part)
+    return list(_draw(_VALIDATION_SEED_BASE, NUM_TEST_IDENTITIES, taken))
 
 
 # Not a test: keeps pytest from collecting it in test modules that import it by name.
