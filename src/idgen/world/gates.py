@@ -38,6 +38,7 @@ from idgen.backbones.flux import InjectionRun
 from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.eval.metrics import backdrop_shift, mean_ci
+from idgen.io import atomic_write_text
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
 from idgen.world.render import Identity, render_reference, test_identities, validation_identities
 
@@ -267,8 +268,7 @@ def main() -> None:
     summary = run(args.pairs_per_identity, args.batch, assets=args.assets, split=args.split)
     print(table(summary))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+        atomic_write_text(args.json, json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
