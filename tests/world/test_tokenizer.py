@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from idgen.world.captions import DEMO_PROMPT, VOCABULARY, train_captions, words
-from idgen.world.tokenizer import build_tokenizer, save_tokenizer, unknown_words
+from idgen.world.tokenizer import build_tokenizer, save_tokenizer, unknown_words, words_past
 
 
 def test_round_trip_through_auto_tokenizer(tmp_path: Path) -> None:
@@ -45,3 +45,28 @@ def test_unknown_words() -> None:
     assert unknown_words("a dragon on a beach with a dragon!") == ["dragon", "!"]
     ids = build_tokenizer()("a dragon")["input_ids"]
     assert ids[1] == 2  # <unk>
+
+
+def test_words_past_the_encoder_window_match_truncation() -> None:
+    text = "a person on a beach"  # 5 words + </s> = 6 tokens
+    assert words_past(text, 6) == []
+    assert words_past(text, 5) == ["beach"]
+    assert words_past(text, 4) == ["a", "beach"]
+    tok = build_tokenizer()
+    kept = tok(text, max_length=4, truncation=True)["input_ids"]
+    assert tok.convert_ids_to_tokens(kept) == ["a", "person", "on", "</s>"]
+
+
+def test_demo_prompt_warnings_name_the_unknown_and_the_dropped_words(capsys) -> None:
+    from idgen.cli import warn_unknown_words
+
+    # 24 tokens ("close-up" is three) + </s>: the demo world's 24-token T5 window drops the last word.
+    long = (
+        "a close-up photo of a person in a night city in rosy light, wearing an orange shirt, in the centre"
+    )
+    warn_unknown_words(long)
+    assert capsys.readouterr().err == (
+        "idgen: warning: the demo world's T5 reads 24 tokens; only CLIP sees: centre\n"
+    )
+    warn_unknown_words("a person on a beach with a giraffe")
+    assert capsys.readouterr().err == "idgen: warning: not in the demo world's vocabulary: giraffe\n"

@@ -91,3 +91,10 @@ def unknown_words(text: str) -> list[str]:
         if word not in known and word not in out:
             out.append(word)
     return out
+
+
+def words_past(text: str, max_tokens: int) -> list[str]:
+    """Words of `text` that a `max_tokens` encoder window drops: truncation keeps the first max_tokens - 1
+    tokens and the closing </s>, as FluxPipeline's T5 call does."""
+    tokens = _backend().encode(text).tokens  # words..., </s>
+    return tokens[max_tokens - 1 : -1] if len(tokens) > max_tokens else []
