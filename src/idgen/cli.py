@@ -188,17 +188,17 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
 
 
 def warn_unknown_words(prompt: str) -> None:
-    from idgen.world.bundle import WORLD_DEFAULTS
+    from idgen.world.bundle import MAX_TEXT_TOKENS
     from idgen.world.tokenizer import unknown_words, words_past
 
     unknown = unknown_words(prompt)
     if unknown:
         print(f"idgen: warning: not in the demo world's vocabulary: {', '.join(unknown)}", file=sys.stderr)
-    window = WORLD_DEFAULTS["max_sequence_length"]
-    dropped = words_past(prompt, window)
+    dropped = words_past(prompt, MAX_TEXT_TOKENS)
     if dropped:
         print(
-            f"idgen: warning: the demo world's T5 reads {window} tokens; only CLIP sees: {' '.join(dropped)}",
+            f"idgen: warning: the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; "
+            f"only CLIP sees: {' '.join(dropped)}",
             file=sys.stderr,
         )
 

@@ -27,13 +27,14 @@ from idgen.io import atomic_write_text
 ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST_NAME = "MANIFEST.json"
 GENERATOR_PARTS = ("flux", "pulid", "identity")
+MAX_TEXT_TOKENS = 24  # the T5 sequence length the demo world trains and samples with
 # The demo model is not guidance-distilled: it was trained with 10% empty captions for true CFG.
 WORLD_DEFAULTS = dict(
     height=64,
     width=64,
     num_inference_steps=20,
     guidance_scale=1.0,
-    max_sequence_length=24,
+    max_sequence_length=MAX_TEXT_TOKENS,
     true_cfg_scale=4.0,
     negative_prompt="",
 )

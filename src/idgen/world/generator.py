@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from idgen.training import TrainConfig, Trainer
+from idgen.world.bundle import MAX_TEXT_TOKENS
 from idgen.world.captions import caption, random_train_scene
 from idgen.world.render import render, train_identities
 
-MAX_TEXT_TOKENS = 24  # T5 sequence length the demo world trains and samples with
 SEED_COMPONENTS = 20_261_123
 
 VAE_CONFIG: dict[str, Any] = dict(
