@@ -303,6 +303,11 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# `idgen.world.build.STAGES`, spelled here so that building the parser does not import torch (a test
+# keeps the two equal).
+WORLD_STAGES = ("identity", "evaluators", "base", "adapter", "wplus", "pidiff")
+
+
 def add_world(sub: Any) -> None:
     world = sub.add_parser("world", help="the demo world: render data, train every asset")
     commands = world.add_subparsers(dest="world_command", required=True, parser_class=ArgumentParser)
@@ -320,6 +325,13 @@ def add_world(sub: Any) -> None:
         "--assets", help="where the trained assets go (default: the package's, or <work>/assets with --quick)"
     )
     t.add_argument("--threads", type=int, default=1, help="CPU threads for training")
+    t.add_argument(
+        "--stage",
+        nargs="+",
+        metavar="STAGE",
+        help=f"only these of {' '.join(WORLD_STAGES)} (default: all, in that order); "
+        "a stage reads what earlier ones wrote to --assets",
+    )
     t.set_defaults(func=run_world_train)
 
 
@@ -363,12 +375,12 @@ def run_world_render(args: argparse.Namespace) -> int:
 def run_world_train(args: argparse.Namespace) -> int:
     import torch
 
-    from idgen.world.build import ASSETS, train_all
+    from idgen.world.build import ASSETS, STAGES, train_all
 
     torch.set_num_threads(args.threads)
     work = Path(args.work or ("outputs/world-quick" if args.quick else "outputs/world"))
     assets = Path(args.assets) if args.assets else (work / "assets" if args.quick else ASSETS)
-    report = train_all(work, assets, quick=args.quick)
+    report = train_all(work, assets, quick=args.quick, stages=args.stage or STAGES)
     print(json.dumps(report, indent=2, default=str))
     return 0
 

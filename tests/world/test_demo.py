@@ -6,7 +6,8 @@ import warnings
 import pytest
 from PIL import Image
 
-from idgen.cli import main
+from idgen.cli import WORLD_STAGES, main
+from idgen.world.build import STAGES
 from idgen.world.bundle import ASSETS, GENERATOR_PARTS, reference_photos
 
 shipped = pytest.mark.skipif(
@@ -59,11 +60,13 @@ def test_out_of_vocabulary_words_and_non_faces_warn_but_run(tmp_path, capsys):
     assert (tmp_path / "o.png").exists()
 
 
-def test_world_train_quick_end_to_end(tmp_path):
-    assert (
-        main(["world", "train", "--quick", "--work", str(tmp_path / "work"), "--assets", str(tmp_path / "a")])
-        == 0
-    )
+def test_world_train_quick_end_to_end(tmp_path, capsys):
+    train = ["world", "train", "--quick", "--work", str(tmp_path / "work"), "--assets", str(tmp_path / "a")]
+    assert main(train) == 0
+    assert list(json.loads(capsys.readouterr().out)) == list(STAGES)
+    # One stage again: it resumes from its finished checkpoint, and the manifest still covers every file.
+    assert main([*train, "--stage", "adapter"]) == 0
+    assert list(json.loads(capsys.readouterr().out)) == ["adapter"]
     from idgen.world.bundle import load_world, verify
 
     verify(tmp_path / "a")
@@ -78,3 +81,13 @@ def test_world_train_quick_end_to_end(tmp_path):
         0
     ]
     assert image.size == (64, 64)
+
+
+def test_world_train_stages(tmp_path, capsys):
+    assert WORLD_STAGES == STAGES  # the CLI's help spells the list without importing torch
+    argv = ["world", "train", "--quick", "--work", str(tmp_path), "--stage", "base", "vae"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    stages = "identity, evaluators, base, adapter, wplus, pidiff"
+    assert err == f"idgen: error: unknown stage 'vae' (stages: {stages})"
+    assert not any(tmp_path.iterdir())

@@ -47,7 +47,7 @@ def shipped() -> WorldIdentityEncoder:
     missing = [str(p) for p in folders if not p.is_file()]
     if missing:
         pytest.skip(
-            f"no shipped identity weights (run `python -m idgen.world.identity`): missing {missing[0]}"
+            f"no shipped identity weights (run `idgen world train --stage identity`): missing {missing[0]}"
         )
     return WorldIdentityEncoder.from_pretrained(DEFAULT_ASSETS)
 

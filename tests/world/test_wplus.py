@@ -140,7 +140,7 @@ def test_quick_training_decreases_loss_and_writes_small_assets(tmp_path: Path) -
 
 def test_shipped_weights_reconstruct_held_out_faces() -> None:
     if not (DEFAULT_ASSETS / "model.safetensors").is_file():
-        pytest.skip(f"no shipped W+ codec (run `python -m idgen.world.wplus`): {DEFAULT_ASSETS}")
+        pytest.skip(f"no shipped W+ codec (run `idgen world train --stage wplus`): {DEFAULT_ASSETS}")
     codec = WorldStyleCodec.from_pretrained(DEFAULT_ASSETS)
     x = crop_photos([render_reference(p, seed=k) for k, p in enumerate(test_identities()[:8])])
     with torch.no_grad():

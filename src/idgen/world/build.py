@@ -7,11 +7,13 @@ checkpoints under the work folder and resumes from it after a kill.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 
+from idgen.errors import IdgenError
 from idgen.io import atomic_output
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
@@ -174,30 +176,34 @@ def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list
     return paths
 
 
-def train_all(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
-    """Every demo-world asset from scratch, in dependency order; each stage resumes after a kill."""
+# In dependency order: the adapter trains on the base and the identity encoder, the W+ branch on the base,
+# the identity encoder and the style codec.
+STAGES = ("identity", "evaluators", "base", "adapter", "wplus", "pidiff")
+
+
+def train_all(
+    work: Path, assets: Path = ASSETS, quick: bool = False, stages: Sequence[str] = STAGES
+) -> dict[str, Any]:
+    """Demo-world assets from scratch, `stages` in dependency order (a stage reads what earlier ones wrote
+    to `assets`); each stage resumes after a kill. The manifest is rewritten over every file."""
     from idgen.world.bundle import write_manifest
     from idgen.world.evaluators import train_evaluators
     from idgen.world.identity import train_identity_models
     from idgen.world.pidiff import train_pidiff_branch
     from idgen.world.wplus import train_wplus_codec
 
-    report: dict[str, Any] = {}
-    report["identity"] = train_identity_models(work / "identity", assets / "identity", quick=quick)
-    report["evaluators"] = train_evaluators(work / "evaluators", assets / "evaluators", quick=quick)
-    report["base"] = train_base(work / "generator", assets, quick=quick)
-    report["adapter"] = train_adapter(work / "generator", assets, quick=quick)
-    report["wplus"] = train_wplus_codec(work / "wplus", assets / "wplus", quick=quick)
-    report["pidiff"] = train_pidiff_branch(work / "generator", assets, quick=quick)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise IdgenError(f"unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+    runs: dict[str, Callable[[], Any]] = {
+        "identity": lambda: train_identity_models(work / "identity", assets / "identity", quick=quick),
+        "evaluators": lambda: train_evaluators(work / "evaluators", assets / "evaluators", quick=quick),
+        "base": lambda: train_base(work / "generator", assets, quick=quick),
+        "adapter": lambda: train_adapter(work / "generator", assets, quick=quick),
+        "wplus": lambda: train_wplus_codec(work / "wplus", assets / "wplus", quick=quick),
+        "pidiff": lambda: train_pidiff_branch(work / "generator", assets, quick=quick),
+    }
+    report = {name: runs[name]() for name in STAGES if name in stages}
     write_references(assets)
     write_manifest(assets)
     return report
-
-
-if __name__ == "__main__":
-    import sys
-
-    torch.set_num_threads(1)
-    quick = "--quick" in sys.argv
-    work = Path("outputs/world-quick" if quick else "outputs/world/generator")
-    print(train_base(work, ASSETS if not quick else work / "assets", quick=quick))

@@ -19,12 +19,11 @@ each a plain nn.Module saved as `config.json` + `model.safetensors` in its own f
 detection-free, vectorised path for adapter training (crops built with affine grids, no PIL).
 
 `train_identity_models` trains all three with the resumable `idgen.training.Trainer` and writes the assets;
-`python -m idgen.world.identity` runs it.
+`idgen world train --stage identity` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -813,18 +812,3 @@ def train_identity_models(
     results["plan"] = asdict(plan)
     atomic_write_text(work_dir / "validation.json", json.dumps(results, indent=2) + "\n")
     return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--work-dir", type=Path, default=Path("outputs/world/identity/work"))
-    parser.add_argument("--assets", type=Path, default=DEFAULT_ASSETS)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machine is shared; one core is the budget
-    results = train_identity_models(args.work_dir, args.assets, quick=args.quick)
-    print(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()

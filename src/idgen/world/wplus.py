@@ -28,12 +28,11 @@ coarse swap A<-B brings B's). `measure_edits` scores against exactly those targe
 
 `train_wplus_codec` trains it with the resumable `idgen.training.Trainer` on renders of the training
 identities only (reference photos and random scenes, all drawn from fixed seeds) and writes
-`config.json` + `model.safetensors` to the assets folder; `python -m idgen.world.wplus` runs it.
+`config.json` + `model.safetensors` to the assets folder; `idgen world train --stage wplus` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
@@ -590,18 +589,3 @@ def measure_edits(
             "edge_iou_wrong_layout": float(_edge_iou(edit, wrong_edges, edge_threshold).mean()),
         }
     return results
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--work-dir", type=Path, default=Path("outputs/wplus/work"))
-    parser.add_argument("--assets", type=Path, default=Path("outputs/wplus/assets"))
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)  # the machine is shared; one core is the budget
-    results = train_wplus_codec(args.work_dir, args.assets, quick=args.quick)
-    print(json.dumps(results, indent=2))
-
-
-if __name__ == "__main__":
-    main()
