@@ -106,3 +106,11 @@ def load_world(device: str = "cpu", assets: Path = ASSETS, require_face: bool = 
     adapter = load_pulid_adapter(assets / "pulid", device=device)
     encoder = WorldIdentityEncoder.from_pretrained(assets / "identity", require_face=require_face)
     return IdentityFluxPipeline(flux, adapter, encoder, defaults=WORLD_DEFAULTS, spatial=WORLD_SPATIAL)
+
+
+def quiet_prompt_truncation() -> None:
+    """Silence diffusers' per-batch truncation warning in scripts that sample many demo prompts: the README
+    documents which words fall past the demo world's T5 window, and `idgen generate` names them."""
+    import logging
+
+    logging.getLogger("diffusers.pipelines.flux.pipeline_flux").setLevel(logging.ERROR)

@@ -39,6 +39,7 @@ from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.eval.metrics import backdrop_shift, mean_ci
 from idgen.io import atomic_write_text
+from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
 from idgen.world.render import Identity, render_reference, test_identities, validation_identities
 
@@ -265,6 +266,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    quiet_prompt_truncation()
     summary = run(args.pairs_per_identity, args.batch, assets=args.assets, split=args.split)
     print(table(summary))
     if args.json:

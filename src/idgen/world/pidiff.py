@@ -273,6 +273,9 @@ def main() -> None:
     parser.add_argument("--benchmark", default="demo", choices=["demo", "demo-quick"])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    from idgen.world.bundle import quiet_prompt_truncation
+
+    quiet_prompt_truncation()
     print(compare(args.out, args.benchmark, args.threads))
 
 
