@@ -187,7 +187,7 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     )
 
 
-def warn_unknown_words(prompt: str) -> None:
+def warn_demo_prompt(prompt: str) -> None:
     from idgen.world.bundle import MAX_TEXT_TOKENS
     from idgen.world.tokenizer import unknown_words, words_past
 
@@ -228,7 +228,7 @@ def run_generate(args: argparse.Namespace) -> int:
     reference = load_image(args.id_image, what="id image") if args.mode != "none" else None
     build_policy(args)  # bad settings fail before the models load
     if demo:
-        warn_unknown_words(args.prompt)
+        warn_demo_prompt(args.prompt)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     started = time.perf_counter()
     pipe = load_pipeline(args, device)

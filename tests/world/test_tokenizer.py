@@ -58,15 +58,15 @@ def test_words_past_the_encoder_window_match_truncation() -> None:
 
 
 def test_demo_prompt_warnings_name_the_unknown_and_the_dropped_words(capsys) -> None:
-    from idgen.cli import warn_unknown_words
+    from idgen.cli import warn_demo_prompt
 
     # 24 tokens ("close-up" is three) + </s>: the demo world's 24-token T5 window drops the last word.
     long = (
         "a close-up photo of a person in a night city in rosy light, wearing an orange shirt, in the centre"
     )
-    warn_unknown_words(long)
+    warn_demo_prompt(long)
     assert capsys.readouterr().err == (
         "idgen: warning: the demo world's T5 reads 24 tokens; only CLIP sees: centre\n"
     )
-    warn_unknown_words("a person on a beach with a giraffe")
+    warn_demo_prompt("a person on a beach with a giraffe")
     assert capsys.readouterr().err == "idgen: warning: not in the demo world's vocabulary: giraffe\n"

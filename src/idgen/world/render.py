@@ -265,11 +265,16 @@ def test_identities() -> list[Identity]:
     return list(_split()[1])
 
 
+@lru_cache(maxsize=1)
+def _validation() -> tuple[Identity, ...]:
+    taken = frozenset(ident.as_tuple() for part in _split() for ident in part)
+    return _draw(_VALIDATION_SEED_BASE, NUM_TEST_IDENTITIES, taken)
+
+
 def validation_identities() -> list[Identity]:
     """100 identities disjoint from both the training and the held-out ones, for choosing method settings
     without looking at the held-out identities."""
-    taken = frozenset(ident.as_tuple() for part in _split() for ident in part)
-    return list(_draw(_VALIDATION_SEED_BASE, NUM_TEST_IDENTITIES, taken))
+    return list(_validation())
 
 
 # Not a test: keeps pytest from collecting it in test modules that import it by name.
