@@ -115,11 +115,16 @@ def test_uniform_equals_the_reference_arithmetic(tiny_pipe, id_weight):
 
 
 def test_hooks_can_be_removed_and_transformer_is_stock_again(tiny_pipe):
-    transformer = tiny_pipe.flux.transformer
-    extra = FluxIdentityInjector(transformer, tiny_pipe.adapter)
-    before = sum(len(b._forward_hooks) for b in transformer.transformer_blocks)
+    transformer, adapter = tiny_pipe.flux.transformer, tiny_pipe.adapter
+    inputs = transformer_inputs()
+    stock = transformer(**inputs).sample
+    extra = FluxIdentityInjector(transformer, adapter)
+    run = InjectionRun(id_tokens=adapter.encode(features().id_embedding, features().vit_hidden))
+    with extra.run(run):
+        assert not torch.allclose(transformer(**inputs).sample, stock)
     extra.remove()
-    assert sum(len(b._forward_hooks) for b in transformer.transformer_blocks) == before - 2
+    with extra.run(run):  # no hook is left to act on the run
+        assert torch.equal(transformer(**inputs).sample, stock)
 
 
 def test_adapter_must_fit_the_transformer(tiny_pipe):

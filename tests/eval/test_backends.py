@@ -24,7 +24,6 @@ from idgen.eval.models import FaceModel, ImageScorer, ImageTextModel
 from idgen.pipelines.tiny import TINY_WORDS, word_level_tokenizer
 
 WORDS = list(TINY_WORDS)
-FACES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "faces"
 MEAN, STD = torch.tensor(CLIP_MEAN)[:, None, None], torch.tensor(CLIP_STD)[:, None, None]
 
 
@@ -285,14 +284,13 @@ def test_insightface_wrapper_layouts_providers_and_faces(monkeypatch, tmp_path):
     assert FakeFaceAnalysis.made[-1].args["ctx_id"] == -1
 
 
-@pytest.mark.skipif(not FACES.is_dir(), reason="needs the shared real face photos")
-def test_dlib_finds_the_face_and_tells_people_apart():
+def test_dlib_finds_the_face_and_tells_people_apart(faces_dir):
     pytest.importorskip("dlib")
     from idgen.eval.backends.faces import DlibFaceModel
 
     model = DlibFaceModel()
     assert isinstance(model, FaceModel) and not model.arcface_comparable
-    photos = [Image.open(FACES / name).convert("RGB") for name in ("id_001.jpg", "id_004.jpg")]
+    photos = [Image.open(faces_dir / name).convert("RGB") for name in ("id_001.jpg", "id_004.jpg")]
     found = model.faces([*photos, photos[0], ImageOps.mirror(photos[0])])
     assert [len(f) for f in found] == [1, 1, 1, 1]
     a, other, again, mirrored = (f[0].embedding for f in found)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from idgen.cli import ArgumentParser
+from idgen.cli.common import ArgumentParser
+from idgen.cli.pidiff import add_edit, add_train_pidiff, run_edit
 from idgen.errors import IdgenError
-from idgen.pidiff.cli import add_edit, add_train_pidiff, run_edit
 from idgen.pidiff.edit import generate_with_code, read_w_plus
 
 from .conftest import tiny_sd_pipeline

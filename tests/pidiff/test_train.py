@@ -184,7 +184,7 @@ def test_bad_items_are_named(tmp_path, how, message):
 
 def test_cli_trains(tmp_path, data, monkeypatch, capsys):
     import idgen.pidiff.train as train_module
-    from idgen.pidiff.cli import run_train_pidiff
+    from idgen.cli.pidiff import run_train_pidiff
 
     from .test_edit import parse
 

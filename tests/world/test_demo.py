@@ -6,7 +6,8 @@ import warnings
 import pytest
 from PIL import Image
 
-from idgen.cli import WORLD_STAGES, main
+from idgen.cli import main
+from idgen.cli.world import WORLD_STAGES
 from idgen.world.build import STAGES
 from idgen.world.bundle import ASSETS, GENERATOR_PARTS, reference_photos
 

@@ -58,7 +58,7 @@ def test_words_past_the_encoder_window_match_truncation() -> None:
 
 
 def test_demo_prompt_warnings_name_the_unknown_and_the_dropped_words(capsys) -> None:
-    from idgen.cli import warn_demo_prompt
+    from idgen.cli.generate import warn_demo_prompt
 
     # 24 tokens ("close-up" is three) + </s>: the demo world's 24-token T5 window drops the last word.
     long = (

@@ -1,4 +1,4 @@
-"""`idgen train pidiff` and `idgen edit`: argparse builders for idgen.cli.build_parser's `sub`.
+"""`idgen train pidiff` and `idgen edit`: argparse builders for build_parser's `sub`.
 
 Heavy imports (torch, diffusers) happen inside the run functions so `idgen --help` stays fast.
 """
