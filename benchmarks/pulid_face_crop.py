@@ -28,8 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests package holds the reference
 
-from idgen.identity import pulid as P  # noqa: E402
-from tests.identity import pulid_reference as R  # noqa: E402
+from tests.identity import pulid_reference as R
+
+from idgen.identity import pulid as P
 
 CORNERS = np.array([[0, 0], [511, 0], [0, 511], [511, 511]], dtype=np.float64)
 
@@ -119,7 +120,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"{'photo sides':>12} {'noise px':>9} | {'old >0.5px':>10} {'old p90':>8} | {'new >0.5px':>10} {'new p90':>8}")
+    print(
+        f"{'photo sides':>12} {'noise px':>9} | {'old >0.5px':>10} {'old p90':>8} | "
+        f"{'new >0.5px':>10} {'new p90':>8}"
+    )
     for r in rows:
         sides = "-".join(str(s) for s in sorted(set(r["photo_sides"])))
         noise = "-".join(str(n) for n in r["noise_px"])

@@ -40,14 +40,16 @@ def center_face(det_faces: np.ndarray, h: int, w: int) -> int:
 
 
 def largest_antelope_face(bboxes: np.ndarray) -> int:
-    order = sorted(range(len(bboxes)), key=lambda i: (bboxes[i][2] - bboxes[i][0]) * (bboxes[i][3] - bboxes[i][1]))
+    order = sorted(
+        range(len(bboxes)), key=lambda i: (bboxes[i][2] - bboxes[i][0]) * (bboxes[i][3] - bboxes[i][1])
+    )
     return order[-1]
 
 
 def align_warp_face(
     image_bgr: np.ndarray, det_faces: np.ndarray, face_size: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cropped face, affine matrix) of the centre face; det_faces rows as RetinaFace's (box, score, 5 x (x, y))."""
+    """(cropped face, affine) of the centre face; det_faces rows as RetinaFace's: box, score, 5 x (x, y)."""
     template = TEMPLATE_512 * (face_size / 512.0)
     h, w = image_bgr.shape[:2]
     bbox = det_faces[center_face(det_faces, h, w)]
