@@ -105,8 +105,8 @@ def face_points(centre: tuple[float, float], eye_distance: float, angle_deg: flo
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     d = eye_distance
     points = np.zeros((68, 2))
-    points[36:42] = (-d / 2, 0) + np.random.default_rng(0).normal(0, d / 20, (6, 2))
-    points[42:48] = (d / 2, 0) + np.random.default_rng(1).normal(0, d / 20, (6, 2))
+    points[36:42] = np.array([-d / 2, 0]) + np.random.default_rng(0).normal(0, d / 20, (6, 2))
+    points[42:48] = np.array([d / 2, 0]) + np.random.default_rng(1).normal(0, d / 20, (6, 2))
     points[48], points[54] = (-0.4 * d, 1.1 * d), (0.42 * d, 1.1 * d)
     return points @ rot.T + centre
 

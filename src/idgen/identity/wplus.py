@@ -115,7 +115,7 @@ def _pad(image: Image.Image, quad: np.ndarray, qsize: float, border: int) -> tup
     if max(pad) <= border - 4:
         return image, quad
     p = np.maximum(pad, int(np.rint(qsize * 0.3)))
-    img = np.pad(np.float32(image), ((p[1], p[3]), (p[0], p[2]), (0, 0)), "reflect")
+    img = np.pad(np.asarray(image, dtype=np.float32), ((p[1], p[3]), (p[0], p[2]), (0, 0)), "reflect")
     h, w, _ = img.shape
     y, x, _ = np.ogrid[:h, :w, :1]
     # 0 inside the photo, rising to 1 at the padded edge
@@ -123,7 +123,7 @@ def _pad(image: Image.Image, quad: np.ndarray, qsize: float, border: int) -> tup
     mask = np.maximum(mask_x, 1.0 - np.minimum(np.float32(y) / p[1], np.float32(h - 1 - y) / p[3]))
     img += (gaussian_blur(img, qsize * 0.02) - img) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
     img += (np.median(img, axis=(0, 1)) - img) * np.clip(mask, 0.0, 1.0)
-    return Image.fromarray(np.uint8(np.clip(np.rint(img), 0, 255)), "RGB"), quad + p[:2]
+    return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB"), quad + p[:2]
 
 
 def align_face(image: Image.Image, landmarks: np.ndarray, size: int = 256) -> Image.Image:
