@@ -7,7 +7,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,12 +27,23 @@ _INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def load_image(
-    path: str | os.PathLike[str], *, max_pixels: int = 64_000_000, what: str = "image"
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = 64_000_000,
+    what: str = "image",
+    alpha: Literal["white", "drop"] = "white",
 ) -> Image.Image:
     """Read an image file fully into memory as RGB, upright according to its EXIF orientation.
 
+    alpha: "white" composites transparent pixels on white; "drop" discards the alpha channel and keeps
+        the colour stored under it, as PuLID's demo (Pillow's convert("RGB")) and facexlib do.
+    16-bit greyscale is scaled by 255/65535 (facexlib's arithmetic), not clipped; 16-bit colour PNGs
+    are read by Pillow at 8 bits (the high byte), as in PuLID's demo. Photos over `max_pixels` are
+    refused from the header, before any decoding.
     Every failure is an IdgenError whose one-line message names `what` and the file.
     """
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
     p = Path(path)
     if not p.exists():
         raise IdgenError(f"{what} not found: {p}")
@@ -57,7 +68,7 @@ def load_image(
                     f"limit {max_pixels}): {p}"
                 )
             im.load()  # force a full decode so truncated/corrupt data fails here, not later
-            return _to_rgb(ImageOps.exif_transpose(im))
+            return _to_rgb(ImageOps.exif_transpose(im), alpha)
     except IdgenError:
         raise
     except Image.DecompressionBombError as e:
@@ -72,11 +83,11 @@ def load_image(
         raise IdgenError(f"{what} is corrupt or truncated ({msg}): {p}") from e
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparent pixels become white (not black)."""
-    if im.mode == "P" and "transparency" in im.info:
+def _to_rgb(im: Image.Image, alpha: str = "white") -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels become white, or keep their colour ("drop")."""
+    if alpha == "white" and im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
-    if im.mode in _ALPHA_MODES:
+    if alpha == "white" and im.mode in _ALPHA_MODES:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
