@@ -279,3 +279,24 @@ def test_against_facexlib_itself(monkeypatch: pytest.MonkeyPatch) -> None:
         crop, affine = P.align_face(bgr, rows[i, 5:15].reshape(5, 2))
         assert np.abs(affine - helper.affine_matrices[0]).max() <= 1e-6
         assert np.abs(crop.astype(int) - helper.cropped_faces[0].astype(int)).max() <= 1
+
+
+def test_opencv_aligns_as_the_4x_series_the_reference_used() -> None:
+    # Numbers from OpenCV 4.10-4.12 (identical there); OpenCV 5 estimates LMEDS and warps slightly
+    # differently (matrices ~1e-5 apart, crops up to several grey levels), so it is not PuLID's crop.
+    version = cv2.__version__
+    landmarks = np.array(
+        [[101.3, 150.2], [160.9, 148.1], [131.7, 185.4], [106.2, 214.9], [159.8, 212.3]], dtype=np.float32
+    )
+    expected = np.array(
+        [
+            [2.0619864986338485, -0.060260641929180438, -4.5889858448367704],
+            [0.060260641929180438, 2.0619864986338485, -76.261567418309710],
+        ]
+    )
+    affine = P.alignment_affine(landmarks, P.face_template())
+    assert np.abs(affine - expected).max() < 1e-9, f"OpenCV {version}: install opencv-python-headless<5"
+    yy, xx = np.mgrid[0:300, 0:300]
+    pattern = np.stack([(xx * 7 + yy * 13) % 256, (xx * 3) % 256, (yy * 5) % 256], -1).astype(np.uint8)
+    crop = P.warp_face(pattern, np.array([[1.7, 0.3, -120.3], [-0.3, 1.7, -150.7]]), 64)
+    assert int(crop.astype(np.int64).sum()) == 1720144, f"OpenCV {version}: install opencv-python-headless<5"
