@@ -121,6 +121,52 @@ def test_load_image_other_modes_to_rgb(tmp_path: Path) -> None:
     assert loaded.getpixel((0, 0)) == (255, 255, 255)
 
 
+def _png16_rgb(path: Path, rgb: np.ndarray) -> Path:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one), built chunk by chunk."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, _ = rgb.shape
+    raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    data = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+    return path
+
+
+def test_load_image_16_bit(tmp_path: Path) -> None:
+    # Colour: Pillow keeps the high byte (what PuLID's demo gets too): 0x12ff -> 0x12.
+    rgb = np.array([[[0x12FF, 0xFFFF, 0x0080]]], dtype=np.uint16)
+    loaded = load_image(_png16_rgb(tmp_path / "rgb16.png", rgb))
+    assert loaded.mode == "RGB" and loaded.getpixel((0, 0)) == (0x12, 0xFF, 0x00)
+    # Greyscale: scaled by 255/65535 and rounded (Pillow's own convert would clip 300 to 255).
+    grey = Image.fromarray(np.array([[300, 32768, 65535, 0]], dtype=np.uint16))
+    loaded = load_image(_png(tmp_path / "grey16.png", grey))
+    assert [loaded.getpixel((x, 0)) for x in range(4)] == [(1, 1, 1), (128, 128, 128), (255,) * 3, (0, 0, 0)]
+
+
+def test_load_image_alpha_drop_keeps_the_stored_colour(tmp_path: Path) -> None:
+    image = Image.new("RGBA", (3, 1))
+    image.putpixel((0, 0), (255, 0, 0, 0))  # transparent red stays red (PuLID's demo, facexlib)
+    image.putpixel((1, 0), (0, 0, 0, 255))
+    image.putpixel((2, 0), (10, 20, 30, 128))
+    path = _png(tmp_path / "alpha.png", image)
+    loaded = load_image(path, alpha="drop")
+    assert [loaded.getpixel((x, 0)) for x in range(3)] == [(255, 0, 0), (0, 0, 0), (10, 20, 30)]
+    assert load_image(path).getpixel((0, 0)) == (255, 255, 255)  # the default composites on white
+    la = Image.new("LA", (1, 1), (40, 0))
+    assert load_image(_png(tmp_path / "la.png", la), alpha="drop").getpixel((0, 0)) == (40, 40, 40)
+    palette = Image.new("P", (1, 1), 0)
+    palette.putpalette([10, 20, 30] + [0] * 765)
+    loaded = load_image(_png(tmp_path / "pt.png", palette, transparency=0), alpha="drop")
+    assert loaded.getpixel((0, 0)) == (10, 20, 30)
+    with pytest.raises(ValueError, match="alpha"):
+        load_image(path, alpha="black")  # type: ignore[arg-type]
+
+
 def test_load_image_accepts_str_and_keeps_no_file_open(tmp_path: Path) -> None:
     path = _png(tmp_path / "a.png", Image.new("RGB", (3, 3), (9, 9, 9)))
     image = load_image(str(path))

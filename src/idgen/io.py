@@ -7,7 +7,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,24 +27,25 @@ _INT_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
 def load_image(
-    path: str | os.PathLike[str], *, max_pixels: int = 64_000_000, what: str = "image"
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = 64_000_000,
+    what: str = "image",
+    alpha: Literal["white", "drop"] = "white",
 ) -> Image.Image:
     """Read an image file fully into memory as RGB, upright according to its EXIF orientation.
 
+    alpha: "white" composites transparent pixels on white; "drop" discards the alpha channel and keeps
+        the colour stored under it, as PuLID's demo (Pillow's convert("RGB")) and facexlib do.
+    16-bit greyscale is scaled by 255/65535 (facexlib's arithmetic), not clipped; 16-bit colour PNGs
+    are read by Pillow at 8 bits (the high byte), as in PuLID's demo. Photos over `max_pixels` are
+    refused from the header, before any decoding.
     Every failure is an IdgenError whose one-line message names `what` and the file.
     """
+    if alpha not in ("white", "drop"):
+        raise ValueError(f"alpha must be 'white' or 'drop', got {alpha!r}")
     p = Path(path)
-    if not p.exists():
-        raise IdgenError(f"{what} not found: {p}")
-    if p.is_dir():
-        raise IdgenError(f"{what} is a directory, not an image file: {p}")
-    try:
-        size_bytes = p.stat().st_size
-    except OSError as e:
-        raise IdgenError(f"cannot read {what} {p}: {e.strerror or e}") from e
-    if size_bytes == 0:
-        raise IdgenError(f"{what} is an empty file (0 bytes): {p}")
-
+    _check_file(p, what)
     try:
         with Image.open(p) as im:
             # The header gives the size; refuse huge images before decoding any pixel data.
@@ -57,7 +58,7 @@ def load_image(
                     f"limit {max_pixels}): {p}"
                 )
             im.load()  # force a full decode so truncated/corrupt data fails here, not later
-            return _to_rgb(ImageOps.exif_transpose(im))
+            return _to_rgb(ImageOps.exif_transpose(im), alpha)
     except IdgenError:
         raise
     except Image.DecompressionBombError as e:
@@ -72,24 +73,41 @@ def load_image(
         raise IdgenError(f"{what} is corrupt or truncated ({msg}): {p}") from e
 
 
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparent pixels become white (not black)."""
-    if im.mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if im.mode in _ALPHA_MODES:
+def _check_file(p: Path, what: str) -> None:
+    """One-line errors for a path that is missing, a folder, unreadable or empty."""
+    if not p.exists():
+        raise IdgenError(f"{what} not found: {p}")
+    if p.is_dir():
+        raise IdgenError(f"{what} is a directory, not an image file: {p}")
+    try:
+        size_bytes = p.stat().st_size
+    except OSError as e:
+        raise IdgenError(f"cannot read {what} {p}: {e.strerror or e}") from e
+    if size_bytes == 0:
+        raise IdgenError(f"{what} is an empty file (0 bytes): {p}")
+
+
+def _to_rgb(im: Image.Image, alpha: str = "white") -> Image.Image:
+    """Convert any Pillow mode to RGB; transparent pixels become white, or keep their colour ("drop")."""
+    if alpha == "white" and (im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info)):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if im.mode in _INT_MODES or im.mode == "F":
-        # 16-bit / float greyscale: Pillow's convert would clip to 255; rescale instead.
-        arr = np.asarray(im, dtype=np.float64)
-        if im.mode != "F" and arr.size and arr.max() > 255:
-            arr = arr / 257.0
-        grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey).convert("RGB")
+        return _deep_grey_to_rgb(im)
     if im.mode != "RGB":
         return im.convert("RGB")
     return im.copy()  # detach from the (closed) file object
+
+
+def _deep_grey_to_rgb(im: Image.Image) -> Image.Image:
+    """16-bit / float greyscale: Pillow's convert would clip to 255. Integer images whose maximum is
+    over 256 are scaled by 255/65535, as facexlib's read_image does, then rounded."""
+    arr = np.asarray(im, dtype=np.float64)
+    if im.mode != "F" and arr.size and arr.max() > 256:
+        arr = arr / 65535 * 255
+    grey = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 # ---------------------------------------------------------------------------------------------

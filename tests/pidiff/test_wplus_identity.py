@@ -87,3 +87,72 @@ def test_a_real_photo_is_found_and_aligned():
     photo = Image.open(FACES / "id_001.jpg").convert("RGB")
     face, box = encoder.aligned_face(photo)
     assert face.size == (32, 32) and box.area > 0
+
+
+# --- e4e's alignment, against a re-statement of e4e's align_face (tests/pidiff/e4e_reference.py) --------
+
+
+def photo(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Smooth colours plus fine noise, nowhere black (so black fill would show)."""
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([60 + 150 * xx, 60 + 150 * yy, 120 + 60 * np.sin(9 * xx * yy)], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 10, base.shape), 30, 255).astype(np.uint8))
+
+
+def face_points(centre: tuple[float, float], eye_distance: float, angle_deg: float) -> np.ndarray:
+    """68 landmarks whose eyes and mouth corners (all e4e uses) form an upright face turned by angle."""
+    a = np.deg2rad(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    d = eye_distance
+    points = np.zeros((68, 2))
+    points[36:42] = np.array([-d / 2, 0]) + np.random.default_rng(0).normal(0, d / 20, (6, 2))
+    points[42:48] = np.array([d / 2, 0]) + np.random.default_rng(1).normal(0, d / 20, (6, 2))
+    points[48], points[54] = (-0.4 * d, 1.1 * d), (0.42 * d, 1.1 * d)
+    return points @ rot.T + centre
+
+
+ALIGN_CASES = {  # photo size, face centre, eye distance, angle, output size
+    "centred": ((240, 200), (120, 90), 40, 5, 64),
+    "left edge": ((240, 200), (25, 100), 44, -8, 64),
+    "top-right corner": ((300, 260), (285, 15), 50, 20, 64),
+    "bottom edge": ((200, 240), (100, 225), 36, 0, 48),
+    "large, shrunk": ((700, 640), (350, 300), 190, 12, 64),
+    "large, at the edge": ((700, 640), (640, 320), 170, -15, 64),
+    "photo smaller than the quad": ((90, 80), (45, 35), 40, 3, 64),
+}
+
+
+@pytest.mark.parametrize("case", list(ALIGN_CASES))
+def test_align_face_matches_e4e(case: str) -> None:
+    from tests.pidiff import e4e_reference as R
+
+    size, centre, eye_distance, angle, out = ALIGN_CASES[case]
+    image = photo(np.random.default_rng(len(case)), *size)
+    points = face_points(centre, eye_distance, angle)
+    got = np.asarray(align_face(image, points, out), dtype=int)
+    expected = np.asarray(R.align_face(image, points.copy(), out), dtype=int)
+    assert got.shape == (out, out, 3)
+    assert np.abs(got - expected).max() <= 1
+    assert got.min() >= 20  # no black fill: the padding is the blurred reflection
+
+
+def test_gaussian_blur_is_scipys() -> None:
+    from idgen.identity.wplus import gaussian_blur
+    from tests.pidiff import e4e_reference as R
+
+    rng = np.random.default_rng(5)
+    img = rng.uniform(0, 255, (37, 29, 3)).astype(np.float32)
+    for sigma in (0.7, 2.5, 9.0):  # 9.0: radius 36, wider than the image (mirrored again)
+        got = gaussian_blur(img, sigma)
+        assert got.dtype == np.float32
+        assert np.abs(got - R._gaussian_filter_direct(img, [sigma, sigma, 0])).max() < 1e-3
+        scipy_ndimage = pytest.importorskip("scipy.ndimage")
+        assert np.abs(got - scipy_ndimage.gaussian_filter(img, [sigma, sigma, 0])).max() < 1e-3
+
+
+def test_large_faces_are_shrunk_with_antialiasing() -> None:
+    # A fine checkerboard: shrinking with Lanczos averages it to grey; point sampling would alias.
+    board = (np.indices((800, 800)).sum(0) % 2 * 255).astype(np.uint8)
+    image = Image.fromarray(np.stack([board] * 3, axis=-1))
+    face = np.asarray(align_face(image, face_points((400, 380), 200, 0), 64), dtype=float)
+    assert np.abs(face[16:48, 16:48] - 127.5).max() < 20

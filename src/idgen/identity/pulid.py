@@ -1,19 +1,23 @@
 """The real PuLID identity encoder (extra `idgen[pulid]`), following PuLID-FLUX's get_id_embedding.
 
-Per photo:
+Per photo (docs/preprocessing.md walks through each step and where it matches the reference):
+0. The photo is shrunk so its long side is at most 1024 (PuLID's resize_numpy_image_long: sizes
+   truncated, OpenCV Lanczos-4); smaller photos are left as they are.
 1. insightface antelopev2: SCRFD detector (det size 640) + glintr100 ArcFace -> 512-d embedding of the
-   LARGEST face (raw, not normalised, as PuLID uses it).
+   LARGEST face (raw, not normalised, as PuLID uses it; equal areas: the last one, as PuLID's sort).
 2. facexlib RetinaFace (resnet50, confidence 0.97): 5 landmarks of the face nearest the image centre,
-   similarity-aligned to facexlib's 512x512 FFHQ template (grey border).
+   aligned with facexlib's FaceRestoreHelper arithmetic: cv2.estimateAffinePartial2D(method=LMEDS) onto
+   the FFHQ 5-point template for 512 px, cv2.warpAffine (bilinear, constant grey border).
    If antelopev2 found no face, glintr100 runs on this aligned crop instead (PuLID's fallback).
-3. facexlib BiSeNet parsing of the crop; background/hair/clothes/... labels -> white, the rest -> grey.
-4. EVA02-CLIP-L-14-336 vision tower at 336 px (OpenAI mean/std): the L2-normalised projected class
-   embedding (768) and the token sequences entering blocks 4, 8, 12, 16, 20 (5 x (1, 577, 1024)).
+3. facexlib BiSeNet parsing of the crop; background/ears/neck/clothes/... labels -> white, the rest -> grey.
+4. EVA02-CLIP-L-14-336 vision tower at 336 px (bicubic, no antialias: torchvision 0.15's tensor resize,
+   the version PuLID pins; OpenAI mean/std): the L2-normalised projected class embedding (768) and the
+   token sequences entering blocks 4, 8, 12, 16, 20 (5 x (1, 577, 1024)).
 id_embedding = [arcface 512 ; clip 768].
 
-Only torch/numpy/PIL are imported at module level; the extras are imported when an encoder is built,
-so this module imports (and its pure helpers work) without them. Checkpoints in pickle formats are
-loaded with torch.load(weights_only=True) only.
+Only torch/numpy/PIL are imported at module level; the extras are imported when an encoder is built
+(or, for OpenCV, when a preprocessing step runs), so this module imports without them. Checkpoints in
+pickle formats are loaded with torch.load(weights_only=True) only.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from idgen.errors import CheckpointError, IdgenError, NoFaceError
-from idgen.identity.base import FaceBox, IdentityFeatures, largest_face
+from idgen.identity.base import FaceBox, IdentityFeatures
 
 __all__ = [
     "ANTELOPEV2_REPO",
@@ -40,15 +44,21 @@ __all__ = [
     "EVA_CLIP_REPO",
     "PARSING_BACKGROUND_LABELS",
     "PuLIDIdentityEncoder",
+    "align_face",
+    "alignment_affine",
     "background_mask",
     "center_face_index",
     "eva_clip_visual_state_dict",
+    "face_template",
     "l2_normalize",
+    "largest_face_index",
     "missing_pulid_packages",
     "normalize_image",
     "pulid_hidden_block_indices",
     "resize_for_clip",
+    "resize_long_side",
     "to_gray",
+    "warp_face",
     "whiten_background",
 ]
 
@@ -73,6 +83,7 @@ RETINAFACE_FILE = "detection_Resnet50_Final.pth"
 BISENET_FILE = "parsing_bisenet.pth"
 RETINAFACE_THRESHOLD = 0.97  # FaceRestoreHelper.get_face_landmarks_5 uses 0.97
 FACE_SIZE = 512
+PULID_LONG_SIDE = 1024  # app_flux.py: resize_numpy_image_long(id_image, 1024) before get_id_embedding
 # facexlib's 5-point FFHQ template for a 512 crop (eyes, nose, mouth corners), (x, y).
 FFHQ_TEMPLATE_512 = np.array(
     [
@@ -148,12 +159,15 @@ def normalize_image(image: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     return (image - m) / s
 
 
-def resize_for_clip(image: torch.Tensor, size: int = EVA_CLIP_SIZE) -> torch.Tensor:
-    """Bicubic, antialiased resize of a square (B, C, H, W) crop to (size, size), not clamped.
+def resize_for_clip(
+    image: torch.Tensor, size: int = EVA_CLIP_SIZE, *, antialias: bool = False
+) -> torch.Tensor:
+    """Bicubic resize of a square (B, C, H, W) crop to (size, size), not clamped.
 
-    This is what torchvision's tensor resize (antialias on, its default since 0.17) computes.
+    PuLID calls torchvision's tensor resize with its default antialias; PuLID pins torchvision 0.15.2,
+    where that default means no antialias for tensors (newer torchvision turns it on: antialias=True).
     """
-    return F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return F.interpolate(image, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -172,6 +186,75 @@ def center_face_index(boxes: np.ndarray, width: int, height: int) -> int:
     centres = np.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2], axis=1)
     dist = np.linalg.norm(centres - np.array([width / 2, height / 2]), axis=1)
     return int(np.argmin(dist))
+
+
+def largest_face_index(boxes: np.ndarray) -> int:
+    """Index of the largest (left, top, right, bottom, ...) box, as PuLID picks antelopev2's face.
+
+    PuLID sorts the faces by box area and takes the last, so among equal areas the LAST box wins.
+    """
+    if len(boxes) == 0:
+        raise ValueError("no boxes")
+    b = np.asarray(boxes)
+    areas = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return int(len(areas) - 1 - np.argmax(areas[::-1]))
+
+
+def scale_box(box: FaceBox | None, sx: float, sy: float) -> FaceBox | None:
+    """A box found on the resized photo, in pixels of the photo as given."""
+    if box is None or (sx == 1.0 and sy == 1.0):
+        return box
+    return FaceBox(box.left * sx, box.top * sy, box.right * sx, box.bottom * sy, box.score)
+
+
+def resize_long_side(rgb: np.ndarray, long_side: int = PULID_LONG_SIDE) -> np.ndarray:
+    """PuLID's resize_numpy_image_long: shrink an (H, W, C) photo so its long side is `long_side`.
+
+    Photos already small enough are returned as they are (never enlarged). The new sizes are
+    truncated, int(side * long_side / max(H, W)), and resampled with OpenCV's Lanczos-4.
+    """
+    height, width = rgb.shape[:2]
+    if max(height, width) <= long_side:
+        return rgb
+    k = long_side / max(height, width)
+    cv2 = _import("cv2")
+    return np.asarray(cv2.resize(rgb, (int(width * k), int(height * k)), interpolation=cv2.INTER_LANCZOS4))
+
+
+def face_template(face_size: int = FACE_SIZE) -> np.ndarray:
+    """facexlib's 5-point FFHQ template scaled to a face_size crop (FaceRestoreHelper, crop ratio 1)."""
+    return FFHQ_TEMPLATE_512 * (face_size / 512.0)
+
+
+def alignment_affine(landmarks: np.ndarray, template: np.ndarray) -> np.ndarray | None:
+    """The 2x3 similarity taking 5 (x, y) landmarks onto `template`, as facexlib estimates it.
+
+    cv2.estimateAffinePartial2D with LMEDS (least median of squares, then Levenberg-Marquardt on
+    the inliers); None when OpenCV finds no transform (degenerate landmarks).
+    """
+    cv2 = _import("cv2")
+    affine = cv2.estimateAffinePartial2D(np.asarray(landmarks), np.asarray(template), method=cv2.LMEDS)[0]
+    return None if affine is None else np.asarray(affine)
+
+
+def warp_face(bgr: np.ndarray, affine: np.ndarray, face_size: int = FACE_SIZE) -> np.ndarray:
+    """facexlib's crop: cv2.warpAffine (bilinear) to face_size x face_size, outside the photo grey."""
+    cv2 = _import("cv2")
+    return np.asarray(
+        cv2.warpAffine(
+            bgr, affine, (face_size, face_size), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_BGR
+        )
+    )
+
+
+def align_face(
+    bgr: np.ndarray, landmarks: np.ndarray, face_size: int = FACE_SIZE
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(crop, affine) of the face with these 5 landmarks, or None when they give no transform."""
+    affine = alignment_affine(landmarks, face_template(face_size))
+    if affine is None:
+        return None
+    return warp_face(bgr, affine, face_size), affine
 
 
 def pulid_hidden_block_indices(depth: int = EVA_DEPTH) -> list[int]:
@@ -484,54 +567,32 @@ class PuLIDIdentityEncoder:
     # -- encoding -------------------------------------------------------------------------------
 
     def _antelope_largest(self, bgr: np.ndarray) -> tuple[np.ndarray | None, FaceBox | None]:
-        dets, kpss = self._det.detect(bgr, max_num=0, metric="default")
-        boxes = [FaceBox(float(d[0]), float(d[1]), float(d[2]), float(d[3]), float(d[4])) for d in dets]
-        best = largest_face(boxes)
-        if best is None or kpss is None:
+        dets, kpss = self._det.detect(bgr, max_num=0, metric="default")  # as FaceAnalysis.get
+        if len(dets) == 0 or kpss is None:
             return None, None
-        i = boxes.index(best)
+        i = largest_face_index(dets[:, 0:4])
         face = self._face_cls(bbox=dets[i, 0:4], kps=kpss[i], det_score=dets[i, 4])
-        return np.asarray(self._rec.get(bgr, face), dtype=np.float32), best
+        box = FaceBox(*(float(v) for v in dets[i, 0:5]))
+        return np.asarray(self._rec.get(bgr, face), dtype=np.float32), box
 
-    def _align_center_face(self, bgr: np.ndarray) -> tuple[np.ndarray, FaceBox] | None:
-        cv2 = self._cv2
+    def _align_center_face(self, bgr: np.ndarray, what: str) -> tuple[np.ndarray, FaceBox]:
         with torch.no_grad():
             dets = self._retinaface.detect_faces(bgr, RETINAFACE_THRESHOLD)
-        if len(dets) == 0:
-            return None
+        if len(dets) == 0:  # PuLID needs the aligned crop even when antelopev2 found a face
+            raise NoFaceError(f"no face found in {what}")
         height, width = bgr.shape[:2]
         i = center_face_index(dets[:, 0:4], width, height)
-        landmarks = dets[i, 5:15].reshape(5, 2)  # float32, as facexlib passes them to OpenCV
-        affine = cv2.estimateAffinePartial2D(landmarks, FFHQ_TEMPLATE_512)[0]
-        aligned = cv2.warpAffine(
-            bgr, affine, (FACE_SIZE, FACE_SIZE), borderMode=cv2.BORDER_CONSTANT, borderValue=ALIGN_BORDER_BGR
-        )
-        box = FaceBox(
-            float(dets[i, 0]), float(dets[i, 1]), float(dets[i, 2]), float(dets[i, 3]), float(dets[i, 4])
-        )
-        return aligned, box
+        aligned = align_face(bgr, dets[i, 5:15].reshape(5, 2))  # float32, as facexlib passes them
+        if aligned is None:
+            raise NoFaceError(f"the face in {what} cannot be aligned (its landmarks are degenerate)")
+        return aligned[0], FaceBox(*(float(v) for v in dets[i, 0:5]))
 
-    @torch.no_grad()
-    def __call__(self, image: Image.Image, *, what: str = "image") -> IdentityFeatures:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface and facexlib take OpenCV BGR
-
-        arcface, face_box = self._antelope_largest(bgr)
-        aligned = self._align_center_face(bgr)
-        if aligned is None:  # PuLID needs the aligned crop even when antelopev2 found a face
-            raise NoFaceError(f"no face found in {what}")
-        crop_bgr, crop_box = aligned
-        if arcface is None:  # PuLID's fallback: glintr100 on the aligned crop
-            arcface = np.asarray(self._rec.get_feat(crop_bgr), dtype=np.float32)
-            face_box = crop_box
-        arcface_t = torch.from_numpy(arcface.reshape(1, -1)).to(self.device, torch.float32)
-
+    def _clip_features(self, crop_bgr: np.ndarray) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Parse, whiten and encode the aligned crop: (normalised class embedding, hidden states)."""
         crop = torch.from_numpy(np.ascontiguousarray(crop_bgr[:, :, ::-1])).permute(2, 0, 1)
         crop = crop.unsqueeze(0).float().div(255.0).to(self.device)
         parsing = self._bisenet(normalize_image(crop, IMAGENET_MEAN, IMAGENET_STD))[0]
-        parsing = parsing.argmax(dim=1, keepdim=True)
-        face_only = whiten_background(crop, parsing)
-
+        face_only = whiten_background(crop, parsing.argmax(dim=1, keepdim=True))
         clip_in = normalize_image(
             resize_for_clip(face_only, EVA_CLIP_SIZE), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
         )
@@ -541,11 +602,25 @@ class PuLIDIdentityEncoder:
             hidden = [h.float() for h in self._hidden]
         finally:
             self._hidden = []
-        clip_cls = l2_normalize(clip_cls.float())
+        return l2_normalize(clip_cls.float()), hidden
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image, *, what: str = "image") -> IdentityFeatures:
+        photo = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        rgb = resize_long_side(photo)
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])  # insightface and facexlib take OpenCV BGR
+
+        arcface, face_box = self._antelope_largest(bgr)
+        crop_bgr, crop_box = self._align_center_face(bgr, what)
+        if arcface is None:  # PuLID's fallback: glintr100 on the aligned crop
+            arcface = np.asarray(self._rec.get_feat(crop_bgr), dtype=np.float32)
+            face_box = crop_box
+        arcface_t = torch.from_numpy(arcface.reshape(1, -1)).to(self.device, torch.float32)
+        clip_cls, hidden = self._clip_features(crop_bgr)
         return IdentityFeatures(
             id_embedding=torch.cat([arcface_t, clip_cls], dim=-1),
             vit_hidden=hidden,
-            face_box=face_box,
+            face_box=scale_box(face_box, photo.shape[1] / rgb.shape[1], photo.shape[0] / rgb.shape[0]),
         )
 
     def __repr__(self) -> str:
