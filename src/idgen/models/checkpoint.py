@@ -114,6 +114,10 @@ def flatten_state_dict(obj: Any, source: str, prefix: str = "") -> dict[str, Ten
     return flat
 
 
+def _a(what: str) -> str:
+    return f"an {what}" if what[:1].lower() in "aeiou" else f"a {what}"
+
+
 def _more(keys: list[str]) -> str:
     return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
 
@@ -126,11 +130,11 @@ def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source
     unexpected = [k for k in state_dict if k not in expected]
     if missing:
         raise CheckpointError(
-            f"{source} is not a {what} checkpoint: missing key {missing[0]!r}{_more(missing)}"
+            f"{source} is not {_a(what)} checkpoint: missing key {missing[0]!r}{_more(missing)}"
         )
     if unexpected:
         raise CheckpointError(
-            f"{source} is not a {what} checkpoint: unexpected key {unexpected[0]!r}{_more(unexpected)}"
+            f"{source} is not {_a(what)} checkpoint: unexpected key {unexpected[0]!r}{_more(unexpected)}"
         )
     for key, tensor in expected.items():
         value = state_dict[key]
