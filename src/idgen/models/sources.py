@@ -52,7 +52,8 @@ WEIGHTS: dict[str, WeightSource] = {
                 "tokenizer_2/spiece.model",
             ),
             "gated: accept the licence on the page huggingface.co/black-forest-labs/FLUX.1-dev, then "
-            "`hf auth login` and `hf download black-forest-labs/FLUX.1-dev`",
+            "`hf auth login` and `hf download black-forest-labs/FLUX.1-dev --exclude flux1-dev.safetensors "
+            "--exclude ae.safetensors`",
             "FLUX.1 [dev] Non-Commercial License",
             repo="black-forest-labs/FLUX.1-dev",
             flag="--flux",
@@ -126,9 +127,9 @@ WEIGHTS: dict[str, WeightSource] = {
                 "tokenizer/vocab.json",
                 "safety_checker/model.safetensors",
             ),
-            'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" "*.txt" '
-            '"unet/diffusion_pytorch_model.safetensors" "vae/diffusion_pytorch_model.safetensors" '
-            '"text_encoder/model.safetensors" "safety_checker/model.safetensors"',
+            'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" --include "*.txt" '
+            "--include unet/diffusion_pytorch_model.safetensors --include vae/diffusion_pytorch_model.safetensors "
+            "--include text_encoder/model.safetensors --include safety_checker/model.safetensors",
             "CreativeML OpenRAIL-M",
             repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
             flag="--sd15",
@@ -179,7 +180,7 @@ WEIGHTS: dict[str, WeightSource] = {
                 "vocab.json",
                 "merges.txt",
             ),
-            'hf download openai/clip-vit-large-patch14 --include "*.json" "*.txt" model.safetensors',
+            'hf download openai/clip-vit-large-patch14 --include "*.json" --include "*.txt" --include model.safetensors',
             "MIT",
             repo="openai/clip-vit-large-patch14",
             flag="--clip-model",
