@@ -195,6 +195,22 @@ _EVA_RENAMES = (
 )
 
 
+def _eva_prefix(keys: Sequence[str]) -> str:
+    """The vision tower's key prefix: open_clip's "visual.trunk.", EVA-CLIP's "visual.", or timm's ""."""
+    if any(k.startswith("visual.trunk.") for k in keys):
+        return "visual.trunk."
+    return "visual." if any(k.startswith("visual.") for k in keys) else ""
+
+
+def _timm_eva_key(key: str, separate_qkv: bool) -> str:
+    for old, new in _EVA_RENAMES:
+        key = key.replace(old, new)
+    if separate_qkv:
+        key = re.sub(r"attn\.q_bias$", "attn.q_proj.bias", key)
+        key = re.sub(r"attn\.v_bias$", "attn.v_proj.bias", key)
+    return key
+
+
 def eva_clip_visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Vision-tower weights of an EVA02-CLIP checkpoint, renamed to timm's Eva layout.
 
@@ -208,26 +224,13 @@ def eva_clip_visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[s
         if isinstance(inner, Mapping):
             sd = inner
     keys = list(sd)
-    if any(k.startswith("visual.trunk.") for k in keys):
-        prefix = "visual.trunk."
-    elif any(k.startswith("visual.") for k in keys):
-        prefix = "visual."
-    else:
-        prefix = ""
+    prefix = _eva_prefix(keys)
     separate_qkv = any(k.endswith("attn.q_proj.weight") for k in keys)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if not key.startswith(prefix):
-            continue
         k = key[len(prefix) :]
-        if k.startswith("rope.") or ".rope." in k:
-            continue
-        for old, new in _EVA_RENAMES:
-            k = k.replace(old, new)
-        if separate_qkv:
-            k = re.sub(r"attn\.q_bias$", "attn.q_proj.bias", k)
-            k = re.sub(r"attn\.v_bias$", "attn.v_proj.bias", k)
-        out[k] = value
+        if key.startswith(prefix) and not (k.startswith("rope.") or ".rope." in k):
+            out[_timm_eva_key(k, separate_qkv)] = value
     return out
 
 

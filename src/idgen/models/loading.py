@@ -81,6 +81,23 @@ def _folder_with(folder: Path, files: Sequence[str], what: str, nested: Sequence
     raise missing_weights(what, f"{folder} lacks {', '.join(lacking)}")
 
 
+def _resolve_local(
+    path: Path, what: str, folder_file: str | None, folder_files: Sequence[str], nested: Sequence[str]
+) -> Path:
+    if path.is_file():
+        if folder_files:
+            expected = ", ".join(folder_files)
+            raise CheckpointError(f"{path} is a file; expected a folder of {what} ({expected})")
+        return path
+    if folder_files:
+        return _folder_with(path, folder_files, what, nested)
+    if folder_file is None:
+        return path
+    if not (path / folder_file).is_file():
+        raise missing_weights(what, path / folder_file)
+    return path / folder_file
+
+
 def resolve_weights(
     source: str | os.PathLike[str],
     what: str,
@@ -99,20 +116,8 @@ def resolve_weights(
                   are searched too (a zip unpacked one level down).
     """
     path = Path(source).expanduser()
-    if path.is_file():
-        if folder_files:
-            raise CheckpointError(
-                f"{path} is a file; expected a folder of {what} ({', '.join(folder_files)})"
-            )
-        return path
-    if path.is_dir():
-        if folder_files:
-            return _folder_with(path, folder_files, what, nested)
-        if folder_file is None:
-            return path
-        if not (path / folder_file).is_file():
-            raise missing_weights(what, path / folder_file)
-        return path / folder_file
+    if path.exists():
+        return _resolve_local(path, what, folder_file, folder_files, nested)
     hub = split_hub_id(source)
     if hub is None:
         raise missing_weights(what, source)

@@ -128,8 +128,9 @@ WEIGHTS: dict[str, WeightSource] = {
                 "safety_checker/model.safetensors",
             ),
             'hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include "*.json" --include "*.txt" '
-            "--include unet/diffusion_pytorch_model.safetensors --include vae/diffusion_pytorch_model.safetensors "
-            "--include text_encoder/model.safetensors --include safety_checker/model.safetensors",
+            "--include unet/diffusion_pytorch_model.safetensors "
+            "--include vae/diffusion_pytorch_model.safetensors --include text_encoder/model.safetensors "
+            "--include safety_checker/model.safetensors",
             "CreativeML OpenRAIL-M",
             repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
             flag="--sd15",
@@ -180,7 +181,8 @@ WEIGHTS: dict[str, WeightSource] = {
                 "vocab.json",
                 "merges.txt",
             ),
-            'hf download openai/clip-vit-large-patch14 --include "*.json" --include "*.txt" --include model.safetensors',
+            'hf download openai/clip-vit-large-patch14 --include "*.json" --include "*.txt" '
+            "--include model.safetensors",
             "MIT",
             repo="openai/clip-vit-large-patch14",
             flag="--clip-model",
