@@ -16,18 +16,10 @@ from importlib import metadata
 from pathlib import Path
 
 from idgen.models.checkpoint import DOCTOR_HINT
-from idgen.models.sources import PATHS, WEIGHTS, WeightSource
+from idgen.models.sources import NO_DEPS, PATHS, WEIGHTS, WeightSource
 
 __all__ = ["DOCTOR_HINT", "NO_DEPS", "Check", "Section", "check_manifest", "check_path", "format_sections"]
 
-# Packages whose declared dependencies would add opencv-python (a second owner of cv2 beside
-# opencv-python-headless) or CPU onnxruntime: installed with --no-deps after their extra, which lists
-# the rest of their dependencies.
-NO_DEPS: dict[str, tuple[str, ...]] = {
-    "pulid": ("facexlib==0.3.0", "insightface==2.1"),
-    "facesim": ("insightface==2.1",),
-    "iq": ("pyiqa==0.1.16", "facexlib==0.3.0"),
-}
 CV2_DISTRIBUTIONS = (
     "opencv-python",
     "opencv-python-headless",

@@ -159,7 +159,9 @@ def test_missing_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(IdgenError) as info:
         P.PuLIDIdentityEncoder()
     message = str(info.value)
-    assert message.endswith("pip install 'idgen[pulid]'")
+    assert message.endswith(
+        "pip install 'idgen[pulid]' && pip install --no-deps facexlib==0.3.0 insightface==2.1"
+    )
     assert "insightface" in message and "opencv-python-headless" in message
     assert "\n" not in message
 

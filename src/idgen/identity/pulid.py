@@ -36,7 +36,7 @@ from idgen.errors import CheckpointError, IdgenError, NoFaceError
 from idgen.identity.base import FaceBox, IdentityFeatures, largest_face
 from idgen.models.checkpoint import load_strict, missing_weights, read_weights
 from idgen.models.loading import resolve_weights
-from idgen.models.sources import WEIGHTS
+from idgen.models.sources import NO_DEPS, WEIGHTS
 
 __all__ = [
     "ANTELOPEV2_REPO",
@@ -56,7 +56,7 @@ __all__ = [
     "whiten_background",
 ]
 
-PULID_EXTRA = "pip install 'idgen[pulid]'"
+PULID_EXTRA = f"pip install 'idgen[pulid]' && pip install --no-deps {' '.join(NO_DEPS['pulid'])}"
 # import name -> pip package name
 PULID_PACKAGES: dict[str, str] = {
     "insightface": "insightface",

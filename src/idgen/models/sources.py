@@ -32,6 +32,15 @@ class WeightSource:
     note: str = ""
 
 
+# Packages whose declared dependencies would add opencv-python (a second owner of cv2 beside
+# opencv-python-headless) or CPU onnxruntime: installed with --no-deps after their extra (pyproject.toml),
+# which lists the rest of their dependencies.
+NO_DEPS: dict[str, tuple[str, ...]] = {
+    "pulid": ("facexlib==0.3.0", "insightface==2.1"),
+    "facesim": ("insightface==2.1",),
+    "iq": ("pyiqa==0.1.16", "facexlib==0.3.0"),
+}
+
 FACEXLIB_RELEASES = "https://github.com/xinntao/facexlib/releases/download"
 
 WEIGHTS: dict[str, WeightSource] = {
