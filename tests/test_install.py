@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from idgen.doctor import CV2_DISTRIBUTIONS, NO_DEPS
 
@@ -51,12 +52,19 @@ def installed(name: str) -> str | None:
         return None
 
 
+def pip_dry_run() -> list[str]:
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-input", "--report", "-"]
+    setuptools = installed("setuptools")
+    if setuptools is not None and Version(setuptools) >= Version("77"):
+        cmd.append("--no-build-isolation")  # faster; without it pip fetches setuptools to read our metadata
+    return cmd
+
+
 def dry_run(*args: str, tmp_path: Path) -> dict[str, dict]:
     """{normalised name: metadata} of what pip would install, against a constraint holding torch."""
     constraint = tmp_path / "constraints.txt"
     constraint.write_text(f"torch=={installed('torch')}\n")
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-input", "--report", "-"]
-    cmd += ["--no-build-isolation", "-c", str(constraint), *args]
+    cmd = [*pip_dry_run(), "-c", str(constraint), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, (
         f"{' '.join(args)}: pip cannot resolve it without changing torch\n{done.stderr}"
@@ -88,10 +96,7 @@ def test_no_extra_changes_torch_or_adds_a_second_cv2(extra: str, network: None, 
 @pytest.mark.parametrize("extra", ["pulid", "iq"])
 def test_without_a_constraint_torch_stays(extra: str, network: None, tmp_path: Path) -> None:
     """What a user types: no constraint file. pip keeps the installed torch."""
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--no-input", "--report", "-"]
-    done = subprocess.run(
-        [*cmd, "--no-build-isolation", f"{ROOT}[{extra}]"], capture_output=True, text=True, timeout=900
-    )
+    done = subprocess.run([*pip_dry_run(), f"{ROOT}[{extra}]"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     names = {canonicalize_name(i["metadata"]["name"]) for i in json.loads(done.stdout)["install"]}
     assert "torch" not in names
