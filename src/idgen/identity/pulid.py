@@ -397,12 +397,13 @@ class PuLIDIdentityEncoder:
             raise CheckpointError(f"{folder} does not hold loadable antelopev2 models ({first})") from e
         if self._det is None or self._rec is None:
             raise CheckpointError(f"{folder} does not hold the antelopev2 detector and recogniser")
-        ctx_id = 0 if CUDA_PROVIDER in providers else -1  # insightface: -1 pins the sessions to the CPU
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]  # (name, options) pairs too
+        ctx_id = 0 if CUDA_PROVIDER in names else -1  # insightface: -1 pins the sessions to the CPU
         self._det.prepare(ctx_id, input_size=(det_size, det_size), det_thresh=DET_THRESHOLD)
         self._rec.prepare(ctx_id)
         session = getattr(self._det, "session", None)
         # The provider onnxruntime actually uses (it falls back to the CPU silently otherwise).
-        self.onnx_provider = session.get_providers()[0] if session is not None else str(providers[0])
+        self.onnx_provider = session.get_providers()[0] if session is not None else str(names[0])
 
     def _load_retinaface(self, path: Path) -> Any:
         retinaface = _import("facexlib.detection.retinaface")
