@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup demo test lint typecheck bench world-gates clean
+.PHONY: setup setup-pulid demo test lint typecheck bench world-gates clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# The real PuLID encoder's packages (CPU onnxruntime). facexlib and insightface go in without their
+# declared dependencies, which would add opencv-python beside opencv-python-headless (README "On a GPU machine").
+PULID_NO_DEPS := facexlib==0.3.0 insightface==2.1
+setup-pulid: setup
+	$(PIP) install -q -e ".[pulid]"
+	$(PIP) install -q --no-deps $(PULID_NO_DEPS)
 
 demo: setup
 	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_000.png \

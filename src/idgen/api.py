@@ -9,6 +9,7 @@ import torch
 
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder
+from idgen.models.checkpoint import DOCTOR_HINT
 from idgen.models.loading import PULID_HUB_REPO, load_pulid_adapter
 from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.pulid_flux import IdentityFluxPipeline
@@ -25,7 +26,8 @@ def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -
         flux = FluxPipeline.from_pretrained(str(source), torch_dtype=dtype)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IdgenError(f"cannot load a FLUX pipeline from {source}: {first}") from None
+        first = first.rstrip(".")
+        raise IdgenError(f"cannot load a FLUX pipeline from {source}: {first}; {DOCTOR_HINT}") from None
     return flux.to(device)
 
 

@@ -1,15 +1,14 @@
-import pickle
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from idgen.errors import CheckpointError, IdgenError
+from idgen.errors import IdgenError
 from idgen.identity import FaceBox, largest_face
 from idgen.identity import pulid as P
+from idgen.models.checkpoint import DOCTOR_HINT
 
 EXTRA_MODULES = list(P.PULID_PACKAGES)
 
@@ -143,40 +142,7 @@ def test_eva_clip_open_clip_and_timm_keys() -> None:
 # --- checkpoint files and strict loading ---------------------------------------------------------
 
 
-class _NotATensor:
-    pass
-
-
-def test_load_state_dict_file(tmp_path: Path) -> None:
-    sd = {"w": torch.arange(3.0)}
-    torch.save(sd, tmp_path / "ok.pth")
-    assert torch.equal(P.load_state_dict_file(tmp_path / "ok.pth")["w"], sd["w"])
-    save_file(sd, str(tmp_path / "ok.safetensors"))
-    assert torch.equal(P.load_state_dict_file(tmp_path / "ok.safetensors")["w"], sd["w"])
-
-    # A pickle needing arbitrary objects is refused (weights_only=True), never executed.
-    with open(tmp_path / "evil.pt", "wb") as f:
-        pickle.dump({"w": _NotATensor()}, f, protocol=2)
-    with pytest.raises(CheckpointError, match=r"evil\.pt as a weights-only checkpoint"):
-        P.load_state_dict_file(tmp_path / "evil.pt")
-    torch.save([torch.zeros(1)], tmp_path / "list.pt")
-    with pytest.raises(CheckpointError, match="does not hold a state dict"):
-        P.load_state_dict_file(tmp_path / "list.pt")
-    (tmp_path / "junk.safetensors").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match=r"junk\.safetensors"):
-        P.load_state_dict_file(tmp_path / "junk.safetensors")
-
-
-def test_load_strict(tmp_path: Path) -> None:
-    layer = torch.nn.Linear(2, 3)
-    path = tmp_path / "x.pt"
-    P._load_strict(layer, {"weight": torch.ones(3, 2), "bias": torch.zeros(3)}, path, "a layer")
-    assert torch.equal(layer.weight, torch.ones(3, 2))
-    with pytest.raises(CheckpointError, match=r"x\.pt does not fit a layer: 1 missing keys \['bias'\]"):
-        P._load_strict(layer, {"weight": torch.ones(3, 2)}, path, "a layer")
-    with pytest.raises(CheckpointError, match=r"x\.pt does not fit a layer") as info:
-        P._load_strict(layer, {"weight": torch.ones(4, 2), "bias": torch.zeros(3)}, path, "a layer")
-    assert "\n" not in str(info.value)
+# Reading and strict loading are idgen.models.checkpoint's (tests/test_checkpoint.py).
 
 
 # --- construction: extras and weights are checked first, with one-line errors ----------------------
@@ -193,7 +159,9 @@ def test_missing_extras(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(IdgenError) as info:
         P.PuLIDIdentityEncoder()
     message = str(info.value)
-    assert message.endswith("pip install 'idgen[pulid]'")
+    assert message.endswith(
+        "pip install 'idgen[pulid]' && pip install --no-deps facexlib==0.3.0 insightface==2.1"
+    )
     assert "insightface" in message and "opencv-python-headless" in message
     assert "\n" not in message
 
@@ -230,8 +198,8 @@ def _weights(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize(
     ("remove", "expected"),
     [
-        ("antelopev2", "antelopev2 model folder not found: {p}"),
-        ("antelopev2/glintr100.onnx", "antelopev2 folder {d} lacks glintr100.onnx"),
+        ("antelopev2", "antelopev2 models not found: {p}"),
+        ("antelopev2/glintr100.onnx", "antelopev2 models not found: {d} lacks glintr100.onnx"),
         ("facexlib/parsing_bisenet.pth", "facexlib weights not found: {p}"),
         ("facexlib/detection_Resnet50_Final.pth", "facexlib weights not found: {p}"),
         (P.EVA_CLIP_FILE, "EVA-CLIP checkpoint not found: {p}"),
@@ -252,7 +220,7 @@ def test_missing_weights_name_the_path(
         P.PuLIDIdentityEncoder(
             paths["antelopev2"], eva_clip=paths["eva_clip"], facexlib_dir=paths["facexlib_dir"]
         )
-    assert str(info.value) == expected.format(p=gone, d=gone.parent)
+    assert str(info.value) == expected.format(p=gone, d=gone.parent) + "; " + DOCTOR_HINT
 
 
 def test_weight_resolution_succeeds_for_complete_folders(tmp_path: Path) -> None:
@@ -286,13 +254,13 @@ def test_hub_ids_not_cached_give_one_line_errors(
     with pytest.raises(IdgenError) as info:
         P.PuLIDIdentityEncoder()
     assert str(info.value) == (
-        "antelopev2 models 'DIAMONIK7777/antelopev2' are not a local folder and could not be fetched "
-        "from the Hugging Face hub or its cache (LocalEntryNotFoundError)"
+        "antelopev2 models: DIAMONIK7777/antelopev2 (scrfd_10g_bnkps.onnx, glintr100.onnx) is not in the "
+        "local Hugging Face cache and cannot be downloaded (LocalEntryNotFoundError); " + DOCTOR_HINT
     )
     with pytest.raises(IdgenError) as info:
         P.resolve_eva_clip_checkpoint("QuanSun/EVA-CLIP")
     assert str(info.value).startswith(
-        "EVA-CLIP checkpoint QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt is not"
+        "EVA-CLIP checkpoint: QuanSun/EVA-CLIP/EVA02_CLIP_L_336_psz14_s6B.pt is not"
     )
     assert "\n" not in str(info.value)
 

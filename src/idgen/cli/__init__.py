@@ -6,6 +6,7 @@ import os
 import sys
 
 from idgen.cli.common import EXIT_USAGE, ArgumentParser, versions
+from idgen.cli.doctor import add_doctor
 from idgen.cli.eval import add_eval
 from idgen.cli.generate import add_generate
 from idgen.cli.pidiff import add_edit, add_train_pidiff
@@ -22,6 +23,7 @@ def build_parser() -> ArgumentParser:
     add_eval(sub)
     add_train_pidiff(sub)
     add_edit(sub)
+    add_doctor(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from PIL import Image
 
 from idgen.errors import CheckpointError, IdgenError, NoFaceError
 from idgen.identity.base import FaceBox, IdentityFeatures
+from idgen.models.checkpoint import load_strict, missing_weights, read_weights
+from idgen.models.loading import resolve_weights
+from idgen.models.sources import NO_DEPS, WEIGHTS
 
 __all__ = [
     "ANTELOPEV2_REPO",
@@ -62,7 +66,7 @@ __all__ = [
     "whiten_background",
 ]
 
-PULID_EXTRA = "pip install 'idgen[pulid]'"
+PULID_EXTRA = f"pip install 'idgen[pulid]' && pip install --no-deps {' '.join(NO_DEPS['pulid'])}"
 # import name -> pip package name
 PULID_PACKAGES: dict[str, str] = {
     "insightface": "insightface",
@@ -73,14 +77,13 @@ PULID_PACKAGES: dict[str, str] = {
     "torchvision": "torchvision",  # facexlib's RetinaFace and timm import it
 }
 
-ANTELOPEV2_REPO = "DIAMONIK7777/antelopev2"
-ANTELOPEV2_DETECTOR = "scrfd_10g_bnkps.onnx"
-ANTELOPEV2_RECOGNISER = "glintr100.onnx"
+ANTELOPEV2_REPO = WEIGHTS["antelopev2"].repo
+ANTELOPEV2_DETECTOR, ANTELOPEV2_RECOGNISER = WEIGHTS["antelopev2"].files  # scrfd_10g_bnkps, glintr100
 DET_SIZE = 640
 DET_THRESHOLD = 0.5  # insightface FaceAnalysis.prepare's default
 
-RETINAFACE_FILE = "detection_Resnet50_Final.pth"
-BISENET_FILE = "parsing_bisenet.pth"
+RETINAFACE_FILE = WEIGHTS["retinaface"].files[0]  # detection_Resnet50_Final.pth
+BISENET_FILE = WEIGHTS["bisenet"].files[0]  # parsing_bisenet.pth
 RETINAFACE_THRESHOLD = 0.97  # FaceRestoreHelper.get_face_landmarks_5 uses 0.97
 FACE_SIZE = 512
 PULID_LONG_SIDE = 1024  # app_flux.py: resize_numpy_image_long(id_image, 1024) before get_id_embedding
@@ -103,8 +106,8 @@ PARSING_BACKGROUND_LABELS: tuple[int, ...] = (0, 16, 18, 7, 8, 9, 14, 15)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-EVA_CLIP_REPO = "QuanSun/EVA-CLIP"
-EVA_CLIP_FILE = "EVA02_CLIP_L_336_psz14_s6B.pt"
+EVA_CLIP_REPO = WEIGHTS["eva_clip"].repo
+EVA_CLIP_FILE = WEIGHTS["eva_clip"].files[0]  # EVA02_CLIP_L_336_psz14_s6B.pt
 EVA_CLIP_MODEL = "EVA02-L-14-336"
 # open_clip's EVA02-L-14-336 vision tower is this timm model with a 768-d "token" head; we build
 # only the vision tower through timm rather than the whole open_clip model (no text tower).
@@ -275,6 +278,22 @@ _EVA_RENAMES = (
 )
 
 
+def _eva_prefix(keys: Sequence[str]) -> str:
+    """The vision tower's key prefix: open_clip's "visual.trunk.", EVA-CLIP's "visual.", or timm's ""."""
+    if any(k.startswith("visual.trunk.") for k in keys):
+        return "visual.trunk."
+    return "visual." if any(k.startswith("visual.") for k in keys) else ""
+
+
+def _timm_eva_key(key: str, separate_qkv: bool) -> str:
+    for old, new in _EVA_RENAMES:
+        key = key.replace(old, new)
+    if separate_qkv:
+        key = re.sub(r"attn\.q_bias$", "attn.q_proj.bias", key)
+        key = re.sub(r"attn\.v_bias$", "attn.v_proj.bias", key)
+    return key
+
+
 def eva_clip_visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Vision-tower weights of an EVA02-CLIP checkpoint, renamed to timm's Eva layout.
 
@@ -288,26 +307,13 @@ def eva_clip_visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[s
         if isinstance(inner, Mapping):
             sd = inner
     keys = list(sd)
-    if any(k.startswith("visual.trunk.") for k in keys):
-        prefix = "visual.trunk."
-    elif any(k.startswith("visual.") for k in keys):
-        prefix = "visual."
-    else:
-        prefix = ""
+    prefix = _eva_prefix(keys)
     separate_qkv = any(k.endswith("attn.q_proj.weight") for k in keys)
     out: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
-        if not key.startswith(prefix):
-            continue
         k = key[len(prefix) :]
-        if k.startswith("rope.") or ".rope." in k:
-            continue
-        for old, new in _EVA_RENAMES:
-            k = k.replace(old, new)
-        if separate_qkv:
-            k = re.sub(r"attn\.q_bias$", "attn.q_proj.bias", k)
-            k = re.sub(r"attn\.v_bias$", "attn.v_proj.bias", k)
-        out[k] = value
+        if key.startswith(prefix) and not (k.startswith("rope.") or ".rope." in k):
+            out[_timm_eva_key(k, separate_qkv)] = value
     return out
 
 
@@ -333,41 +339,17 @@ def _import(module: str) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
-# Locating weights (local paths or Hugging Face hub ids; hub ids work offline only when cached)
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def _is_repo_id(source: str | os.PathLike[str]) -> bool:
-    s = os.fspath(source)
-    return bool(_REPO_ID.match(s)) and not Path(s).exists()
+# Locating weights: one resolver (idgen.models.loading) and the defaults of idgen.models.sources
 
 
 def resolve_antelopev2_dir(source: str | os.PathLike[str]) -> Path:
     """Local folder with the antelopev2 ONNX files, from a folder path or a hub repo id."""
-    if _is_repo_id(source):
-        from huggingface_hub import snapshot_download
-
-        try:
-            folder = Path(
-                snapshot_download(
-                    os.fspath(source), allow_patterns=[ANTELOPEV2_DETECTOR, ANTELOPEV2_RECOGNISER]
-                )
-            )
-        except Exception as e:  # hub errors vary (offline, missing repo, network): one line for all
-            raise IdgenError(
-                f"antelopev2 models {os.fspath(source)!r} are not a local folder and could not be "
-                f"fetched from the Hugging Face hub or its cache ({type(e).__name__})"
-            ) from e
-    else:
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise IdgenError(f"antelopev2 model folder not found: {folder}")
-    for candidate in (folder, folder / "antelopev2"):  # some copies nest the files one level down
-        if all((candidate / name).is_file() for name in (ANTELOPEV2_DETECTOR, ANTELOPEV2_RECOGNISER)):
-            return candidate
-    missing = [n for n in (ANTELOPEV2_DETECTOR, ANTELOPEV2_RECOGNISER) if not (folder / n).is_file()]
-    raise IdgenError(f"antelopev2 folder {folder} lacks {', '.join(missing)}")
+    return resolve_weights(
+        source,
+        WEIGHTS["antelopev2"].what,
+        folder_files=(ANTELOPEV2_DETECTOR, ANTELOPEV2_RECOGNISER),
+        nested=("antelopev2",),  # antelopev2.zip unpacks one level down
+    )
 
 
 def default_facexlib_dir() -> Path | None:
@@ -388,71 +370,33 @@ def resolve_facexlib_weights(
 ) -> tuple[Path, Path]:
     """Paths of RetinaFace-resnet50 and BiSeNet weights; explicit files win over the folder."""
     folder = Path(facexlib_dir).expanduser() if facexlib_dir is not None else default_facexlib_dir()
+    what = WEIGHTS["retinaface"].what
     paths = []
     for explicit, name in ((retinaface, RETINAFACE_FILE), (bisenet, BISENET_FILE)):
-        if explicit is not None:
-            path = Path(explicit).expanduser()
-        elif folder is not None:
-            path = folder / name
-        else:
-            raise IdgenError(f"facexlib weights folder unknown: pass facexlib_dir containing {name}")
+        if explicit is None and folder is None:
+            raise missing_weights(what, f"{name} (facexlib is not installed; pass facexlib_dir)")
+        path = Path(explicit).expanduser() if explicit is not None else Path(str(folder)) / name
         if not path.is_file():
-            raise IdgenError(f"facexlib weights not found: {path}")
+            raise missing_weights(what, path)
         paths.append(path)
     return paths[0], paths[1]
 
 
 def resolve_eva_clip_checkpoint(source: str | os.PathLike[str], filename: str = EVA_CLIP_FILE) -> Path:
     """EVA02-CLIP checkpoint file: a file path, a folder holding `filename`, or a hub repo id."""
-    if _is_repo_id(source):
-        from huggingface_hub import hf_hub_download
-
-        try:
-            return Path(hf_hub_download(os.fspath(source), filename))
-        except Exception as e:  # hub errors vary (offline, missing file, network): one line for all
-            raise IdgenError(
-                f"EVA-CLIP checkpoint {os.fspath(source)}/{filename} is not local and could not be "
-                f"fetched from the Hugging Face hub or its cache ({type(e).__name__})"
-            ) from e
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / filename
-    if not path.is_file():
-        raise IdgenError(f"EVA-CLIP checkpoint not found: {path}")
-    return path
+    return resolve_weights(source, WEIGHTS["eva_clip"].what, folder_file=filename, repo_file=filename)
 
 
-def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file, or from a pickle checkpoint with torch.load(weights_only=True)."""
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return dict(load_file(str(path), device="cpu"))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or a pickle that needs more than plain tensors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load {path} as a weights-only checkpoint: {first}") from e
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{path} does not hold a state dict (found {type(obj).__name__})")
-    return dict(obj)
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 
 
-def _load_strict(
-    module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: Path, what: str
-) -> None:
-    try:
-        result = module.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        first = str(e).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) if len(first) > 1 else str(e)
-        raise CheckpointError(f"{path} does not fit {what}: {detail}") from e
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path} does not fit {what}: {len(result.missing_keys)} missing keys "
-            f"{result.missing_keys[:3]}, {len(result.unexpected_keys)} unexpected keys "
-            f"{result.unexpected_keys[:3]}"
-        )
+def onnx_providers(device: torch.device, available: Sequence[str]) -> list[str]:
+    """onnxruntime providers for antelopev2: CUDA first when the encoder runs on a CUDA device and this
+    onnxruntime has the CUDA provider (onnxruntime-gpu, extra `idgen[pulid-gpu]`), else the CPU."""
+    if device.type == "cuda" and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,12 +462,14 @@ class PuLIDIdentityEncoder:
     def _load_antelopev2(self, folder: Path, providers: Sequence[str] | None, det_size: int) -> None:
         model_zoo = _import("insightface.model_zoo")
         self._face_cls = _import("insightface.app.common").Face
-        on_cuda = self.device.type == "cuda"
         if providers is None:
-            providers = (
-                ["CUDAExecutionProvider", "CPUExecutionProvider"] if on_cuda else ["CPUExecutionProvider"]
-            )
-        ctx_id = 0 if on_cuda else -1
+            providers = onnx_providers(self.device, _import("onnxruntime").get_available_providers())
+            if self.device.type == "cuda" and CUDA_PROVIDER not in providers:
+                warnings.warn(
+                    "antelopev2 runs on the CPU: this onnxruntime has no CUDAExecutionProvider "
+                    "(for the GPU: pip install 'idgen[pulid-gpu]')",
+                    stacklevel=3,
+                )
         try:
             # The same two models FaceAnalysis("antelopev2") uses for detection and recognition;
             # loading them directly works with any folder name and skips the unused ones.
@@ -531,23 +477,29 @@ class PuLIDIdentityEncoder:
             self._rec = model_zoo.get_model(str(folder / ANTELOPEV2_RECOGNISER), providers=list(providers))
         except Exception as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"cannot load antelopev2 models from {folder}: {first}") from e
+            raise CheckpointError(f"{folder} does not hold loadable antelopev2 models ({first})") from e
         if self._det is None or self._rec is None:
             raise CheckpointError(f"{folder} does not hold the antelopev2 detector and recogniser")
+        names = [p[0] if isinstance(p, tuple) else p for p in providers]  # (name, options) pairs too
+        ctx_id = 0 if CUDA_PROVIDER in names else -1  # insightface: -1 pins the sessions to the CPU
         self._det.prepare(ctx_id, input_size=(det_size, det_size), det_thresh=DET_THRESHOLD)
         self._rec.prepare(ctx_id)
+        session = getattr(self._det, "session", None)
+        # The provider onnxruntime actually uses (it falls back to the CPU silently otherwise).
+        self.onnx_provider = session.get_providers()[0] if session is not None else str(names[0])
 
     def _load_retinaface(self, path: Path) -> Any:
         retinaface = _import("facexlib.detection.retinaface")
         model = retinaface.RetinaFace(network_name="resnet50", half=False, device=self.device)
-        state = {k.removeprefix("module."): v for k, v in load_state_dict_file(path).items()}
-        _load_strict(model, state, path, "facexlib RetinaFace-resnet50")
+        weights = read_weights(path, "facexlib RetinaFace-resnet50 weights")
+        state = {k.removeprefix("module."): v for k, v in weights.items()}
+        load_strict(model, state, str(path), "facexlib RetinaFace-resnet50")
         return model.to(self.device).eval()
 
     def _load_bisenet(self, path: Path) -> Any:
         bisenet = _import("facexlib.parsing.bisenet")
         model = bisenet.BiSeNet(num_class=19)
-        _load_strict(model, load_state_dict_file(path), path, "facexlib BiSeNet")
+        load_strict(model, read_weights(path, "facexlib BiSeNet weights"), str(path), "facexlib BiSeNet")
         return model.to(self.device).eval()
 
     def _load_eva_clip(self, path: Path, timm_name: str) -> Any:
@@ -557,8 +509,8 @@ class PuLIDIdentityEncoder:
         model = timm.create_model(
             timm_name, pretrained=False, num_classes=EVA_CLIP_EMBED_DIM, global_pool="token"
         )
-        state = eva_clip_visual_state_dict(load_state_dict_file(path))
-        _load_strict(model, state, path, f"the {EVA_CLIP_MODEL} vision tower")
+        state = eva_clip_visual_state_dict(read_weights(path, f"{EVA_CLIP_MODEL} weights"))
+        load_strict(model, state, str(path), f"{EVA_CLIP_MODEL} vision tower")
         return model.to(self.device, self.dtype).eval()
 
     def _keep_hidden(self, module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -624,4 +576,5 @@ class PuLIDIdentityEncoder:
         )
 
     def __repr__(self) -> str:
-        return f"PuLIDIdentityEncoder(device={self.device}, dtype={self.dtype})"
+        provider = getattr(self, "onnx_provider", None)
+        return f"PuLIDIdentityEncoder(device={self.device}, dtype={self.dtype}, onnx_provider={provider})"

@@ -1,9 +1,16 @@
-"""Reading weight files and loading them strictly, with errors that name the offending key."""
+"""Reading weight files and loading them strictly: one reader, one strict loader, one set of messages.
+
+Formats: safetensors, and official .pt/.pth/.bin/.ckpt files read with torch.load(weights_only=True)
+only. A pickle that needs more than tensors and plain containers is refused in one line.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +19,21 @@ from torch import Tensor, nn
 
 from idgen.errors import CheckpointError
 
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+SAFETENSORS_SUFFIX = ".safetensors"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+WEIGHT_SUFFIXES = (SAFETENSORS_SUFFIX, *PICKLE_SUFFIXES)
 WEIGHTS_NAME = "model.safetensors"  # beside config.json, as transformers and diffusers save models
+CONFIG_NAME = "config.json"
+DOCTOR_HINT = "run `idgen doctor` to see where each weight file goes"
+
+
+class MissingWeightsError(CheckpointError):
+    """A weight file or folder is not where it was looked for."""
+
+
+def missing_weights(what: str, where: str | os.PathLike[str]) -> MissingWeightsError:
+    """The one "missing weights" message: what, where it was looked for, and where to look next."""
+    return MissingWeightsError(f"{what} not found: {os.fspath(where)}; {DOCTOR_HINT}")
 
 
 def save_model_folder(module: nn.Module, folder: str | os.PathLike[str], config: dict[str, Any]) -> Path:
@@ -28,38 +48,65 @@ def save_model_folder(module: nn.Module, folder: str | os.PathLike[str], config:
     with atomic_output(folder / WEIGHTS_NAME) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     record = {"_class_name": type(module).__name__, **config}
-    atomic_write_text(folder / "config.json", json.dumps(record, indent=2) + "\n")
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(record, indent=2) + "\n")
     return folder
 
 
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Tensors of a .safetensors file, or of a .pt/.bin file read with torch.load(weights_only=True)."""
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False; we never do that, so we name what was refused.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        needs = f"it needs {found.group(1)}" if found else _first_line(e)
+        raise CheckpointError(
+            f"{path} cannot be read with weights_only=True ({needs}); expected {what} holding only tensors"
+        ) from None
+    except Exception as e:  # torch raises RuntimeError, EOFError, ... on a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable {what} file ({_first_line(e)})") from None
+
+
+def read_weights(path: str | os.PathLike[str], what: str = "weights") -> dict[str, Any]:
+    """The dict stored in a weight file: tensors from .safetensors, or the (possibly nested) dict of a
+    .pt/.pth/.bin/.ckpt read with torch.load(weights_only=True). `what` names the expected content."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
+        raise missing_weights(what, path)
+    if path.suffix == SAFETENSORS_SUFFIX:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path))
+            return dict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
-    if path.suffix in WEIGHT_SUFFIXES:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"{path} cannot be read with weights_only=True ({first_line})") from None
-        return flatten_state_dict(obj, str(path))
-    raise CheckpointError(f"{path}: unknown weight format {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}")
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file ({_first_line(e)}); expected {what}"
+            ) from None
+    if path.suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path}: unknown weight format {path.suffix!r} for {what}; expected one of {WEIGHT_SUFFIXES}"
+        )
+    obj = _torch_load(path, what)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected {what} (a dict of tensors)")
+    return dict(obj)
+
+
+def read_state_dict(path: str | os.PathLike[str], what: str = "weights") -> dict[str, Tensor]:
+    """read_weights, flattened: nested dicts (as official .bin files store them) -> dotted keys."""
+    return flatten_state_dict(read_weights(path, what), str(path))
 
 
 def flatten_state_dict(obj: Any, source: str, prefix: str = "") -> dict[str, Tensor]:
-    """Nested dicts of tensors (as official .bin files store them) -> one flat dict with dotted keys."""
+    """Nested dicts of tensors -> one flat dict with dotted keys."""
     if isinstance(obj, Tensor):
         return {prefix[:-1]: obj}
-    if not isinstance(obj, dict):
+    if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source} holds a {type(obj).__name__} where tensors were expected")
     flat: dict[str, Tensor] = {}
     for key, value in obj.items():
@@ -67,41 +114,49 @@ def flatten_state_dict(obj: Any, source: str, prefix: str = "") -> dict[str, Ten
     return flat
 
 
-def check_state_dict(module: nn.Module, state_dict: dict[str, Tensor], source: str, what: str) -> None:
-    """Raise CheckpointError naming the first missing, unexpected or mis-shaped key."""
+def _a(what: str) -> str:
+    return f"an {what}" if what[:1].lower() in "aeiou" else f"a {what}"
+
+
+def _more(keys: list[str]) -> str:
+    return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+
+
+def check_state_dict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, what: str) -> None:
+    """Raise CheckpointError naming the file, what was expected, and the first missing, unexpected or
+    mis-shaped key."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-
-    def more(keys: list[str]) -> str:
-        return f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
-
     if missing:
         raise CheckpointError(
-            f"{source} is not a {what} checkpoint: missing key {missing[0]!r}{more(missing)}"
+            f"{source} is not {_a(what)} checkpoint: missing key {missing[0]!r}{_more(missing)}"
         )
     if unexpected:
         raise CheckpointError(
-            f"{source} is not a {what} checkpoint: unexpected key {unexpected[0]!r}{more(unexpected)}"
+            f"{source} is not {_a(what)} checkpoint: unexpected key {unexpected[0]!r}{_more(unexpected)}"
         )
     for key, tensor in expected.items():
-        if tuple(state_dict[key].shape) != tuple(tensor.shape):
+        value = state_dict[key]
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: {key!r} is a {type(value).__name__}, not a tensor")
+        if tuple(value.shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"{source} does not fit this {what}: {key!r} has shape {tuple(state_dict[key].shape)}, "
+                f"{source} does not fit this {what}: {key!r} has shape {tuple(value.shape)}, "
                 f"expected {tuple(tensor.shape)}"
             )
 
 
-def load_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str, what: str) -> None:
+def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str, what: str) -> None:
     """Strict load_state_dict with one-line errors; tensors are cast to the module's dtype."""
     check_state_dict(module, state_dict, source, what)
     module.load_state_dict(state_dict, strict=True)
 
 
 def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / "config.json"
+    path = folder / CONFIG_NAME
     if not path.is_file():
-        raise CheckpointError(f"{folder} has no config.json")
+        raise missing_weights(f"{CONFIG_NAME} of the model folder", path)
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as e:

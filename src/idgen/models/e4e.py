@@ -26,7 +26,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idgen.errors import CheckpointError, IdgenError
-from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
+from idgen.models.checkpoint import (
+    WEIGHTS_NAME,
+    load_strict,
+    read_config,
+    read_state_dict,
+    read_weights,
+    save_model_folder,
+)
+from idgen.models.loading import resolve_weights
+from idgen.models.sources import WEIGHTS
 
 DECODER_PREFIX = "decoder."
 
@@ -221,14 +230,8 @@ def read_official_e4e(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     options (a plain dict of str/int/float/bool/None/list values), all of which that reader accepts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"e4e checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError, EOFError, ...
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} cannot be read with weights_only=True ({first_line})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+    ckpt = read_weights(path, WEIGHTS["e4e"].what)
+    if not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path} is not an e4e checkpoint: no 'state_dict' dictionary")
     opts = ckpt.get("opts")
     encoder_type = opts.get("encoder_type") if isinstance(opts, dict) else None
@@ -297,23 +300,18 @@ def load_e4e_encoder(
 
     source: the official e4e_ffhq_encode.pt (FFHQ sizes unless `config` says otherwise), a
     .safetensors with our flat keys, a folder with config.json + model.safetensors
-    (save_e4e_encoder), or a hub file id "owner/name/file.pt|.safetensors".
+    (save_e4e_encoder), or a hub id ("owner/name" for such a folder, "owner/name/file" for one file).
     """
-    path = Path(source)
+    path = resolve_weights(source, WEIGHTS["e4e"].what)
     if path.is_dir():
         config = config or e4e_config_from_folder(path)
         path = path / WEIGHTS_NAME
-    elif not path.exists():
-        text = str(source)
-        if text.count("/") >= 2 and not text.startswith((".", "/")) and "\\" not in text:
-            from idgen.models.loading import resolve_hub_file
-
-            repo, filename = text.rsplit("/", 1)
-            path = resolve_hub_file(repo, filename)
-        else:
-            raise CheckpointError(f"e4e checkpoint not found: {source}")
     config = config or E4EConfig()
-    state_dict = read_state_dict(path) if path.suffix == ".safetensors" else read_official_e4e(path)
+    state_dict = (
+        read_state_dict(path, WEIGHTS["e4e"].what)
+        if path.suffix == ".safetensors"
+        else read_official_e4e(path)
+    )
     with torch.device("meta"):
         model = E4EEncoder(config)
     model = model.to_empty(device="cpu")

@@ -1,32 +1,130 @@
-"""Finding and loading PuLID-FLUX checkpoints: an official file, one of our folders, or a hub id."""
+"""One resolver for weights (a local file, a folder, or a Hugging Face hub id) and the PuLID-FLUX loader.
+
+Hub ids are read through huggingface_hub: from the local cache when offline (HF_HUB_OFFLINE=1), else
+from the cache or the hub. Every "not found" error names what was looked for and where, and points to
+`idgen doctor`.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
 from idgen.errors import CheckpointError
-from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
+from idgen.models.checkpoint import (
+    CONFIG_NAME,
+    DOCTOR_HINT,
+    WEIGHTS_NAME,
+    load_strict,
+    missing_weights,
+    read_config,
+    read_state_dict,
+    save_model_folder,
+)
 from idgen.models.pulid import PuLIDAdapter, PuLIDConfig
+from idgen.models.sources import WEIGHTS
 
-PULID_HUB_REPO = "guozinan/PuLID"
-PULID_HUB_FILE = "pulid_flux_v0.9.1.safetensors"
+PULID_HUB_REPO = WEIGHTS["pulid"].repo
+PULID_HUB_FILE = WEIGHTS["pulid"].files[0]
+
+# "owner/name" or "owner/name/path/in/repo": no leading "." or "/", no "~", no backslash.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(?:/[\w.-]+)*$")
 
 
-def resolve_hub_file(repo_id: str, filename: str) -> Path:
-    """A hub file from the local cache (or the hub when online); a clear error when neither has it."""
+def split_hub_id(source: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(repo, path in repo or "") for a hub id that is not an existing local path; else None."""
+    text = os.fspath(source)
+    if not _HUB_ID.match(text) or Path(text).exists():
+        return None
+    owner, name, *rest = text.split("/")
+    return f"{owner}/{name}", "/".join(rest)
+
+
+def _not_cached(what: str, where: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"{what}: {where} is not in the local Hugging Face cache and cannot be downloaded "
+        f"({type(error).__name__}); {DOCTOR_HINT}"
+    )
+
+
+def resolve_hub_file(repo_id: str, filename: str, what: str = "checkpoint") -> Path:
+    """One file of a hub repo, from the local cache (or the hub when online)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(hf_hub_download(repo_id, filename))
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{repo_id}/{filename} is not in the local Hugging Face cache and cannot be downloaded "
-            f"({type(e).__name__}); pass a local path instead"
-        ) from None
+    except Exception as e:  # offline, gated, missing repo or file, network: one line for all
+        raise _not_cached(what, f"{repo_id}/{filename}", e) from None
+
+
+def resolve_hub_folder(repo_id: str, files: Sequence[str], what: str = "checkpoint") -> Path:
+    """The snapshot folder of a hub repo holding `files`, from the local cache (or the hub when online)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=list(files)))
+    except Exception as e:  # offline, gated, missing repo, network: one line for all
+        raise _not_cached(what, f"{repo_id} ({', '.join(files)})", e) from None
+    return _folder_with(folder, files, what, ())
+
+
+def _folder_with(folder: Path, files: Sequence[str], what: str, nested: Sequence[str]) -> Path:
+    """`folder` (or one of its `nested` subfolders) when it holds every one of `files`."""
+    for candidate in (folder, *(folder / n for n in nested)):
+        if all((candidate / name).is_file() for name in files):
+            return candidate
+    lacking = [name for name in files if not (folder / name).is_file()]
+    raise missing_weights(what, f"{folder} lacks {', '.join(lacking)}")
+
+
+def _resolve_local(
+    path: Path, what: str, folder_file: str | None, folder_files: Sequence[str], nested: Sequence[str]
+) -> Path:
+    if path.is_file():
+        if folder_files:
+            expected = ", ".join(folder_files)
+            raise CheckpointError(f"{path} is a file; expected a folder of {what} ({expected})")
+        return path
+    if folder_files:
+        return _folder_with(path, folder_files, what, nested)
+    if folder_file is None:
+        return path
+    if not (path / folder_file).is_file():
+        raise missing_weights(what, path / folder_file)
+    return path / folder_file
+
+
+def resolve_weights(
+    source: str | os.PathLike[str],
+    what: str,
+    *,
+    folder_file: str | None = None,
+    repo_file: str | None = None,
+    folder_files: Sequence[str] = (),
+    nested: Sequence[str] = (),
+) -> Path:
+    """A local path for `source`: a file, a folder, or a hub id ("owner/name" or "owner/name/file").
+
+    folder_file:  the file to take from a local folder (else the folder itself is returned).
+    repo_file:    the file to take from a bare "owner/name" (else its config.json + model.safetensors
+                  folder, or the `folder_files` folder).
+    folder_files: files a folder must hold (the folder is returned); `nested` names subfolders that
+                  are searched too (a zip unpacked one level down).
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return _resolve_local(path, what, folder_file, folder_files, nested)
+    hub = split_hub_id(source)
+    if hub is None:
+        raise missing_weights(what, source)
+    repo, inside = hub
+    if inside or repo_file:
+        return resolve_hub_file(repo, inside or str(repo_file), what)
+    return resolve_hub_folder(repo, folder_files or (CONFIG_NAME, WEIGHTS_NAME), what)
 
 
 def pulid_config_from_folder(folder: Path) -> PuLIDConfig:
@@ -51,20 +149,12 @@ def load_pulid_adapter(
     otherwise), a folder with config.json + model.safetensors, or a hub id ("guozinan/PuLID" or
     "guozinan/PuLID/pulid_flux_v0.9.0.safetensors").
     """
-    path = Path(source)
+    what = WEIGHTS["pulid"].what
+    path = resolve_weights(source, what, repo_file=PULID_HUB_FILE)
     if path.is_dir():
         config = config or pulid_config_from_folder(path)
         path = path / WEIGHTS_NAME
-    elif not path.exists():
-        text = str(source)
-        if text.count("/") == 1 and not text.startswith((".", "/")):
-            path = resolve_hub_file(text, PULID_HUB_FILE)
-        elif text.count("/") >= 2 and text.endswith(".safetensors") and not text.startswith((".", "/")):
-            repo, filename = text.rsplit("/", 1)
-            path = resolve_hub_file(repo, filename)
-        else:
-            raise CheckpointError(f"PuLID checkpoint not found: {source}")
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, what)
     with torch.device("meta"):
         adapter = PuLIDAdapter(config or PuLIDConfig())
     adapter = adapter.to_empty(device="cpu")

@@ -29,7 +29,9 @@ from torch import Tensor, nn
 from idgen.core.wplus_edit import W_DIM, W_PLUS_LAYERS, check_w_plus
 from idgen.errors import CheckpointError, IdgenError
 from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
+from idgen.models.loading import resolve_weights
 from idgen.models.pulid import merge_heads, scaled_attention_probs, split_heads
+from idgen.models.sources import WEIGHTS
 
 OFFICIAL_FILES = ("wplus_adapter.bin", "wplus_adapter_stage1.bin")
 
@@ -178,16 +180,6 @@ def wplus_config_from_folder(folder: Path) -> WPlusConfig:
         raise CheckpointError(f"{folder}/config.json is not a valid W+ adapter config ({e})") from None
 
 
-def _hub_path(text: str) -> tuple[Path, WPlusConfig | None]:
-    from idgen.models.loading import resolve_hub_file
-
-    if text.count("/") == 1:  # "owner/name": one of our folders on the hub
-        weights = resolve_hub_file(text, WEIGHTS_NAME)
-        return weights, wplus_config_from_folder(resolve_hub_file(text, "config.json").parent)
-    repo, filename = text.rsplit("/", 1)  # "owner/name/file": one file in the official layout
-    return resolve_hub_file(repo, filename), None
-
-
 def load_wplus_adapter(
     source: str | os.PathLike[str],
     config: WPlusConfig | None = None,
@@ -201,18 +193,12 @@ def load_wplus_adapter(
     model.safetensors (save_wplus_adapter), or a hub id ("owner/name" for such a folder,
     "owner/name/file.bin" for one file).
     """
-    path = Path(source)
+    what = WEIGHTS["wplus"].what
+    path = resolve_weights(source, what)
     if path.is_dir():
         config = config or wplus_config_from_folder(path)
         path = path / WEIGHTS_NAME
-    elif not path.exists():
-        text = str(source)
-        if text.count("/") >= 1 and not text.startswith((".", "/")) and "\\" not in text:
-            path, hub_config = _hub_path(text)
-            config = config or hub_config
-        else:
-            raise CheckpointError(f"W+ adapter checkpoint not found: {source}")
-    state_dict = read_state_dict(path)
+    state_dict = read_state_dict(path, what)
     with torch.device("meta"):
         adapter = WPlusAdapter(config or WPlusConfig())
     adapter = adapter.to_empty(device="cpu")

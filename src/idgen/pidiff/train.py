@@ -359,7 +359,10 @@ def load_sd_pipeline(pipe_or_path: Any) -> Any:
         pipe = StableDiffusionPipeline.from_pretrained(str(pipe_or_path), torch_dtype=torch.float32)
     except (OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise IdgenError(f"cannot load SD1.5 pipeline {pipe_or_path}: {first}") from None
+        from idgen.models.checkpoint import DOCTOR_HINT
+
+        first = first.rstrip(".")
+        raise IdgenError(f"cannot load SD1.5 pipeline {pipe_or_path}: {first}; {DOCTOR_HINT}") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
