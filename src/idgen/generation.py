@@ -24,7 +24,14 @@ from torch import Tensor
 from idgen.errors import IdgenError
 
 COMPARE_PANELS = ("none", "uniform", "spatial")  # after the reference photo; one seed for all
-SCHEDULE_SETTINGS = ("early_threshold", "late_threshold", "prior_sigma", "late_floor", "global_floor", "prior_box")
+SCHEDULE_SETTINGS = (
+    "early_threshold",
+    "late_threshold",
+    "prior_sigma",
+    "late_floor",
+    "global_floor",
+    "prior_box",
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,12 @@ class GenerationResult:
         return None if not self.masks_per_step else mask_strip(self.image, self.masks_per_step)
 
     def save(
-        self, out: str | os.PathLike[str], *, overwrite: bool = False, mask_strip: bool = True, mask_gif: bool = False
+        self,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        mask_strip: bool = True,
+        mask_gif: bool = False,
     ) -> list[Path]:
         """Write <out>.png, its .json sidecar, and the .compare.png / .masks.png / .masks.gif this result
         has. Existing files are refused unless `overwrite`; each file is written atomically."""
@@ -184,7 +196,9 @@ def _spatial(settings: MaskSettings, spatial: Any, has_box: bool) -> Any:
 
     replace = dataclasses.replace
     if settings.refiner:
-        spatial = replace(spatial, refiner=GridScaledRefiner() if settings.refiner == "grid-scaled" else MaskRefiner())
+        spatial = replace(
+            spatial, refiner=GridScaledRefiner() if settings.refiner == "grid-scaled" else MaskRefiner()
+        )
     if settings.anchor:
         spatial = replace(spatial, anchor=AttentionAnchor() if settings.anchor == "attention" else None)
     if has_box:
@@ -207,7 +221,18 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
     compare = None
     if request.compare and id_image is not None:
         compare = compare_strip(pipe, request, image, output.id_features)
-    sidecar = {
+    sidecar = _sidecar(pipe, request, policy, scheduler, model)
+    sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
+    masks = recorder.mean_mask_per_step() if recorder is not None else None
+    return GenerationResult(image=image, compare=compare, masks_per_step=masks, sidecar=sidecar)
+
+
+def _sidecar(
+    pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any
+) -> dict[str, Any]:
+    call, spatial = request.sampling(), request.mode == "spatial"
+    weight = next(pipe.flux.transformer.parameters())
+    return {
         "model": model,
         "parameters": request.parameters or _request_record(request),
         "sampling": {k: v for k, v in pipe.defaults.items() if call.get(k) is None}
@@ -215,12 +240,9 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
         "schedule": dataclasses.asdict(scheduler) if spatial else None,
         "mask_policy": repr(policy) if spatial else None,
         "seed": request.seed,
-        "device": str(next(pipe.flux.transformer.parameters()).device),
-        "dtype": str(next(pipe.flux.transformer.parameters()).dtype).removeprefix("torch."),
-        "seconds": {"generate": round(time.perf_counter() - started, 3)},
+        "device": str(weight.device),
+        "dtype": str(weight.dtype).removeprefix("torch."),
     }
-    masks = recorder.mean_mask_per_step() if recorder is not None else None
-    return GenerationResult(image=image, compare=compare, masks_per_step=masks, sidecar=sidecar)
 
 
 def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_features: Any) -> Image.Image:
@@ -236,7 +258,9 @@ def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_
             panels[mode] = image
         else:
             call = request.sampling()
-            panels[mode] = pipe(request.prompt, request.id_image, mode=mode, id_features=id_features, **call).images[0]
+            panels[mode] = pipe(
+                request.prompt, request.id_image, mode=mode, id_features=id_features, **call
+            ).images[0]
     return side_by_side(panels, size=image.size)
 
 

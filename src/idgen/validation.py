@@ -57,7 +57,9 @@ def seed(name: str, value: int | None) -> None:
     integer(name, value, low=0, high=MAX_SEED)
 
 
-def image_size(width: int | None, height: int | None, defaults: tuple[int, int], multiple: int) -> tuple[int, int]:
+def image_size(
+    width: int | None, height: int | None, defaults: tuple[int, int], multiple: int
+) -> tuple[int, int]:
     """The (width, height) a generation will have; only the values the user gave are named in an error."""
     for name, value in (("--width", width), ("--height", height)):
         if value is not None and (value <= 0 or value % multiple):

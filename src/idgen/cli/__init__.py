@@ -22,7 +22,9 @@ from idgen.validation import shown
 
 # torch's refusal of a pickle goes on to explain how to load it anyway; idgen never does.
 PICKLE_REFUSAL = "Weights only load failed"
-PICKLE_MESSAGE = "it holds pickled Python objects, which idgen never loads (use .safetensors or plain tensors)"
+PICKLE_MESSAGE = (
+    "it holds pickled Python objects, which idgen never loads (use .safetensors or plain tensors)"
+)
 EXPECTED = (IdgenError, OSError, RuntimeError, ValueError, MemoryError, pickle.UnpicklingError)
 
 
@@ -46,7 +48,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     for category in (UserWarning, FutureWarning, DeprecationWarning, RuntimeWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(torch|diffusers|transformers|PIL|numpy)")
+        warnings.filterwarnings(
+            "ignore", category=category, module=r"(torch|diffusers|transformers|PIL|numpy)"
+        )
     warnings.filterwarnings("ignore", message=r".*(deprecated|will be removed|TypedStorage).*")
 
 

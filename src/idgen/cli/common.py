@@ -51,10 +51,11 @@ def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
     before it loads."""
     from idgen.validation import flux_pixel_multiple
 
+    defaults: dict[str, Any]
     if uses_demo_world(args):
         from idgen.world.bundle import ASSETS, WORLD_DEFAULTS
 
-        defaults = WORLD_DEFAULTS
+        defaults = dict(WORLD_DEFAULTS)
         multiple = flux_pixel_multiple(ASSETS / "flux")
     else:
         from idgen.pipelines.pulid_flux import FLUX_DEFAULTS, FLUX_PIXEL_MULTIPLE

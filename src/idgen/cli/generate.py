@@ -51,8 +51,8 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
         help="centre of the early prior: the image centre (the authors') or the attention's peak; "
         "default: the model's (centre for FLUX, attention for the demo world)",
     )
-    p.add_argument("--min-spread", type=float, default=0.0,
-                   help="treat a mask as flat (zeros) when (max-min) < min_spread*max; 0 = reference min-max")  # fmt: skip
+    flat = "treat a mask as flat when (max-min) < min_spread*max; 0 = reference min-max"
+    p.add_argument("--min-spread", type=float, default=0.0, help=flat)
     p.add_argument(
         "--mask-image",
         help="inject only where this picture is white (replaces the CA mask; the prior centres on it); "
@@ -75,7 +75,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flux", help="FLUX folder, hub id, or tiny-random (default: the demo world)")
     p.add_argument("--pulid", help="PuLID-FLUX file, folder or hub id (default with --flux: guozinan/PuLID)")
     p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
-    p.add_argument("--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random")
+    p.add_argument(
+        "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
@@ -83,7 +85,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it")
+    p.add_argument(
+        "--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
     p.add_argument(
         "--mask-strip",
@@ -147,20 +151,24 @@ def check_numbers(args: argparse.Namespace, steps: int) -> None:
     check.seed("--seed", args.seed)
 
 
-def check_generate(args: argparse.Namespace) -> GenerationRequest:
-    """Every check that needs no model, in the order a user would fix them."""
-    from idgen.generation import build_policy
-    from idgen.pipelines.pulid_flux import check_generation_inputs
-
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise IdgenError(f"--out must end in .png, got {check.shown(out.name)}")
+def check_combinations(args: argparse.Namespace) -> None:
+    if Path(args.out).suffix.lower() != ".png":
+        raise IdgenError(f"--out must end in .png, got {check.shown(Path(args.out).name)}")
     if args.mode != "none" and not args.id_image:
         raise IdgenError(f"--mode {args.mode} needs --id-image")
     if (args.mask_strip or args.mask_gif) and args.mode != "spatial":
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
     if args.mask_image and args.mode != "spatial":
         raise IdgenError("--mask-image needs --mode spatial")
+
+
+def check_generate(args: argparse.Namespace) -> GenerationRequest:
+    """Every check that needs no model, in the order a user would fix them."""
+    from idgen.generation import build_policy
+    from idgen.pipelines.pulid_flux import check_generation_inputs
+
+    out = Path(args.out)
+    check_combinations(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
     size = check.image_size(args.width, args.height, default_size, multiple)
