@@ -58,7 +58,8 @@ def message(error: BaseException) -> str:
     """One line for `error`: its first line, control characters escaped, long values cut."""
     text = str(error).strip() or type(error).__name__
     if PICKLE_REFUSAL in text:
-        return shown(text.split(PICKLE_REFUSAL)[0] + PICKLE_MESSAGE, 300)
+        before = text.split(PICKLE_REFUSAL)[0]
+        return shown(before + PICKLE_MESSAGE + ")" * (before.count("(") - before.count(")")), 400)
     if isinstance(error, OSError) and error.filename is not None:
         text = f"{error.strerror or text}: {error.filename}"
     first = text.splitlines()[0]
