@@ -39,23 +39,42 @@ ROWS = [
     ("late-floor nan", [*GEN, "--late-floor", "nan"], 1, f"--late-floor {FINITE}"),
     ("prior-box nan", [*GEN, "--prior-box", "0,0,nan,1"], 2, "--prior-box must be four finite numbers"),
     ("prior-box three numbers", [*GEN, "--prior-box", "0,0,1"], 2, "left,top,right,bottom"),
-    ("thresholds crossed", [*GEN, "--early-threshold", "0.2", "--late-threshold", "0.5"], 1,
-     "thresholds must satisfy 0 <= late < early <= 1"),  # fmt: skip
+    (
+        "thresholds crossed",
+        [*GEN, "--early-threshold", "0.2", "--late-threshold", "0.5"],
+        1,
+        "thresholds must satisfy 0 <= late < early <= 1",
+    ),
     ("id-weight not a number", [*GEN, "--id-weight", "heavy"], 2, "invalid float value: 'heavy'"),
     ("steps not an integer", [*GEN, "--steps", "1.5"], 2, "invalid int value: '1.5'"),
     # sizes: the model's own multiple (8 in the demo world, 16 for FLUX), only the user's values named
     ("width 0", [*GEN, "--width", "0"], 1, "--width must be a positive multiple of 8 for this model, got 0"),
     ("width not a multiple of 8", [*GEN, "--width", "36"], 1, "multiple of 8 for this model, got 36"),
     ("height negative", [*GEN, "--height", "-64"], 1, "--height must be a positive multiple of 8"),
-    ("flux width not a multiple of 16", [*GEN, *TINY, "--width", "40"], 1, "multiple of 16 for this model, got 40"),
+    (
+        "flux width not a multiple of 16",
+        [*GEN, *TINY, "--width", "40"],
+        1,
+        "multiple of 16 for this model, got 40",
+    ),
     ("side too long", [*GEN, "--width", "100000", "--height", "100000"], 1, "--width must be at most 8192"),
-    ("pixel limit", [*GEN, "--width", "8192", "--height", "8192"], 1, "over the limit of 16777216 (4096x4096)"),
+    (
+        "pixel limit",
+        [*GEN, "--width", "8192", "--height", "8192"],
+        1,
+        "over the limit of 16777216 (4096x4096)",
+    ),
     ("steps 0", [*GEN, "--steps", "0"], 1, "--steps must be in [1, 1000], got 0"),
     ("steps negative", [*GEN, "--steps", "-3"], 1, "--steps must be in [1, 1000], got -3"),
     ("start-step past the last", [*GEN, "--start-step", "20"], 1, "--start-step must be in [0, 19], got 20"),
     ("start-step of 5 steps", [*GEN, "--steps", "5", "--start-step", "5"], 1, "in [0, 4], got 5"),
     ("start-step negative", [*GEN, "--start-step", "-1"], 1, "--start-step must be in [0, 19], got -1"),
-    ("max-sequence-length 0", [*GEN, "--max-sequence-length", "0"], 1, "--max-sequence-length must be in [1, 512]"),
+    (
+        "max-sequence-length 0",
+        [*GEN, "--max-sequence-length", "0"],
+        1,
+        "--max-sequence-length must be in [1, 512]",
+    ),
     ("max-sequence-length huge", [*GEN, "--max-sequence-length", "99999"], 1, "in [1, 512], got 99999"),
     ("seed negative", [*GEN, "--seed", "-1"], 1, "--seed must be in [0, 18446744073709551615], got -1"),
     ("seed 2**70", [*GEN, "--seed", str(2**70)], 1, f"got {2**70}"),
@@ -67,7 +86,12 @@ ROWS = [
     ("out under a file", [*GEN, "--out", "{d}/afile/o.png"], 1, "is a file, not a folder"),
     ("out is the id image", [*GEN, "--out", "{d}/me.png"], 1, "is also an input"),
     ("out is the id image, overwrite", [*GEN, "--out", "{d}/me.png", "--overwrite"], 1, "is also an input"),
-    ("out is the mask", [*GEN, "--mask-image", "{d}/mask.png", "--out", "{d}/mask.png"], 1, "is also an input"),
+    (
+        "out is the mask",
+        [*GEN, "--mask-image", "{d}/mask.png", "--out", "{d}/mask.png"],
+        1,
+        "is also an input",
+    ),
     ("out exists", [*GEN, "--out", "{d}/old.png"], 1, "old.png exists; pass --overwrite to replace it"),
     ("sidecar exists", [*GEN, "--out", "{d}/side.png"], 1, "side.json exists; pass --overwrite"),
     ("compare exists", [*GEN, "--out", "{d}/cmp.png"], 1, "cmp.compare.png exists"),
@@ -77,28 +101,62 @@ ROWS = [
     # option combinations and inputs
     ("mask strip without spatial", [*GEN, "--mode", "uniform", "--mask-strip"], 1, "need --mode spatial"),
     ("mask gif without identity", [*GEN, "--mode", "none", "--mask-gif"], 1, "need --mode spatial"),
-    ("mask image without spatial", [*GEN, "--mode", "uniform", "--mask-image", "{d}/mask.png"], 1,
-     "--mask-image needs --mode spatial"),  # fmt: skip
-    ("mask image of another shape", [*GEN, "--mask-image", "{d}/wide.png"], 1,
-     "mask image is 100x50 but the image is 64x64"),  # fmt: skip
+    (
+        "mask image without spatial",
+        [*GEN, "--mode", "uniform", "--mask-image", "{d}/mask.png"],
+        1,
+        "--mask-image needs --mode spatial",
+    ),
+    (
+        "mask image of another shape",
+        [*GEN, "--mask-image", "{d}/wide.png"],
+        1,
+        "mask image is 100x50 but the image is 64x64",
+    ),
     ("mask image missing", [*GEN, "--mask-image", "{d}/nope.png"], 1, "mask image not found"),
     ("mask image black", [*GEN, "--mask-image", "{d}/black.png"], 1, "black everywhere"),
     ("id image missing", [*GEN, "--id-image", "{d}/nope.png"], 1, "id image not found"),
     ("id image is a folder", [*GEN, "--id-image", "{d}/folder.png"], 1, "id image is a directory"),
     ("id image corrupt", [*GEN, "--id-image", "{d}/corrupt.png"], 1, "corrupt.png"),
-    ("no id image", ["generate", "--prompt", "a person", "--out", "{d}/o.png"], 1, "--mode spatial needs --id-image"),
+    (
+        "no id image",
+        ["generate", "--prompt", "a person", "--out", "{d}/o.png"],
+        1,
+        "--mode spatial needs --id-image",
+    ),
     ("empty prompt", [*GEN, "--prompt", "   "], 1, "prompt is empty"),
     ("no prompt", ["generate", "--out", "{d}/o.png"], 2, "the following arguments are required: --prompt"),
     ("unknown preset", [*GEN, "--preset", "fancy"], 1, "unknown SpatialID preset 'fancy'"),
     ("unknown mode", [*GEN, "--mode", "everywhere"], 2, "invalid choice: 'everywhere'"),
     ("unknown option", [*GEN, "--colour", "red"], 2, "unrecognized arguments: --colour"),
-    ("pickle planted as a checkpoint", [*GEN, "--flux", "tiny-random", "--encoder", "tiny-random", "--pulid",
-     "{d}/planted.pt", "--width", "32", "--height", "32"], 1, "holds pickled Python objects"),  # fmt: skip
+    (
+        "pickle planted as a checkpoint",
+        [
+            *GEN,
+            "--flux",
+            "tiny-random",
+            "--encoder",
+            "tiny-random",
+            "--pulid",
+            "{d}/planted.pt",
+            "--width",
+            "32",
+            "--height",
+            "32",
+        ],
+        1,
+        "holds pickled Python objects",
+    ),
     # idgen world
     ("render count 0", [*RENDER, "--count", "0"], 1, "--count must be in [1, 1000000], got 0"),
     ("render seed negative", [*RENDER, "--seed", "-1"], 1, "--seed must be in [0, "),
     ("render out is a file", ["world", "render", "--out", "{d}/afile"], 1, "--out is a file, not a folder"),
-    ("render over a render", ["world", "render", "--out", "{d}/rendered"], 1, "index.jsonl exists; pass --overwrite"),
+    (
+        "render over a render",
+        ["world", "render", "--out", "{d}/rendered"],
+        1,
+        "index.jsonl exists; pass --overwrite",
+    ),
     ("train threads 0", [*TRAIN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
     ("train threads negative", [*TRAIN, "--threads", "-1"], 1, "--threads must be in [1, 1024], got -1"),
     ("train unknown stage", [*TRAIN, "--stage", "vae"], 1, "unknown stage 'vae'"),
@@ -106,7 +164,12 @@ ROWS = [
     ("train work is a file", ["world", "train", "--work", "{d}/afile"], 1, "--work is a file, not a folder"),
     ("world without a command", ["world"], 2, "required: world_command"),
     # idgen train pidiff
-    ("pidiff data missing", [*PIDIFF, "--data", "{d}/nope"], 1, "--data must be a folder with metadata.jsonl"),
+    (
+        "pidiff data missing",
+        [*PIDIFF, "--data", "{d}/nope"],
+        1,
+        "--data must be a folder with metadata.jsonl",
+    ),
     ("pidiff data without metadata", PIDIFF, 1, "metadata.jsonl not found"),
     ("pidiff lr nan", [*PIDIFF, "--lr", "nan"], 1, f"--lr {FINITE}"),
     ("pidiff steps 0", [*PIDIFF, "--steps", "0"], 1, "--steps must be >= 1, got 0"),
@@ -118,17 +181,33 @@ ROWS = [
     ("edit alpha inf", [*EDIT, "--alpha", "inf"], 1, f"--alpha {FINITE}, got inf"),
     ("edit out is the code", [*EDIT, "--out", "{d}/code.npy"], 1, "is also an input"),
     ("edit out exists", [*EDIT, "--out", "{d}/old.npy"], 1, "old.npy exists; pass --overwrite"),
-    ("edit code missing", ["edit", "{d}/nope.npy", "--direction", "{d}/dir.npy", "--out", "{d}/e.npy"], 1,
-     "W+ code not found"),  # fmt: skip
+    (
+        "edit code missing",
+        ["edit", "{d}/nope.npy", "--direction", "{d}/dir.npy", "--out", "{d}/e.npy"],
+        1,
+        "W+ code not found",
+    ),
     ("edit out suffix", [*EDIT, "--out", "{d}/e.pt"], 1, "--out must end in .safetensors or .npy"),
     ("edit image without model", [*EDIT, "--image", "{d}/e.png"], 1, "--image needs --model and --adapter"),
     ("edit num-layers 0", [*EDIT, "--num-layers", "0"], 1, "--num-layers must be in [1, 1024], got 0"),
-    ("edit swap without other", ["edit", "{d}/code.npy", "--swap", "fine", "--out", "{d}/e.npy"], 1,
-     "--swap needs --other"),  # fmt: skip
-    ("edit pickled code", ["edit", "{d}/pickled.npy", "--direction", "{d}/dir.npy", "--out", "{d}/e.npy"], 1,
-     "not readable"),  # fmt: skip
-    ("edit image device missing", [*EDIT, "--image", "{d}/e.png", "--model", "m", "--adapter", "a", "--device",
-     "cuda:99"], 1, "--device cuda:99"),  # fmt: skip
+    (
+        "edit swap without other",
+        ["edit", "{d}/code.npy", "--swap", "fine", "--out", "{d}/e.npy"],
+        1,
+        "--swap needs --other",
+    ),
+    (
+        "edit pickled code",
+        ["edit", "{d}/pickled.npy", "--direction", "{d}/dir.npy", "--out", "{d}/e.npy"],
+        1,
+        "not readable",
+    ),
+    (
+        "edit image device missing",
+        [*EDIT, "--image", "{d}/e.png", "--model", "m", "--adapter", "a", "--device", "cuda:99"],
+        1,
+        "--device cuda:99",
+    ),
     # idgen eval: arguments only (the run folder's own checks live in tests/eval)
     ("eval batch size 0", [*EVAL, "--batch-size", "0"], 1, "--batch-size must be >= 1"),
     ("eval shard", [*EVAL, "--shard", "1"], 2, "--shard must be i/n, got '1'"),
@@ -142,7 +221,12 @@ ROWS = [
 # Messages must not name what the user did not give, nor repeat torch's advice to unpickle.
 ABSENT = {
     "width not a multiple of 8": ["--height", "1024"],
-    "pickle planted as a checkpoint": ["weights_only=False", "`False`", "Re-running", "Weights only load failed"],
+    "pickle planted as a checkpoint": [
+        "weights_only=False",
+        "`False`",
+        "Re-running",
+        "Weights only load failed",
+    ],
 }
 
 
