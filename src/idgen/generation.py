@@ -16,12 +16,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from PIL import Image
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from idgen.errors import IdgenError
+
+if TYPE_CHECKING:  # `idgen --help` imports this module; torch and Pillow load when a generation runs
+    from PIL import Image
+    from torch import Tensor
 
 COMPARE_PANELS = ("none", "uniform", "spatial")  # after the reference photo; one seed for all
 SCHEDULE_SETTINGS = (
