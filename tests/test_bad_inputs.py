@@ -157,6 +157,12 @@ ROWS = [
         1,
         "index.jsonl exists; pass --overwrite",
     ),
+    (
+        "render over a killed render",
+        [*RENDER[:-1], "{d}/killed", "--split", "test"],
+        1,
+        "test_00003.png exists",
+    ),
     ("train threads 0", [*TRAIN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
     ("train threads negative", [*TRAIN, "--threads", "-1"], 1, "--threads must be in [1, 1024], got -1"),
     ("train unknown stage", [*TRAIN, "--stage", "vae"], 1, "unknown stage 'vae'"),
@@ -244,6 +250,8 @@ def make_folder(d: Path) -> None:
         (d / name).write_bytes(b"the user's file")
     (d / "rendered").mkdir()
     (d / "rendered" / "index.jsonl").write_text("{}\n")
+    (d / "killed").mkdir()
+    Image.new("RGB", (64, 64)).save(d / "killed" / "test_00003.png")
     (d / "data").mkdir()
     np.save(d / "code.npy", np.zeros((18, 512), np.float32))
     np.save(d / "dir.npy", np.ones(512, np.float32))

@@ -190,3 +190,24 @@ def test_no_face_with_a_detector_is_an_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "no face" in err and "sky.png" in err and len(err.splitlines()) == 1
     assert list(out.iterdir()) == []
+
+
+def test_the_library_call_gives_what_the_cli_writes(tmp_path, tiny_pipe):
+    """`idgen.generation.generate` is the CLI's generation: same image bytes, strips and sidecar."""
+    from idgen.errors import IdgenError
+    from idgen.generation import GenerationRequest
+    from idgen.generation import generate as generate_result
+
+    assert generate(tmp_path, "--compare", "--mask-strip", "--seed", "3") == 0
+    request = GenerationRequest("a person on a beach", REFERENCE, width=64, height=48, num_inference_steps=5,
+                                seed=3, compare=True, record_masks=True)  # fmt: skip
+    result = generate_result(tiny_pipe, request)
+    assert [step for step, _, _ in result.masks_per_step] == [0, 1, 2, 3, 4]
+    written = result.save(tmp_path / "lib.png", mask_strip=True)
+    assert [p.name for p in written] == ["lib.png", "lib.masks.png", "lib.compare.png", "lib.json"]
+    for suffix in (".png", ".masks.png", ".compare.png"):
+        assert (tmp_path / f"lib{suffix}").read_bytes() == (tmp_path / f"out{suffix}").read_bytes()
+    sidecar = json.loads((tmp_path / "lib.json").read_text())
+    assert sidecar["parameters"]["seed"] == 3 and sidecar["sampling"]["num_inference_steps"] == 5
+    with pytest.raises(IdgenError, match=r"lib\.png exists; pass --overwrite"):
+        result.save(tmp_path / "lib.png")

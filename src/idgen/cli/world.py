@@ -87,6 +87,11 @@ def check_render(args: argparse.Namespace) -> Path:
     out = check.output_folder(args.out, "--out")
     if not args.overwrite:
         check.output_file(out / "index.jsonl", "--out", overwrite=False)
+        earlier = next(out.glob(f"{args.split}_*.png"), None) if out.is_dir() else None
+        if earlier is not None:
+            raise IdgenError(
+                f"{check.shown(earlier)} exists; pass --overwrite to replace the renders in --out"
+            )
     return out
 
 
