@@ -7,16 +7,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from idgen.backbones.run import Recorder
 from idgen.backbones.sd15 import (
     DEFAULT_START_FRACTION,
     WPlusInjector,
     WPlusRun,
     cfg_id_tokens,
     delayed_start_step,
+    install_wplus,
 )
-from idgen.core.gate import MaskPolicy, UniformMask
+from idgen.core.gate import MaskPolicy, SpatialMask, UniformMask
+from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.core.wplus_edit import check_w_plus
 from idgen.errors import IdgenError
+from idgen.identity.base import IdentityEncoder, IdentityFeatures
+from idgen.models.wplus import WPlusAdapter
+from idgen.pipelines.base import (
+    SPATIAL,
+    IdentityPipelineOutput,
+    PhotoInput,
+    batch_size,
+    check_generation_inputs,
+    encode_photo,
+    mask_policy,
+    resolve_features,
+    seed_generators,
+    with_defaults,
+)
 
 # The W+ adapter's inference settings (Euler sampler).
 SD15_DEFAULTS: dict[str, Any] = dict(num_inference_steps=30, guidance_scale=7.5)
@@ -52,13 +69,16 @@ def generate(
     num_inference_steps: int = SD15_DEFAULTS["num_inference_steps"],
     guidance_scale: float = SD15_DEFAULTS["guidance_scale"],
     num_images_per_prompt: int = 1,
+    recorder: Recorder | None = None,
+    start_step: int | None = None,
     **pipe_kwargs: Any,
 ) -> Any:
     """Call `pipe` (a StableDiffusionPipeline whose UNet carries `injector`) with a W+ identity.
 
     w_plus=None generates plain SD. policy: UniformMask() when None; SpatialMask(...) gates the
-    identity spatially (idgen.pipelines.pulid_flux.mask_policy("spatial") builds one by name).
-    Extra keyword arguments go to the pipeline unchanged.
+    identity spatially (idgen.pipelines.base.mask_policy("spatial") builds one by name).
+    `start_step`, when given, replaces the delayed start from `start_fraction`. Extra keyword arguments
+    go to the pipeline unchanged.
     """
     call = dict(
         prompt=prompt,
@@ -69,15 +89,88 @@ def generate(
     )
     if w_plus is None:
         return pipe(**call)
-    prompts = 1 if isinstance(prompt, str) else len(prompt)
-    batch = prompts * num_images_per_prompt
+    batch = batch_size(prompt) * num_images_per_prompt
     use_cfg = guidance_scale > 1 and pipe.unet.config.time_cond_proj_dim is None
     run = WPlusRun(
         identity_tokens_for_batch(injector, w_plus, batch, use_cfg),
         id_weight=id_weight,
-        start_step=delayed_start_step(num_inference_steps, start_fraction),
+        start_step=delayed_start_step(num_inference_steps, start_fraction) if start_step is None else start_step,
         policy=policy or UniformMask(),
         num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps),
+        recorder=recorder,
+        recorded_rows=batch,
     )
+    call["callback_on_step_end"] = run.chain_step_end(call.get("callback_on_step_end"))
     with injector.run(run):
         return pipe(**call)
+
+
+class WPlusSD15Pipeline:
+    """The W+ adapter on a StableDiffusionPipeline the user already has, behind the identity-pipeline
+    interface. The encoder gives W+ flattened in IdentityFeatures.id_embedding (WPlusIdentityEncoder).
+
+    `start_step=None` (the default) is the W+ adapter's delayed start: round(0.2 * steps).
+    """
+
+    def __init__(
+        self,
+        sd: Any,
+        adapter: WPlusAdapter,
+        encoder: IdentityEncoder,
+        defaults: dict[str, Any] | None = None,
+        spatial: SpatialMask | None = None,
+    ) -> None:
+        param = next(sd.unet.parameters())
+        self.sd, self.encoder = sd, encoder
+        self.adapter = adapter.to(param.device, param.dtype).eval()
+        self.injector = install_wplus(sd.unet, self.adapter)
+        self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+        size = int(sd.unet.config.sample_size) * int(sd.vae_scale_factor)
+        self.defaults = {**SD15_DEFAULTS, "height": size, "width": size, "negative_prompt": None, **(defaults or {})}
+
+    @property
+    def pixel_multiple(self) -> int:
+        return int(self.sd.vae_scale_factor)
+
+    def encode_identity(self, id_image: PhotoInput) -> IdentityFeatures:
+        return encode_photo(self.encoder, id_image)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        id_image: PhotoInput | None = None,
+        *,
+        id_features: IdentityFeatures | None = None,
+        mode: str = SPATIAL,
+        policy: MaskPolicy | None = None,
+        preset: str = "v1",
+        id_weight: float = 1.0,
+        start_step: int | None = None,
+        seed: int | list[int] | None = 42,
+        recorder: Recorder | None = None,
+        **sampling: Any,
+    ) -> IdentityPipelineOutput:
+        """Generate; sampling settings left out (or None) come from `self.defaults`."""
+        names = ("height", "width", "num_inference_steps", "guidance_scale", "negative_prompt")
+        s = with_defaults(self.defaults, **{name: sampling.pop(name, None) for name in names})
+        check_generation_inputs(
+            prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
+        )
+        chosen = policy if policy is not None else mask_policy(mode, preset, spatial=self.spatial)
+        batch = batch_size(prompt)
+        sampling.setdefault("generator", seed_generators(seed, batch))
+        w_plus = None
+        features = None
+        if chosen is not None:
+            features = resolve_features(self.encoder, mode, id_image, id_features, batch)
+            w_plus = self._w_plus(features)
+        out = generate(
+            self.sd, self.injector, w_plus, prompt, id_weight=id_weight, start_step=start_step,
+            policy=chosen, recorder=recorder, **s, **sampling,
+        )  # fmt: skip
+        return IdentityPipelineOutput(images=out.images, id_features=features)
+
+    def _w_plus(self, features: IdentityFeatures) -> Tensor:
+        c = self.adapter.config
+        return features.id_embedding.reshape(-1, c.num_layers, c.w_dim)
