@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -34,6 +35,9 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
+
+from idgen.pipelines.pulid_flux import FLUX_HUB_REPO
+from idgen.pipelines.tiny import TINY_RANDOM, tiny_sd_pipeline, tiny_wplus_adapter, tiny_wplus_encoder
 
 # The W+ adapter's inference settings (Euler sampler).
 SD15_DEFAULTS: dict[str, Any] = dict(num_inference_steps=30, guidance_scale=7.5)
@@ -174,3 +178,42 @@ class WPlusSD15Pipeline:
     def _w_plus(self, features: IdentityFeatures) -> Tensor:
         c = self.adapter.config
         return features.id_embedding.reshape(-1, c.num_layers, c.w_dim)
+
+
+def sd_pipeline(sd: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
+    """A StableDiffusionPipeline object as it is, or built from "tiny-random", a folder or a hub id."""
+    if sd == TINY_RANDOM:
+        return tiny_sd_pipeline(seed).to(device, dtype)
+    if not isinstance(sd, (str, os.PathLike)):
+        return sd
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(str(sd), torch_dtype=dtype, safety_checker=None)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IdgenError(f"cannot load an SD1.5 pipeline from {sd}: {first}") from None
+    return pipe.to(device)
+
+
+def load_sd15_wplus(
+    sd: Any, adapter: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+) -> WPlusSD15Pipeline:
+    """Backbone "sd15-wplus". sd: a StableDiffusionPipeline, folder, hub id or "tiny-random"; adapter: a
+    WPlusAdapter, an official wplus_adapter.bin, a folder, or "tiny-random"; encoder: an IdentityEncoder
+    giving W+ flattened (e.g. WPlusIdentityEncoder), or "tiny-random"."""
+    from idgen.models.wplus import load_wplus_adapter
+
+    if sd == FLUX_HUB_REPO or encoder == "pulid":  # idgen.load's FLUX defaults
+        raise IdgenError(
+            "backbone 'sd15-wplus' needs its own parts: idgen.load(<SD1.5 pipeline>, <W+ adapter>, "
+            "<W+ identity encoder>, backbone='sd15-wplus')"
+        )
+    sd = sd_pipeline(sd, device, torch_dtype, seed)
+    if adapter == TINY_RANDOM:
+        adapter = tiny_wplus_adapter(sd.unet, seed)
+    elif not isinstance(adapter, WPlusAdapter):
+        adapter = load_wplus_adapter(adapter, device=device, dtype=torch_dtype)
+    if encoder == TINY_RANDOM:
+        encoder = tiny_wplus_encoder(seed, **encoder_kwargs)
+    return WPlusSD15Pipeline(sd, adapter, encoder)

@@ -16,6 +16,7 @@ from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
+from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 from idgen.pipelines.base import (
     MODES,
     SPATIAL,
@@ -37,6 +38,9 @@ __all__ = [
     "IdentityFluxPipeline",
     "IdentityPipelineOutput",
     "Mode",
+    "load_flux",
+    "load_flux_pulid",
+    "load_flux_wplus",
     "check_generation_inputs",
     "mask_box",
     "mask_policy",
@@ -61,6 +65,7 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, 
     return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
 
 
+FLUX_HUB_REPO = "black-forest-labs/FLUX.1-dev"
 FLUX_PIXEL_MULTIPLE = 16  # VAE /8, then 2x2 packing
 FLUX_DEFAULTS: dict[str, Any] = dict(
     height=1024,
@@ -205,3 +210,76 @@ class IdentityFluxPipeline:
             id_tokens = id_tokens.expand(batch, -1, -1)
             uncond_tokens = None if uncond_tokens is None else uncond_tokens.expand(batch, -1, -1)
         return InjectionRun(id_tokens=id_tokens, uncond_id_tokens=uncond_tokens, **settings)
+
+
+def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -> Any:
+    """A diffusers FluxPipeline from a local folder or a hub id (offline: must be in the cache)."""
+    from diffusers import FluxPipeline
+
+    try:
+        flux = FluxPipeline.from_pretrained(str(source), torch_dtype=dtype)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IdgenError(f"cannot load a FLUX pipeline from {source}: {first}") from None
+    return flux.to(device)
+
+
+def flux_pipeline(flux: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
+    """A FluxPipeline object as it is, or built from "tiny-random", a folder or a hub id."""
+    if flux == TINY_RANDOM:
+        return tiny_flux_pipeline(seed).to(device, dtype)
+    if isinstance(flux, (str, os.PathLike)):
+        return load_flux(flux, device, dtype)
+    return flux
+
+
+def identity_encoder(encoder: Any, device: str, seed: int, tiny: Any, **encoder_kwargs: Any) -> Any:
+    """An IdentityEncoder as it is; "tiny-random" -> tiny(seed); "pulid" -> PuLID's (idgen[pulid])."""
+    if not isinstance(encoder, str):
+        return encoder
+    if encoder == TINY_RANDOM:
+        return tiny(seed, **encoder_kwargs)
+    if encoder != "pulid":
+        raise IdgenError(f"unknown identity encoder {encoder!r}; choose 'pulid' or '{TINY_RANDOM}'")
+    from idgen.identity.pulid import PuLIDIdentityEncoder
+
+    return PuLIDIdentityEncoder(device=device, **encoder_kwargs)
+
+
+def load_flux_pulid(
+    flux: Any, pulid: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+) -> IdentityFluxPipeline:
+    """Backbone "flux-pulid". pulid: a PuLIDAdapter, an official pulid_flux_v0.9.x file, one of our folders,
+    a hub id, or "tiny-random" (also what None means when another part is "tiny-random")."""
+    from idgen.models.loading import load_pulid_adapter
+    from idgen.models.pulid import PuLIDAdapter
+
+    any_tiny = TINY_RANDOM in (flux, pulid, encoder)
+    flux = flux_pipeline(flux, device, torch_dtype, seed)
+    if pulid == TINY_RANDOM or (pulid is None and any_tiny):
+        pulid = tiny_pulid_adapter(seed)
+    if pulid is None:
+        raise IdgenError("a PuLID checkpoint is needed (pulid=...)")
+    if not isinstance(pulid, PuLIDAdapter):
+        pulid = load_pulid_adapter(pulid, device=device, dtype=torch_dtype)
+    encoder = identity_encoder(encoder, device, seed, tiny_identity_encoder, **encoder_kwargs)
+    return IdentityFluxPipeline(flux, pulid, encoder)
+
+
+def load_flux_wplus(
+    flux: Any, branch: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+) -> IdentityFluxPipeline:
+    """Backbone "flux-wplus": the W+ branch (a WPlusFluxAdapter, its folder, or "tiny-random") on FLUX.
+    encoder: an IdentityEncoder giving W+ flattened (e.g. WPlusIdentityEncoder), or "tiny-random"."""
+    from idgen.models.wplus_flux import WPlusFluxAdapter, load_wplus_flux_adapter
+    from idgen.pipelines.tiny import tiny_wplus_encoder, tiny_wplus_flux_adapter
+
+    if encoder == "pulid":
+        raise IdgenError("the W+ branch needs a W+ identity encoder (e.g. WPlusIdentityEncoder), not 'pulid'")
+    flux = flux_pipeline(flux, device, torch_dtype, seed)
+    if branch == TINY_RANDOM:
+        branch = tiny_wplus_flux_adapter(seed)
+    elif not isinstance(branch, WPlusFluxAdapter):
+        branch = load_wplus_flux_adapter(branch, device=device)
+    encoder = identity_encoder(encoder, device, seed, tiny_wplus_encoder, **encoder_kwargs)
+    return IdentityFluxPipeline(flux, branch, encoder)
