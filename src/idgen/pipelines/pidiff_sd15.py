@@ -39,6 +39,7 @@ from idgen.pipelines.base import (
 from idgen.pipelines.pulid_flux import FLUX_HUB_REPO
 from idgen.pipelines.tiny import TINY_RANDOM, tiny_sd_pipeline, tiny_wplus_adapter, tiny_wplus_encoder
 
+SD_PIXEL_MULTIPLE = 8  # what diffusers' StableDiffusionPipeline accepts
 # The W+ adapter's inference settings (Euler sampler).
 SD15_DEFAULTS: dict[str, Any] = dict(num_inference_steps=30, guidance_scale=7.5)
 
@@ -134,7 +135,7 @@ class WPlusSD15Pipeline:
 
     @property
     def pixel_multiple(self) -> int:
-        return int(self.sd.vae_scale_factor)
+        return SD_PIXEL_MULTIPLE
 
     def encode_identity(self, id_image: PhotoInput) -> IdentityFeatures:
         return encode_photo(self.encoder, id_image)
@@ -149,6 +150,7 @@ class WPlusSD15Pipeline:
         mode: str = SPATIAL,
         policy: MaskPolicy | None = None,
         preset: str = "v1",
+        scheduler: TemporalSpatialScheduler | None = None,
         id_weight: float = 1.0,
         start_step: int | None = None,
         seed: int | list[int] | None = 42,
@@ -161,7 +163,7 @@ class WPlusSD15Pipeline:
         check_generation_inputs(
             prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
         )
-        chosen = policy if policy is not None else mask_policy(mode, preset, spatial=self.spatial)
+        chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         batch = batch_size(prompt)
         sampling.setdefault("generator", seed_generators(seed, batch))
         w_plus = None
