@@ -53,6 +53,11 @@ def add_generate(sub: Any) -> None:
     )
     p.add_argument("--true-cfg", type=float, help="true CFG scale, >1 enables (default: the model's)")
     p.add_argument("--negative-prompt")
+    p.add_argument(
+        "--true-cfg-start-step",
+        type=int,
+        help="first step whose negative pass counts (default: the model's; 1 as in PuLID-FLUX)",
+    )
     p.add_argument("--width", type=int, help="default: the model's (1024 for FLUX.1, 64 for the demo world)")
     p.add_argument("--height", type=int, help="default: the model's")
     p.add_argument("--steps", type=int, help="default: the model's (20)")
@@ -180,6 +185,7 @@ def run_generate(args: argparse.Namespace) -> int:
         start_step=args.start_step,
         true_cfg_scale=args.true_cfg,
         negative_prompt=args.negative_prompt,
+        true_cfg_start_step=args.true_cfg_start_step,
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
