@@ -1,4 +1,4 @@
-"""Every registered backbone behind the one identity-pipeline interface, through idgen.load and the eval harness."""
+"""Every registered backbone behind the one identity-pipeline interface, via idgen.load and eval."""
 
 import pytest
 import torch

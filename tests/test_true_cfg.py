@@ -18,9 +18,7 @@ MAX_TEXT = 16
 
 
 def ours(pipe, **kwargs):
-    args = dict(
-        id_features=features(), seed=SEED, output_type="latent", max_sequence_length=MAX_TEXT, **SIZE
-    )
+    args = dict(id_features=features(), seed=SEED, output_type="latent", max_sequence_length=MAX_TEXT, **SIZE)
     args.update(kwargs)
     return pipe(PROMPT, **args).images
 
@@ -29,11 +27,11 @@ def ours(pipe, **kwargs):
 def reference_denoise(pipe, id_weight, start_step, true_cfg, timestep_to_start_cfg):
     """PuLID-FLUX's `denoise`, restated on diffusers' parts (their schedule, embeddings and noise):
 
-        pred = model(txt, id if i >= start_step else None)
-        if true_cfg and i >= timestep_to_start_cfg:
-            neg_pred = model(neg_txt, uncond_id if i >= start_step else None)
-            pred = neg_pred + true_cfg * (pred - neg_pred)
-        img = img + (t_prev - t_curr) * pred
+    pred = model(txt, id if i >= start_step else None)
+    if true_cfg and i >= timestep_to_start_cfg:
+        neg_pred = model(neg_txt, uncond_id if i >= start_step else None)
+        pred = neg_pred + true_cfg * (pred - neg_pred)
+    img = img + (t_prev - t_curr) * pred
     """
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
@@ -107,7 +105,8 @@ def test_the_default_start_is_the_reference_s_and_zero_is_the_old_behaviour(tiny
 
 def test_the_start_step_does_nothing_without_true_cfg(tiny_pipe):
     assert torch.equal(
-        ours(tiny_pipe, mode="spatial", true_cfg_start_step=0), ours(tiny_pipe, mode="spatial", true_cfg_start_step=3)
+        ours(tiny_pipe, mode="spatial", true_cfg_start_step=0),
+        ours(tiny_pipe, mode="spatial", true_cfg_start_step=3),
     )
 
 

@@ -24,7 +24,9 @@ MAX_PASSES_PER_STEP = 2  # conditional + negative (true CFG)
 
 
 class Recorder(Protocol):
-    def record(self, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: Grid) -> None: ...
+    def record(
+        self, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: Grid
+    ) -> None: ...
 
 
 @dataclass
@@ -75,7 +77,9 @@ class InjectionRun:
         """The sampler finished a step (called by the pipeline)."""
         self.step, self.pass_index = self.step + 1, -1
 
-    def step_end_callback(self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+    def step_end_callback(
+        self, pipe: Any, index: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
         """diffusers' `callback_on_step_end`: marks the step's end, changes nothing."""
         self.end_step()
         return {}

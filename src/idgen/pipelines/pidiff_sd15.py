@@ -35,7 +35,6 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
-
 from idgen.pipelines.pulid_flux import FLUX_HUB_REPO
 from idgen.pipelines.tiny import TINY_RANDOM, tiny_sd_pipeline, tiny_wplus_adapter, tiny_wplus_encoder
 
@@ -99,7 +98,9 @@ def generate(
     run = WPlusRun(
         identity_tokens_for_batch(injector, w_plus, batch, use_cfg),
         id_weight=id_weight,
-        start_step=delayed_start_step(num_inference_steps, start_fraction) if start_step is None else start_step,
+        start_step=delayed_start_step(num_inference_steps, start_fraction)
+        if start_step is None
+        else start_step,
         policy=policy or UniformMask(),
         num_train_timesteps=int(pipe.scheduler.config.num_train_timesteps),
         recorder=recorder,
@@ -131,7 +132,13 @@ class WPlusSD15Pipeline:
         self.injector = install_wplus(sd.unet, self.adapter)
         self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
         size = int(sd.unet.config.sample_size) * int(sd.vae_scale_factor)
-        self.defaults = {**SD15_DEFAULTS, "height": size, "width": size, "negative_prompt": None, **(defaults or {})}
+        self.defaults = {
+            **SD15_DEFAULTS,
+            "height": size,
+            "width": size,
+            "negative_prompt": None,
+            **(defaults or {}),
+        }
 
     @property
     def pixel_multiple(self) -> int:
@@ -199,7 +206,14 @@ def sd_pipeline(sd: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
 
 
 def load_sd15_wplus(
-    sd: Any, adapter: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+    sd: Any,
+    adapter: Any,
+    encoder: Any,
+    *,
+    device: str,
+    torch_dtype: torch.dtype,
+    seed: int = 0,
+    **encoder_kwargs: Any,
 ) -> WPlusSD15Pipeline:
     """Backbone "sd15-wplus". sd: a StableDiffusionPipeline, folder, hub id or "tiny-random"; adapter: a
     WPlusAdapter, an official wplus_adapter.bin, a folder, or "tiny-random"; encoder: an IdentityEncoder

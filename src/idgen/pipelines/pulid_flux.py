@@ -16,7 +16,6 @@ from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
-from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 from idgen.pipelines.base import (
     MODES,
     SPATIAL,
@@ -31,6 +30,7 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
+from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 
 __all__ = [
     "FLUX_DEFAULTS",
@@ -38,10 +38,10 @@ __all__ = [
     "IdentityFluxPipeline",
     "IdentityPipelineOutput",
     "Mode",
+    "check_generation_inputs",
     "load_flux",
     "load_flux_pulid",
     "load_flux_wplus",
-    "check_generation_inputs",
     "mask_box",
     "mask_policy",
     "seed_generators",
@@ -161,7 +161,9 @@ class IdentityFluxPipeline:
         )
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         batch = batch_size(prompt)
-        call = self._flux_call(prompt, s, generator if generator is not None else seed_generators(seed, batch))
+        call = self._flux_call(
+            prompt, s, generator if generator is not None else seed_generators(seed, batch)
+        )
         call.update(flux_kwargs)
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
@@ -247,7 +249,14 @@ def identity_encoder(encoder: Any, device: str, seed: int, tiny: Any, **encoder_
 
 
 def load_flux_pulid(
-    flux: Any, pulid: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+    flux: Any,
+    pulid: Any,
+    encoder: Any,
+    *,
+    device: str,
+    torch_dtype: torch.dtype,
+    seed: int = 0,
+    **encoder_kwargs: Any,
 ) -> IdentityFluxPipeline:
     """Backbone "flux-pulid". pulid: a PuLIDAdapter, an official pulid_flux_v0.9.x file, one of our folders,
     a hub id, or "tiny-random" (also what None means when another part is "tiny-random")."""
@@ -267,7 +276,14 @@ def load_flux_pulid(
 
 
 def load_flux_wplus(
-    flux: Any, branch: Any, encoder: Any, *, device: str, torch_dtype: torch.dtype, seed: int = 0, **encoder_kwargs: Any
+    flux: Any,
+    branch: Any,
+    encoder: Any,
+    *,
+    device: str,
+    torch_dtype: torch.dtype,
+    seed: int = 0,
+    **encoder_kwargs: Any,
 ) -> IdentityFluxPipeline:
     """Backbone "flux-wplus": the W+ branch (a WPlusFluxAdapter, its folder, or "tiny-random") on FLUX.
     encoder: an IdentityEncoder giving W+ flattened (e.g. WPlusIdentityEncoder), or "tiny-random"."""

@@ -221,7 +221,8 @@ def tiny_unet(seed: int = 0) -> Any:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DConditionModel(**TINY_UNET).eval()
+        unet: Any = UNet2DConditionModel(**TINY_UNET)
+        return unet.eval()
 
 
 def tiny_sd_pipeline(seed: int = 0) -> Any:
@@ -233,7 +234,7 @@ def tiny_sd_pipeline(seed: int = 0) -> Any:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = tiny_unet(seed)
-        vae = AutoencoderKL(
+        vae: Any = AutoencoderKL(
             in_channels=3,
             out_channels=3,
             latent_channels=4,
@@ -257,7 +258,7 @@ def tiny_sd_pipeline(seed: int = 0) -> Any:
                 bos_token_id=3,
             )
         )
-    pipe = StableDiffusionPipeline(
+    pipe: Any = StableDiffusionPipeline(
         vae=vae.eval(),
         text_encoder=text_encoder.eval(),
         tokenizer=tokenizer,
