@@ -114,30 +114,17 @@ class IdentityFluxPipeline:
 
     @torch.no_grad()
     def __call__(
-        self,
-        prompt: str | list[str],
-        id_image: PhotoInput | None = None,
-        *,
-        id_features: IdentityFeatures | None = None,
-        mode: Mode | str = SPATIAL,
-        policy: MaskPolicy | None = None,
-        preset: str = "v1",
-        scheduler: TemporalSpatialScheduler | None = None,
-        id_weight: float = 1.0,
-        start_step: int = 0,
-        true_cfg_scale: float | None = None,
-        negative_prompt: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int | list[int] | None = 42,
+        self, prompt: str | list[str], id_image: PhotoInput | None = None, *,
+        id_features: IdentityFeatures | None = None, mode: Mode | str = SPATIAL,
+        policy: MaskPolicy | None = None, preset: str = "v1",
+        scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
+        true_cfg_scale: float | None = None, negative_prompt: str | None = None,
+        height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+        guidance_scale: float | None = None, seed: int | list[int] | None = 42,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        max_sequence_length: int | None = None,
-        recorder: Recorder | None = None,
-        true_cfg_start_step: int | None = None,
-        **flux_kwargs: Any,
-    ) -> IdentityPipelineOutput:
+        max_sequence_length: int | None = None, recorder: Recorder | None = None,
+        true_cfg_start_step: int | None = None, **flux_kwargs: Any,
+    ) -> IdentityPipelineOutput:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
         Sampling settings left as None come from `self.defaults`. A list of prompts is one batch: `seed` is
@@ -146,38 +133,25 @@ class IdentityFluxPipeline:
         prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative pass).
         """
         s = with_defaults(
-            self.defaults,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            max_sequence_length=max_sequence_length,
-            true_cfg_scale=true_cfg_scale,
-            negative_prompt=negative_prompt,
+            self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
+            true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
             true_cfg_start_step=true_cfg_start_step,
-        )
+        )  # fmt: skip
         check_generation_inputs(
             prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
         )
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         batch = batch_size(prompt)
-        call = self._flux_call(
-            prompt, s, generator if generator is not None else seed_generators(seed, batch)
-        )
-        call.update(flux_kwargs)
+        generator = generator if generator is not None else seed_generators(seed, batch)
+        call = {**self._flux_call(prompt, s, generator), **flux_kwargs}
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
         features = resolve_features(self.encoder, mode, id_image, id_features, batch)
         run = self._injection_run(
-            features,
-            batch,
-            call["true_cfg_scale"] > 1.0,
-            id_weight=id_weight,
-            start_step=start_step,
-            policy=chosen,
-            recorder=recorder,
-            true_cfg_start_step=s["true_cfg_start_step"],
-        )
+            features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
+            policy=chosen, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"],
+        )  # fmt: skip
         call["callback_on_step_end"] = run.chain_step_end(call.get("callback_on_step_end"))
         with self.injector.run(run):
             images = self.flux(**call).images
