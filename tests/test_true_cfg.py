@@ -170,3 +170,19 @@ def test_ca_norm_is_float32_with_unchanged_bits(dtype):
 def test_ca_norm_of_float64():
     x = torch.tensor([[[3.0, 4.0], [1e-3, 0.0]]], dtype=torch.float64)
     assert torch.equal(ca_output_norm(x), torch.tensor([[5.0, 1e-3]], dtype=torch.float32))
+
+
+def test_a_pipeline_callback_object_keeps_its_tensor_inputs(tiny_pipe):
+    from diffusers.callbacks import PipelineCallback
+
+    class Keep(PipelineCallback):
+        tensor_inputs = ["latents", "prompt_embeds"]
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            self.seen.append(sorted(callback_kwargs))
+            return callback_kwargs
+
+    keep = Keep()
+    keep.seen = []
+    ours(tiny_pipe, mode="uniform", callback_on_step_end=keep)
+    assert keep.seen == [["latents", "prompt_embeds"]] * SIZE["num_inference_steps"]

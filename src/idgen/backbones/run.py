@@ -95,6 +95,14 @@ class InjectionRun:
 
         return callback
 
+    def mark_steps_in(self, call: dict[str, Any]) -> None:
+        """Make a diffusers pipeline call's `callback_on_step_end` mark this run's steps, keeping the
+        user's callback (a function, or a PipelineCallback with its tensor_inputs)."""
+        user = call.get("callback_on_step_end")
+        if hasattr(user, "tensor_inputs"):
+            call.setdefault("callback_on_step_end_tensor_inputs", user.tensor_inputs)
+        call["callback_on_step_end"] = self.chain_step_end(user)
+
     @property
     def identity_on(self) -> bool:
         return self.id_weight != 0 and self.step >= self.start_step

@@ -106,7 +106,7 @@ def generate(
         recorder=recorder,
         recorded_rows=batch,
     )
-    call["callback_on_step_end"] = run.chain_step_end(call.get("callback_on_step_end"))
+    run.mark_steps_in(call)
     with injector.run(run):
         return pipe(**call)
 

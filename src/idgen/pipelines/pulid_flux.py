@@ -152,7 +152,7 @@ class IdentityFluxPipeline:
             features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
             policy=chosen, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"],
         )  # fmt: skip
-        call["callback_on_step_end"] = run.chain_step_end(call.get("callback_on_step_end"))
+        run.mark_steps_in(call)
         with self.injector.run(run):
             images = self.flux(**call).images
         return IdentityPipelineOutput(images=images, id_features=features)
