@@ -176,7 +176,7 @@ def test_a_pipeline_callback_object_keeps_its_tensor_inputs(tiny_pipe):
     from diffusers.callbacks import PipelineCallback
 
     class Keep(PipelineCallback):
-        tensor_inputs = ["latents", "prompt_embeds"]
+        tensor_inputs = ("latents", "prompt_embeds")
 
         def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
             self.seen.append(sorted(callback_kwargs))

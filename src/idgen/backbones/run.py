@@ -99,8 +99,9 @@ class InjectionRun:
         """Make a diffusers pipeline call's `callback_on_step_end` mark this run's steps, keeping the
         user's callback (a function, or a PipelineCallback with its tensor_inputs)."""
         user = call.get("callback_on_step_end")
-        if hasattr(user, "tensor_inputs"):
-            call.setdefault("callback_on_step_end_tensor_inputs", user.tensor_inputs)
+        inputs = getattr(user, "tensor_inputs", None)
+        if inputs is not None:
+            call.setdefault("callback_on_step_end_tensor_inputs", inputs)
         call["callback_on_step_end"] = self.chain_step_end(user)
 
     @property
