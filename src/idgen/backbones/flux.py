@@ -12,17 +12,16 @@ true CFG starts the conditional pass's output (see InjectionRun.true_cfg_start_s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
-from idgen.backbones.run import InjectionRun, Recorder, call_arguments
+from idgen.backbones.run import InjectionRun, Recorder, RunHost, call_arguments
 from idgen.core.gate import MaskPolicy, gate
 from idgen.core.masks import CAOutput
-from idgen.errors import CheckpointError, IdgenError
+from idgen.errors import CheckpointError
 
 __all__ = [
     "FluxIdentityInjector",
@@ -83,7 +82,7 @@ class IdentityAdapter(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-class FluxIdentityInjector:
+class FluxIdentityInjector(RunHost):
     """Attaches an identity adapter's cross-attentions to a FluxTransformer2DModel.
 
     The adapter (PuLIDAdapter, or the W+ branch WPlusFluxAdapter) gives `config.num_ca`, `config.ca_dim`,
@@ -94,7 +93,10 @@ class FluxIdentityInjector:
     transformer behaves as stock.
     """
 
+    denoiser = "transformer"
+
     def __init__(self, transformer: nn.Module, adapter: IdentityAdapter) -> None:
+        super().__init__()
         double_blocks = cast(nn.ModuleList, transformer.transformer_blocks)
         single_blocks = cast(nn.ModuleList, transformer.single_transformer_blocks)
         self.points = injection_points(len(double_blocks), len(single_blocks))
@@ -110,8 +112,6 @@ class FluxIdentityInjector:
                 f"PuLID checkpoint is for transformer width {config.ca_dim}, this transformer is {width} wide"
             )
         self.transformer, self.adapter = transformer, adapter
-        self._run: InjectionRun | None = None
-        self._tokens: Tensor | None = None
         self._cond_output: Any = None
         self._handles = [
             transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True),
@@ -127,15 +127,8 @@ class FluxIdentityInjector:
             handle.remove()
         self._handles.clear()
 
-    @contextmanager
-    def run(self, run: InjectionRun) -> Iterator[InjectionRun]:
-        if self._run is not None:
-            raise IdgenError("an identity run is already active on this transformer")
-        self._run = run
-        try:
-            yield run
-        finally:
-            self._run, self._tokens, self._cond_output = None, None, None
+    def _after_run(self) -> None:
+        self._cond_output = None
 
     def _before_transformer(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         run = self._run

@@ -10,7 +10,8 @@ Within a step, pass 0 is the conditional pass and pass 1 the negative pass of tr
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -125,6 +126,41 @@ class InjectionRun:
     def reuses_cond_output(self) -> bool:
         """This is a negative pass before true CFG starts: its output is replaced by the conditional one."""
         return self.pass_index == 1 and self.step < self.true_cfg_start_step
+
+
+class RunHost:
+    """An injector's one active run and the id tokens of the current pass (None while identity is off).
+
+    `with injector.run(run):` activates a run; outside one the hooks leave the denoiser stock.
+    """
+
+    denoiser = "denoiser"  # named in errors
+
+    def __init__(self) -> None:
+        self._run: InjectionRun | None = None
+        self._tokens: Tensor | None = None
+
+    @contextmanager
+    def run(self, run: InjectionRun) -> Iterator[InjectionRun]:
+        self._check_run(run)
+        if self._run is not None:
+            raise IdgenError(f"an identity run is already active on this {self.denoiser}")
+        self._run = run
+        try:
+            yield run
+        finally:
+            self._run, self._tokens = None, None
+            self._after_run()
+
+    def active(self) -> tuple[InjectionRun | None, Tensor | None]:
+        """The current run and its tokens for this denoiser call."""
+        return self._run, self._tokens
+
+    def _check_run(self, run: InjectionRun) -> None:
+        """Refuse a run this injector cannot take, before it starts."""
+
+    def _after_run(self) -> None:
+        """Drop what the run left behind."""
 
 
 def call_arguments(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,6 @@ AttnProcessor2_0 does.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idgen.backbones.run import InjectionRun, call_arguments
+from idgen.backbones.run import InjectionRun, RunHost, call_arguments
 from idgen.core.gate import gate
 from idgen.core.masks import CAOutput, Grid
 from idgen.errors import CheckpointError, IdgenError
@@ -244,7 +242,7 @@ class WPlusAttnProcessor:
         return gate(text_out, id_out, run.id_weight, mask)
 
 
-class WPlusInjector:
+class WPlusInjector(RunHost):
     """Installs W+ processors on a UNet2DConditionModel's cross-attentions.
 
     Use `with injector.run(WPlusRun(...)):` around a training forward, or around a pipeline call given
@@ -252,11 +250,12 @@ class WPlusInjector:
     a run the UNet computes exactly what it did before. `remove()` restores the original processors.
     """
 
+    denoiser = "UNet"
+
     def __init__(self, unet: nn.Module, adapter: WPlusAdapter) -> None:
+        super().__init__()
         check_fits(adapter, unet)
         self.unet, self.adapter = unet, adapter
-        self._run: InjectionRun | None = None
-        self._tokens: Tensor | None = None
         self.original_processors = dict(cast(dict[str, Any], unet.attn_processors))
         if any(isinstance(p, WPlusAttnProcessor) for p in self.original_processors.values()):
             raise IdgenError("a W+ adapter is already installed on this UNet; remove() it first")
@@ -276,26 +275,14 @@ class WPlusInjector:
         # set_attn_processor pops from the dict it is given: hand it a copy.
         self.unet.set_attn_processor(dict(self.original_processors))  # type: ignore[operator]
 
-    @contextmanager
-    def run(self, run: InjectionRun) -> Iterator[InjectionRun]:
+    def _check_run(self, run: InjectionRun) -> None:
         if self._handle is None:
             raise IdgenError("this W+ injector was removed from its UNet")
-        if self._run is not None:
-            raise IdgenError("an identity run is already active on this UNet")
         token_dim = self.adapter.config.token_dim
         if run.id_tokens.shape[-1] != token_dim:
             raise IdgenError(
                 f"identity tokens are {run.id_tokens.shape[-1]} wide, the adapter expects {token_dim}"
             )
-        self._run = run
-        try:
-            yield run
-        finally:
-            self._run, self._tokens = None, None
-
-    def active(self) -> tuple[InjectionRun | None, Tensor | None]:
-        """The current run and its tokens for this UNet call; tokens are None while identity is off."""
-        return self._run, self._tokens
 
     def _before_unet(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         run = self._run
