@@ -77,3 +77,12 @@ def test_unknown_backbones_and_mismatched_parts_are_named():
         idgen.load(backbone="sd15-wplus")
     with pytest.raises(IdgenError, match="needs a W\\+ identity encoder"):
         idgen.load(idgen.TINY_RANDOM, idgen.TINY_RANDOM, backbone="flux-wplus")
+
+
+def test_the_cli_s_call_works_on_every_backbone(pipe):
+    unset = dict(true_cfg_scale=None, negative_prompt=None, height=None, width=None, num_inference_steps=None)
+    unset.update(guidance_scale=None, max_sequence_length=None, true_cfg_start_step=None)
+    out = pipe(
+        "a person", photo(), mode="uniform", policy=None, recorder=None, id_weight=1.0, seed=4, **unset
+    )
+    assert out.images[0].size == (SMALL["width"], SMALL["height"])

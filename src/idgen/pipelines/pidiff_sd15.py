@@ -164,7 +164,9 @@ class WPlusSD15Pipeline:
         recorder: Recorder | None = None,
         **sampling: Any,
     ) -> IdentityPipelineOutput:
-        """Generate; sampling settings left out (or None) come from `self.defaults`."""
+        """Generate; sampling settings left out (or None) come from `self.defaults`. Other keyword
+        arguments go to the StableDiffusionPipeline; None ones (FLUX's settings left unset) are dropped."""
+        sampling = {name: value for name, value in sampling.items() if value is not None}
         names = ("height", "width", "num_inference_steps", "guidance_scale", "negative_prompt")
         s = with_defaults(self.defaults, **{name: sampling.pop(name, None) for name in names})
         check_generation_inputs(
