@@ -86,3 +86,11 @@ def test_the_cli_s_call_works_on_every_backbone(pipe):
         "a person", photo(), mode="uniform", policy=None, recorder=None, id_weight=1.0, seed=4, **unset
     )
     assert out.images[0].size == (SMALL["width"], SMALL["height"])
+
+
+def test_a_missing_base_model_is_named(tmp_path):
+    tiny = idgen.TINY_RANDOM
+    with pytest.raises(IdgenError, match="cannot load a FLUX pipeline from .*nowhere"):
+        idgen.load(tmp_path / "nowhere", tiny, tiny, device="cpu")
+    with pytest.raises(IdgenError, match="cannot load an SD1.5 pipeline from .*nowhere"):
+        idgen.load(tmp_path / "nowhere", tiny, tiny, backbone="sd15-wplus", device="cpu")

@@ -153,3 +153,13 @@ def seed_generators(seed: int | list[int] | None, batch: int) -> torch.Generator
     if batch == 1:
         return torch.Generator("cpu").manual_seed(base)
     return [torch.Generator("cpu").manual_seed(base + i) for i in range(batch)]
+
+
+def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:
+    """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
+    `what` (offline, a hub id must already be in the cache)."""
+    try:
+        return cls.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise IdgenError(f"cannot load {what} from {source}: {first}") from None

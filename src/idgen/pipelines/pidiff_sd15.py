@@ -30,6 +30,7 @@ from idgen.pipelines.base import (
     batch_size,
     check_generation_inputs,
     encode_photo,
+    from_pretrained,
     mask_policy,
     resolve_features,
     seed_generators,
@@ -199,11 +200,9 @@ def sd_pipeline(sd: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
         return sd
     from diffusers import StableDiffusionPipeline
 
-    try:
-        pipe = StableDiffusionPipeline.from_pretrained(str(sd), torch_dtype=dtype, safety_checker=None)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IdgenError(f"cannot load an SD1.5 pipeline from {sd}: {first}") from None
+    pipe = from_pretrained(
+        StableDiffusionPipeline, sd, "an SD1.5 pipeline", torch_dtype=dtype, safety_checker=None
+    )
     return pipe.to(device)
 
 

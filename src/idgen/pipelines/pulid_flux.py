@@ -25,6 +25,7 @@ from idgen.pipelines.base import (
     batch_size,
     check_generation_inputs,
     encode_photo,
+    from_pretrained,
     mask_policy,
     resolve_features,
     seed_generators,
@@ -192,12 +193,7 @@ def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -
     """A diffusers FluxPipeline from a local folder or a hub id (offline: must be in the cache)."""
     from diffusers import FluxPipeline
 
-    try:
-        flux = FluxPipeline.from_pretrained(str(source), torch_dtype=dtype)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise IdgenError(f"cannot load a FLUX pipeline from {source}: {first}") from None
-    return flux.to(device)
+    return from_pretrained(FluxPipeline, source, "a FLUX pipeline", torch_dtype=dtype).to(device)
 
 
 def flux_pipeline(flux: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
