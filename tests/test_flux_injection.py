@@ -179,8 +179,9 @@ def test_true_cfg_uses_uncond_id_tokens_on_the_negative_pass():
     run = InjectionRun(id_tokens=cond, uncond_id_tokens=uncond)
     run.advance(0.9, (2, 2))
     assert run.step == 0 and run.tokens_for_call() is cond
-    run.advance(0.9, (2, 2))  # same timestep: the negative pass
+    run.advance(0.9, (2, 2))  # the second call since the step began: the negative pass
     assert run.step == 0 and run.tokens_for_call() is uncond
+    run.end_step()  # the pipeline marks the step's end (diffusers' callback_on_step_end)
     run.advance(0.8, (2, 2))
     assert run.step == 1 and run.tokens_for_call() is cond
 

@@ -13,9 +13,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load": "idgen.api",
     "TINY_RANDOM": "idgen.api",
+    "BACKBONES": "idgen.api",
     "IdentityFluxPipeline": "idgen.pipelines.pulid_flux",
-    "IdentityPipelineOutput": "idgen.pipelines.pulid_flux",
-    "mask_policy": "idgen.pipelines.pulid_flux",
+    "IdentityPipeline": "idgen.pipelines.base",
+    "IdentityPipelineOutput": "idgen.pipelines.base",
+    "MODES": "idgen.pipelines.base",
+    "WPlusSD15Pipeline": "idgen.pipelines.pidiff_sd15",
+    "mask_policy": "idgen.pipelines.base",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -61,6 +61,7 @@ class GenerationRequest:
     start_step: int = 0
     true_cfg_scale: float | None = None
     negative_prompt: str | None = None
+    true_cfg_start_step: int | None = None  # None: the model's (PuLID-FLUX's sampler: 1)
     height: int | None = None
     width: int | None = None
     num_inference_steps: int | None = None
@@ -73,7 +74,7 @@ class GenerationRequest:
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
-        return dict(
+        chosen = dict(
             id_weight=self.id_weight,
             start_step=self.start_step,
             true_cfg_scale=self.true_cfg_scale,
@@ -85,6 +86,9 @@ class GenerationRequest:
             seed=self.seed,
             max_sequence_length=self.max_sequence_length,
         )
+        if self.true_cfg_start_step is not None:  # backbones without true CFG take no such keyword
+            chosen["true_cfg_start_step"] = self.true_cfg_start_step
+        return chosen
 
 
 @dataclass

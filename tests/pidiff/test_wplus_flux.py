@@ -39,8 +39,9 @@ def run_latents(flux, injector, adapter, policy, id_weight=1.0):
                 generator=torch.Generator().manual_seed(1))  # fmt: skip
     if policy is None:
         return flux(**call).images
-    with injector.run(InjectionRun(id_tokens=tokens, policy=policy, id_weight=id_weight)):
-        return flux(**call).images
+    run = InjectionRun(id_tokens=tokens, policy=policy, id_weight=id_weight)
+    with injector.run(run):
+        return flux(**call, callback_on_step_end=run.step_end_callback).images
 
 
 def test_ones_mask_equals_uniform_and_zero_weight_equals_stock(flux):

@@ -5,22 +5,35 @@ with index % 2 == 0 and after single blocks with index % 4 == 0 (20 points on FL
 blocks both return (encoder_hidden_states, hidden_states) with the image tokens alone in
 hidden_states, so a forward hook on each chosen block reproduces that arithmetic exactly without
 touching the transformer's code. A pre-hook on the transformer reads the normalised time and the
-token grid of each call.
+token grid of each call (by argument name); a hook after it gives the negative pass of a step before
+true CFG starts the conditional pass's output (see InjectionRun.true_cfg_start_step).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
-from idgen.core.gate import MaskPolicy, UniformMask, gate
+from idgen.backbones.run import InjectionRun, Recorder, RunHost, call_arguments
+from idgen.core.gate import MaskPolicy, gate
 from idgen.core.masks import CAOutput
-from idgen.errors import CheckpointError, IdgenError
+from idgen.errors import CheckpointError
+
+__all__ = [
+    "FluxIdentityInjector",
+    "IdentityAdapter",
+    "InjectionPoint",
+    "InjectionRun",
+    "MaskPolicy",
+    "Recorder",
+    "encode_id_tokens",
+    "injection_points",
+    "token_grid",
+]
 
 DOUBLE_INTERVAL = 2
 SINGLE_INTERVAL = 4
@@ -49,45 +62,6 @@ def injection_points(
     return [InjectionPoint(kind, i, ca_index) for ca_index, (kind, i) in enumerate(blocks)]  # type: ignore[arg-type]
 
 
-class Recorder(Protocol):
-    def record(
-        self, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: tuple[int, int]
-    ) -> None: ...
-
-
-@dataclass
-class InjectionRun:
-    """One generation's identity settings and the hooks' view of where the sampler is."""
-
-    id_tokens: Tensor  # (1 or B, K, kv_dim)
-    id_weight: float = 1.0
-    start_step: int = 0
-    policy: MaskPolicy = field(default_factory=UniformMask)
-    uncond_id_tokens: Tensor | None = None  # used by the second (negative) pass of a true-CFG step
-    recorder: Recorder | None = None
-    # Sampler position, advanced by the transformer pre-hook.
-    step: int = -1
-    call_in_step: int = 0
-    t: float = 1.0
-    grid: tuple[int, int] = (0, 0)
-    _last_timestep: float | None = None
-
-    def advance(self, timestep: float, grid: tuple[int, int]) -> None:
-        # true CFG calls the transformer twice with the same timestep: cond first, then uncond.
-        if timestep != self._last_timestep:
-            self.step, self.call_in_step = self.step + 1, 0
-        else:
-            self.call_in_step += 1
-        self._last_timestep, self.t, self.grid = timestep, timestep, grid
-
-    def tokens_for_call(self) -> Tensor | None:
-        if self.id_weight == 0 or self.step < self.start_step:
-            return None
-        if self.call_in_step == 0:
-            return self.id_tokens
-        return self.uncond_id_tokens if self.uncond_id_tokens is not None else self.id_tokens
-
-
 def token_grid(img_ids: Tensor) -> tuple[int, int]:
     # img_ids (N, 3) = (0, row, col) per packed image token
     ids = img_ids[0] if img_ids.ndim == 3 else img_ids
@@ -108,17 +82,21 @@ class IdentityAdapter(Protocol):
     def to(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-class FluxIdentityInjector:
+class FluxIdentityInjector(RunHost):
     """Attaches an identity adapter's cross-attentions to a FluxTransformer2DModel.
 
     The adapter (PuLIDAdapter, or the W+ branch WPlusFluxAdapter) gives `config.num_ca`, `config.ca_dim`,
     `encode(id_embedding, vit_hidden)` and `identity_attention(i)` with `attend` and `to_out`.
 
-    Use `with injector.run(InjectionRun(...)):` around a pipeline call; outside a run the hooks
-    return the blocks' outputs untouched, so the transformer behaves as stock.
+    Use `with injector.run(run):` around a pipeline call given `callback_on_step_end=run.step_end_callback`
+    (it marks the step boundaries); outside a run the hooks return the blocks' outputs untouched, so the
+    transformer behaves as stock.
     """
 
+    denoiser = "transformer"
+
     def __init__(self, transformer: nn.Module, adapter: IdentityAdapter) -> None:
+        super().__init__()
         double_blocks = cast(nn.ModuleList, transformer.transformer_blocks)
         single_blocks = cast(nn.ModuleList, transformer.single_transformer_blocks)
         self.points = injection_points(len(double_blocks), len(single_blocks))
@@ -134,9 +112,11 @@ class FluxIdentityInjector:
                 f"PuLID checkpoint is for transformer width {config.ca_dim}, this transformer is {width} wide"
             )
         self.transformer, self.adapter = transformer, adapter
-        self._run: InjectionRun | None = None
-        self._tokens: Tensor | None = None
-        self._handles = [transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True)]
+        self._cond_output: Any = None
+        self._handles = [
+            transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True),
+            transformer.register_forward_hook(self._after_transformer),
+        ]
         for point in self.points:
             blocks = double_blocks if point.kind == "double" else single_blocks
             block = blocks[point.block_index]
@@ -147,30 +127,32 @@ class FluxIdentityInjector:
             handle.remove()
         self._handles.clear()
 
-    @contextmanager
-    def run(self, run: InjectionRun) -> Iterator[InjectionRun]:
-        if self._run is not None:
-            raise IdgenError("an identity run is already active on this transformer")
-        self._run = run
-        try:
-            yield run
-        finally:
-            self._run, self._tokens = None, None
+    def _after_run(self) -> None:
+        self._cond_output = None
 
     def _before_transformer(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         run = self._run
         if run is None:
             return
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        timestep = kwargs["timestep"] if "timestep" in kwargs else args[3]
-        img_ids = kwargs["img_ids"] if "img_ids" in kwargs else args[4]
-        run.advance(float(timestep.flatten()[0].item()), token_grid(img_ids))
+        inputs = call_arguments(module, args, kwargs)
+        hidden = inputs["hidden_states"]
+        run.advance(float(inputs["timestep"].flatten()[0].item()), token_grid(inputs["img_ids"]))
         tokens = run.tokens_for_call()
         if tokens is not None and tokens.device != hidden.device:
             # Model CPU offload moves the transformer at call time; the identity networks follow it.
             self.adapter.to(hidden.device)
             tokens = tokens.to(hidden.device)
         self._tokens = tokens
+
+    def _after_transformer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        run = self._run
+        if run is None:
+            return None
+        if run.reuses_cond_output:
+            # The negative pass ran (diffusers' loop cannot skip it); its result is discarded.
+            return self._cond_output
+        self._cond_output = output if run.keeps_cond_output else None
+        return None
 
     def _after_block_hook(self, point: InjectionPoint) -> Callable[..., Any]:
         ca = self.adapter.identity_attention(point.ca_index)

@@ -9,24 +9,24 @@ attention's output f' (before the output projection) as its query:
 
 `WPlusAttnProcessor` does this as a diffusers attention processor; `WPlusInjector` installs one
 on each cross-attention (self-attentions keep their stock processor), restores the originals on
-`remove()`, and reads the sampler's position from a forward pre-hook on the UNet. Identity tokens
-and settings travel in a `WPlusRun` (`with injector.run(WPlusRun(...)):`); outside a run, or while
-the identity branch is off, each processor computes exactly what the stock AttnProcessor2_0 does.
+`remove()`, and reads each UNet call's timestep and latent size from a forward pre-hook. Identity tokens
+and settings travel in an InjectionRun (`WPlusRun`: SD's timestep range), shared with the FLUX backbone;
+outside a run, or while the identity branch is off, each processor computes exactly what the stock
+AttnProcessor2_0 does.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from idgen.core.gate import MaskPolicy, UniformMask, gate
+from idgen.backbones.run import InjectionRun, RunHost, call_arguments
+from idgen.core.gate import gate
 from idgen.core.masks import CAOutput, Grid
 from idgen.errors import CheckpointError, IdgenError
 from idgen.models.wplus import WPlusAdapter, WPlusConfig, WPlusProjections
@@ -64,41 +64,11 @@ def latent_token_grid(latent_hw: tuple[int, int], tokens: int) -> Grid:
 
 
 @dataclass
-class WPlusRun:
-    """One generation's (or training step's) identity settings, and the sampler's position.
+class WPlusRun(InjectionRun):
+    """An InjectionRun on SD's timesteps (0..1000). With classifier-free guidance the UNet batch is
+    [uncond; cond], so pass `cfg_id_tokens(cond, uncond, batch)` as id_tokens."""
 
-    id_tokens: F_w(W+), (1 | B, K, token_dim); row i goes with row i of the UNet batch. With
-    classifier-free guidance the UNet batch is [uncond; cond], so pass
-    `cfg_id_tokens(cond, uncond, batch)`.
-    """
-
-    id_tokens: Tensor
-    id_weight: float = 1.0  # lambda
-    start_step: int = 0  # delayed conditioning: steps before it run without identity
-    policy: MaskPolicy = field(default_factory=UniformMask)
-    num_train_timesteps: int = 1000  # t = timestep / num_train_timesteps, for the mask policy
-    # Sampler position, advanced by the UNet pre-hook.
-    step: int = -1
-    t: float = 1.0
-    latent_hw: tuple[int, int] = (0, 0)
-    _last_timestep: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.id_tokens.dim() != 3:
-            raise IdgenError(f"identity tokens must be (B, K, dim), got shape {tuple(self.id_tokens.shape)}")
-        if self.start_step < 0:
-            raise IdgenError(f"identity start step must be >= 0, got {self.start_step}")
-
-    def advance(self, timestep: float, latent_hw: tuple[int, int]) -> None:
-        # A new timestep is a new step; a second call with the same timestep (unbatched CFG) is not.
-        if timestep != self._last_timestep:
-            self.step += 1
-        self._last_timestep, self.latent_hw = timestep, latent_hw
-        self.t = timestep / self.num_train_timesteps
-
-    @property
-    def identity_on(self) -> bool:
-        return self.id_weight != 0 and self.step >= self.start_step
+    num_train_timesteps: int = 1000
 
 
 def cfg_id_tokens(cond: Tensor, uncond: Tensor | None, batch: int) -> Tensor:
@@ -180,6 +150,39 @@ def _describe(width: int | None) -> str:
     return "absent" if width is None else f"{width} wide"
 
 
+def text_attention(
+    attn: Any, hidden_states: Tensor, encoder_hidden_states: Tensor | None, attention_mask: Tensor | None
+) -> Tensor:
+    """AttnProcessor2_0's attention up to its output projection: (B, N, C) -> f' (B, N, width)."""
+    batch, sequence_length, _ = (
+        hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+    )
+    if attention_mask is not None:
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
+        attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    query = attn.to_q(hidden_states)
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, N, d)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, L, d)
+    value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    out = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+    )
+    return out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+
+
 class WPlusAttnProcessor:
     """Stock scaled-dot-product attention plus the W+ identity residual before the output projection.
 
@@ -203,44 +206,14 @@ class WPlusAttnProcessor:
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch, channels, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-        batch, sequence_length, _ = (
-            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
-        )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch)
-            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif attn.norm_cross:
-            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, N, d)
-        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, h, L, d)
-        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        text_out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        text_out = text_out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)  # f'
-
+        shape = hidden_states.shape
+        if len(shape) == 4:  # (B, C, H, W) -> (B, HW, C)
+            hidden_states = hidden_states.view(shape[0], shape[1], shape[2] * shape[3]).transpose(1, 2)
+        text_out = text_attention(attn, hidden_states, encoder_hidden_states, attention_mask)  # f'
         text_out = self._add_identity(attn.heads, text_out)  # f''
-
         out = attn.to_out[1](attn.to_out[0](text_out))  # projection, dropout
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
+        if len(shape) == 4:
+            out = out.transpose(-1, -2).reshape(shape)
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
@@ -260,26 +233,29 @@ class WPlusAttnProcessor:
             id_tokens = id_tokens.expand(batch, -1, -1)
         id_out, probs = self.projections.attend(text_out, id_tokens, heads)  # (B, N, width), (B, h, N, K)
         policy = run.policy
-        mask = policy(
-            CAOutput(id_out, probs if policy.needs_attn_probs else None),
-            run.t,
-            latent_token_grid(run.latent_hw, tokens),
-        )
+        grid = latent_token_grid(run.grid, tokens)
+        mask = policy(CAOutput(id_out, probs if policy.needs_attn_probs else None), run.t, grid)
+        if run.recorder is not None and grid == run.grid:  # the latent's own resolution only
+            rows = run.recorded_rows or batch  # with CFG, the cond half
+            kept = None if mask is None else mask[-rows:]
+            run.recorder.record(run.step, run.t, self.name, kept, id_out[-rows:], grid)
         return gate(text_out, id_out, run.id_weight, mask)
 
 
-class WPlusInjector:
+class WPlusInjector(RunHost):
     """Installs W+ processors on a UNet2DConditionModel's cross-attentions.
 
-    Use `with injector.run(WPlusRun(...)):` around a pipeline call or a training forward; outside
+    Use `with injector.run(WPlusRun(...)):` around a training forward, or around a pipeline call given
+    `callback_on_step_end=run.step_end_callback` (it marks the step boundaries); outside
     a run the UNet computes exactly what it did before. `remove()` restores the original processors.
     """
 
+    denoiser = "UNet"
+
     def __init__(self, unet: nn.Module, adapter: WPlusAdapter) -> None:
+        super().__init__()
         check_fits(adapter, unet)
         self.unet, self.adapter = unet, adapter
-        self._run: WPlusRun | None = None
-        self._tokens: Tensor | None = None
         self.original_processors = dict(cast(dict[str, Any], unet.attn_processors))
         if any(isinstance(p, WPlusAttnProcessor) for p in self.original_processors.values()):
             raise IdgenError("a W+ adapter is already installed on this UNet; remove() it first")
@@ -299,37 +275,26 @@ class WPlusInjector:
         # set_attn_processor pops from the dict it is given: hand it a copy.
         self.unet.set_attn_processor(dict(self.original_processors))  # type: ignore[operator]
 
-    @contextmanager
-    def run(self, run: WPlusRun) -> Iterator[WPlusRun]:
+    def _check_run(self, run: InjectionRun) -> None:
         if self._handle is None:
             raise IdgenError("this W+ injector was removed from its UNet")
-        if self._run is not None:
-            raise IdgenError("an identity run is already active on this UNet")
         token_dim = self.adapter.config.token_dim
         if run.id_tokens.shape[-1] != token_dim:
             raise IdgenError(
                 f"identity tokens are {run.id_tokens.shape[-1]} wide, the adapter expects {token_dim}"
             )
-        self._run = run
-        try:
-            yield run
-        finally:
-            self._run, self._tokens = None, None
-
-    def active(self) -> tuple[WPlusRun | None, Tensor | None]:
-        """The current run and its tokens for this UNet call; tokens are None while identity is off."""
-        return self._run, self._tokens
 
     def _before_unet(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         run = self._run
         if run is None:
             return
-        sample = kwargs["sample"] if "sample" in kwargs else args[0]  # (B, C, H, W) latents
-        timestep = kwargs["timestep"] if "timestep" in kwargs else args[1]
+        inputs = call_arguments(module, args, kwargs)
+        sample, timestep = inputs["sample"], inputs["timestep"]  # sample (B, C, H, W) latents
         run.advance(
             float(torch.as_tensor(timestep).flatten()[0].item()), (sample.shape[-2], sample.shape[-1])
         )
-        if not run.identity_on:
+        tokens = run.tokens_for_call()
+        if tokens is None:
             self._tokens = None
             return
         weight = next(self.adapter.parameters())
@@ -342,7 +307,7 @@ class WPlusInjector:
             raise IdgenError(
                 f"the W+ adapter is {weight.dtype} but the UNet is {unet_dtype}; move it with .to()"
             )
-        self._tokens = run.id_tokens.to(weight.device, weight.dtype)
+        self._tokens = tokens.to(weight.device, weight.dtype)
 
 
 def install_wplus(unet: nn.Module, adapter: WPlusAdapter) -> WPlusInjector:

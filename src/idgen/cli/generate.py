@@ -63,6 +63,11 @@ def add_mask_arguments(p: argparse.ArgumentParser) -> None:
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--true-cfg", type=float, help="true CFG scale, >1 enables (default: the model's)")
     p.add_argument("--negative-prompt")
+    p.add_argument(
+        "--true-cfg-start-step",
+        type=int,
+        help="first step whose negative pass counts (default: the model's; 1 as in PuLID-FLUX)",
+    )
     p.add_argument("--width", type=int, help="default: the model's (1024 for FLUX.1, 64 for the demo world)")
     p.add_argument("--height", type=int, help="default: the model's")
     p.add_argument("--steps", type=int, help="default: the model's (20)")
@@ -126,6 +131,7 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
         start_step=args.start_step,
         true_cfg_scale=args.true_cfg,
         negative_prompt=args.negative_prompt,
+        true_cfg_start_step=args.true_cfg_start_step,
         height=args.height,
         width=args.width,
         num_inference_steps=args.steps,
@@ -147,6 +153,7 @@ def check_numbers(args: argparse.Namespace, steps: int) -> None:
         check.finite("--" + name.replace("_", "-"), getattr(args, name))
     check.integer("--steps", args.steps, low=1, high=1000)
     check.integer("--start-step", args.start_step, low=0, high=steps - 1)
+    check.integer("--true-cfg-start-step", args.true_cfg_start_step, low=0, high=steps)
     check.integer("--max-sequence-length", args.max_sequence_length, low=1, high=512)
     check.seed("--seed", args.seed)
 

@@ -48,8 +48,10 @@ def _check_norm_args(eps: float, min_spread: float) -> None:
 
 
 def ca_output_norm(heads_out: Tensor) -> Tensor:
-    """(B, N, D) -> (B, N): per-token L2 norm, in float32 (bf16 sums of squares lose too much)."""
-    return torch.linalg.vector_norm(heads_out, ord=2, dim=-1, dtype=torch.float32)
+    """(B, N, D) -> (B, N) float32: per-token L2 norm, computed in float32 (bf16 sums of squares lose too
+    much), or in float64 for a float64 input."""
+    wide = torch.promote_types(heads_out.dtype, torch.float32)
+    return torch.linalg.vector_norm(heads_out, ord=2, dim=-1, dtype=wide).float()
 
 
 def _flat(spread: Tensor, vmax: Tensor, eps: float, min_spread: float) -> Tensor:

@@ -2,56 +2,52 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from idgen.backbones.flux import (
-    FluxIdentityInjector,
-    IdentityAdapter,
-    InjectionRun,
-    MaskPolicy,
-    Recorder,
-    encode_id_tokens,
-)
-from idgen.core.gate import SpatialMask, UniformMask
-from idgen.core.masks import MaskExtractor
+from idgen.backbones.flux import FluxIdentityInjector, IdentityAdapter, encode_id_tokens
+from idgen.backbones.run import InjectionRun, Recorder
+from idgen.core.gate import MaskPolicy, SpatialMask
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
+from idgen.pipelines.base import (
+    MODES,
+    SPATIAL,
+    IdentityPipelineOutput,
+    Mode,
+    PhotoInput,
+    batch_size,
+    check_generation_inputs,
+    encode_photo,
+    from_pretrained,
+    mask_policy,
+    resolve_features,
+    seed_generators,
+    with_defaults,
+)
+from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 
-Mode = Literal["spatial", "uniform", "none"]
-MODES: tuple[str, ...] = ("spatial", "uniform", "none")
-
-
-def mask_policy(
-    mode: str,
-    preset: str = "v1",
-    scheduler: TemporalSpatialScheduler | None = None,
-    extractor: MaskExtractor | None = None,
-    spatial: SpatialMask | None = None,
-) -> MaskPolicy | None:
-    """The mask policy a mode name stands for; None for "none" (no identity at all).
-
-    `spatial` is the SpatialMask to start from (default: the authors' extractor, refiner and centred
-    prior); `scheduler` or else `preset` replaces its schedule. `extractor` replaces its extractor, e.g.
-    AttentionEntropyExtractor() or FixedMaskExtractor(user_mask(...)) to inject only where the user says.
-    """
-    if mode == "spatial":
-        scheduler = scheduler or TemporalSpatialScheduler.from_preset(preset)
-        chosen = dataclasses.replace(spatial or SpatialMask(scheduler), scheduler=scheduler)
-        return chosen if extractor is None else dataclasses.replace(chosen, extractor=extractor)
-    if mode == "uniform":
-        return UniformMask()
-    if mode == "none":
-        return None
-    raise IdgenError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+__all__ = [
+    "FLUX_DEFAULTS",
+    "MODES",
+    "IdentityFluxPipeline",
+    "IdentityPipelineOutput",
+    "Mode",
+    "check_generation_inputs",
+    "load_flux",
+    "load_flux_pulid",
+    "load_flux_wplus",
+    "mask_box",
+    "mask_policy",
+    "seed_generators",
+    "user_mask",
+]
 
 
 def user_mask(image: str | os.PathLike[str] | Image.Image) -> torch.Tensor:
@@ -70,6 +66,7 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, 
     return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
 
 
+FLUX_HUB_REPO = "black-forest-labs/FLUX.1-dev"
 FLUX_PIXEL_MULTIPLE = 16  # VAE /8, then 2x2 packing
 FLUX_DEFAULTS: dict[str, Any] = dict(
     height=1024,
@@ -79,45 +76,8 @@ FLUX_DEFAULTS: dict[str, Any] = dict(
     max_sequence_length=128,
     true_cfg_scale=1.0,
     negative_prompt=None,
+    true_cfg_start_step=1,  # PuLID-FLUX's sampler: the negative pass first counts at step 1
 )
-
-
-def check_generation_inputs(
-    prompt: str | list[str],
-    id_weight: float,
-    height: int,
-    width: int,
-    steps: int,
-    multiple: int = FLUX_PIXEL_MULTIPLE,
-) -> None:
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
-        raise IdgenError("prompt is empty")
-    if id_weight < 0:
-        raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
-    if height <= 0 or width <= 0 or height % multiple or width % multiple:
-        raise IdgenError(f"width and height must be positive multiples of {multiple}, got {width}x{height}")
-    if steps < 1:
-        raise IdgenError(f"num_inference_steps must be >= 1, got {steps}")
-
-
-def seed_generators(seed: int | list[int] | None, batch: int) -> torch.Generator | list[torch.Generator]:
-    """One CPU generator (a single image), or one per image so each image depends on its own seed only."""
-    if isinstance(seed, list):
-        if len(seed) != batch:
-            raise IdgenError(f"got {len(seed)} seeds for {batch} prompts")
-        return [torch.Generator("cpu").manual_seed(s) for s in seed]
-    base = 0 if seed is None else seed
-    if batch == 1:
-        return torch.Generator("cpu").manual_seed(base)
-    return [torch.Generator("cpu").manual_seed(base + i) for i in range(batch)]
-
-
-@dataclass
-class IdentityPipelineOutput:
-    images: list[Image.Image]
-    id_features: IdentityFeatures | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
 
 
 class IdentityFluxPipeline:
@@ -150,91 +110,162 @@ class IdentityFluxPipeline:
         # latents are /vae_scale_factor and packed 2x2: one token per (2 * factor) pixels
         return int(self.flux.vae_scale_factor) * 2
 
-    def encode_identity(self, id_image: str | os.PathLike[str] | Image.Image) -> IdentityFeatures:
-        if isinstance(id_image, Image.Image):
-            return self.encoder(id_image, what="the id image")
-        return self.encoder(load_image(id_image, what="id image"), what=str(id_image))
+    def encode_identity(self, id_image: PhotoInput) -> IdentityFeatures:
+        return encode_photo(self.encoder, id_image)
 
     @torch.no_grad()
     def __call__(
-        self,
-        prompt: str | list[str],
-        id_image: str | os.PathLike[str] | Image.Image | None = None,
-        *,
-        id_features: IdentityFeatures | None = None,
-        mode: Mode | str = "spatial",
-        policy: MaskPolicy | None = None,
-        preset: str = "v1",
-        scheduler: TemporalSpatialScheduler | None = None,
-        id_weight: float = 1.0,
-        start_step: int = 0,
-        true_cfg_scale: float | None = None,
-        negative_prompt: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        seed: int | list[int] | None = 42,
+        self, prompt: str | list[str], id_image: PhotoInput | None = None, *,
+        id_features: IdentityFeatures | None = None, mode: Mode | str = SPATIAL,
+        policy: MaskPolicy | None = None, preset: str = "v1",
+        scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
+        true_cfg_scale: float | None = None, negative_prompt: str | None = None,
+        height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
+        guidance_scale: float | None = None, seed: int | list[int] | None = 42,
         generator: torch.Generator | list[torch.Generator] | None = None,
-        max_sequence_length: int | None = None,
-        recorder: Recorder | None = None,
-        **flux_kwargs: Any,
-    ) -> IdentityPipelineOutput:
+        max_sequence_length: int | None = None, recorder: Recorder | None = None,
+        true_cfg_start_step: int | None = None, **flux_kwargs: Any,
+    ) -> IdentityPipelineOutput:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
         Sampling settings left as None come from `self.defaults`. A list of prompts is one batch: `seed` is
         then one seed or one per prompt, and `id_features` one photo's features or one row per prompt.
+        With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the conditional
+        prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative pass).
         """
-        d = self.defaults
-        height = d["height"] if height is None else height
-        width = d["width"] if width is None else width
-        num_inference_steps = d["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        max_sequence_length = d["max_sequence_length"] if max_sequence_length is None else max_sequence_length
-        true_cfg_scale = d["true_cfg_scale"] if true_cfg_scale is None else true_cfg_scale
-        negative_prompt = d["negative_prompt"] if negative_prompt is None else negative_prompt
-        check_generation_inputs(prompt, id_weight, height, width, num_inference_steps, self.pixel_multiple)
-        chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
-        true_cfg = true_cfg_scale > 1.0
-        if true_cfg and negative_prompt is None:
-            raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")
-        batch = 1 if isinstance(prompt, str) else len(prompt)
-        if generator is None:
-            generator = seed_generators(seed, batch)
-        call = dict(
-            prompt=prompt,
-            height=height,
-            width=width,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            generator=generator,
-            max_sequence_length=max_sequence_length,
-            true_cfg_scale=true_cfg_scale,
-            negative_prompt=(negative_prompt if isinstance(prompt, str) else [negative_prompt] * batch)
-            if true_cfg
-            else None,
+        s = with_defaults(
+            self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
+            true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
+            true_cfg_start_step=true_cfg_start_step,
+        )  # fmt: skip
+        check_generation_inputs(
+            prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
         )
-        call.update(flux_kwargs)
+        chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
+        batch = batch_size(prompt)
+        generator = generator if generator is not None else seed_generators(seed, batch)
+        call = {**self._flux_call(prompt, s, generator), **flux_kwargs}
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
-        if id_features is None:
-            if id_image is None:
-                raise IdgenError(f"mode {mode!r} needs an id image")
-            id_features = self.encode_identity(id_image)
-        if id_features.batch_size not in (1, batch):
-            raise IdgenError(f"id_features hold {id_features.batch_size} identities for {batch} prompts")
-        id_tokens, uncond_tokens = encode_id_tokens(self.adapter, id_features, with_uncond=true_cfg)
+        features = resolve_features(self.encoder, mode, id_image, id_features, batch)
+        run = self._injection_run(
+            features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
+            policy=chosen, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"],
+        )  # fmt: skip
+        run.mark_steps_in(call)
+        with self.injector.run(run):
+            images = self.flux(**call).images
+        return IdentityPipelineOutput(images=images, id_features=features)
+
+    def _flux_call(self, prompt: str | list[str], s: dict[str, Any], generator: Any) -> dict[str, Any]:
+        """The FluxPipeline's arguments."""
+        true_cfg = s["true_cfg_scale"] > 1.0
+        negative = s["negative_prompt"]
+        if true_cfg and negative is None:
+            raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")
+        if true_cfg and not isinstance(prompt, str):
+            negative = [negative] * len(prompt)
+        return dict(
+            prompt=prompt,
+            height=s["height"],
+            width=s["width"],
+            num_inference_steps=s["num_inference_steps"],
+            guidance_scale=s["guidance_scale"],
+            generator=generator,
+            max_sequence_length=s["max_sequence_length"],
+            true_cfg_scale=s["true_cfg_scale"],
+            negative_prompt=negative if true_cfg else None,
+        )
+
+    def _injection_run(
+        self, features: IdentityFeatures, batch: int, true_cfg: bool, **settings: Any
+    ) -> InjectionRun:
+        """An InjectionRun with the identity tokens (and uncond ones for true CFG), one row per image."""
+        id_tokens, uncond_tokens = encode_id_tokens(self.adapter, features, with_uncond=true_cfg)
         if id_tokens.shape[0] != batch:  # one photo for the whole batch
             id_tokens = id_tokens.expand(batch, -1, -1)
             uncond_tokens = None if uncond_tokens is None else uncond_tokens.expand(batch, -1, -1)
-        run = InjectionRun(
-            id_tokens=id_tokens,
-            id_weight=id_weight,
-            start_step=start_step,
-            policy=chosen,
-            uncond_id_tokens=uncond_tokens,
-            recorder=recorder,
-        )
-        with self.injector.run(run):
-            images = self.flux(**call).images
-        return IdentityPipelineOutput(images=images, id_features=id_features)
+        return InjectionRun(id_tokens=id_tokens, uncond_id_tokens=uncond_tokens, **settings)
+
+
+def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -> Any:
+    """A diffusers FluxPipeline from a local folder or a hub id (offline: must be in the cache)."""
+    from diffusers import FluxPipeline
+
+    return from_pretrained(FluxPipeline, source, "a FLUX pipeline", torch_dtype=dtype).to(device)
+
+
+def flux_pipeline(flux: Any, device: str, dtype: torch.dtype, seed: int) -> Any:
+    """A FluxPipeline object as it is, or built from "tiny-random", a folder or a hub id."""
+    if flux == TINY_RANDOM:
+        return tiny_flux_pipeline(seed).to(device, dtype)
+    if isinstance(flux, (str, os.PathLike)):
+        return load_flux(flux, device, dtype)
+    return flux
+
+
+def identity_encoder(encoder: Any, device: str, seed: int, tiny: Any, **encoder_kwargs: Any) -> Any:
+    """An IdentityEncoder as it is; "tiny-random" -> tiny(seed); "pulid" -> PuLID's (idgen[pulid])."""
+    if not isinstance(encoder, str):
+        return encoder
+    if encoder == TINY_RANDOM:
+        return tiny(seed, **encoder_kwargs)
+    if encoder != "pulid":
+        raise IdgenError(f"unknown identity encoder {encoder!r}; choose 'pulid' or '{TINY_RANDOM}'")
+    from idgen.identity.pulid import PuLIDIdentityEncoder
+
+    return PuLIDIdentityEncoder(device=device, **encoder_kwargs)
+
+
+def load_flux_pulid(
+    flux: Any,
+    pulid: Any,
+    encoder: Any,
+    *,
+    device: str,
+    torch_dtype: torch.dtype,
+    seed: int = 0,
+    **encoder_kwargs: Any,
+) -> IdentityFluxPipeline:
+    """Backbone "flux-pulid". pulid: a PuLIDAdapter, an official pulid_flux_v0.9.x file, one of our folders,
+    a hub id, or "tiny-random" (also what None means when another part is "tiny-random")."""
+    from idgen.models.loading import load_pulid_adapter
+    from idgen.models.pulid import PuLIDAdapter
+
+    any_tiny = TINY_RANDOM in (flux, pulid, encoder)
+    flux = flux_pipeline(flux, device, torch_dtype, seed)
+    if pulid == TINY_RANDOM or (pulid is None and any_tiny):
+        pulid = tiny_pulid_adapter(seed)
+    if pulid is None:
+        raise IdgenError("a PuLID checkpoint is needed (pulid=...)")
+    if not isinstance(pulid, PuLIDAdapter):
+        pulid = load_pulid_adapter(pulid, device=device, dtype=torch_dtype)
+    encoder = identity_encoder(encoder, device, seed, tiny_identity_encoder, **encoder_kwargs)
+    return IdentityFluxPipeline(flux, pulid, encoder)
+
+
+def load_flux_wplus(
+    flux: Any,
+    branch: Any,
+    encoder: Any,
+    *,
+    device: str,
+    torch_dtype: torch.dtype,
+    seed: int = 0,
+    **encoder_kwargs: Any,
+) -> IdentityFluxPipeline:
+    """Backbone "flux-wplus": the W+ branch (a WPlusFluxAdapter, its folder, or "tiny-random") on FLUX.
+    encoder: an IdentityEncoder giving W+ flattened (e.g. WPlusIdentityEncoder), or "tiny-random"."""
+    from idgen.models.wplus_flux import WPlusFluxAdapter, load_wplus_flux_adapter
+    from idgen.pipelines.tiny import tiny_wplus_encoder, tiny_wplus_flux_adapter
+
+    if encoder == "pulid":
+        raise IdgenError("the W+ branch needs a W+ identity encoder (e.g. WPlusIdentityEncoder), not 'pulid'")
+    flux = flux_pipeline(flux, device, torch_dtype, seed)
+    if branch == TINY_RANDOM:
+        branch = tiny_wplus_flux_adapter(seed)
+    elif not isinstance(branch, WPlusFluxAdapter):
+        branch = load_wplus_flux_adapter(branch, device=device)
+    encoder = identity_encoder(encoder, device, seed, tiny_wplus_encoder, **encoder_kwargs)
+    return IdentityFluxPipeline(flux, branch, encoder)

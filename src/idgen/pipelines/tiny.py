@@ -1,4 +1,5 @@
-"""Tiny random-weight FLUX + PuLID, built from configs in well under a second.
+"""Tiny random-weight FLUX + PuLID (or the W+ branch), and SD1.5 + the W+ adapter, built from configs
+in well under a second.
 
 They have the real geometry (VAE /8, 2x2 packing, so a token per 16x16 pixels; 16 latent
 channels) and run through exactly the same classes as the released models. Used by the tests,
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 
 from idgen.models.pulid import PuLIDAdapter, PuLIDConfig
+
+TINY_RANDOM = "tiny-random"  # the model name of all of these
 
 TINY_PULID = PuLIDConfig(
     dim=32,
@@ -167,3 +170,117 @@ def tiny_identity_encoder(seed: int = 0, detector: Any = None, require_face: boo
         detector=detector,
         require_face=require_face,
     )
+
+
+# W+ codes of the tiny models: 18 layers of 8 (the real ones are 18 x 512).
+TINY_W_LAYERS, TINY_W_DIM = 18, 8
+
+
+def tiny_wplus_encoder(seed: int = 0, detector: Any = None, require_face: bool = True) -> Any:
+    """A random IdentityEncoder whose id_embedding is a tiny W+ code, flattened (18 * 8)."""
+    from idgen.identity.random import RandomIdentityEncoder
+
+    return RandomIdentityEncoder(
+        arcface_dim=16,
+        clip_dim=TINY_W_LAYERS * TINY_W_DIM - 16,
+        vit_dim=4,
+        num_vit_tokens=2,
+        num_vit_features=1,
+        seed=seed,
+        detector=detector,
+        require_face=require_face,
+    )
+
+
+def tiny_wplus_flux_adapter(seed: int = 0) -> Any:
+    """The W+ branch sized for tiny_flux_pipeline's transformer (32 wide, 4 injection points)."""
+    from idgen.models.wplus_flux import WPlusFluxAdapter, WPlusFluxConfig
+
+    config = WPlusFluxConfig(num_layers=TINY_W_LAYERS, w_dim=TINY_W_DIM, ca_dim=32, heads=2, num_ca=4)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return WPlusFluxAdapter(config).eval()
+
+
+TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=8,
+)
+
+
+def tiny_unet(seed: int = 0) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet: Any = UNet2DConditionModel(**TINY_UNET)
+        return unet.eval()
+
+
+def tiny_sd_pipeline(seed: int = 0) -> Any:
+    """A StableDiffusionPipeline with tiny random parts: 16x16 latents -> 32x32 images (CPU, float32)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = word_level_tokenizer(TINY_WORDS, model_max_length=77)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = tiny_unet(seed)
+        vae: Any = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(8, 8),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=32,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=37,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                pad_token_id=0,
+                eos_token_id=1,
+                bos_token_id=3,
+            )
+        )
+    pipe: Any = StableDiffusionPipeline(
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_wplus_adapter(unet: Any, seed: int = 0) -> Any:
+    """A W+ adapter that fits `unet` (tiny W+ codes), projections initialised from the UNet's own."""
+    from idgen.backbones.sd15 import init_projections_from_unet, wplus_config_for_unet
+    from idgen.models.wplus import WPlusAdapter
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        adapter = WPlusAdapter(wplus_config_for_unet(unet, num_layers=TINY_W_LAYERS, w_dim=TINY_W_DIM))
+    init_projections_from_unet(adapter, unet)
+    return adapter.eval()

@@ -39,6 +39,7 @@ WORLD_DEFAULTS = dict(
     max_sequence_length=MAX_TEXT_TOKENS,
     true_cfg_scale=4.0,
     negative_prompt="",
+    true_cfg_start_step=0,  # trained and measured with the negative pass at every step (not PuLID's sampler)
 )
 # SpatialID as the demo world runs it (chosen on a validation split, see docs/spatialid.md):
 # - 64 px images are an 8x8 token grid, 1/8 of FLUX's per side. The authors' blur (sigma 1.5 tokens) and

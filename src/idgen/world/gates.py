@@ -116,7 +116,7 @@ def generate(
         return pipe.flux(**call).images
     run = InjectionRun(id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens)
     with pipe.injector.run(run):
-        return pipe.flux(**call).images
+        return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
 
 
 def run(

@@ -1,0 +1,166 @@
+"""What every identity pipeline is, whatever its backbone: the mode names, the interface, the output.
+
+An identity pipeline wraps a stock diffusers pipeline whose denoiser carries hooks (idgen.backbones):
+
+    photo --encode_identity--> IdentityFeatures --adapter--> id tokens --hooks: gated residual--> image
+
+FLUX + PuLID and FLUX + the W+ branch (IdentityFluxPipeline), and SD1.5 + the W+ adapter
+(WPlusSD15Pipeline) implement it; `idgen.load(..., backbone=name)` builds any of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+from idgen.backbones.run import Recorder
+from idgen.core.gate import MaskPolicy, SpatialMask, UniformMask
+from idgen.core.masks import MaskExtractor
+from idgen.core.schedule import TemporalSpatialScheduler
+from idgen.errors import IdgenError
+from idgen.identity.base import IdentityEncoder, IdentityFeatures
+from idgen.io import load_image
+from idgen.models.checkpoint import DOCTOR_HINT
+
+# The mode names, defined here only.
+SPATIAL, UNIFORM, NONE = "spatial", "uniform", "none"
+MODES: tuple[str, ...] = (SPATIAL, UNIFORM, NONE)
+Mode = Literal["spatial", "uniform", "none"]
+
+PhotoInput = str | os.PathLike[str] | Image.Image
+
+
+def mask_policy(
+    mode: str,
+    preset: str = "v1",
+    scheduler: TemporalSpatialScheduler | None = None,
+    extractor: MaskExtractor | None = None,
+    spatial: SpatialMask | None = None,
+) -> MaskPolicy | None:
+    """The mask policy a mode name stands for; None for "none" (no identity at all).
+
+    `spatial` is the SpatialMask to start from (default: the authors' extractor, refiner and centred
+    prior); `scheduler` or else `preset` replaces its schedule. `extractor` replaces its extractor, e.g.
+    AttentionEntropyExtractor() or FixedMaskExtractor(user_mask(...)) to inject only where the user says.
+    """
+    if mode == SPATIAL:
+        scheduler = scheduler or TemporalSpatialScheduler.from_preset(preset)
+        chosen = dataclasses.replace(spatial or SpatialMask(scheduler), scheduler=scheduler)
+        return chosen if extractor is None else dataclasses.replace(chosen, extractor=extractor)
+    if mode == UNIFORM:
+        return UniformMask()
+    if mode == NONE:
+        return None
+    raise IdgenError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+@dataclass
+class IdentityPipelineOutput:
+    images: list[Image.Image]
+    id_features: IdentityFeatures | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class IdentityPipeline(Protocol):
+    """The one interface of every backbone (what `idgen generate` and `idgen eval` call)."""
+
+    adapter: Any  # the identity adapter (its class names the method in eval settings)
+    encoder: IdentityEncoder
+    defaults: dict[str, Any]  # sampling settings used when a call leaves them out
+    spatial: SpatialMask  # the spatial mode's policy; each call's preset sets its schedule
+
+    @property
+    def pixel_multiple(self) -> int: ...
+
+    def encode_identity(self, id_image: PhotoInput) -> IdentityFeatures: ...
+
+    def __call__(
+        self,
+        prompt: str | list[str],
+        id_image: PhotoInput | None = None,
+        *,
+        id_features: IdentityFeatures | None = None,
+        mode: str = SPATIAL,
+        policy: MaskPolicy | None = None,
+        id_weight: float = 1.0,
+        start_step: int | None = 0,
+        seed: int | list[int] | None = 42,
+        recorder: Recorder | None = None,
+        **sampling: Any,
+    ) -> IdentityPipelineOutput: ...
+
+
+def encode_photo(encoder: IdentityEncoder, id_image: PhotoInput) -> IdentityFeatures:
+    """A photo (path or picture) -> its identity features, errors naming the file."""
+    if isinstance(id_image, Image.Image):
+        return encoder(id_image, what="the id image")
+    return encoder(load_image(id_image, what="id image"), what=str(id_image))
+
+
+def resolve_features(
+    encoder: IdentityEncoder,
+    mode: str,
+    id_image: PhotoInput | None,
+    id_features: IdentityFeatures | None,
+    batch: int,
+) -> IdentityFeatures:
+    """The call's identity features (given, or encoded from the photo), checked against the batch."""
+    if id_features is None:
+        if id_image is None:
+            raise IdgenError(f"mode {mode!r} needs an id image")
+        id_features = encode_photo(encoder, id_image)
+    if id_features.batch_size not in (1, batch):
+        raise IdgenError(f"id_features hold {id_features.batch_size} identities for {batch} prompts")
+    return id_features
+
+
+def with_defaults(defaults: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """Each setting as given, or the pipeline's default where it is None."""
+    return {name: defaults[name] if value is None else value for name, value in given.items()}
+
+
+def batch_size(prompt: str | list[str]) -> int:
+    return 1 if isinstance(prompt, str) else len(prompt)
+
+
+def check_generation_inputs(
+    prompt: str | list[str], id_weight: float, height: int, width: int, steps: int, multiple: int = 16
+) -> None:
+    """Clear one-line errors before anything runs; `multiple`: the backbone's pixel_multiple (FLUX's 16)."""
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise IdgenError("prompt is empty")
+    if id_weight < 0:
+        raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
+    if height <= 0 or width <= 0 or height % multiple or width % multiple:
+        raise IdgenError(f"width and height must be positive multiples of {multiple}, got {width}x{height}")
+    if steps < 1:
+        raise IdgenError(f"num_inference_steps must be >= 1, got {steps}")
+
+
+def seed_generators(seed: int | list[int] | None, batch: int) -> torch.Generator | list[torch.Generator]:
+    """One CPU generator (a single image), or one per image so each image depends on its own seed only."""
+    if isinstance(seed, list):
+        if len(seed) != batch:
+            raise IdgenError(f"got {len(seed)} seeds for {batch} prompts")
+        return [torch.Generator("cpu").manual_seed(s) for s in seed]
+    base = 0 if seed is None else seed
+    if batch == 1:
+        return torch.Generator("cpu").manual_seed(base)
+    return [torch.Generator("cpu").manual_seed(base + i) for i in range(batch)]
+
+
+def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:
+    """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
+    `what` (offline, a hub id must already be in the cache)."""
+    try:
+        return cls.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        raise IdgenError(f"cannot load {what} from {source}: {first}; {DOCTOR_HINT}") from None
