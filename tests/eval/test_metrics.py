@@ -74,5 +74,22 @@ def test_patch_contamination_is_one_minus_cosine_over_background_patches():
 def test_mean_ci_drops_nans_and_uses_the_sample_std():
     mean, half, n = M.mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert (mean, n) == (2.0, 3)
-    assert half == pytest.approx(1.96 * 1.0 / math.sqrt(3))
+    # Student's t with 2 degrees of freedom: t(0.975, 2) = 4.302652729749464 (tables; scipy.stats.t.ppf)
+    assert half == pytest.approx(4.302652729749464 * 1.0 / math.sqrt(3), rel=1e-9)
+    normal = M.mean_ci_normal([1.0, 2.0, 3.0, float("nan")])
+    assert normal == (2.0, pytest.approx(1.96 / math.sqrt(3)), 3)
+
+
+@pytest.mark.parametrize(
+    ("dof", "quantile"),
+    [(1, 12.706204736174707), (5, 2.5705818356363146), (11, 2.200985160082949), (30, 2.0422724563012373),
+     (1000, 1.9623390808264078)],
+)  # fmt: skip
+def test_t_quantiles_match_published_values(dof, quantile):
+    assert M.t_quantile(0.975, dof) == pytest.approx(quantile, rel=1e-9)
+
+
+def test_the_12_pair_interval_is_wider_than_the_normal_one_by_12_percent():
+    values = [0.1 * k for k in range(12)]
+    assert M.mean_ci(values)[1] / M.mean_ci_normal(values)[1] == pytest.approx(2.200985160082949 / 1.96)
     assert M.mean_ci([])[2] == 0

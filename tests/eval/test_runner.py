@@ -131,7 +131,8 @@ def test_a_face_free_image_counts_as_no_face_not_as_zero(tmp_path):
     run_eval(tmp_path / "out", bench, METHODS, BlackFace(), fake_models(), progress=False)
     summary = collect(tmp_path / "out", bench, METHODS)
     assert summary["methods"]["spatial"]["no_face"] == 1
-    assert "facesim" not in summary["methods"]["spatial"]
+    facesim = summary["methods"]["spatial"]["facesim"]
+    assert facesim["n"] == 0 and facesim["skipped"] == {"no face in the image": 1}
 
 
 def test_resuming_into_another_plan_is_refused(tmp_path):
@@ -145,8 +146,14 @@ def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
     bench = benchmark(tmp_path / "photos", identities=1, prompts=2)
     models = MetricModels(clip=None, faces=fake_models().faces, skipped={"clip": "not installed"})
     report = run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
-    assert report.skipped_metrics == {"clip": "not installed"}
+    clip_metrics = ("clip_t", "clip_i", "clip_i_ref", "contamination_clip")
+    assert {k: report.skipped_metrics[k] for k in clip_metrics} == dict.fromkeys(clip_metrics, "not installed")
+    assert report.skipped_metrics["aesthetic"] == "no aesthetic model"
+    assert report.skipped_metrics["landmark_diff"] == "idgen ships no loader for MTCNN 5-point landmarks, and none was given"
+    assert "facesim" not in report.skipped_metrics
     summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["metrics"]["clip_t"] == {"computed": False, "reason": "not installed"}
+    assert summary["metrics"]["facesim"] == {"computed": True, "model": "fake-face"}
     assert "facesim" in summary["methods"]["spatial"] and "clip_t" not in summary["methods"]["spatial"]
 
 

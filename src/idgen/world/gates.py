@@ -37,7 +37,8 @@ from torch import Tensor
 from idgen.backbones.flux import InjectionRun
 from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import TemporalSpatialScheduler
-from idgen.eval.metrics import backdrop_shift, mean_ci
+from idgen.eval.metrics import backdrop_shift
+from idgen.eval.metrics import mean_ci_normal as mean_ci
 from idgen.io import atomic_write_text
 from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
