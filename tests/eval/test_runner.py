@@ -164,6 +164,8 @@ def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
         ("spatial:weight=2", "unknown method option"),
         ("uniform:id_weight=abc", "must be a number"),
         ("uniform:id_weight=-1", ">= 0"),
+        ("uniform:id_weight=nan", "must be a finite number >= 0, got nan"),
+        ("spatial:preset=balnced", "unknown preset 'balnced' in 'spatial:preset=balnced' \\(presets: v1, "),
     ],
 )
 def test_bad_method_specs_name_the_problem(spec, message):

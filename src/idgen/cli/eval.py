@@ -117,7 +117,10 @@ def report_command(args: argparse.Namespace) -> int:
     methods = [Method(m["mode"], m["id_weight"], m["preset"]) for m in plan["methods"]]
     summary = write_report(out, benchmark_from_record(plan["benchmark"], out), methods)
     print(out / "report.md")
-    return 0 if _evaluated(summary) else 1
+    if not _evaluated(summary):
+        print(f"idgen: error: nothing was evaluated in {out} (see report.md for why)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _evaluated(summary: dict[str, Any] | None) -> bool:
@@ -257,7 +260,7 @@ def _run(args: argparse.Namespace) -> int:
         out,
         benchmark,
         methods,
-        lambda: FluxEvalGenerator(load_pipeline(args, device), sampling),
+        lambda: FluxEvalGenerator(_quiet(load_pipeline(args, device), args.no_progress), sampling),
         metric_factory,
         shard=shard,
         batch_size=args.batch_size,
@@ -266,6 +269,13 @@ def _run(args: argparse.Namespace) -> int:
         settings=settings,
     )
     return _finish(out, run, summary)
+
+
+def _quiet(pipe: Any, quiet: bool) -> Any:
+    """--no-progress also silences the pipeline's per-call step bars."""
+    if quiet and hasattr(pipe.flux, "set_progress_bar_config"):
+        pipe.flux.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def _finish(out: Path, run: Any, summary: dict[str, Any] | None) -> int:

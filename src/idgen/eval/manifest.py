@@ -78,6 +78,8 @@ class Benchmark:
     pairs: tuple[tuple[int, int, int], ...] | None = None
     # Files of the photo folder that are not used, and why ("byte-identical to R.jpg", "a folder", ...).
     ignored: tuple[tuple[str, str], ...] = ()
+    # (photos, prompts) before --limit-photos/--limit-prompts took a subset; None: not a subset.
+    limited_from: tuple[int, int] | None = None
     # Writes the photos when they are rendered, not read (called after the plan is checked).
     render: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
@@ -122,6 +124,7 @@ class Benchmark:
             "prompts": [{"id": p.id, "text": p.text} for p in self.prompts],
             "pairs": [[p.identity.id, p.prompt.id, p.seed] for p in self.all_pairs()],
             "ignored": [list(x) for x in self.ignored],
+            "limited_from": list(self.limited_from) if self.limited_from else None,
         }
 
     def limited(self, photos: int | None = None, prompts: int | None = None) -> Benchmark:
@@ -134,7 +137,10 @@ class Benchmark:
         pairs = None
         if self.pairs is not None:
             pairs = tuple(p for p in self.pairs if p[0] < len(ids) and p[1] < len(texts))
-        return replace(self, identities=ids, prompts=texts, pairs=pairs)
+        if len(ids) == len(self.identities) and len(texts) == len(self.prompts):
+            return self
+        whole = self.limited_from or (len(self.identities), len(self.prompts))
+        return replace(self, identities=ids, prompts=texts, pairs=pairs, limited_from=whole)
 
 
 def relative_path(path: Path, out: Path | None) -> str:
@@ -155,7 +161,11 @@ def benchmark_from_record(record: dict[str, Any], out: Path) -> Benchmark:
     where_p = {p.id: k for k, p in enumerate(prompts)}
     pairs = tuple((where_i[i], where_p[p], int(s)) for i, p, s in record["pairs"])
     ignored = tuple((str(a), str(b)) for a, b in record.get("ignored", []))
-    return Benchmark(record["name"], identities, prompts, SeedPolicy("fixed"), pairs=pairs, ignored=ignored)
+    whole = record.get("limited_from")
+    return Benchmark(
+        record["name"], identities, prompts, SeedPolicy("fixed"), pairs=pairs, ignored=ignored,
+        limited_from=tuple(whole) if whole else None,  # type: ignore[arg-type]
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -32,11 +32,14 @@ def _metric_entry(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 
 def _method_entry(rows: list[dict[str, Any]], expected: int, computed: list[str]) -> dict[str, Any]:
+    checked = any("face_found" in r for r in rows)  # None: no face model ran, so nothing was counted
     entry: dict[str, Any] = {
         "images_expected": expected,
         "images_scored": len(rows),
-        "no_face": sum(1 for r in rows if r.get("face_found") is False),
-        "reference_without_face": sum(1 for r in rows if r.get("ref_face_found") is False),
+        "no_face": sum(1 for r in rows if r.get("face_found") is False) if checked else None,
+        "reference_without_face": sum(1 for r in rows if r.get("ref_face_found") is False)
+        if checked
+        else None,
     }
     for key in computed:
         entry[key] = _metric_entry(rows, key)
@@ -60,11 +63,16 @@ def collect(out: Path, benchmark: Benchmark, methods: Sequence[Method]) -> dict[
     metrics = read_metric_record(out)
     computed = [k for k, _, _ in metrics_table() if metrics[k]["computed"]]
     expected = len(benchmark.all_pairs())
-    without_face = sorted({r["identity"] for r in rows if r.get("ref_face_found") is False})
+    checked = any("ref_face_found" in r for r in rows)
+    without_face = (
+        sorted({r["identity"] for r in rows if r.get("ref_face_found") is False}) if checked else None
+    )
     summary: dict[str, Any] = {
         "benchmark": benchmark.name,
         "photos": len(benchmark.identities),
         "prompts": len(benchmark.prompts),
+        "identities": {i.id: i.path.name for i in benchmark.identities},
+        "limited_from": list(benchmark.limited_from) if benchmark.limited_from else None,
         "pairs": expected,
         "problems": read_problems(out),
         "ignored_files": dict(benchmark.ignored),
@@ -107,7 +115,7 @@ def _results_table(summary: dict[str, Any]) -> list[str]:
     header = ["method", *(md(t) for _, t in shown), "scored", "no face"]
     rows = [
         [md(name), *(_cell(e.get(k)) for k, _ in shown), f"{e['images_scored']}/{e['images_expected']}",
-         str(e["no_face"])]
+         "–" if e["no_face"] is None else str(e["no_face"])]
         for name, e in methods.items()
     ]  # fmt: skip
     return _table(header, rows)
@@ -140,13 +148,21 @@ def _metrics_section(summary: dict[str, Any]) -> list[str]:
 def _inputs_section(summary: dict[str, Any]) -> list[str]:
     lines = ["", "## Inputs", ""]
     lines.append(f"- {summary['photos']} photos x {summary['prompts']} prompts = {summary['pairs']} pairs.")
+    if summary["limited_from"]:
+        photos, prompts = summary["limited_from"]
+        lines.append(f"- A subset (--limit-photos/--limit-prompts) of {photos} photos and {prompts} prompts.")
+    used = ", ".join(f"{md(i)} ({md(name)})" for i, name in summary["identities"].items())
+    lines.append(f"- Photos used (id, file): {used}.")
     missing = summary["photos_without_face"]
-    lines.append(
-        f"- Photos without a face: {len(missing)}"
-        + (f" ({', '.join(md(i) for i in missing)})." if missing else ".")
-    )
-    no_face = ", ".join(f"{md(n)} {e['no_face']}" for n, e in summary["methods"].items())
-    lines.append(f"- Images without a face: {no_face} (counted, not scored by face metrics).")
+    if missing is None:
+        lines.append("- Photos and images without a face: not checked (no face model).")
+    else:
+        lines.append(
+            f"- Photos without a face: {len(missing)}"
+            + (f" ({', '.join(md(i) for i in missing)})." if missing else ".")
+        )
+        no_face = ", ".join(f"{md(n)} {e['no_face']}" for n, e in summary["methods"].items())
+        lines.append(f"- Images without a face: {no_face} (counted, not scored by face metrics).")
     for identity, why in summary["problems"].items():
         lines.append(f"- Photo {md(identity)} skipped: {md(why)}")
     for name, why in summary["ignored_files"].items():
