@@ -72,8 +72,8 @@ def _add_benchmark_flags(p: Any) -> None:
 
 
 def _add_setting_flags(p: Any) -> None:
-    p.add_argument("--protocol", choices=["spatialid-ibench"],
-                   help="a paper's settings and methods; spatialid-ibench: 896x1152, 25 steps, guidance 4, "
+    p.add_argument("--protocol", metavar="NAME",
+                   help="a paper's settings and methods. spatialid-ibench: 896x1152, 25 steps, guidance 4, "
                         "seed 42 fixed, methods uniform, spatial, spatial:preset=balanced. Explicit flags "
                         "win over the protocol; tiny and demo models keep their own size unless given")  # fmt: skip
     p.add_argument("--width", type=int)
