@@ -244,10 +244,16 @@ def test_iq_defaults_to_ibench_input_and_respects_hf_hub_offline(monkeypatch, tm
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models = real_metric_models(MetricOptions(clip=None, faces=None, iq=True))
     assert "iq" not in models.scorers
-    assert models.skipped["iq"] == "HF_HUB_OFFLINE is set and no local MUSIQ weights were given (--iq-weights)"
+    assert (
+        models.skipped["iq"] == "HF_HUB_OFFLINE is set and no local MUSIQ weights were given (--iq-weights)"
+    )
     (tmp_path / "musiq.pth").write_bytes(b"")
-    models = real_metric_models(MetricOptions(clip=None, faces=None, iq=True, iq_weights=str(tmp_path / "musiq.pth")))
-    assert models.scorers["iq"].mode == "ibench_raw" and models.scorers["iq"].name == "musiq-spaq (ibench input)"
+    models = real_metric_models(
+        MetricOptions(clip=None, faces=None, iq=True, iq_weights=str(tmp_path / "musiq.pth"))
+    )
+    assert (
+        models.scorers["iq"].mode == "ibench_raw" and models.scorers["iq"].name == "musiq-spaq (ibench input)"
+    )
     monkeypatch.delenv("HF_HUB_OFFLINE")
     vbench = real_metric_models(MetricOptions(clip=None, faces=None, iq=True, iq_mode="vbench")).scorers["iq"]
     assert vbench.mode == "vbench" and vbench.net.loaded == "spaq"

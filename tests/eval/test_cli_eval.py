@@ -38,9 +38,15 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
         (["--benchmark", "demo-quick", "--methods", "spatial:preset=balnced"], "unknown preset 'balnced'"),
         (["--benchmark", "demo-quick", "--methods", "uniform", "uniform"], "the same method is listed twice"),
         (["--benchmark", "demo-quick", "--steps", "0"], "--steps must be >= 1, got 0"),
-        (["--benchmark", "demo-quick", "--guidance", "nan"], "--guidance must be a finite number >= 0, got nan"),
+        (
+            ["--benchmark", "demo-quick", "--guidance", "nan"],
+            "--guidance must be a finite number >= 0, got nan",
+        ),
         (["--benchmark", "demo-quick", "--limit-photos", "0"], "--limit-photos must be >= 1, got 0"),
-        (["--benchmark", "demo-quick", "--protocol", "ibench"], "unknown protocol 'ibench' (known: spatialid-"),
+        (
+            ["--benchmark", "demo-quick", "--protocol", "ibench"],
+            "unknown protocol 'ibench' (known: spatialid-",
+        ),
     ],
 )
 def test_bad_eval_arguments_give_one_line_errors(tmp_path, capsys, args, message):
@@ -86,9 +92,16 @@ def test_protocol_settings_and_explicit_flags():
     from idgen.pipelines.pulid_flux import FLUX_DEFAULTS
 
     ibench = PROTOCOLS["spatialid-ibench"]
-    full = resolve_sampling(FLUX_DEFAULTS, ibench, {"num_inference_steps": 30, "width": None}, small_model=False)
-    assert full == {"width": 896, "height": 1152, "num_inference_steps": 30, "guidance_scale": 4.0,
-                    "true_cfg_scale": 1.0}  # fmt: skip  (an explicit flag wins over the protocol)
+    full = resolve_sampling(
+        FLUX_DEFAULTS, ibench, {"num_inference_steps": 30, "width": None}, small_model=False
+    )
+    assert full == {
+        "width": 896,
+        "height": 1152,
+        "num_inference_steps": 30,
+        "guidance_scale": 4.0,
+        "true_cfg_scale": 1.0,
+    }  # fmt: skip  (an explicit flag wins over the protocol)
     tiny = resolve_sampling({**FLUX_DEFAULTS, "width": 64, "height": 64}, ibench, {}, small_model=True)
     assert (tiny["width"], tiny["height"], tiny["num_inference_steps"]) == (64, 64, 25)
     told = resolve_sampling({"width": 64, "height": 64}, ibench, {"width": 128}, small_model=True)

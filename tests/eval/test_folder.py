@@ -52,11 +52,13 @@ def test_new_run_picks_the_next_free_folder(tmp_path):
 
 
 def test_a_live_lock_is_a_clear_error_and_a_dead_ones_is_taken_over(tmp_path):
-    with run_lock(tmp_path), pytest.raises(IdgenError, match=r"another eval run \(process \d+ on .*\) is using"):
-        with run_lock(tmp_path):
-            pass
+    message = r"another eval run \(process \d+ on .*\) is using"
+    with run_lock(tmp_path), pytest.raises(IdgenError, match=message), run_lock(tmp_path):
+        pass
     assert not (tmp_path / ".lock").exists()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     import socket
 
     (tmp_path / ".lock").write_text(f"{socket.gethostname()} {dead.stdout.strip()}\n")

@@ -26,7 +26,9 @@ def chineseid(root):
     shutil.copyfile(folder / "R (1).jpg", folder / "R (10).jpg")  # the same person twice
     prompts = root / "data/prompts/human_longer_template.json"
     prompts.parent.mkdir(parents=True)
-    datas = [{"num": n, "prompt": f"A woman, number {n}, walks through a quiet park at dusk."} for n in range(4)]
+    datas = [
+        {"num": n, "prompt": f"A woman, number {n}, walks through a quiet park at dusk."} for n in range(4)
+    ]
     prompts.write_text(json.dumps({"datas": datas}, indent=4))
     return folder, prompts
 
@@ -38,7 +40,16 @@ def test_ibench_layout_runs_resumes_after_a_kill_and_accounts_for_everything(tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # metric models that are not on disk are "not computed"
     photos, prompts = chineseid(tmp_path)
     out = tmp_path / "out"
-    command = [*COMMAND, "--photos", str(photos), "--prompts", str(prompts), "--out", str(out), "--no-progress"]
+    command = [
+        *COMMAND,
+        "--photos",
+        str(photos),
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     original = runner.FluxEvalGenerator.generate
     calls = []
 
@@ -51,7 +62,9 @@ def test_ibench_layout_runs_resumes_after_a_kill_and_accounts_for_everything(tmp
     monkeypatch.setattr(runner.FluxEvalGenerator, "generate", dies_on_the_third_batch)
     assert main(command) == 130  # the CLI reports the interrupt in one line and exits as SIGINT does
     assert capsys.readouterr().err == "idgen: interrupted\n"
-    written = sorted(p.relative_to(out).as_posix() for p in out.glob("images/**/*.png") if ".masks" not in p.name)
+    written = sorted(
+        p.relative_to(out).as_posix() for p in out.glob("images/**/*.png") if ".masks" not in p.name
+    )
     assert len(written) == 2 + 6  # the no-id images (seed 42 for all: one per prompt) and uniform's batch
 
     assert main(command) == 0
@@ -73,7 +86,10 @@ def test_ibench_layout_runs_resumes_after_a_kill_and_accounts_for_everything(tmp
     assert summary["identities"] == {"R (1)-jpg": "R (1).jpg", "R (1)-png": "R (1).png", "R (2)": "R (2).jpg"}
     assert summary["limited_from"] == [5, 4]
     assert summary["ignored_files"] == {"R (10).jpg": "byte-identical to R (1).jpg"}
-    assert "- File R (10).jpg not used as an identity: byte-identical to R (1).jpg" in (out / "report.md").read_text()
+    assert (
+        "- File R (10).jpg not used as an identity: byte-identical to R (1).jpg"
+        in (out / "report.md").read_text()
+    )
     # Images: 3 photos x 2 prompts per method, each scored once.
     for name in ("none", "uniform", "spatial", "spatial-balanced"):
         assert summary["methods"][name]["images_scored"] == summary["methods"][name]["images_expected"] == 6
@@ -82,7 +98,7 @@ def test_ibench_layout_runs_resumes_after_a_kill_and_accounts_for_everything(tmp
     # Metrics: every registered metric is either computed with a named model or "not computed: why".
     assert set(summary["metrics"]) == {m.key for m in registered()}
     report = (out / "report.md").read_text()
-    results, metrics, *_ = markdown_tables(report)
+    _, metrics, *_ = markdown_tables(report)
     assert [row[0] for row in metrics[1:]] == [m.title for m in registered()]
     for row in metrics[1:]:
         assert row[1].startswith("not computed: ") or "better)" in row[1], row

@@ -43,7 +43,7 @@ def test_ibench_prompts_keep_their_numbers_as_ids(tmp_path):
         ('{"datas": [{"num": "one", "prompt": "x"}]}', "entry 0 has 'num' \"one\", not a whole number"),
         ('{"datas": [{"num": 1.5, "prompt": "x"}]}', "has 'num' 1.5, not a whole number"),
         ('{"datas": [{"num": -1, "prompt": "x"}]}', "has 'num' -1"),
-        ('[1, 2]', "no 'datas' list"),
+        ("[1, 2]", "no 'datas' list"),
     ],
 )
 def test_bad_ibench_files_name_the_problem(tmp_path, content, message):
@@ -78,7 +78,9 @@ def test_photo_folder_reads_genders_and_reports_what_it_does_not_use(tmp_path):
     )
     photos, ignored = read_photo_folder(tmp_path)
     assert [(p.id, p.gender) for p in photos] == [("a", "male"), ("b", None)]
-    assert photos[0].sha256 == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"  # sha256 "a"
+    assert (
+        photos[0].sha256 == "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb"
+    )  # sha256 "a"
     assert ignored == [
         ("empty.png", "an empty file"),
         ("nested", "a folder (photo folders are not searched recursively)"),
@@ -97,7 +99,12 @@ def test_same_stem_photos_get_distinct_stable_ids_and_duplicates_count_once(tmp_
     kept, ignored = read_photo_folder(tmp_path, keep_duplicates=True)
     assert [p.id for p in kept] == ["R (1)-jpg", "R (1)-png", "R-jpg", "R-png", "S"]
     assert ignored == [("R.png", "byte-identical to R (1).jpg (kept)")]
-    assert [p.id for p in read_photo_folder(tmp_path)[0]] == ["R (1)-jpg", "R (1)-png", "R-jpg", "S"]  # stable
+    assert [p.id for p in read_photo_folder(tmp_path)[0]] == [
+        "R (1)-jpg",
+        "R (1)-png",
+        "R-jpg",
+        "S",
+    ]  # stable
 
 
 @pytest.mark.parametrize(
@@ -121,7 +128,9 @@ def test_identity_ids_never_escape_the_run_folder_or_collide(names, ids):
 def test_source_code_and_other_files_are_not_prompt_lists(tmp_path):
     code = tmp_path / "prompt.py"
     code.write_text('JUDGE = """You are a judge.\nRate the image."""\n')
-    with pytest.raises(IdgenError, match="must be IBench's json or a .txt with one prompt per line, not .py"):
+    with pytest.raises(
+        IdgenError, match=r"must be IBench's json or a \.txt with one prompt per line, not \.py"
+    ):
         read_prompts_text(code)
     disguised = tmp_path / "prompt.txt"
     disguised.write_text("import os\nprompt = 'x'\n")
@@ -169,9 +178,8 @@ def test_plan_record_round_trips(tmp_path):
 
 
 def test_demo_quick_is_the_first_gate_pairs_with_rendered_references(tmp_path):
-    from idgen.world.gates import pairs
-
     import idgen.world.eval_plugin  # noqa: F401  (registers the demo benchmarks)
+    from idgen.world.gates import pairs
 
     bench = named("demo-quick", tmp_path)
     got = bench.all_pairs()

@@ -42,7 +42,12 @@ def test_markdown_table_has_a_row_per_method_and_counts(evaluated):
     assert "| none |" in text and "| spatial |" in text and "| uniform-w0.5 |" in text
     assert "| 12/12 | 0 |" in text  # scored / expected, images without a face
     results, metrics = markdown_tables(text)
-    assert results[0][0] == "method" and [r[0] for r in results[1:]] == ["none", "uniform", "spatial", "uniform-w0.5"]
+    assert results[0][0] == "method" and [r[0] for r in results[1:]] == [
+        "none",
+        "uniform",
+        "spatial",
+        "uniform-w0.5",
+    ]
     by_metric = {row[0]: row for row in metrics[1:]}
     assert by_metric["FaceSim"][1] == "fake-face (higher is better)"
     assert by_metric["FaceSim"][2:] == ["12 / 0"] * 4  # n / skipped, per method

@@ -147,9 +147,14 @@ def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
     models = MetricModels(clip=None, faces=fake_models().faces, skipped={"clip": "not installed"})
     report = run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
     clip_metrics = ("clip_t", "clip_i", "clip_i_ref", "contamination_clip")
-    assert {k: report.skipped_metrics[k] for k in clip_metrics} == dict.fromkeys(clip_metrics, "not installed")
+    assert {k: report.skipped_metrics[k] for k in clip_metrics} == dict.fromkeys(
+        clip_metrics, "not installed"
+    )
     assert report.skipped_metrics["aesthetic"] == "no aesthetic model"
-    assert report.skipped_metrics["landmark_diff"] == "idgen ships no loader for MTCNN 5-point landmarks, and none was given"
+    assert (
+        report.skipped_metrics["landmark_diff"]
+        == "idgen ships no loader for MTCNN 5-point landmarks, and none was given"
+    )
     assert "facesim" not in report.skipped_metrics
     summary = collect(tmp_path / "out", bench, METHODS)
     assert summary["metrics"]["clip_t"] == {"computed": False, "reason": "not installed"}

@@ -30,12 +30,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 def add_eval(sub: Any) -> None:
     p = sub.add_parser("eval", help="the IBench protocol: generate, score and report (resumable, sharded)")
     p.add_argument("action", nargs="?", choices=["run", "report"], default="run",
-                   help="run (default) or report (rebuild the report of --out, from any directory)")  # fmt: skip
+                   help="run (default) or report (rebuild --out's report, from any directory)")  # fmt: skip
     _add_benchmark_flags(p)
     _add_setting_flags(p)
     p.add_argument("--out", help="results folder (default: outputs/eval/<benchmark>)")
     p.add_argument("--new-run", action="store_true",
-                   help="if --out holds a different plan, use the first free <out>-2, <out>-3, ...")  # fmt: skip
+                   help="if --out holds another plan, use the first free <out>-2, <out>-3, ...")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="recorded in the plan: a resume must match")
     p.add_argument("--shard", type=parse_shard, help="i/n: this process's share (default: accelerate's)")
     p.add_argument("--device", default=None)
@@ -68,14 +68,14 @@ def _add_benchmark_flags(p: Any) -> None:
     p.add_argument("--limit-photos", type=int, help="only the first N photos (sorted by file name)")
     p.add_argument("--limit-prompts", type=int, help="only the first M prompts (file order)")
     p.add_argument("--keep-duplicates", action="store_true",
-                   help="keep byte-identical photos as separate identities (they are reported either way)")  # fmt: skip
+                   help="keep byte-identical photos as separate identities (reported anyway)")  # fmt: skip
 
 
 def _add_setting_flags(p: Any) -> None:
     p.add_argument("--protocol", metavar="NAME",
                    help="a paper's settings and methods. spatialid-ibench: 896x1152, 25 steps, guidance 4, "
                         "seed 42 fixed, methods uniform, spatial, spatial:preset=balanced. Explicit flags "
-                        "win over the protocol; tiny and demo models keep their own size unless given")  # fmt: skip
+                        "win; tiny and demo models keep their own size unless it is given")  # fmt: skip
     p.add_argument("--width", type=int)
     p.add_argument("--height", type=int)
     p.add_argument("--steps", type=int, help="denoising steps")
@@ -148,7 +148,7 @@ def _model_defaults(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
 def _settings(
     args: argparse.Namespace, chosen: Any, sampling: dict[str, Any], metrics: Any
 ) -> dict[str, Any]:
-    """What the plan keys generation on: protocol, effective sampling, explicit flags, models, metric models."""
+    """What the plan keys generation on: protocol, sampling, explicit flags, models, metric models."""
     from idgen.eval.protocols import SAMPLING_FLAGS, source_key
 
     if _world(args):
@@ -210,52 +210,62 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return _run(args)
 
 
-def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from idgen.eval.harness import evaluate, resolve_benchmark
+def _methods_and_seeds(args: argparse.Namespace, chosen: Any) -> tuple[list[Any], Any]:
+    """--methods and the seed policy: explicit flags, else the protocol's, else the defaults."""
     from idgen.eval.manifest import SeedPolicy
-    from idgen.eval.protocols import SAMPLING_FLAGS, protocol, resolve_sampling
-    from idgen.eval.runner import FluxEvalGenerator, Method
+    from idgen.eval.runner import Method
 
-    chosen = protocol(args.protocol)
-    methods = [
-        Method.parse(spec)
-        for spec in (args.methods or (chosen.methods if chosen else ["uniform", "spatial"]))
-    ]
+    specs = args.methods or (chosen.methods if chosen else ["uniform", "spatial"])
+    methods = [Method.parse(spec) for spec in specs]
     if len({m.name for m in methods}) != len(methods):
         raise IdgenError("the same method is listed twice in --methods")
-    seeds = SeedPolicy(
-        args.seed_policy or (chosen.seed_policy if chosen else "per-prompt"),
-        args.seed if args.seed is not None else (chosen.seed if chosen else 42),
-    )
+    policy = args.seed_policy or (chosen.seed_policy if chosen else "per-prompt")
+    seed = args.seed if args.seed is not None else (chosen.seed if chosen else 42)
+    return methods, SeedPolicy(policy, seed)
+
+
+def _device(args: argparse.Namespace, shard: Any) -> str:
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if shard.count > 1 and device == "cuda":
+        device = f"cuda:{shard.index % max(1, torch.cuda.device_count())}"
+    return str(device)
+
+
+def _benchmark(args: argparse.Namespace, seeds: Any, out: Path) -> Any:
+    from idgen.eval.harness import resolve_benchmark
+
     if args.benchmark is not None and not _world(args):
         raise IdgenError(
             "the built-in benchmarks are demo-world benchmarks; use --photos/--prompts with real models"
         )
+    bench = resolve_benchmark(args.benchmark, out, args.photos, args.prompts, seeds, args.keep_duplicates)
+    return bench.limited(args.limit_photos, args.limit_prompts)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from idgen.eval.harness import evaluate
+    from idgen.eval.protocols import SAMPLING_FLAGS, protocol, resolve_sampling
+    from idgen.eval.runner import FluxEvalGenerator, plan_record
+
+    chosen = protocol(args.protocol)
+    methods, seeds = _methods_and_seeds(args, chosen)
     out = Path(args.out or f"outputs/eval/{args.benchmark or Path(args.photos or 'photos').name}")
-
-    def bench(folder: Path) -> Any:
-        b = resolve_benchmark(args.benchmark, folder, args.photos, args.prompts, seeds, args.keep_duplicates)
-        return b.limited(args.limit_photos, args.limit_prompts)
-
-    benchmark = bench(out)
+    benchmark = _benchmark(args, seeds, out)
     shard, barrier = _shard(args)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if shard.count > 1 and device == "cuda":
-        device = f"cuda:{shard.index % max(1, torch.cuda.device_count())}"
+    device = _device(args, shard)
     defaults, small = _model_defaults(args)
-    explicit = {key: getattr(args, flag) for flag, key in SAMPLING_FLAGS}
-    sampling = resolve_sampling(defaults, chosen, explicit, small)
-    iq_mode = args.iq_mode or (chosen.iq_mode if chosen else "ibench")
-    metric_factory, metric_record = _metric_factory(args, device, iq_mode)
+    sampling = resolve_sampling(defaults, chosen, {k: getattr(args, f) for f, k in SAMPLING_FLAGS}, small)
+    metric_factory, metric_record = _metric_factory(
+        args, device, args.iq_mode or (chosen.iq_mode if chosen else "ibench")
+    )
     settings = _settings(args, chosen, sampling, metric_record)
     if args.new_run:
         from idgen.eval.folder import next_free_folder
-        from idgen.eval.runner import plan_record
 
         out = next_free_folder(out, plan_record(benchmark, methods, settings, args.batch_size, out))
-        benchmark = bench(out)
+        benchmark = _benchmark(args, seeds, out)
     run, summary = evaluate(
         out,
         benchmark,

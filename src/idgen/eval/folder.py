@@ -26,7 +26,7 @@ UNCOMPARED = frozenset({"path"})  # where files are is not what they are: their 
 
 
 def json_records(folder: Path) -> list[Path]:
-    """The *.json files of a folder, sorted; hidden files (an interrupted write's temp file) are not records."""
+    """The *.json files of a folder, sorted; hidden ones (a killed write's temp file) are not records."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith(".") and p.is_file())
@@ -48,16 +48,7 @@ def clean_temp_files(out: Path) -> int:
 def differences(old: Any, new: Any, where: str = "") -> list[str]:
     """Dotted names of the fields that differ (paths excluded), in a stable order."""
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            if key in UNCOMPARED:
-                continue
-            name = f"{where}.{key}" if where else str(key)
-            if key not in old or key not in new:
-                out.append(name)
-            else:
-                out += differences(old[key], new[key], name)
-        return out
+        return _dict_differences(old, new, where)
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [
             d
@@ -65,6 +56,16 @@ def differences(old: Any, new: Any, where: str = "") -> list[str]:
             for d in differences(a, b, f"{where}[{k}]")
         ]
     return [] if old == new else [where or "plan"]
+
+
+def _dict_differences(old: dict[str, Any], new: dict[str, Any], where: str) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key in UNCOMPARED:
+            continue
+        name = f"{where}.{key}" if where else str(key)
+        out += [name] if key not in old or key not in new else differences(old[key], new[key], name)
+    return out
 
 
 def _shown(record: Any, name: str) -> str:

@@ -164,7 +164,7 @@ def benchmark_from_record(record: dict[str, Any], out: Path) -> Benchmark:
     whole = record.get("limited_from")
     return Benchmark(
         record["name"], identities, prompts, SeedPolicy("fixed"), pairs=pairs, ignored=ignored,
-        limited_from=tuple(whole) if whole else None,  # type: ignore[arg-type]
+        limited_from=(int(whole[0]), int(whole[1])) if whole else None,
     )  # fmt: skip
 
 
@@ -220,21 +220,26 @@ TEXT_SUFFIXES = ("", ".txt", ".prompts")
 _CODE = re.compile(r"^\s*(import |from \S+ import |def |class |[A-Za-z_]\w*\s*=[^=]|\"\"\"|\'\'\')")
 
 
-def read_prompts_text(path: str | os.PathLike[str]) -> list[BenchPrompt]:
-    """One prompt per line; blank lines and lines starting with '#' are skipped; ids are line order."""
-    path = Path(path)
+def _text_lines(path: Path) -> list[str]:
     if path.suffix.lower() not in TEXT_SUFFIXES:
         raise IdgenError(
-            f"prompts file must be IBench's json or a .txt with one prompt per line, not {path.suffix}: {path}"
+            f"prompts file must be IBench's json or a .txt with one prompt per line, "
+            f"not {path.suffix}: {path}"
         )
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        return path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise IdgenError(f"prompts file not found: {path}") from None
     except IsADirectoryError:
         raise IdgenError(f"prompts file is a folder: {path}") from None
     except UnicodeDecodeError:
         raise IdgenError(f"prompts file is not UTF-8 text: {path}") from None
+
+
+def read_prompts_text(path: str | os.PathLike[str]) -> list[BenchPrompt]:
+    """One prompt per line; blank lines and lines starting with '#' are skipped; ids are line order."""
+    path = Path(path)
+    lines = _text_lines(path)
     texts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if any(_CODE.match(t) for t in texts):
         raise IdgenError(f"prompts file looks like source code, not one prompt per line: {path}")
@@ -242,7 +247,8 @@ def read_prompts_text(path: str | os.PathLike[str]) -> list[BenchPrompt]:
         raise IdgenError(f"prompts file has no prompts: {path}")
     if len(texts) > MAX_PROMPTS or max(len(t) for t in texts) > MAX_PROMPT_CHARS:
         raise IdgenError(
-            f"prompts file is too long (at most {MAX_PROMPTS} prompts of {MAX_PROMPT_CHARS} characters): {path}"
+            f"prompts file is too long (at most {MAX_PROMPTS} prompts of {MAX_PROMPT_CHARS} "
+            f"characters): {path}"
         )
     return [BenchPrompt(id=f"{i:03d}", text=t) for i, t in enumerate(texts)]
 

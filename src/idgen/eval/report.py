@@ -55,6 +55,25 @@ def read_metric_record(out: Path) -> dict[str, Any]:
     return record
 
 
+def _face_checked(rows: list[dict[str, Any]]) -> list[str] | None:
+    """Ids of the photos without a face; None when no face model ran (nothing was checked)."""
+    if not any("ref_face_found" in r for r in rows):
+        return None
+    return sorted({r["identity"] for r in rows if r.get("ref_face_found") is False})
+
+
+def _inputs(benchmark: Benchmark) -> dict[str, Any]:
+    return {
+        "benchmark": benchmark.name,
+        "photos": len(benchmark.identities),
+        "prompts": len(benchmark.prompts),
+        "identities": {i.id: i.path.name for i in benchmark.identities},
+        "limited_from": list(benchmark.limited_from) if benchmark.limited_from else None,
+        "pairs": len(benchmark.all_pairs()),
+        "ignored_files": dict(benchmark.ignored),
+    }
+
+
 def collect(out: Path, benchmark: Benchmark, methods: Sequence[Method]) -> dict[str, Any]:
     """results.jsonl (a row per scored image, plan order) and summary.json (per method: mean, CI, counts)."""
     rows = list(iter_scores(out, benchmark, methods))
@@ -63,20 +82,10 @@ def collect(out: Path, benchmark: Benchmark, methods: Sequence[Method]) -> dict[
     metrics = read_metric_record(out)
     computed = [k for k, _, _ in metrics_table() if metrics[k]["computed"]]
     expected = len(benchmark.all_pairs())
-    checked = any("ref_face_found" in r for r in rows)
-    without_face = (
-        sorted({r["identity"] for r in rows if r.get("ref_face_found") is False}) if checked else None
-    )
     summary: dict[str, Any] = {
-        "benchmark": benchmark.name,
-        "photos": len(benchmark.identities),
-        "prompts": len(benchmark.prompts),
-        "identities": {i.id: i.path.name for i in benchmark.identities},
-        "limited_from": list(benchmark.limited_from) if benchmark.limited_from else None,
-        "pairs": expected,
+        **_inputs(benchmark),
         "problems": read_problems(out),
-        "ignored_files": dict(benchmark.ignored),
-        "photos_without_face": without_face,
+        "photos_without_face": _face_checked(rows),
         "metrics": metrics,
         "methods": {
             name: _method_entry([r for r in rows if r["method"] == name], expected, computed)
@@ -183,38 +192,53 @@ def markdown_table(summary: dict[str, Any], settings: dict[str, Any] | None = No
     return "\n".join(lines) + "\n"
 
 
+def _method_groups(methods: Sequence[Method]) -> dict[str, list[Method]]:
+    """Methods by mode (and preset, for spatial): the lines of an id_weight sweep."""
+    groups: dict[str, list[Method]] = {}
+    for m in methods:
+        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == "spatial" else m.mode, []).append(m)
+    return groups
+
+
+def _sweep_plot(
+    ax: Any, groups: dict[str, list[Method]], entries: dict[str, Any], key: str, names: list[str]
+) -> None:
+    for label, group in groups.items():
+        pts = sorted(
+            ((m.id_weight, entries[m.name][key]) for m in group if m.name in names), key=lambda p: p[0]
+        )
+        if pts:
+            means, cis = [e["mean"] for _, e in pts], [e["ci95"] for _, e in pts]
+            ax.errorbar([w for w, _ in pts], means, yerr=cis, marker="o", capsize=3, label=label)
+    ax.set_xlabel("id_weight")
+    ax.legend(fontsize=7)
+
+
+def _bar_plot(ax: Any, entries: dict[str, Any], key: str, names: list[str]) -> None:
+    means = [entries[n][key]["mean"] for n in names]
+    cis = [0.0 if math.isnan(entries[n][key]["ci95"]) else entries[n][key]["ci95"] for n in names]
+    ax.bar(names, means, yerr=cis, capsize=3, color="#5b8def")
+
+
 def metric_plots(out: Path, summary: dict[str, Any], methods: Sequence[Method]) -> list[Path]:
-    """One plot per metric: against id_weight (a line per mode and preset) when a sweep was run, else a bar
-    per method with its 95% CI."""
+    """One plot per metric with values: against id_weight (a line per mode and preset) when a sweep was
+    run, else a bar per method with its 95% CI."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[Method]] = {}
-    for m in methods:
-        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == "spatial" else m.mode, []).append(m)
+    groups = _method_groups(methods)
     sweep = any(len({m.id_weight for m in g}) > 1 for g in groups.values())
     entries = summary["methods"]
     paths = []
     (out / "plots").mkdir(parents=True, exist_ok=True)
     for key, title, _ in metrics_table():
-        names = [n for n in entries if key in entries[n] and entries[n][key]["n"] > 0]
+        names = [n for n in entries if entries[n].get(key, {}).get("n", 0) > 0]
         if not names:
             continue
         fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
-        if sweep:
-            for label, group in groups.items():
-                pts = sorted((m.id_weight, entries[m.name][key]) for m in group if m.name in names)
-                if pts:
-                    means, cis = [e["mean"] for _, e in pts], [e["ci95"] for _, e in pts]
-                    ax.errorbar([w for w, _ in pts], means, yerr=cis, marker="o", capsize=3, label=label)
-            ax.set_xlabel("id_weight")
-            ax.legend(fontsize=7)
-        else:
-            means = [entries[n][key]["mean"] for n in names]
-            cis = [0.0 if math.isnan(entries[n][key]["ci95"]) else entries[n][key]["ci95"] for n in names]
-            ax.bar(names, means, yerr=cis, capsize=3, color="#5b8def")
+        _sweep_plot(ax, groups, entries, key, names) if sweep else _bar_plot(ax, entries, key, names)
         ax.set_title(title, fontsize=9)
         fig.tight_layout()
         path = out / "plots" / f"{key}.png"

@@ -302,6 +302,39 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+def _missing(out: Path, paths: Iterator[str]) -> bool:
+    return any(not (out / p).exists() for p in paths)
+
+
+def _save_batch(out: Path, jobs: Sequence[Job], images: list[Image.Image], strips: Any) -> int:
+    """Write the batch's images that are not on disk yet; their count."""
+    written = 0
+    for k, (job, image) in enumerate(zip(jobs, images, strict=True)):
+        path = out / job.image
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if strips is not None:  # before the image: an image on disk means its strip is there
+            atomic_save_image(strips[k], mask_strip_path(path))
+        atomic_save_image(image, path)
+        written += 1
+    return written
+
+
+def _generate_batch(
+    out: Path, batch: Batch, generator: EvalGenerator, features: dict[str, IdentityFeatures]
+) -> int:
+    jobs = [j for j in batch.jobs if j.method == NONE or j.pair.identity.id in features]
+    if not jobs:
+        return 0
+    batch_features = None
+    if batch.method is not None:
+        batch_features = IdentityFeatures.cat([features[j.pair.identity.id] for j in jobs])
+    prompts, seeds = [j.pair.prompt.text for j in jobs], [j.pair.seed for j in jobs]
+    images, strips = generator.generate(prompts, seeds, batch_features, batch.method)
+    return _save_batch(out, jobs, images, strips)
+
+
 def generate_batches(
     out: Path,
     batches: Sequence[Batch],
@@ -310,28 +343,11 @@ def generate_batches(
     report: RunReport,
     progress: bool = True,
 ) -> None:
-    todo = [b for b in batches if any(not (out / j.image).exists() for j in b.jobs)]
+    todo = [b for b in batches if _missing(out, (j.image for j in b.jobs))]
     with _progress(sum(len(b.jobs) for b in todo), "generate", progress) as bar:
         for batch in todo:
-            jobs = [j for j in batch.jobs if j.method == NONE or j.pair.identity.id in features]
-            if not jobs:
-                bar.update(len(batch.jobs))
-                continue
             start = time.perf_counter()
-            prompts = [j.pair.prompt.text for j in jobs]
-            seeds = [j.pair.seed for j in jobs]
-            batch_features = None
-            if batch.method is not None:
-                batch_features = IdentityFeatures.cat([features[j.pair.identity.id] for j in jobs])
-            images, strips = generator.generate(prompts, seeds, batch_features, batch.method)
-            for k, (job, image) in enumerate(zip(jobs, images, strict=True)):
-                path = out / job.image
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if strips is not None:  # before the image: an image on disk means its strip is there
-                        atomic_save_image(strips[k], mask_strip_path(path))
-                    atomic_save_image(image, path)
-                    report.generated += 1
+            report.generated += _generate_batch(out, batch, generator, features)
             report.seconds_generating += time.perf_counter() - start
             bar.update(len(batch.jobs))
 
@@ -381,6 +397,39 @@ def metric_record(models: MetricModels, metrics: Sequence[Metric] | None = None)
     return record
 
 
+def _save_scores(out: Path, jobs: Sequence[Job], rows: list[dict[str, Any]]) -> int:
+    written = 0
+    for job, row in zip(jobs, rows, strict=True):
+        path = out / job.score
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")
+            written += 1
+    return written
+
+
+def _ready(out: Path, chunk: Sequence[Job]) -> bool:
+    """Whether every image a chunk's scores need is on disk (another shard may still be making some)."""
+    return not _missing(out, (p for j in chunk for p in (j.image, j.none_image)))
+
+
+def _ready_chunks(out: Path, jobs: Sequence[Job], report: RunReport, batch_size: int) -> list[list[Job]]:
+    """Chunks with a score to write whose images are all there; the rest are counted as pending.
+
+    Fixed chunks of the plan-ordered jobs, as for generation: a resumed run scores every image in the
+    same batch as an uninterrupted one, so batched metric models give the same numbers."""
+    usable = [j for j in jobs if j.pair.identity.id not in report.problems]
+    chunks = [usable[i : i + batch_size] for i in range(0, len(usable), batch_size)]
+    todo = [c for c in chunks if _missing(out, (j.score for j in c))]
+    ready = [c for c in todo if _ready(out, c)]
+    report.pending_scores += _unscored(out, [c for c in todo if c not in ready])
+    return ready
+
+
+def _unscored(out: Path, chunks: list[list[Job]]) -> int:
+    return sum(not (out / j.score).exists() for c in chunks for j in c)
+
+
 def score_all(
     out: Path,
     jobs: Sequence[Job],
@@ -390,25 +439,13 @@ def score_all(
     batch_size: int,
     progress: bool = True,
 ) -> None:
-    # Fixed chunks of the plan-ordered jobs, as for generation: a resumed run scores every image in the
-    # same batch as an uninterrupted one, so batched metric models give the same numbers.
-    usable = [j for j in jobs if j.pair.identity.id not in report.problems]
-    chunks = [usable[i : i + batch_size] for i in range(0, len(usable), batch_size)]
-    todo = [c for c in chunks if any(not (out / j.score).exists() for j in c)]
-    ready = [c for c in todo if all((out / j.image).exists() and (out / j.none_image).exists() for j in c)]
-    report.pending_scores += sum(not (out / j.score).exists() for c in todo if c not in ready for j in c)
+    ready = _ready_chunks(out, jobs, report, batch_size)
     cache = Cache()
     with _progress(sum(len(c) for c in ready), "score", progress) as bar:
         for chunk in ready:
             t0 = time.perf_counter()
             rows = score_batch(out, chunk, models, cache, identities)
-            for job, row in zip(chunk, rows, strict=True):
-                path = out / job.score
-                if path.exists():
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")
-                report.scored += 1
+            report.scored += _save_scores(out, chunk, rows)
             report.seconds_scoring += time.perf_counter() - t0
             bar.update(len(chunk))
 

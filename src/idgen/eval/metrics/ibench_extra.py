@@ -11,7 +11,7 @@ the report says "not computed" with the reason. Reference and generated image ar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 from PIL import Image
@@ -97,8 +97,9 @@ class LandmarkDiff(_AgainstReference):
         return list(model.landmarks(images))  # type: ignore[attr-defined]
 
     def distance(self, a: object, b: object) -> float:
-        (pa, ba), (pb, bb) = a, b  # type: ignore[misc]
-        return landmark_distance(pa, ba, pb, bb)
+        points_a, box_a = cast(tuple[np.ndarray, tuple[float, ...]], a)
+        points_b, box_b = cast(tuple[np.ndarray, tuple[float, ...]], b)
+        return landmark_distance(points_a, box_a, points_b, box_b)
 
 
 class PoseDiv(_AgainstReference):
