@@ -114,3 +114,15 @@ def test_nothing_evaluated_exits_non_zero(tmp_path, capsys):
     assert main(["eval", "report", "--out", str(out)]) == 1
     report = (out / "report.md").read_text()
     assert "- Photo id_0 skipped: no face found in photo of identity id_0" in report
+
+
+def test_temp_files_are_kept_while_another_shard_holds_the_folder(tmp_path):
+    from idgen.eval.folder import clean_temp_files
+
+    (tmp_path / "scores").mkdir()
+    temp = tmp_path / "scores" / ".a.0123456789ab.tmp.json"
+    temp.write_text("{")
+    (tmp_path / ".lock-shard-1-of-2").write_text("host 1\n")
+    assert clean_temp_files(tmp_path, ".lock-shard-0-of-2") == 0 and temp.exists()
+    (tmp_path / ".lock-shard-1-of-2").unlink()
+    assert clean_temp_files(tmp_path, ".lock-shard-0-of-2") == 1 and not temp.exists()

@@ -32,10 +32,12 @@ def json_records(folder: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json") if not p.name.startswith(".") and p.is_file())
 
 
-def clean_temp_files(out: Path) -> int:
-    """Remove temp files an interrupted run left (`.<name>.<hex>.tmp<suffix>`, see idgen.io); their count."""
+def clean_temp_files(out: Path, lock: str = LOCK) -> int:
+    """Remove temp files an interrupted run left (`.<name>.<hex>.tmp<suffix>`, see idgen.io); their count.
+
+    Only while `lock` is the folder's one lock: another shard's temp files may be writes in flight."""
     removed = 0
-    if not out.is_dir():
+    if not out.is_dir() or any(p.name != lock for p in out.glob(".lock*")):
         return 0
     for path in out.rglob(".*.tmp*"):
         if path.is_file():

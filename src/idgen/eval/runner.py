@@ -471,8 +471,9 @@ def run_eval(
     if len({m.name for m in methods}) != len(methods):
         raise IdgenError("the same method is listed twice")
     report = RunReport()
-    with run_lock(out, f".lock-shard-{shard.index}-of-{shard.count}"):
-        clean_temp_files(out)
+    lock = f".lock-shard-{shard.index}-of-{shard.count}"
+    with run_lock(out, lock):
+        clean_temp_files(out, lock)
         start = time.perf_counter()  # model loading counts towards its phase
         if settings is not None:
             check_plan(out, plan_record(benchmark, methods, settings, batch_size, out))
