@@ -1,4 +1,6 @@
+import hashlib
 import json
+import shutil
 
 import pytest
 
@@ -109,3 +111,17 @@ def test_protocol_settings_and_explicit_flags():
     assert (ibench.seed_policy, ibench.seed, ibench.methods) == (
         "fixed", 42, ("uniform", "spatial", "spatial:preset=balanced")
     )  # fmt: skip
+
+
+def test_models_are_keyed_by_hub_id_or_content_never_by_where_they_are(tmp_path, monkeypatch):
+    from idgen.eval.protocols import source_key
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/pulid.safetensors").write_bytes(b"weights")
+    assert source_key("guozinan/PuLID") == "guozinan/PuLID" and source_key(None) is None
+    key = source_key(str(tmp_path / "a/pulid.safetensors"))
+    assert key == "file sha256:" + hashlib.sha256(b"weights").hexdigest()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    assert source_key("pulid.safetensors") == key  # the same file elsewhere, by a relative path: same key
+    assert source_key(str(tmp_path / "a")) == source_key(str(tmp_path / "b"))  # folders by content

@@ -98,7 +98,8 @@ def test_ibench_layout_runs_resumes_after_a_kill_and_accounts_for_everything(tmp
     # Metrics: every registered metric is either computed with a named model or "not computed: why".
     assert set(summary["metrics"]) == {m.key for m in registered()}
     report = (out / "report.md").read_text()
-    _, metrics, *_ = markdown_tables(report)
+    results, metrics, *_ = markdown_tables(report)
+    assert [row[-1] for row in results[1:]] == ["–"] * 4  # "no face" is not 0 when no face model ran
     assert [row[0] for row in metrics[1:]] == [m.title for m in registered()]
     for row in metrics[1:]:
         assert row[1].startswith("not computed: ") or "better)" in row[1], row

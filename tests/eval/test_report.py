@@ -59,6 +59,22 @@ def test_markdown_table_has_a_row_per_method_and_counts(evaluated):
     assert "- Images without a face: none 0, uniform 0, spatial 0, uniform-w0.5 0" in text
 
 
+def test_photos_without_a_face_are_named_in_the_report_and_the_page(tmp_path):
+    from tests.eval.fakes import photo
+
+    bench = benchmark(tmp_path / "photos", identities=2, prompts=1)
+    photo((0, 0, 0)).save(tmp_path / "photos/id_1.png")  # FakeFaces: a black square is no face
+    run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), fake_models(), progress=False)
+    summary = write_report(tmp_path / "out", bench, METHODS)
+    assert summary["photos_without_face"] == ["id_1"]
+    assert summary["methods"]["spatial"]["facesim"]["skipped"] == {"no face in the reference photo": 1}
+    text = (tmp_path / "out/report.md").read_text()
+    assert "- Photos without a face: 1 (id_1)." in text
+    assert "- FaceSim, spatial: 1 skipped, no face in the reference photo" in text
+    page = (tmp_path / "out/index.html").read_text()
+    assert "Photos without a face: 1 (id_1)." in page and "Images without a face: none 0, uniform 1" in page
+
+
 def test_a_sweep_draws_metric_plots_against_id_weight(evaluated):
     out, summary = evaluated
     assert (out / "plots/contamination_px.png").stat().st_size > 1000

@@ -51,6 +51,32 @@ def test_metrics_of_the_fake_world_are_as_constructed(tmp_path):
     assert spatial["facesim"] == pytest.approx(1.0, abs=1e-6)  # the face square is the reference colour
     assert by[("none", "id_0", "000")]["face_found"] is True
     assert "clip_i" not in by[("none", "id_0", "000")]  # CLIP-I compares with the no-id image itself
+    assert by[("none", "id_0", "000")]["skipped"]["clip_i"] == "the no-id image itself"
+
+
+def test_antifacesim_is_ibenchs_reference_vs_no_id_and_idgens_variant_has_its_own_name(tmp_path):
+    import torch
+
+    from tests.eval.fakes import FakeFaces
+
+    rows = run_whole(tmp_path / "out", benchmark(tmp_path / "photos"))
+    by = {(r["method"], r["identity"], r["prompt"]): r for r in rows}
+    faces = FakeFaces()
+    from PIL import Image
+
+    def embedding(path):
+        return faces.faces([Image.open(path).convert("RGB")])[0][0].embedding
+
+    uniform = by[("uniform", "id_1", "002")]
+    ref = embedding(tmp_path / "photos/id_1.png")
+    none = embedding(tmp_path / "out" / uniform["none_image"])
+    mine = embedding(tmp_path / "out" / uniform["image"])
+    # IBench: cos(reference, the pair's no-id image); the same for every method and the none row.
+    assert uniform["antifacesim"] == pytest.approx(float(torch.dot(ref, none)), abs=1e-6)
+    assert by[("spatial", "id_1", "002")]["antifacesim"] == uniform["antifacesim"]
+    assert by[("none", "id_1", "002")]["antifacesim"] == by[("none", "id_1", "002")]["facesim"]
+    # idgen's variant: cos(with id, no id), under its own name.
+    assert uniform["facesim_vs_noid"] == pytest.approx(float(torch.dot(mine, none)), abs=1e-6)
 
 
 def test_kill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path):
