@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -93,3 +94,43 @@ def test_the_12_pair_interval_is_wider_than_the_normal_one_by_12_percent():
     values = [0.1 * k for k in range(12)]
     assert M.mean_ci(values)[1] / M.mean_ci_normal(values)[1] == pytest.approx(2.200985160082949 / 1.96)
     assert M.mean_ci([])[2] == 0
+
+
+def test_landmark_and_pose_distances_by_hand():
+    from idgen.eval.metrics.ibench_extra import landmark_distance, pose_distance
+
+    a = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [0.0, 2.0], [2.0, 2.0]])
+    box = (0.0, 0.0, 3.0, 4.0)  # diagonal 5
+    assert landmark_distance(a, box, a + 7.0, box) == 0.0  # centred: a shift is no difference
+    b = a.copy()
+    b[0] += [1.0, 0.0]  # one point moves 1 px: after centring, it moves 0.8 and the other four 0.2 each
+    expected = (0.8 + 4 * 0.2) / 5 / 5  # mean over the 5 points, / diagonal
+    assert landmark_distance(a, box, b, box) == pytest.approx(expected)
+    assert pose_distance((10.0, -5.0, 2.0), (7.0, 5.0, 2.0)) == pytest.approx((3 + 10 + 0) / 3)
+
+
+def test_plug_in_metrics_run_when_their_model_is_given(tmp_path):
+    from idgen.eval.report import collect
+    from idgen.eval.runner import run_eval
+    from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models
+
+    class Poses:
+        name = "fake-pose"
+
+        def poses(self, images):  # yaw from the mean red of the image, pitch and roll 0
+            return [(float(np.asarray(im)[..., 0].mean()) / 10, 0.0, 0.0) for im in images]
+
+    models = fake_models()
+    models.extra["pose_div"] = Poses()
+    bench = benchmark(tmp_path / "photos", identities=1, prompts=1)
+    run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
+    summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["metrics"]["pose_div"] == {"computed": True, "model": "fake-pose"}
+    rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    from PIL import Image
+
+    spatial = next(r for r in rows if r["method"] == "spatial")
+    red = [np.asarray(Image.open(p).convert("RGB"))[..., 0].mean() / 10 for p in
+           (tmp_path / "out" / spatial["image"], tmp_path / "photos/id_0.png")]  # fmt: skip
+    assert spatial["pose_div"] == pytest.approx(abs(red[0] - red[1]) / 3)
+    assert summary["metrics"]["landmark_diff"]["computed"] is False
