@@ -171,11 +171,10 @@ def _settings(
 
 
 def _metric_factory(args: argparse.Namespace, device: str, iq_mode: str) -> tuple[Any, Any]:
-    if _world(args):
-        from idgen.world.eval_plugin import world_metric_models
+    from idgen.eval.harness import MetricOptions, metric_model_set, real_metric_models
 
-        return world_metric_models, "demo-world evaluators"
-    from idgen.eval.harness import MetricOptions, real_metric_models
+    if _world(args):
+        return metric_model_set("demo-world"), "demo-world evaluators"
 
     options = MetricOptions(
         args.clip_model, args.face_model, args.face_root, args.aesthetic_head, args.iq, device, iq_mode,

@@ -12,7 +12,22 @@ from idgen.errors import IdgenError
 from idgen.eval.manifest import Benchmark, SeedPolicy, from_files, named
 from idgen.eval.runner import EvalGenerator, Method, MetricModels, RunReport, Shard, run_eval
 
-__all__ = ["MetricOptions", "evaluate", "real_metric_models"]
+__all__ = ["MetricOptions", "evaluate", "metric_model_set", "real_metric_models", "register_metric_models"]
+
+# Named sets of metric models registered by their providers (the demo world registers "demo-world").
+METRIC_MODEL_SETS: dict[str, Callable[[], MetricModels]] = {}
+
+
+def register_metric_models(name: str, make: Callable[[], MetricModels]) -> None:
+    METRIC_MODEL_SETS[name] = make
+
+
+def metric_model_set(name: str) -> Callable[[], MetricModels]:
+    if name not in METRIC_MODEL_SETS:
+        known = ", ".join(METRIC_MODEL_SETS) or "none registered"
+        raise IdgenError(f"unknown metric model set {name!r} (registered: {known})")
+    return METRIC_MODEL_SETS[name]
+
 
 IQ_MODES = {"ibench": "ibench_raw", "vbench": "vbench"}  # --iq-mode -> Musiq's input mode
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from idgen.eval.harness import register_metric_models
 from idgen.eval.manifest import Benchmark, BenchPrompt, IdentityPhoto, SeedPolicy, register_benchmark
 from idgen.eval.metrics import MetricModels
 from idgen.eval.models import Face
@@ -143,5 +144,6 @@ def builtin(name: str, cache: Path) -> Benchmark:
     )
 
 
+register_metric_models("demo-world", world_metric_models)
 for _name in BUILTIN:
     register_benchmark(_name, lambda out, _name=_name: builtin(_name, out / "references"))  # type: ignore[misc]
