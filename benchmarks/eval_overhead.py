@@ -27,10 +27,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from idgen.eval.harness import evaluate, world_metric_models
-    from idgen.eval.manifest import builtin
+    from idgen.eval.harness import evaluate
     from idgen.eval.runner import FluxEvalGenerator, Method
     from idgen.world.bundle import load_world
+    from idgen.world.eval_plugin import builtin, world_metric_models
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

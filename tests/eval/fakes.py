@@ -132,3 +132,26 @@ def benchmark(folder: Path, identities: int = 3, prompts: int = 4, policy: str =
 
 
 METHODS = [Method("uniform"), Method("spatial")]
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every table in a markdown text, as rows of cells; asserts each is well formed: a header, a
+    separator row of the same width, and every row as wide as the header (escaped pipes are text)."""
+    import re
+
+    tables: list[list[list[str]]] = []
+    current: list[list[str]] = []
+    for line in [*text.splitlines(), ""]:
+        if line.startswith("|"):
+            assert line.rstrip().endswith("|"), f"table row does not end with '|': {line!r}"
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            current.append(cells)
+            continue
+        if current:
+            assert len(current) >= 2, f"a table without a separator row: {current}"
+            assert all(re.fullmatch(r":?-{3,}:?", c) for c in current[1]), f"bad separator: {current[1]}"
+            widths = {len(row) for row in current}
+            assert widths == {len(current[0])}, f"rows of different widths {widths}: {current}"
+            tables.append([current[0], *current[2:]])
+            current = []
+    return tables

@@ -237,6 +237,29 @@ def test_musiq_feeds_vbench_frames_or_ibench_raw_frames(monkeypatch, tmp_path):
     assert fed.shape == (1, 3, 768, 1024) and torch.equal(fed[0], 255 * as_tensor(image))
 
 
+def test_iq_defaults_to_ibench_input_and_respects_hf_hub_offline(monkeypatch, tmp_path):
+    from idgen.eval.harness import MetricOptions, real_metric_models
+
+    fake_modules(monkeypatch, "pyiqa.archs.musiq_arch", MUSIQ=FakeMusiq)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = real_metric_models(MetricOptions(clip=None, faces=None, iq=True))
+    assert "iq" not in models.scorers
+    assert (
+        models.skipped["iq"] == "HF_HUB_OFFLINE is set and no local MUSIQ weights were given (--iq-weights)"
+    )
+    (tmp_path / "musiq.pth").write_bytes(b"")
+    models = real_metric_models(
+        MetricOptions(clip=None, faces=None, iq=True, iq_weights=str(tmp_path / "musiq.pth"))
+    )
+    assert (
+        models.scorers["iq"].mode == "ibench_raw" and models.scorers["iq"].name == "musiq-spaq (ibench input)"
+    )
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    vbench = real_metric_models(MetricOptions(clip=None, faces=None, iq=True, iq_mode="vbench")).scorers["iq"]
+    assert vbench.mode == "vbench" and vbench.net.loaded == "spaq"
+    assert real_metric_models(MetricOptions(clip=None, faces=None)).skipped["iq"] == "not asked for (--iq)"
+
+
 class FakeFace:
     def __init__(self, bbox, score, embedding):
         self.bbox, self.det_score, self.embedding = np.array(bbox), score, np.array(embedding)

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -74,5 +75,62 @@ def test_patch_contamination_is_one_minus_cosine_over_background_patches():
 def test_mean_ci_drops_nans_and_uses_the_sample_std():
     mean, half, n = M.mean_ci([1.0, 2.0, 3.0, float("nan")])
     assert (mean, n) == (2.0, 3)
-    assert half == pytest.approx(1.96 * 1.0 / math.sqrt(3))
+    # Student's t with 2 degrees of freedom: t(0.975, 2) = 4.302652729749464 (tables; scipy.stats.t.ppf)
+    assert half == pytest.approx(4.302652729749464 * 1.0 / math.sqrt(3), rel=1e-9)
+    normal = M.mean_ci_normal([1.0, 2.0, 3.0, float("nan")])
+    assert normal == (2.0, pytest.approx(1.96 / math.sqrt(3)), 3)
+
+
+@pytest.mark.parametrize(
+    ("dof", "quantile"),
+    [(1, 12.706204736174707), (5, 2.5705818356363146), (11, 2.200985160082949), (30, 2.0422724563012373),
+     (1000, 1.9623390808264078)],
+)  # fmt: skip
+def test_t_quantiles_match_published_values(dof, quantile):
+    assert M.t_quantile(0.975, dof) == pytest.approx(quantile, rel=1e-9)
+
+
+def test_the_12_pair_interval_is_wider_than_the_normal_one_by_12_percent():
+    values = [0.1 * k for k in range(12)]
+    assert M.mean_ci(values)[1] / M.mean_ci_normal(values)[1] == pytest.approx(2.200985160082949 / 1.96)
     assert M.mean_ci([])[2] == 0
+
+
+def test_landmark_and_pose_distances_by_hand():
+    from idgen.eval.metrics.ibench_extra import landmark_distance, pose_distance
+
+    a = np.array([[0.0, 0.0], [2.0, 0.0], [1.0, 1.0], [0.0, 2.0], [2.0, 2.0]])
+    box = (0.0, 0.0, 3.0, 4.0)  # diagonal 5
+    assert landmark_distance(a, box, a + 7.0, box) == 0.0  # centred: a shift is no difference
+    b = a.copy()
+    b[0] += [1.0, 0.0]  # one point moves 1 px: after centring, it moves 0.8 and the other four 0.2 each
+    expected = (0.8 + 4 * 0.2) / 5 / 5  # mean over the 5 points, / diagonal
+    assert landmark_distance(a, box, b, box) == pytest.approx(expected)
+    assert pose_distance((10.0, -5.0, 2.0), (7.0, 5.0, 2.0)) == pytest.approx((3 + 10 + 0) / 3)
+
+
+def test_plug_in_metrics_run_when_their_model_is_given(tmp_path):
+    from idgen.eval.report import collect
+    from idgen.eval.runner import run_eval
+    from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models
+
+    class Poses:
+        name = "fake-pose"
+
+        def poses(self, images):  # yaw from the mean red of the image, pitch and roll 0
+            return [(float(np.asarray(im)[..., 0].mean()) / 10, 0.0, 0.0) for im in images]
+
+    models = fake_models()
+    models.extra["pose_div"] = Poses()
+    bench = benchmark(tmp_path / "photos", identities=1, prompts=1)
+    run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
+    summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["metrics"]["pose_div"] == {"computed": True, "model": "fake-pose"}
+    rows = [json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()]
+    from PIL import Image
+
+    spatial = next(r for r in rows if r["method"] == "spatial")
+    red = [np.asarray(Image.open(p).convert("RGB"))[..., 0].mean() / 10 for p in
+           (tmp_path / "out" / spatial["image"], tmp_path / "photos/id_0.png")]  # fmt: skip
+    assert spatial["pose_div"] == pytest.approx(abs(red[0] - red[1]) / 3)
+    assert summary["metrics"]["landmark_diff"]["computed"] is False

@@ -6,7 +6,7 @@ import pytest
 
 from idgen.eval.report import write_report
 from idgen.eval.runner import Method, run_eval
-from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models
+from tests.eval.fakes import METHODS, FakeGenerator, benchmark, fake_models, markdown_tables
 
 
 def chromium() -> str | None:
@@ -21,7 +21,7 @@ def evaluated(tmp_path_factory):
     bench = benchmark(root / "photos")
     methods = [*METHODS, Method("uniform", id_weight=0.5)]
     run_eval(root / "out", bench, methods, FakeGenerator(), fake_models(), progress=False)
-    summary = write_report(root / "out", bench, methods, face_model="fake")
+    summary = write_report(root / "out", bench, methods)
     return root / "out", summary
 
 
@@ -41,7 +41,38 @@ def test_markdown_table_has_a_row_per_method_and_counts(evaluated):
     text = (out / "report.md").read_text()
     assert "| none |" in text and "| spatial |" in text and "| uniform-w0.5 |" in text
     assert "| 12/12 | 0 |" in text  # scored / expected, images without a face
-    assert "Face model: fake." in text
+    results, metrics = markdown_tables(text)
+    assert results[0][0] == "method" and [r[0] for r in results[1:]] == [
+        "none",
+        "uniform",
+        "spatial",
+        "uniform-w0.5",
+    ]
+    by_metric = {row[0]: row for row in metrics[1:]}
+    assert by_metric["FaceSim"][1] == "fake-face (higher is better)"
+    assert by_metric["FaceSim"][2:] == ["12 / 0"] * 4  # n / skipped, per method
+    assert by_metric["CLIP-I (vs no-id)"][2:] == ["0 / 12", "12 / 0", "12 / 0", "12 / 0"]
+    assert by_metric["Aesthetic"][1] == "not computed: no aesthetic model"
+    assert by_metric["PoseDiv (deg)"][1].startswith("not computed: idgen ships no loader for Hopenet")
+    assert "- CLIP-I (vs no-id), none: 12 skipped, the no-id image itself" in text
+    assert "- Photos without a face: 0." in text
+    assert "- Images without a face: none 0, uniform 0, spatial 0, uniform-w0.5 0" in text
+
+
+def test_photos_without_a_face_are_named_in_the_report_and_the_page(tmp_path):
+    from tests.eval.fakes import photo
+
+    bench = benchmark(tmp_path / "photos", identities=2, prompts=1)
+    photo((0, 0, 0)).save(tmp_path / "photos/id_1.png")  # FakeFaces: a black square is no face
+    run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), fake_models(), progress=False)
+    summary = write_report(tmp_path / "out", bench, METHODS)
+    assert summary["photos_without_face"] == ["id_1"]
+    assert summary["methods"]["spatial"]["facesim"]["skipped"] == {"no face in the reference photo": 1}
+    text = (tmp_path / "out/report.md").read_text()
+    assert "- Photos without a face: 1 (id_1)." in text
+    assert "- FaceSim, spatial: 1 skipped, no face in the reference photo" in text
+    page = (tmp_path / "out/index.html").read_text()
+    assert "Photos without a face: 1 (id_1)." in page and "Images without a face: none 0, uniform 1" in page
 
 
 def test_a_sweep_draws_metric_plots_against_id_weight(evaluated):

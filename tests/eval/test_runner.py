@@ -51,6 +51,32 @@ def test_metrics_of_the_fake_world_are_as_constructed(tmp_path):
     assert spatial["facesim"] == pytest.approx(1.0, abs=1e-6)  # the face square is the reference colour
     assert by[("none", "id_0", "000")]["face_found"] is True
     assert "clip_i" not in by[("none", "id_0", "000")]  # CLIP-I compares with the no-id image itself
+    assert by[("none", "id_0", "000")]["skipped"]["clip_i"] == "the no-id image itself"
+
+
+def test_antifacesim_is_ibenchs_reference_vs_no_id_and_idgens_variant_has_its_own_name(tmp_path):
+    import torch
+
+    from tests.eval.fakes import FakeFaces
+
+    rows = run_whole(tmp_path / "out", benchmark(tmp_path / "photos"))
+    by = {(r["method"], r["identity"], r["prompt"]): r for r in rows}
+    faces = FakeFaces()
+    from PIL import Image
+
+    def embedding(path):
+        return faces.faces([Image.open(path).convert("RGB")])[0][0].embedding
+
+    uniform = by[("uniform", "id_1", "002")]
+    ref = embedding(tmp_path / "photos/id_1.png")
+    none = embedding(tmp_path / "out" / uniform["none_image"])
+    mine = embedding(tmp_path / "out" / uniform["image"])
+    # IBench: cos(reference, the pair's no-id image); the same for every method and the none row.
+    assert uniform["antifacesim"] == pytest.approx(float(torch.dot(ref, none)), abs=1e-6)
+    assert by[("spatial", "id_1", "002")]["antifacesim"] == uniform["antifacesim"]
+    assert by[("none", "id_1", "002")]["antifacesim"] == by[("none", "id_1", "002")]["facesim"]
+    # idgen's variant: cos(with id, no id), under its own name.
+    assert uniform["facesim_vs_noid"] == pytest.approx(float(torch.dot(mine, none)), abs=1e-6)
 
 
 def test_kill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path):
@@ -131,7 +157,8 @@ def test_a_face_free_image_counts_as_no_face_not_as_zero(tmp_path):
     run_eval(tmp_path / "out", bench, METHODS, BlackFace(), fake_models(), progress=False)
     summary = collect(tmp_path / "out", bench, METHODS)
     assert summary["methods"]["spatial"]["no_face"] == 1
-    assert "facesim" not in summary["methods"]["spatial"]
+    facesim = summary["methods"]["spatial"]["facesim"]
+    assert facesim["n"] == 0 and facesim["skipped"] == {"no face in the image": 1}
 
 
 def test_resuming_into_another_plan_is_refused(tmp_path):
@@ -145,8 +172,19 @@ def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
     bench = benchmark(tmp_path / "photos", identities=1, prompts=2)
     models = MetricModels(clip=None, faces=fake_models().faces, skipped={"clip": "not installed"})
     report = run_eval(tmp_path / "out", bench, METHODS, FakeGenerator(), models, progress=False)
-    assert report.skipped_metrics == {"clip": "not installed"}
+    clip_metrics = ("clip_t", "clip_i", "clip_i_ref", "contamination_clip")
+    assert {k: report.skipped_metrics[k] for k in clip_metrics} == dict.fromkeys(
+        clip_metrics, "not installed"
+    )
+    assert report.skipped_metrics["aesthetic"] == "no aesthetic model"
+    assert (
+        report.skipped_metrics["landmark_diff"]
+        == "idgen ships no loader for MTCNN 5-point landmarks, and none was given"
+    )
+    assert "facesim" not in report.skipped_metrics
     summary = collect(tmp_path / "out", bench, METHODS)
+    assert summary["metrics"]["clip_t"] == {"computed": False, "reason": "not installed"}
+    assert summary["metrics"]["facesim"] == {"computed": True, "model": "fake-face"}
     assert "facesim" in summary["methods"]["spatial"] and "clip_t" not in summary["methods"]["spatial"]
 
 
@@ -157,6 +195,8 @@ def test_a_missing_metric_model_skips_its_metrics_not_the_run(tmp_path):
         ("spatial:weight=2", "unknown method option"),
         ("uniform:id_weight=abc", "must be a number"),
         ("uniform:id_weight=-1", ">= 0"),
+        ("uniform:id_weight=nan", "must be a finite number >= 0, got nan"),
+        ("spatial:preset=balnced", "unknown preset 'balnced' in 'spatial:preset=balnced' \\(presets: v1, "),
     ],
 )
 def test_bad_method_specs_name_the_problem(spec, message):

@@ -2,28 +2,34 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from idgen.errors import IdgenError
-from idgen.eval.manifest import BUILTIN, Benchmark, builtin
+from idgen.eval.manifest import Benchmark, SeedPolicy, from_files, named
 from idgen.eval.runner import EvalGenerator, Method, MetricModels, RunReport, Shard, run_eval
 
-__all__ = ["MetricOptions", "evaluate", "real_metric_models", "world_metric_models"]
+__all__ = ["MetricOptions", "evaluate", "metric_model_set", "real_metric_models", "register_metric_models"]
+
+# Named sets of metric models registered by their providers (the demo world registers "demo-world").
+METRIC_MODEL_SETS: dict[str, Callable[[], MetricModels]] = {}
 
 
-def world_metric_models() -> MetricModels:
-    """The demo world's evaluators (independent of the generator) behind the metric interfaces."""
-    from idgen.eval.backends.world import WorldFaces, WorldImageText
+def register_metric_models(name: str, make: Callable[[], MetricModels]) -> None:
+    METRIC_MODEL_SETS[name] = make
 
-    models = MetricModels(clip=WorldImageText(), faces=WorldFaces())
-    models.skipped = {
-        "aesthetic": "no LAION head exists for the demo world",
-        "iq": "MUSIQ is not trained for the demo world",
-    }
-    return models
+
+def metric_model_set(name: str) -> Callable[[], MetricModels]:
+    if name not in METRIC_MODEL_SETS:
+        known = ", ".join(METRIC_MODEL_SETS) or "none registered"
+        raise IdgenError(f"unknown metric model set {name!r} (registered: {known})")
+    return METRIC_MODEL_SETS[name]
+
+
+IQ_MODES = {"ibench": "ibench_raw", "vbench": "vbench"}  # --iq-mode -> Musiq's input mode
 
 
 @dataclass
@@ -38,13 +44,40 @@ class MetricOptions:
     aesthetic: str | None = None  # path to the LAION linear head (sa_0_4_vit_l_14_linear.pth)
     iq: bool = False  # MUSIQ through pyiqa
     device: str = "cpu"
+    iq_mode: str = "ibench"  # "ibench": IBench's raw 0-255 full-resolution input; "vbench": VBench's
+    iq_weights: str | None = None  # a local MUSIQ SPAQ checkpoint; None lets pyiqa download it (online only)
+
+    def record(self) -> dict[str, Any]:
+        """What plan.json keys a run on (the metric models asked for)."""
+        return {
+            "clip": self.clip,
+            "faces": self.faces,
+            "aesthetic": self.aesthetic,
+            "iq": f"musiq-spaq ({self.iq_mode})" if self.iq else None,
+        }
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _musiq(options: MetricOptions) -> Any:
+    from idgen.eval.backends.scorers import Musiq
+
+    if options.iq_mode not in IQ_MODES:
+        raise IdgenError(f"unknown --iq-mode {options.iq_mode!r} (ibench or vbench)")
+    if options.iq_weights is None and hub_offline():
+        raise IdgenError("HF_HUB_OFFLINE is set and no local MUSIQ weights were given (--iq-weights)")
+    musiq = Musiq(options.iq_weights, device=options.device, mode=IQ_MODES[options.iq_mode])  # type: ignore[arg-type]
+    musiq.name = f"musiq-spaq ({options.iq_mode} input)"
+    return musiq
 
 
 def real_metric_models(options: MetricOptions) -> MetricModels:
     """Load what is asked; a metric whose model or package is missing is skipped with the reason."""
     from idgen.eval.backends.clip import HFCLIP
     from idgen.eval.backends.faces import DlibFaceModel, InsightFaceModel
-    from idgen.eval.backends.scorers import LaionAesthetic, Musiq
+    from idgen.eval.backends.scorers import LaionAesthetic
 
     models = MetricModels()
 
@@ -75,27 +108,33 @@ def real_metric_models(options: MetricOptions) -> MetricModels:
             head = attempt("aesthetic", lambda: LaionAesthetic.from_file(aesthetic, models.clip))
             if head is not None:
                 models.scorers["aesthetic"] = head
+    else:
+        models.skipped["aesthetic"] = "no LAION aesthetic head given (--aesthetic-head)"
     if options.iq:
-        iq = attempt("iq", lambda: Musiq(device=options.device))
+        iq = attempt("iq", lambda: _musiq(options))
         if iq is not None:
             models.scorers["iq"] = iq
+    else:
+        models.skipped["iq"] = "not asked for (--iq)"
     return models
 
 
 def resolve_benchmark(
-    name: str | None, out: Path, photos: str | None, prompts: str | None, seeds: Any
+    name: str | None,
+    out: Path,
+    photos: str | None,
+    prompts: str | None,
+    seeds: SeedPolicy,
+    keep_duplicates: bool = False,
 ) -> Benchmark:
-    from idgen.eval.manifest import from_files
-
+    """A registered benchmark by name, or a photo folder x a prompts file."""
     if name is not None:
         if photos or prompts:
             raise IdgenError("give either --benchmark or --photos with --prompts, not both")
-        if name not in BUILTIN:
-            raise IdgenError(f"unknown benchmark {name!r} (built-in: {', '.join(BUILTIN)})")
-        return builtin(name, out / "references")
+        return named(name, out)
     if not photos or not prompts:
         raise IdgenError("give --benchmark, or --photos and --prompts")
-    return from_files(photos, prompts, seeds)
+    return from_files(photos, prompts, seeds, keep_duplicates)
 
 
 def evaluate(
@@ -109,17 +148,19 @@ def evaluate(
     progress: bool = True,
     barrier: Callable[[], None] | None = None,
     report: bool = True,
-    face_model: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[RunReport, dict[str, Any] | None]:
     """Run (resumably) and, on the last process, collect the report."""
     from idgen.eval.report import write_report
 
     out = Path(out)
     shard = shard or Shard()
-    run = run_eval(out, benchmark, methods, generator, metric_models, shard, batch_size, progress, barrier)
+    run = run_eval(
+        out, benchmark, methods, generator, metric_models, shard, batch_size, progress, barrier, settings
+    )
     summary = None
     if barrier is not None:
         barrier()  # every process, so that process 0 reports on all shards' scores
     if report and shard.index == 0 and (shard.count == 1 or barrier is not None):
-        summary = write_report(out, benchmark, methods, face_model)
+        summary = write_report(out, benchmark, methods)
     return run, summary

@@ -2,6 +2,7 @@
 
 Output folder:
     plan.json                                   the benchmark, methods and settings (a re-run must match)
+    metrics.json                                per metric: computed or not (why), the model actually used
     references/                                 built-in benchmarks' rendered reference photos
     images/none/<prompt>-s<seed>.png            without identity: one per (prompt, seed), shared by methods
     images/<method>/<identity>/<prompt>-s<seed>.png
@@ -20,23 +21,24 @@ uninterrupted single-process run does. Scores need the shared no-id images; a sh
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-import torch
 from PIL import Image
 
+from idgen.core.schedule import PRESETS
 from idgen.errors import IdgenError
-from idgen.eval import metrics as M
+from idgen.eval.folder import check_plan, clean_temp_files, json_records, run_lock
 from idgen.eval.manifest import Benchmark, IdentityPhoto, Pair
-from idgen.eval.models import Face, FaceModel, ImageScorer, ImageTextModel, largest_face
+from idgen.eval.metrics.base import Cache, Metric, MetricModels, ScoreBatch, Skip, registered
 from idgen.identity.base import IdentityFeatures
 from idgen.io import atomic_save_image, atomic_write_text, load_image
+
+__all__ = ["EvalGenerator", "FluxEvalGenerator", "Method", "MetricModels", "RunReport", "Shard", "run_eval"]
 
 MODES = ("uniform", "spatial")
 NONE = "none"
@@ -79,8 +81,10 @@ class Method:
             except ValueError:
                 raise IdgenError(f"id_weight must be a number, got {value!r} in {spec!r}") from None
         method = cls(mode, **kwargs)
-        if method.id_weight < 0:
-            raise IdgenError(f"id_weight must be >= 0, got {method.id_weight} in {spec!r}")
+        if not math.isfinite(method.id_weight) or method.id_weight < 0:
+            raise IdgenError(f"id_weight must be a finite number >= 0, got {method.id_weight} in {spec!r}")
+        if method.preset not in PRESETS:
+            raise IdgenError(f"unknown preset {method.preset!r} in {spec!r} (presets: {', '.join(PRESETS)})")
         return method
 
     def to_dict(self) -> dict[str, Any]:
@@ -106,13 +110,17 @@ MASK_STRIP_EVERY = 4  # steps between the frames of an image's mask strip
 class FluxEvalGenerator:
     """EvalGenerator over an IdentityFluxPipeline (the demo world or real PuLID-FLUX)."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, sampling: dict[str, Any] | None = None) -> None:
         self.pipe = pipe
+        # Keyword arguments of every pipeline call (height, width, num_inference_steps, guidance_scale,
+        # true_cfg_scale); left out, the pipeline's own defaults apply.
+        self.sampling = dict(sampling or {})
         # What a resumed run must match: sampling defaults, which identity networks generate, and how the
         # spatial mode builds its mask (its schedule is each method's preset).
         spatial = pipe.spatial
         self.settings = {
             **pipe.defaults,
+            **self.sampling,
             "adapter": type(pipe.adapter).__name__,
             "encoder": type(pipe.encoder).__name__,
             "spatial": {part: repr(getattr(spatial, part)) for part in ("extractor", "refiner", "anchor")},
@@ -128,7 +136,7 @@ class FluxEvalGenerator:
         from idgen.viz import mask_strip
 
         if method is None:
-            return list(self.pipe(prompts, mode="none", seed=seeds).images), None
+            return list(self.pipe(prompts, mode="none", seed=seeds, **self.sampling).images), None
         recorder = MaskRecorder(keep_ca_norm=False) if method.mode == "spatial" else None
         out = self.pipe(
             prompts,
@@ -138,6 +146,7 @@ class FluxEvalGenerator:
             preset=method.preset,
             seed=seeds,
             recorder=recorder,
+            **self.sampling,
         )
         images = list(out.images)
         if recorder is None:
@@ -147,16 +156,6 @@ class FluxEvalGenerator:
             for k, image in enumerate(images)
         ]
         return images, strips
-
-
-@dataclass
-class MetricModels:
-    """The models metrics need; a missing one skips its metrics (named in `skipped`), never the run."""
-
-    clip: ImageTextModel | None = None
-    faces: FaceModel | None = None
-    scorers: dict[str, ImageScorer] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)  # metric -> why
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -221,26 +220,23 @@ def score_jobs(benchmark: Benchmark, methods: Sequence[Method]) -> list[Job]:
 # ---------------------------------------------------------------------------------------------------------
 # The plan file.
 # ---------------------------------------------------------------------------------------------------------
-def plan_record(benchmark: Benchmark, methods: Sequence[Method], settings: dict[str, Any]) -> dict[str, Any]:
+def plan_record(
+    benchmark: Benchmark,
+    methods: Sequence[Method],
+    settings: dict[str, Any],
+    batch_size: int,
+    out: Path | None = None,
+) -> dict[str, Any]:
+    """What plan.json holds (see `idgen.eval.folder`): photo paths relative to `out`."""
+    from idgen.eval.folder import PLAN_VERSION
+
     return {
-        "benchmark": benchmark.describe(),
+        "version": PLAN_VERSION,
+        "benchmark": benchmark.describe(out),
         "methods": [m.to_dict() for m in methods],
         "generation": {k: v for k, v in sorted(settings.items())},
+        "batch_size": batch_size,
     }
-
-
-def check_plan(out: Path, record: dict[str, Any]) -> None:
-    """Write plan.json, or check an existing one matches: resuming into another plan's folder is refused."""
-    path = out / "plan.json"
-    text = json.dumps(record, indent=1, sort_keys=True, default=str) + "\n"
-    if path.exists():
-        if json.loads(path.read_text()) != json.loads(text):
-            raise IdgenError(
-                f"{out} holds results of a different plan (plan.json differs); use another --out"
-            )
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +277,7 @@ class RunReport:
 
 
 def identity_problem(out: Path, identity: IdentityPhoto, why: str) -> None:
-    record = {"identity": identity.id, "photo": str(identity.path), "problem": why}
+    record = {"identity": identity.id, "photo": identity.path.name, "problem": why}
     atomic_write_text(out / "problems" / f"{identity.id}.json", json.dumps(record) + "\n")
 
 
@@ -306,6 +302,39 @@ def _progress(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True)
 
 
+def _missing(out: Path, paths: Iterator[str]) -> bool:
+    return any(not (out / p).exists() for p in paths)
+
+
+def _save_batch(out: Path, jobs: Sequence[Job], images: list[Image.Image], strips: Any) -> int:
+    """Write the batch's images that are not on disk yet; their count."""
+    written = 0
+    for k, (job, image) in enumerate(zip(jobs, images, strict=True)):
+        path = out / job.image
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if strips is not None:  # before the image: an image on disk means its strip is there
+            atomic_save_image(strips[k], mask_strip_path(path))
+        atomic_save_image(image, path)
+        written += 1
+    return written
+
+
+def _generate_batch(
+    out: Path, batch: Batch, generator: EvalGenerator, features: dict[str, IdentityFeatures]
+) -> int:
+    jobs = [j for j in batch.jobs if j.method == NONE or j.pair.identity.id in features]
+    if not jobs:
+        return 0
+    batch_features = None
+    if batch.method is not None:
+        batch_features = IdentityFeatures.cat([features[j.pair.identity.id] for j in jobs])
+    prompts, seeds = [j.pair.prompt.text for j in jobs], [j.pair.seed for j in jobs]
+    images, strips = generator.generate(prompts, seeds, batch_features, batch.method)
+    return _save_batch(out, jobs, images, strips)
+
+
 def generate_batches(
     out: Path,
     batches: Sequence[Batch],
@@ -314,140 +343,91 @@ def generate_batches(
     report: RunReport,
     progress: bool = True,
 ) -> None:
-    todo = [b for b in batches if any(not (out / j.image).exists() for j in b.jobs)]
+    todo = [b for b in batches if _missing(out, (j.image for j in b.jobs))]
     with _progress(sum(len(b.jobs) for b in todo), "generate", progress) as bar:
         for batch in todo:
-            jobs = [j for j in batch.jobs if j.method == NONE or j.pair.identity.id in features]
-            if not jobs:
-                bar.update(len(batch.jobs))
-                continue
             start = time.perf_counter()
-            prompts = [j.pair.prompt.text for j in jobs]
-            seeds = [j.pair.seed for j in jobs]
-            batch_features = None
-            if batch.method is not None:
-                batch_features = IdentityFeatures.cat([features[j.pair.identity.id] for j in jobs])
-            images, strips = generator.generate(prompts, seeds, batch_features, batch.method)
-            for k, (job, image) in enumerate(zip(jobs, images, strict=True)):
-                path = out / job.image
-                if not path.exists():
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    if strips is not None:  # before the image: an image on disk means its strip is there
-                        atomic_save_image(strips[k], mask_strip_path(path))
-                    atomic_save_image(image, path)
-                    report.generated += 1
+            report.generated += _generate_batch(out, batch, generator, features)
             report.seconds_generating += time.perf_counter() - start
             bar.update(len(batch.jobs))
 
 
-class _Cache:
-    """Per-process memo of embeddings of files and texts (reference photos, no-id images, prompts)."""
-
-    def __init__(self) -> None:
-        self.values: dict[tuple[str, str], Any] = {}
-
-    def get(self, kind: str, key: str, make: Callable[[Any], Any], arg: Any) -> Any:
-        """make(arg), computed once per (kind, key)."""
-        if (kind, key) not in self.values:
-            self.values[(kind, key)] = make(arg)
-        return self.values[(kind, key)]
-
-
-def _faces(models: MetricModels, images: list[Image.Image]) -> list[Face | None]:
-    assert models.faces is not None
-    return [largest_face(found) for found in models.faces.faces(images)]
-
-
-def _patch_tokens(clip_and_image: tuple[ImageTextModel, Image.Image]) -> Any:
-    clip, image = clip_and_image
-    return clip.patch_embeds([image])[0][0]  # (N, C), one image per call: independent of batching
-
-
-def _one_face(models: MetricModels, image: Image.Image) -> Face | None:
-    return _faces(models, [image])[0]
+def _row(job: Job) -> dict[str, Any]:
+    p = job.pair
+    row = {"method": job.method, "identity": p.identity.id, "prompt": p.prompt.id, "seed": p.seed}
+    return {**row, "image": job.image, "none_image": job.none_image}
 
 
 def score_batch(
-    out: Path, jobs: Sequence[Job], models: MetricModels, cache: _Cache, identities: dict[str, IdentityPhoto]
+    out: Path,
+    jobs: Sequence[Job],
+    models: MetricModels,
+    cache: Cache,
+    identities: dict[str, IdentityPhoto],
+    metrics: Sequence[Metric] | None = None,
 ) -> list[dict[str, Any]]:
-    """Metric rows for jobs whose images all exist (checked by the caller)."""
-    images = [load_image(out / j.image, what="generated image") for j in jobs]
-    bases = [cache.get("image", j.none_image, load_image, out / j.none_image) for j in jobs]
-    refs = [cache.get("ref", j.pair.identity.id, load_image, j.pair.identity.path) for j in jobs]
-    rows: list[dict[str, Any]] = [
-        {
-            "method": j.method,
-            "identity": j.pair.identity.id,
-            "prompt": j.pair.prompt.id,
-            "seed": j.pair.seed,
-            "image": j.image,
-            "none_image": j.none_image,
-        }
-        for j in jobs
-    ]
-    with_id = [j.method != NONE for j in jobs]
-    if models.clip is not None:
-        clip = models.clip
-        emb = clip.image_embeds(images)
-        text = torch.cat(
-            [cache.get("text", j.pair.prompt.id, clip.text_embeds, [j.pair.prompt.text]) for j in jobs]
-        )
-        base_emb = torch.cat(
-            [cache.get("clip", j.none_image, clip.image_embeds, [bases[k]]) for k, j in enumerate(jobs)]
-        )
-        ref_emb = torch.cat(
-            [
-                cache.get("clip-ref", j.pair.identity.id, clip.image_embeds, [refs[k]])
-                for k, j in enumerate(jobs)
-            ]
-        )
-        clip_t, clip_i, clip_i_ref = M.cosine(emb, text), M.cosine(emb, base_emb), M.cosine(emb, ref_emb)
-        for k, row in enumerate(rows):
-            row["clip_t"] = float(clip_t[k])
-            row["clip_i_ref"] = float(clip_i_ref[k])
-            if with_id[k]:
-                row["clip_i"] = float(clip_i[k])
-    faces = _faces(models, images) if models.faces is not None else None
-    if faces is not None:
-        one_face = partial(_one_face, models)
-        base_faces = [cache.get("face", j.none_image, one_face, bases[k]) for k, j in enumerate(jobs)]
-        ref_faces = [cache.get("face-ref", j.pair.identity.id, one_face, refs[k]) for k, j in enumerate(jobs)]
-        for k, row in enumerate(rows):
-            face = faces[k]
-            row["face_found"] = face is not None
-            row["ref_face_found"] = ref_faces[k] is not None
-            ref_face, base_face = ref_faces[k], base_faces[k]
-            if face is not None and ref_face is not None:
-                row["facesim"] = float(M.cosine(face.embedding[None], ref_face.embedding[None])[0])
-            if with_id[k] and face is not None and base_face is not None:
-                row["antifacesim"] = float(M.cosine(face.embedding[None], base_face.embedding[None])[0])
-    for name, scorer in models.scorers.items():
-        values = scorer.score(images)
-        for k, row in enumerate(rows):
-            row[name] = float(values[k])
-    if faces is None or not any(with_id):
-        return rows
-    index = [k for k in range(len(jobs)) if with_id[k]]
-    # Background: outside the face of both the with-id and the no-id image.
-    keeps = {k: M.background([faces[k], base_faces[k]], images[k].size) for k in index}
-    for k in index:
-        gen_px, base_px = np.array(images[k]), np.array(bases[k])
-        rows[k]["contamination_px"] = M.pixel_contamination(gen_px, base_px, keeps[k])
-        backdrop = identities[jobs[k].pair.identity.id].backdrop_rgb
-        if backdrop is not None:
-            gen_t, base_t = (torch.from_numpy(a).permute(2, 0, 1).float() / 255 for a in (gen_px, base_px))
-            rows[k]["backdrop_shift"] = M.backdrop_shift(
-                gen_t, base_t, torch.from_numpy(keeps[k]), torch.tensor(backdrop, dtype=torch.float32)
-            )
-    if models.clip is not None:
-        clip = models.clip
-        patches, grid = clip.patch_embeds([images[k] for k in index])
-        # No-id images are shared by every method: their patch tokens are computed once per process.
-        for n, k in enumerate(index):
-            base_patches = cache.get("patches", jobs[k].none_image, _patch_tokens, (clip, bases[k]))
-            patch_keep = M.patch_background(keeps[k], clip.view_box(images[k].size), grid)
-            rows[k]["contamination_clip"] = M.patch_contamination(patches[n], base_patches, patch_keep)
+    """Metric rows for jobs whose images all exist (checked by the caller): each computable metric's value,
+    or under "skipped" the reason it has none for this image."""
+    batch = ScoreBatch(out, jobs, models, cache, identities)
+    rows = [_row(j) for j in jobs]
+    if models.faces is not None:  # counted in the report: images and photos without a face
+        for row, face, ref in zip(rows, batch.faces, batch.reference_faces, strict=True):
+            row["face_found"], row["ref_face_found"] = face is not None, ref is not None
+    for metric in registered() if metrics is None else metrics:
+        if metric.unavailable(models) is not None:
+            continue
+        for row, value in zip(rows, metric.compute(batch), strict=True):
+            if isinstance(value, Skip):
+                row.setdefault("skipped", {})[metric.key] = value.why
+            else:
+                row[metric.key] = value
     return rows
+
+
+def metric_record(models: MetricModels, metrics: Sequence[Metric] | None = None) -> dict[str, Any]:
+    """metrics.json: per metric, the model actually used, or why it is not computed."""
+    record = {}
+    for metric in registered() if metrics is None else metrics:
+        why = metric.unavailable(models)
+        record[metric.key] = (
+            {"computed": False, "reason": why}
+            if why is not None
+            else {"computed": True, "model": metric.model_name(models)}
+        )
+    return record
+
+
+def _save_scores(out: Path, jobs: Sequence[Job], rows: list[dict[str, Any]]) -> int:
+    written = 0
+    for job, row in zip(jobs, rows, strict=True):
+        path = out / job.score
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")
+            written += 1
+    return written
+
+
+def _ready(out: Path, chunk: Sequence[Job]) -> bool:
+    """Whether every image a chunk's scores need is on disk (another shard may still be making some)."""
+    return not _missing(out, (p for j in chunk for p in (j.image, j.none_image)))
+
+
+def _ready_chunks(out: Path, jobs: Sequence[Job], report: RunReport, batch_size: int) -> list[list[Job]]:
+    """Chunks with a score to write whose images are all there; the rest are counted as pending.
+
+    Fixed chunks of the plan-ordered jobs, as for generation: a resumed run scores every image in the
+    same batch as an uninterrupted one, so batched metric models give the same numbers."""
+    usable = [j for j in jobs if j.pair.identity.id not in report.problems]
+    chunks = [usable[i : i + batch_size] for i in range(0, len(usable), batch_size)]
+    todo = [c for c in chunks if _missing(out, (j.score for j in c))]
+    ready = [c for c in todo if _ready(out, c)]
+    report.pending_scores += _unscored(out, [c for c in todo if c not in ready])
+    return ready
+
+
+def _unscored(out: Path, chunks: list[list[Job]]) -> int:
+    return sum(not (out / j.score).exists() for c in chunks for j in c)
 
 
 def score_all(
@@ -459,25 +439,13 @@ def score_all(
     batch_size: int,
     progress: bool = True,
 ) -> None:
-    # Fixed chunks of the plan-ordered jobs, as for generation: a resumed run scores every image in the
-    # same batch as an uninterrupted one, so batched metric models give the same numbers.
-    usable = [j for j in jobs if j.pair.identity.id not in report.problems]
-    chunks = [usable[i : i + batch_size] for i in range(0, len(usable), batch_size)]
-    todo = [c for c in chunks if any(not (out / j.score).exists() for j in c)]
-    ready = [c for c in todo if all((out / j.image).exists() and (out / j.none_image).exists() for j in c)]
-    report.pending_scores += sum(not (out / j.score).exists() for c in todo if c not in ready for j in c)
-    cache = _Cache()
+    ready = _ready_chunks(out, jobs, report, batch_size)
+    cache = Cache()
     with _progress(sum(len(c) for c in ready), "score", progress) as bar:
         for chunk in ready:
             t0 = time.perf_counter()
             rows = score_batch(out, chunk, models, cache, identities)
-            for job, row in zip(chunk, rows, strict=True):
-                path = out / job.score
-                if path.exists():
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(path, json.dumps(row, sort_keys=True) + "\n")
-                report.scored += 1
+            report.scored += _save_scores(out, chunk, rows)
             report.seconds_scoring += time.perf_counter() - t0
             bar.update(len(chunk))
 
@@ -492,47 +460,89 @@ def run_eval(
     batch_size: int = 8,
     progress: bool = True,
     barrier: Callable[[], None] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> RunReport:
     """Generate this shard's batches, then score its share; resumable. Factories are called only when needed.
 
-    `barrier` (accelerate's wait_for_everyone) runs between generating and scoring with several processes."""
-    out = Path(out)
-    shard = shard or Shard()
-    if len(set(m.name for m in methods)) != len(methods):
+    `settings`: what the plan records about generation; given, the plan is checked before the generator
+    loads (else the generator's own `settings` are used). `barrier` (accelerate's wait_for_everyone) runs
+    between generating and scoring with several processes."""
+    out, shard = Path(out), shard or Shard()
+    if len({m.name for m in methods}) != len(methods):
         raise IdgenError("the same method is listed twice")
     report = RunReport()
-    start = time.perf_counter()  # model loading counts towards its phase
-    gen = generator if isinstance(generator, EvalGenerator) else generator()
-    report.seconds_generating += time.perf_counter() - start
-    check_plan(out, plan_record(benchmark, methods, gen.settings))
+    lock = f".lock-shard-{shard.index}-of-{shard.count}"
+    with run_lock(out, lock):
+        clean_temp_files(out, lock)
+        start = time.perf_counter()  # model loading counts towards its phase
+        if settings is not None:
+            check_plan(out, plan_record(benchmark, methods, settings, batch_size, out))
+        gen = generator if isinstance(generator, EvalGenerator) else generator()
+        if settings is None:
+            check_plan(out, plan_record(benchmark, methods, gen.settings, batch_size, out))
+        report.seconds_generating += time.perf_counter() - start
+        benchmark.prepare()
+        _generate_phase(out, benchmark, methods, gen, shard, batch_size, progress, report)
+        if barrier is not None:
+            barrier()
+        _score_phase(out, benchmark, methods, metric_models, shard, batch_size, progress, report)
+        timing = {
+            k: getattr(report, k) for k in ("generated", "scored", "seconds_generating", "seconds_scoring")
+        }
+        name = f"shard-{shard.index}-of-{shard.count}.json"
+        atomic_write_text(out / "timings" / name, json.dumps(timing) + "\n")
+    return report
+
+
+def _generate_phase(
+    out: Path,
+    benchmark: Benchmark,
+    methods: Sequence[Method],
+    gen: EvalGenerator,
+    shard: Shard,
+    batch_size: int,
+    progress: bool,
+    report: RunReport,
+) -> None:
     batches = [b for b in plan_batches(benchmark, methods, batch_size) if shard.owns(b.index)]
     needed = {j.pair.identity.id: j.pair.identity for b in batches if b.method is not None for j in b.jobs}
     start = time.perf_counter()
     features = encode_identities(out, list(needed.values()), gen, report)
     report.seconds_generating += time.perf_counter() - start
     generate_batches(out, batches, gen, features, report, progress)
-    if barrier is not None:
-        barrier()
-    for problem in sorted((out / "problems").glob("*.json")) if (out / "problems").exists() else []:
-        record = json.loads(problem.read_text())
-        report.problems.setdefault(record["identity"], record["problem"])
+
+
+def read_problems(out: Path) -> dict[str, str]:
+    """identity id -> why it was skipped (problems/*.json)."""
+    problems = {}
+    for path in json_records(out / "problems"):
+        record = json.loads(path.read_text())
+        problems[record["identity"]] = record["problem"]
+    return problems
+
+
+def _score_phase(
+    out: Path,
+    benchmark: Benchmark,
+    methods: Sequence[Method],
+    metric_models: MetricModels | Callable[[], MetricModels],
+    shard: Shard,
+    batch_size: int,
+    progress: bool,
+    report: RunReport,
+) -> None:
+    for identity, why in read_problems(out).items():
+        report.problems.setdefault(identity, why)
     jobs = [j for k, j in enumerate(score_jobs(benchmark, methods)) if k % shard.count == shard.index]
     start = time.perf_counter()
     models = metric_models() if callable(metric_models) else metric_models
     report.seconds_scoring += time.perf_counter() - start
-    report.skipped_metrics = dict(models.skipped)
+    record = metric_record(models)
+    report.skipped_metrics = {k: v["reason"] for k, v in record.items() if not v["computed"]}
+    if shard.index == 0:
+        atomic_write_text(out / "metrics.json", json.dumps(record, indent=1, sort_keys=True) + "\n")
     identities = {i.id: i for i in benchmark.identities}
     score_all(out, jobs, models, identities, report, batch_size, progress)
-    timing = {
-        "generated": report.generated,
-        "scored": report.scored,
-        "seconds_generating": report.seconds_generating,
-        "seconds_scoring": report.seconds_scoring,
-    }
-    atomic_write_text(
-        out / "timings" / f"shard-{shard.index}-of-{shard.count}.json", json.dumps(timing) + "\n"
-    )
-    return report
 
 
 def iter_scores(out: Path, benchmark: Benchmark, methods: Sequence[Method]) -> Iterator[dict[str, Any]]:

@@ -222,10 +222,10 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
 def compare(out: Path, benchmark: str = "demo", threads: int = 1) -> str:
     """PIDiff's W+ branch against PuLID's adapter and no identity, on the same held-out pairs and seeds,
     through the eval harness; then the style codec's level edits against the renderer's ground truth."""
-    from idgen.eval.harness import evaluate, world_metric_models
-    from idgen.eval.manifest import builtin
+    from idgen.eval.harness import evaluate
     from idgen.eval.runner import FluxEvalGenerator, Method
     from idgen.world.bundle import ASSETS, load_world
+    from idgen.world.eval_plugin import builtin, world_metric_models
     from idgen.world.render import test_identities
     from idgen.world.wplus import WorldStyleCodec, measure_edits
 

@@ -1,4 +1,5 @@
-"""The demo world's evaluators behind the harness's metric interfaces (offline, CPU, 64x64 images).
+"""The demo world as a client of `idgen.eval`: its evaluators behind the metric interfaces (offline, CPU,
+64x64 images) and its built-in benchmarks, registered into eval on import (eval never imports the world).
 
 WorldCLIP stands in for CLIP ViT-L/14, the evaluator FaceRecognizer + FaceSegmenter for antelopev2
 (detection is the segmenter's largest face region; its mask is the face region for contamination).
@@ -8,12 +9,16 @@ They were trained apart from the generator (different seeds, architectures and d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from idgen.eval.harness import register_metric_models
+from idgen.eval.manifest import Benchmark, BenchPrompt, IdentityPhoto, SeedPolicy, register_benchmark
+from idgen.eval.metrics import MetricModels
 from idgen.eval.models import Face
 
 SIZE = 64
@@ -83,3 +88,62 @@ class WorldFaces:
             box = (left * sx, top * sy, right * sx, bottom * sy)
             out[j] = [Face(box=box, score=1.0, embedding=embeds[k], mask=mask)]
         return out
+
+
+def world_metric_models() -> MetricModels:
+    """The demo world's evaluators (independent of the generator) behind the metric interfaces."""
+    models = MetricModels(clip=WorldImageText(), faces=WorldFaces())
+    models.skipped = {
+        "aesthetic": "no LAION head exists for the demo world",
+        "iq": "MUSIQ is not trained for the demo world",
+    }
+    return models
+
+
+# Built-in demo-world benchmarks: the same pairs and seeds as `python -m idgen.world.gates`.
+BUILTIN = {"demo": 100, "demo-quick": 12}
+FACE_MODEL = "demo-world evaluator recogniser (not comparable to ArcFace)"
+
+
+def builtin(name: str, cache: Path) -> Benchmark:
+    """`demo` (100 held-out identities, one held-out prompt each) or `demo-quick` (its first 12 pairs).
+
+    The reference photos are rendered into `cache` by `Benchmark.prepare` (deterministic, atomic), so a
+    refused run writes nothing."""
+    from idgen.world.gates import pairs
+    from idgen.world.render import render_reference, test_identities
+
+    people = test_identities()
+    chosen = pairs(1)[: BUILTIN[name]]
+    identities: list[IdentityPhoto] = []
+    prompts: list[BenchPrompt] = []
+    index: list[tuple[int, int, int]] = []
+    prompt_ids: dict[str, int] = {}
+    references = {}
+    for k, pair in enumerate(chosen):
+        reference = render_reference(people[pair.identity], seed=pair.identity)
+        path = cache / f"test_{pair.identity:03d}.png"
+        references[path] = reference.image
+        rgb = tuple(c / 255 for c in reference.background_rgb)
+        identities.append(IdentityPhoto(f"test_{pair.identity:03d}", path, backdrop_rgb=rgb))  # type: ignore[arg-type]
+        if pair.prompt.text not in prompt_ids:
+            prompt_ids[pair.prompt.text] = len(prompts)
+            prompts.append(BenchPrompt(id=f"{len(prompts):03d}", text=pair.prompt.text))
+        index.append((k, prompt_ids[pair.prompt.text], pair.seed))
+
+    def render() -> None:
+        from idgen.io import atomic_save_image
+
+        cache.mkdir(parents=True, exist_ok=True)
+        for path, image in references.items():
+            if not path.exists():
+                atomic_save_image(Image.fromarray(image), path)
+
+    return Benchmark(
+        name, tuple(identities), tuple(prompts), SeedPolicy("fixed"), pairs=tuple(index), render=render
+    )
+
+
+register_metric_models("demo-world", world_metric_models)
+for _name in BUILTIN:
+    register_benchmark(_name, lambda out, _name=_name: builtin(_name, out / "references"))  # type: ignore[misc]

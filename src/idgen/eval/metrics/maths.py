@@ -1,9 +1,7 @@
 """The metric maths, on embeddings and pixels (plain torch; models live in `backends`).
 
-IBench's definitions (see docs/eval.md): CLIP-T = cos(text, image); CLIP-I = cos(image with id, image
-without id) for the same prompt and seed; FaceSim = cos(face(reference), face(generated)); AntiFaceSim =
-cos(face(without id), face(generated)). Ours on top: CLIP-I-ref = cos(image(reference), image(generated)),
-and background contamination outside the face region, in pixels and in CLIP patch space.
+The metrics themselves (which models they need, which rows they fill) are the registered objects in the
+sibling modules; this one holds only arithmetic shared by them and by the report.
 """
 
 from __future__ import annotations
@@ -95,9 +93,75 @@ def patch_contamination(generated: Tensor, base: Tensor, keep: Tensor) -> float:
     return float((1 - cosine(generated[keep], base[keep])).mean())
 
 
-def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
-    """(mean, half-width of the normal 95% CI of the mean, n), NaNs dropped; (nan, nan, 0) when empty."""
-    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+def _clean(values: Sequence[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom (bisection on its exact CDF)."""
+    if dof < 1:
+        raise ValueError(f"dof must be >= 1, got {dof}")
+
+    def cdf(t: float) -> float:
+        # P(T <= t) = 1 - I_x(dof/2, 1/2) / 2 with x = dof / (dof + t^2), for t >= 0.
+        x = dof / (dof + t * t)
+        return 1.0 - 0.5 * _betainc(dof / 2, 0.5, x)
+
+    low, high = 0.0, 1.0
+    while cdf(high) < p:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if cdf(mid) < p else (low, mid)
+    return (low + high) / 2
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta I_x(a, b) by its continued fraction (Numerical Recipes' betacf)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+    f = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > 1e-300 else 1e-300)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > 1e-300 else 1e-300
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f / a
+
+
+def mean_ci(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, half-width of the 95% CI of the mean from Student's t, n), NaNs and Nones dropped.
+
+    (nan, nan, 0) when empty; the half-width is nan for n = 1."""
+    x = _clean(values)
+    if len(x) == 0:
+        return math.nan, math.nan, 0
+    if len(x) == 1:
+        return float(x[0]), math.nan, 1
+    half = t_quantile(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
+    return float(x.mean()), float(half), len(x)
+
+
+def mean_ci_normal(values: Sequence[float | None]) -> tuple[float, float, int]:
+    """(mean, 1.96 * standard error, n): the normal approximation the demo world's gates have always used
+    (kept so that their recorded numbers stay comparable; `mean_ci` is the correct small-sample interval)."""
+    x = _clean(values)
     if len(x) == 0:
         return math.nan, math.nan, 0
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x)) if len(x) > 1 else math.nan

@@ -1,0 +1,101 @@
+"""Named protocols (a paper's generation settings and methods), and how a run's settings are resolved.
+
+Precedence, lowest first: the model's own defaults, then the protocol, then explicit flags. An explicit
+flag always wins over the protocol, and the plan records the protocol, every effective setting and which
+of them were given explicitly. A protocol's image size applies to full-size FLUX only: the tiny random
+models and the demo world render at their own default size unless a size is given explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from idgen.errors import IdgenError
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    sampling: dict[str, Any]  # pipeline keyword arguments
+    seed_policy: str
+    seed: int
+    methods: tuple[str, ...]
+    iq_mode: str = "ibench"
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+PROTOCOLS = {
+    "spatialid-ibench": Protocol(
+        name="spatialid-ibench",
+        # SpatialID's IBench runs (docs/spatialid.md): 896x1152 (W x H), 25 steps, distilled guidance 4,
+        # true CFG off, seed 42 for every image; uniform (PuLID) and SpatialID with both presets.
+        sampling={
+            "width": 896,
+            "height": 1152,
+            "num_inference_steps": 25,
+            "guidance_scale": 4.0,
+            "true_cfg_scale": 1.0,
+        },
+        seed_policy="fixed",
+        seed=42,
+        methods=("uniform", "spatial", "spatial:preset=balanced"),
+        source="SpatialID's IBench runs (41 prompts x 100 photos)",
+    )
+}
+SIZE_KEYS = ("width", "height")
+# The sampling keys a run can set, as (flag attribute, pipeline keyword).
+SAMPLING_FLAGS = (
+    ("width", "width"),
+    ("height", "height"),
+    ("steps", "num_inference_steps"),
+    ("guidance", "guidance_scale"),
+    ("true_cfg", "true_cfg_scale"),
+)
+
+
+def protocol(name: str | None) -> Protocol | None:
+    if name is None:
+        return None
+    if name not in PROTOCOLS:
+        raise IdgenError(f"unknown protocol {name!r} (known: {', '.join(PROTOCOLS)})")
+    return PROTOCOLS[name]
+
+
+def resolve_sampling(
+    model_defaults: dict[str, Any], chosen: Protocol | None, explicit: dict[str, Any], small_model: bool
+) -> dict[str, Any]:
+    """Effective pipeline keyword arguments: model defaults < protocol < explicit (None = not given)."""
+    out = {key: model_defaults[key] for _, key in SAMPLING_FLAGS if key in model_defaults}
+    if chosen is not None:
+        out.update({k: v for k, v in chosen.sampling.items() if not (small_model and k in SIZE_KEYS)})
+    out.update({k: v for k, v in explicit.items() if v is not None})
+    return out
+
+
+def source_key(source: str | None) -> str | None:
+    """What identifies a model for resuming: a hub id or built-in name as given; a local file by its
+    sha256; a local folder by the names, sizes and small config files it holds (not its working-dir path)."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if path.is_file():
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return f"file sha256:{digest.hexdigest()}"
+    if path.is_dir():
+        listing = []
+        for p in sorted(path.rglob("*")):
+            if p.is_file() and not p.name.startswith("."):
+                entry: list[Any] = [p.relative_to(path).as_posix(), p.stat().st_size]
+                if p.suffix == ".json" and p.stat().st_size < 1 << 16:
+                    entry.append(hashlib.sha256(p.read_bytes()).hexdigest())
+                listing.append(entry)
+        return f"folder sha256:{hashlib.sha256(json.dumps(listing).encode()).hexdigest()}"
+    return source  # a hub id (its revision is the hub's business) or a built-in name
