@@ -14,18 +14,11 @@ from idgen.identity.base import IdentityEncoder
 from idgen.models.loading import PULID_HUB_REPO
 from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.base import IdentityPipeline
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
 from idgen.pipelines.pulid_flux import FLUX_HUB_REPO, load_flux
 from idgen.pipelines.tiny import TINY_RANDOM
 
 __all__ = ["BACKBONES", "FLUX_HUB_REPO", "TINY_RANDOM", "load", "load_flux"]
-
-# Backbone name -> "module:function" that builds its pipeline from (model, adapter, encoder, device=,
-# torch_dtype=, seed=, **encoder_kwargs). A new backbone is its module plus one line here.
-BACKBONES: dict[str, str] = {
-    "flux-pulid": "idgen.pipelines.pulid_flux:load_flux_pulid",
-    "flux-wplus": "idgen.pipelines.pulid_flux:load_flux_wplus",
-    "sd15-wplus": "idgen.pipelines.pidiff_sd15:load_sd15_wplus",
-}
 
 
 def load(
@@ -33,7 +26,7 @@ def load(
     pulid: str | os.PathLike[str] | PuLIDAdapter | Any | None = PULID_HUB_REPO,
     encoder: str | IdentityEncoder = "pulid",
     *,
-    backbone: str = "flux-pulid",
+    backbone: str = DEFAULT_BACKBONE,
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     torch_dtype: torch.dtype | None = None,
     seed: int = 0,

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idgen.errors import IdgenError
+from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
 
 if TYPE_CHECKING:  # `idgen --help` imports this module; torch and Pillow load when a generation runs
     from PIL import Image
     from torch import Tensor
 
-COMPARE_PANELS = ("none", "uniform", "spatial")  # after the reference photo; one seed for all
+COMPARE_PANELS = (NONE, UNIFORM, SPATIAL)  # after the reference photo; one seed for all
 SCHEDULE_SETTINGS = (
     "early_threshold",
     "late_threshold",
@@ -55,7 +56,7 @@ class GenerationRequest:
 
     prompt: str
     id_image: str | os.PathLike[str] | None = None
-    mode: str = "spatial"
+    mode: str = SPATIAL
     mask: MaskSettings = field(default_factory=MaskSettings)
     id_weight: float = 1.0
     start_step: int = 0
@@ -164,7 +165,7 @@ def build_policy(mode: str, settings: MaskSettings, spatial: Any = None) -> tupl
     schedule = dict(settings.schedule)
     extractor = _extractor(settings)
     if settings.mask_image:
-        if mode != "spatial":
+        if mode != SPATIAL:
             raise IdgenError("a mask image needs the spatial mode (--mode spatial)")
         from idgen.core.masks import FixedMaskExtractor
 
@@ -217,9 +218,9 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
 
     started = time.perf_counter()
     policy, scheduler = build_policy(request.mode, request.mask, pipe.spatial)
-    spatial = request.mode == "spatial"
+    spatial = request.mode == SPATIAL
     recorder = MaskRecorder(keep_ca_norm=False) if request.record_masks and spatial else None
-    id_image = request.id_image if request.mode != "none" else None
+    id_image = request.id_image if request.mode != NONE else None
     call = request.sampling()
     output = pipe(request.prompt, id_image, mode=request.mode, policy=policy, recorder=recorder, **call)
     image = output.images[0]
@@ -235,7 +236,7 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
 def _sidecar(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any
 ) -> dict[str, Any]:
-    call, spatial = request.sampling(), request.mode == "spatial"
+    call, spatial = request.sampling(), request.mode == SPATIAL
     weight = next(pipe.flux.transformer.parameters())
     return {
         "model": model,

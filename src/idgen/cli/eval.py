@@ -13,6 +13,7 @@ from typing import Any
 
 from idgen.cli.common import load_pipeline
 from idgen.errors import IdgenError
+from idgen.pipelines.names import IDENTITY_MODES
 
 TINY_SAMPLING = {"width": 64, "height": 64}  # the tiny random models' own size (FLUX's 1024 is for real ones)
 
@@ -214,7 +215,7 @@ def _methods_and_seeds(args: argparse.Namespace, chosen: Any) -> tuple[list[Any]
     from idgen.eval.manifest import SeedPolicy
     from idgen.eval.runner import Method
 
-    specs = args.methods or (chosen.methods if chosen else ["uniform", "spatial"])
+    specs = args.methods or (chosen.methods if chosen else list(IDENTITY_MODES))
     methods = [Method.parse(spec) for spec in specs]
     if len({m.name for m in methods}) != len(methods):
         raise IdgenError("the same method is listed twice in --methods")

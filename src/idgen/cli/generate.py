@@ -12,6 +12,7 @@ from idgen import validation as check
 from idgen.cli.common import load_pipeline, model_limits, parse_box, uses_demo_world, versions
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
+from idgen.pipelines.names import MODES, NONE, SPATIAL
 
 MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are counted
 
@@ -20,7 +21,7 @@ def add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate an image of the person in --id-image")
     p.add_argument("--prompt", required=True)
     p.add_argument("--id-image", help="photo of the person (needed unless --mode none)")
-    p.add_argument("--mode", choices=["spatial", "uniform", "none"], default="spatial")
+    p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
     p.add_argument("--start-step", type=int, default=0, help="first step with the identity, in [0, steps-1]")
     add_mask_arguments(p)
@@ -115,7 +116,7 @@ def mask_settings(args: argparse.Namespace) -> MaskSettings:
 
 def mask_pictures(args: argparse.Namespace) -> tuple[bool, bool]:
     """(mask strip, mask GIF) wanted; the strip is on by default for the demo world."""
-    spatial = args.mode == "spatial"
+    spatial = args.mode == SPATIAL
     strip = uses_demo_world(args) if args.mask_strip is None else args.mask_strip
     return strip and spatial, args.mask_gif and spatial
 
@@ -124,7 +125,7 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
     """The request the arguments describe; `demo` turns the compare strip on by default."""
     return GenerationRequest(
         prompt=args.prompt,
-        id_image=args.id_image if args.mode != "none" else None,
+        id_image=args.id_image if args.mode != NONE else None,
         mode=args.mode,
         mask=mask_settings(args),
         id_weight=args.id_weight,
@@ -138,7 +139,7 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
         guidance_scale=args.guidance,
         seed=args.seed,
         max_sequence_length=args.max_sequence_length,
-        compare=(demo if args.compare is None else args.compare) and args.mode != "none",
+        compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
         record_masks=any(mask_pictures(args)),
         parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
     )
@@ -161,11 +162,11 @@ def check_numbers(args: argparse.Namespace, steps: int) -> None:
 def check_combinations(args: argparse.Namespace) -> None:
     if Path(args.out).suffix.lower() != ".png":
         raise IdgenError(f"--out must end in .png, got {check.shown(Path(args.out).name)}")
-    if args.mode != "none" and not args.id_image:
+    if args.mode != NONE and not args.id_image:
         raise IdgenError(f"--mode {args.mode} needs --id-image")
-    if (args.mask_strip or args.mask_gif) and args.mode != "spatial":
+    if (args.mask_strip or args.mask_gif) and args.mode != SPATIAL:
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
-    if args.mask_image and args.mode != "spatial":
+    if args.mask_image and args.mode != SPATIAL:
         raise IdgenError("--mask-image needs --mode spatial")
 
 

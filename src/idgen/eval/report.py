@@ -15,8 +15,9 @@ from urllib.parse import quote
 from idgen.eval.folder import json_records
 from idgen.eval.manifest import Benchmark
 from idgen.eval.metrics import mean_ci, registered
-from idgen.eval.runner import NONE, Job, Method, iter_scores, mask_strip_path, read_problems
+from idgen.eval.runner import Job, Method, iter_scores, mask_strip_path, read_problems
 from idgen.io import atomic_output, atomic_write_text
+from idgen.pipelines.names import NONE, SPATIAL
 
 
 def metrics_table() -> tuple[tuple[str, str, bool], ...]:
@@ -196,7 +197,7 @@ def _method_groups(methods: Sequence[Method]) -> dict[str, list[Method]]:
     """Methods by mode (and preset, for spatial): the lines of an id_weight sweep."""
     groups: dict[str, list[Method]] = {}
     for m in methods:
-        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == "spatial" else m.mode, []).append(m)
+        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == SPATIAL else m.mode, []).append(m)
     return groups
 
 

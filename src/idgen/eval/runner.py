@@ -37,11 +37,9 @@ from idgen.eval.manifest import Benchmark, IdentityPhoto, Pair
 from idgen.eval.metrics.base import Cache, Metric, MetricModels, ScoreBatch, Skip, registered
 from idgen.identity.base import IdentityFeatures
 from idgen.io import atomic_save_image, atomic_write_text, load_image
+from idgen.pipelines.names import IDENTITY_MODES, NONE, SPATIAL
 
 __all__ = ["EvalGenerator", "FluxEvalGenerator", "Method", "MetricModels", "RunReport", "Shard", "run_eval"]
-
-MODES = ("uniform", "spatial")
-NONE = "none"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -61,7 +59,7 @@ class Method:
         parts = [self.mode]
         if self.id_weight != 1.0:
             parts.append(f"w{self.id_weight:g}")
-        if self.preset != "v1" and self.mode == "spatial":
+        if self.preset != "v1" and self.mode == SPATIAL:
             parts.append(self.preset)
         return "-".join(parts)
 
@@ -69,8 +67,10 @@ class Method:
     def parse(cls, spec: str) -> Method:
         """ "spatial", "uniform:id_weight=0.8", "spatial:preset=balanced,id_weight=0.6"."""
         mode, _, options = spec.strip().partition(":")
-        if mode not in MODES:
-            raise IdgenError(f"unknown method {spec!r} (modes: {', '.join(MODES)}; 'none' is always run)")
+        if mode not in IDENTITY_MODES:
+            raise IdgenError(
+                f"unknown method {spec!r} (modes: {', '.join(IDENTITY_MODES)}; 'none' is always run)"
+            )
         kwargs: dict[str, Any] = {}
         for item in filter(None, (o.strip() for o in options.split(","))):
             key, eq, value = item.partition("=")
@@ -123,7 +123,7 @@ class FluxEvalGenerator:
             **self.sampling,
             "adapter": type(pipe.adapter).__name__,
             "encoder": type(pipe.encoder).__name__,
-            "spatial": {part: repr(getattr(spatial, part)) for part in ("extractor", "refiner", "anchor")},
+            SPATIAL: {part: repr(getattr(spatial, part)) for part in ("extractor", "refiner", "anchor")},
         }
 
     def encode(self, photo: Image.Image, what: str) -> IdentityFeatures:
@@ -136,8 +136,8 @@ class FluxEvalGenerator:
         from idgen.viz import mask_strip
 
         if method is None:
-            return list(self.pipe(prompts, mode="none", seed=seeds, **self.sampling).images), None
-        recorder = MaskRecorder(keep_ca_norm=False) if method.mode == "spatial" else None
+            return list(self.pipe(prompts, mode=NONE, seed=seeds, **self.sampling).images), None
+        recorder = MaskRecorder(keep_ca_norm=False) if method.mode == SPATIAL else None
         out = self.pipe(
             prompts,
             id_features=features,

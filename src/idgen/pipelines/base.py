@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -26,11 +26,7 @@ from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
 from idgen.models.checkpoint import DOCTOR_HINT
-
-# The mode names, defined here only.
-SPATIAL, UNIFORM, NONE = "spatial", "uniform", "none"
-MODES: tuple[str, ...] = (SPATIAL, UNIFORM, NONE)
-Mode = Literal["spatial", "uniform", "none"]
+from idgen.pipelines.names import MODES, NONE, SPATIAL, UNIFORM
 
 PhotoInput = str | os.PathLike[str] | Image.Image
 

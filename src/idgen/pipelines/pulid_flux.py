@@ -20,7 +20,6 @@ from idgen.pipelines.base import (
     MODES,
     SPATIAL,
     IdentityPipelineOutput,
-    Mode,
     PhotoInput,
     batch_size,
     check_generation_inputs,
@@ -38,7 +37,6 @@ __all__ = [
     "MODES",
     "IdentityFluxPipeline",
     "IdentityPipelineOutput",
-    "Mode",
     "check_generation_inputs",
     "load_flux",
     "load_flux_pulid",
@@ -116,7 +114,7 @@ class IdentityFluxPipeline:
     @torch.no_grad()
     def __call__(
         self, prompt: str | list[str], id_image: PhotoInput | None = None, *,
-        id_features: IdentityFeatures | None = None, mode: Mode | str = SPATIAL,
+        id_features: IdentityFeatures | None = None, mode: str = SPATIAL,
         policy: MaskPolicy | None = None, preset: str = "v1",
         scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
         true_cfg_scale: float | None = None, negative_prompt: str | None = None,

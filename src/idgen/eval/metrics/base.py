@@ -24,12 +24,11 @@ from torch import Tensor
 from idgen.eval.metrics import maths as M
 from idgen.eval.models import Face, FaceModel, ImageScorer, ImageTextModel, largest_face
 from idgen.io import load_image
+from idgen.pipelines.names import NONE
 
 if TYPE_CHECKING:
     from idgen.eval.manifest import IdentityPhoto
     from idgen.eval.runner import Job
-
-NONE = "none"
 
 
 @dataclass(frozen=True)

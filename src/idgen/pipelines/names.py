@@ -1,0 +1,17 @@
+"""The names users choose by: identity modes and backbones. Plain strings with no heavy imports, so the
+command line can offer them without loading torch."""
+
+from __future__ import annotations
+
+SPATIAL, UNIFORM, NONE = "spatial", "uniform", "none"
+MODES: tuple[str, ...] = (SPATIAL, UNIFORM, NONE)
+IDENTITY_MODES: tuple[str, ...] = (UNIFORM, SPATIAL)  # the modes that inject an identity
+
+# Backbone name -> "module:function" that builds its pipeline from (model, adapter, encoder, device=,
+# torch_dtype=, seed=, **encoder_kwargs). A new backbone is its module plus one line here.
+BACKBONES: dict[str, str] = {
+    "flux-pulid": "idgen.pipelines.pulid_flux:load_flux_pulid",
+    "flux-wplus": "idgen.pipelines.pulid_flux:load_flux_wplus",
+    "sd15-wplus": "idgen.pipelines.pidiff_sd15:load_sd15_wplus",
+}
+DEFAULT_BACKBONE = "flux-pulid"
