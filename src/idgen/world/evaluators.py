@@ -47,6 +47,9 @@ from idgen.world.captions import (
     POSITION_PHRASES,
     SUBJECTS,
     TEMPLATES,
+    assemble,
+    clothing_phrase,
+    pick,
 )
 from idgen.world.render import (
     BACKGROUNDS,
@@ -630,10 +633,6 @@ def augment(
     return x.clamp(0, 1), masks, boxes
 
 
-def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def partial_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """A caption of the grammar (its phrases and templates) that states the background and a random subset
     of the other factors, and which factors it states: bool (5,) in `Pool.scene` order (background, clothing,
@@ -642,20 +641,16 @@ def partial_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, np.nda
     if rng.random() < 0.25:
         stated[1:] = False
     n = scene.names()
-    colour = _pick(CLOTHING_WORDS[n["clothing_colour"]], rng)
-    clothing = _pick(CLOTHING_TEMPLATES, rng).format(a="an" if colour[0] in "aeiou" else "a", c=colour)
+    colour = pick(CLOTHING_WORDS[n["clothing_colour"]], rng)
+    clothing = clothing_phrase(pick(CLOTHING_TEMPLATES, rng), colour)
     parts = {
-        "S": _pick(SUBJECTS[scene.framing if stated[3] else None], rng),
-        "B": _pick(BACKGROUND_PHRASES[n["background"]], rng),
+        "S": pick(SUBJECTS[scene.framing if stated[3] else None], rng),
+        "B": pick(BACKGROUND_PHRASES[n["background"]], rng),
         "C": clothing if stated[1] else None,
-        "L": _pick(LIGHTING_PHRASES[n["lighting"]], rng) if stated[2] else None,
-        "P": _pick(POSITION_PHRASES[n["position"]], rng) if stated[4] else None,
+        "L": pick(LIGHTING_PHRASES[n["lighting"]], rng) if stated[2] else None,
+        "P": pick(POSITION_PHRASES[n["position"]], rng) if stated[4] else None,
     }
-    groups = (
-        " ".join(p for k in group if (p := parts[k]))
-        for group in TEMPLATES[int(rng.integers(len(TEMPLATES)))]
-    )
-    return ", ".join(g for g in groups if g), stated
+    return assemble(TEMPLATES[int(rng.integers(len(TEMPLATES)))], parts), stated
 
 
 def _np_rng(g: torch.Generator) -> np.random.Generator:
