@@ -28,7 +28,6 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -42,8 +41,7 @@ from idgen.errors import CheckpointError, NoFaceError
 from idgen.identity.base import FaceBox, IdentityFeatures
 from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
-from idgen.training import TrainConfig, Trainer
-from idgen.training import timed as record_time
+from idgen.training import Stopwatch, TrainConfig, Trainer
 
 __all__ = [
     "DEFAULT_ASSETS",
@@ -814,10 +812,7 @@ def train_identity_models(
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
     plan = QUICK_PLAN if quick else FULL_PLAN
     work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    timed = partial(record_time, timings)
-
+    timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)
     detector = timed("detector", _train_detector, data, plan.detector, work_dir / "detector", progress)
     recognizer = timed(
@@ -828,7 +823,7 @@ def train_identity_models(
         model.save_pretrained(assets_dir / name)
     encoder = WorldIdentityEncoder.from_pretrained(assets_dir)  # validate what was written
     results = timed("validation", _validate, data, encoder, heads)
-    results["timings"] = timings
+    results["timings"] = timed.seconds
     results["plan"] = asdict(plan)
     atomic_write_text(work_dir / "validation.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,7 @@ from idgen.core.wplus_edit import check_w_plus
 from idgen.core.wplus_edit import mix as mix_layers
 from idgen.errors import IdgenError
 from idgen.io import atomic_output, atomic_write_text
-from idgen.training import TrainConfig, Trainer
-from idgen.training import timed as record_time
+from idgen.training import Stopwatch, TrainConfig, Trainer
 from idgen.world.identity import TOWER_EXPAND, _Saveable, crop_faces
 from idgen.world.render import (
     ATTRIBUTES,
@@ -419,17 +417,14 @@ def train_wplus_codec(
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
     plan = QUICK_PLAN if quick else FULL_PLAN
     work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    timed = partial(record_time, timings)
-
+    timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)
     codec, log = timed("train", _train, data, plan, work_dir / "train", progress)
     codec.save_pretrained(assets_dir)
     codec = WorldStyleCodec.from_pretrained(assets_dir)  # measure what was written
     identities = test_identities()[: 8 if quick else None]
     results: dict[str, Any] = timed("measure", measure_edits, codec, identities)
-    results["timings"] = timings
+    results["timings"] = timed.seconds
     results["first_loss"], results["last_loss"] = log[0], log[-1]
     results["parameters"] = sum(t.numel() for t in codec.state_dict().values())
     results["weights_bytes"] = (assets_dir / "model.safetensors").stat().st_size
