@@ -370,6 +370,7 @@ class Render:
 # Painting.
 # ---------------------------------------------------------------------------------------------------------
 _PIX = np.arange(HI, dtype=np.float32) + 0.5  # supersample centres
+_Box = tuple[tuple[slice, slice], np.ndarray, np.ndarray]  # canvas slices, u (1, w), v (h, 1)
 
 
 class _Painter:
@@ -386,9 +387,7 @@ class _Painter:
         self.part: list[int] = [BACKGROUND]
         self.face = np.zeros((HI, HI), bool)  # supersamples inside the face outline and not under hair
 
-    def box(
-        self, x0: float, y0: float, x1: float, y1: float
-    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> _Box | None:
         """Canvas slices covering the unit-space box, with broadcastable u (1, w) and v (h, 1) coordinates."""
         c0 = max(int(np.floor(self.cx + x0 * self.s)), 0)
         c1 = min(int(np.ceil(self.cx + x1 * self.s)) + 1, HI)
@@ -548,7 +547,6 @@ def _hair_front(p: _Painter, style: str, a: float, b: float, hair: np.ndarray) -
 
 
 _EYE_Y = -0.08  # eye centre height (units)
-_Box = tuple[tuple[slice, slice], np.ndarray, np.ndarray]  # canvas slices, u (1, w), v (h, 1)
 
 
 def _draw_ears(p: _Painter, a: float, skin: np.ndarray) -> None:
