@@ -48,6 +48,16 @@ def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: A
     return out
 
 
+class Stopwatch:
+    """Runs the phases of a job, recording each one's wall and CPU seconds in `seconds` (see `timed`)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        return timed(self.seconds, name, fn, *args)
+
+
 def step_generator(seed: int, step: int) -> torch.Generator:
     """The generator for one step: a pure function of (seed, step)."""
     digest = hashlib.sha256(f"{seed}:{step}".encode()).digest()

@@ -29,6 +29,12 @@ def crop_to_box(image: Image.Image, box: FaceBox) -> Image.Image:
     return image.crop((left, top, right, bottom))
 
 
+def _check_sizes(**sizes: int) -> None:
+    for name, value in sizes.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
 class RandomIdentityEncoder:
     """Stand-in IdentityEncoder: grey photo -> low-rank random code -> PuLID-shaped features.
 
@@ -51,18 +57,15 @@ class RandomIdentityEncoder:
         require_face: bool = True,
         rank: int = 16,
     ) -> None:
-        dims = {
-            "arcface_dim": arcface_dim,
-            "clip_dim": clip_dim,
-            "vit_dim": vit_dim,
-            "num_vit_tokens": num_vit_tokens,
-            "num_vit_features": num_vit_features,
-            "image_size": image_size,
-            "rank": rank,
-        }
-        for name, value in dims.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+        _check_sizes(
+            arcface_dim=arcface_dim,
+            clip_dim=clip_dim,
+            vit_dim=vit_dim,
+            num_vit_tokens=num_vit_tokens,
+            num_vit_features=num_vit_features,
+            image_size=image_size,
+            rank=rank,
+        )
         self.arcface_dim = arcface_dim
         self.clip_dim = clip_dim
         self.id_dim = arcface_dim + clip_dim
@@ -74,20 +77,23 @@ class RandomIdentityEncoder:
         self.detector = detector
         self.require_face = require_face
         self.rank = rank
+        self._init_projections()
 
+    def _init_projections(self) -> None:
         # A seeded CPU generator gives the same weights on every machine and in every process.
-        g = torch.Generator().manual_seed(seed)
-        n_pix = image_size * image_size
+        g = torch.Generator().manual_seed(self.seed)
+        rank, n_pix = self.rank, self.image_size * self.image_size
         self._to_code = torch.randn(n_pix, rank, generator=g) / math.sqrt(n_pix)
         # The bias keeps the code away from zero (a uniform grey photo would otherwise give a zero
         # vector, which cannot be L2-normalised).
         self._code_bias = torch.randn(rank, generator=g)
-        self._to_arcface = torch.randn(rank, arcface_dim, generator=g)
-        self._to_clip = torch.randn(rank, clip_dim, generator=g)
+        self._to_arcface = torch.randn(rank, self.arcface_dim, generator=g)
+        self._to_clip = torch.randn(rank, self.clip_dim, generator=g)
         # Hidden feature k = tokens_k @ diag(mix_k(code)) @ channels_k: rank-`rank` (L, D) matrices.
-        self._mix = torch.randn(num_vit_features, rank, rank, generator=g) / math.sqrt(rank)
-        self._tokens = torch.randn(num_vit_features, num_vit_tokens, rank, generator=g)
-        self._channels = torch.randn(num_vit_features, rank, vit_dim, generator=g) / math.sqrt(rank)
+        k, tokens, dim = self.num_vit_features, self.num_vit_tokens, self.vit_dim
+        self._mix = torch.randn(k, rank, rank, generator=g) / math.sqrt(rank)
+        self._tokens = torch.randn(k, tokens, rank, generator=g)
+        self._channels = torch.randn(k, rank, dim, generator=g) / math.sqrt(rank)
 
     def _face_region(self, image: Image.Image, what: str) -> tuple[Image.Image, FaceBox | None]:
         if self.detector is None:

@@ -56,6 +56,10 @@ class E4EConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "stage_channels", tuple(int(c) for c in self.stage_channels))
         object.__setattr__(self, "stage_units", tuple(int(u) for u in self.stage_units))
+        self._check_backbone()
+        self._check_input_and_heads()
+
+    def _check_backbone(self) -> None:
         if len(self.stage_channels) != 4 or len(self.stage_units) != 4 or min(self.stage_units) < 1:
             raise IdgenError("e4e needs 4 backbone stages with at least one unit each")
         if self.stage_channels[-1] != self.w_dim:
@@ -65,6 +69,8 @@ class E4EConfig:
             )
         if any(c // self.se_reduction < 1 for c in self.stage_channels):
             raise IdgenError(f"se_reduction {self.se_reduction} leaves a squeeze-excitation with no channels")
+
+    def _check_input_and_heads(self) -> None:
         if self.input_size < 32 or self.input_size & (self.input_size - 1):
             raise IdgenError(f"e4e input size must be a power of two >= 32, got {self.input_size}")
         if not 1 <= self.coarse_end <= self.middle_end <= self.num_styles:

@@ -65,6 +65,10 @@ class WPlusConfig:
         for name in ("num_layers", "w_dim", "token_dim"):
             if getattr(self, name) < 1:
                 raise IdgenError(f"W+ adapter {name} must be >= 1, got {getattr(self, name)}")
+        self._check_groups()
+        self._check_slots()
+
+    def _check_groups(self) -> None:
         edges = [0] + [end for _, end in self.groups]
         if not self.groups or any(
             start != edges[i] or end <= start for i, (start, end) in enumerate(self.groups)
@@ -72,6 +76,8 @@ class WPlusConfig:
             raise IdgenError(f"W+ groups must be contiguous non-empty ranges from 0, got {list(self.groups)}")
         if edges[-1] != self.num_layers:
             raise IdgenError(f"W+ groups end at layer {edges[-1]}, the code has {self.num_layers} layers")
+
+    def _check_slots(self) -> None:
         slots = [slot for slot, _ in self.attention_layers]
         if len(set(slots)) != len(slots) or any(slot < 0 for slot in slots):
             raise IdgenError(f"W+ attention slots must be distinct and >= 0, got {slots}")

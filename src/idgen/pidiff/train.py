@@ -430,9 +430,7 @@ class RunFiles:
         now = asdict(self.config)
         for key in sorted(set(now) - RESUMABLE_CHANGES):
             old, new = saved.get(key), now[key]
-            if (list(old) if isinstance(old, tuple) else old) != (
-                list(new) if isinstance(new, tuple) else new
-            ):
+            if _plain(old) != _plain(new):
                 raise IdgenError(
                     f"{self.checkpoint} was written with {key}={old!r}, this run has {key}={new!r}; "
                     f"use another output folder or the same settings"
@@ -441,6 +439,40 @@ class RunFiles:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value  # the checkpoint turns tuples into lists
+
+
+def _float32_pipeline(pipe_or_path: Any) -> Any:
+    pipe = load_sd_pipeline(pipe_or_path)
+    if pipe.unet.dtype != torch.float32:
+        raise IdgenError(
+            f"train on a float32 pipeline (got {pipe.unet.dtype}); mixed_precision gives the speed"
+        )
+    return pipe
+
+
+def _check_code_shape(adapter: WPlusAdapter, config: PIDiffTrainConfig) -> None:
+    if (adapter.config.num_layers, adapter.config.w_dim) != (config.num_layers, config.w_dim):
+        raise IdgenError(
+            f"the adapter reads ({adapter.config.num_layers}, {adapter.config.w_dim}) W+ codes, "
+            f"the training config says ({config.num_layers}, {config.w_dim})"
+        )
+
+
+def _accelerate(
+    config: PIDiffTrainConfig, pipe: Any, adapter: WPlusAdapter
+) -> tuple[Any, list[nn.Parameter], Any]:
+    """Accelerator (mixed precision on a GPU only), the models on its device, the trainable parameters and
+    their optimizer."""
+    from accelerate import Accelerator
+
+    gpu = torch.cuda.is_available()
+    accel = Accelerator(mixed_precision=config.mixed_precision if gpu else "no")
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder, adapter):
+        module.to(accel.device)
+    params = trainable_parameters(adapter, config)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = accel.prepare(optimizer)  # loss scaling with fp16; the models are not wrapped
+    return accel, params, optimizer
 
 
 def train_pidiff(
@@ -459,41 +491,24 @@ def train_pidiff(
     stop_after: leave after this many steps in total (a time-limited job; run again to continue).
     Returns {"step", "steps", "loss", "adapter", "log", "trainable", "resumed_from"}.
     """
-    from accelerate import Accelerator
-
     from idgen.backbones.sd15 import install_wplus
     from idgen.models.wplus import save_wplus_adapter
 
     data = PIDiffDataset(data_folder, config.resolution, config.num_layers, config.w_dim)
     if config.verify_data:
         data.verify()
-    pipe = load_sd_pipeline(pipe_or_path)
-    if pipe.unet.dtype != torch.float32:
-        raise IdgenError(
-            f"train on a float32 pipeline (got {pipe.unet.dtype}); mixed_precision gives the speed"
-        )
+    pipe = _float32_pipeline(pipe_or_path)
     adapter = adapter if adapter is not None else new_adapter(pipe.unet, config)
-    if (adapter.config.num_layers, adapter.config.w_dim) != (config.num_layers, config.w_dim):
-        raise IdgenError(
-            f"the adapter reads ({adapter.config.num_layers}, {adapter.config.w_dim}) W+ codes, "
-            f"the training config says ({config.num_layers}, {config.w_dim})"
-        )
-    gpu = torch.cuda.is_available()
-    accel = Accelerator(mixed_precision=config.mixed_precision if gpu else "no")
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder, adapter):
-        module.to(accel.device)
-    params = trainable_parameters(adapter, config)
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    optimizer = accel.prepare(optimizer)  # loss scaling with fp16; the models are not wrapped
+    _check_code_shape(adapter, config)
+    accel, params, optimizer = _accelerate(config, pipe, adapter)
     files = RunFiles(Path(out_folder), config)
     Path(out_folder).mkdir(parents=True, exist_ok=True)
     start = files.resume(adapter, optimizer, accel.scaler)
     injector = install_wplus(pipe.unet, adapter)
-    frozen = [pipe.unet, pipe.vae, pipe.text_encoder]
     try:
-        with frozen_except(frozen, params, adapter):
-            last = _loop(config, accel, PIDiffStep(config, pipe, injector, data, accel), adapter, params,
-                         optimizer, files, start, stop_after)  # fmt: skip
+        with frozen_except([pipe.unet, pipe.vae, pipe.text_encoder], params, adapter):
+            step_fn = PIDiffStep(config, pipe, injector, data, accel)
+            last = _loop(config, accel, step_fn, adapter, params, optimizer, files, start, stop_after)
     finally:
         injector.remove()
     done = min(config.steps, stop_after) if stop_after is not None else config.steps
@@ -512,6 +527,30 @@ def train_pidiff(
     }
 
 
+def _optimise(
+    config: PIDiffTrainConfig,
+    accel: Any,
+    step_fn: PIDiffStep,
+    params: list[nn.Parameter],
+    optimizer: Any,
+    step: int,
+) -> dict[str, float]:
+    """One optimizer step at `step` (learning rate from the schedule, seed replayed on resume) -> the values
+    to log: loss (averaged over processes), the loss parts and the learning rate."""
+    lr = learning_rate(TrainConfig(steps=config.steps, lr=config.lr, warmup=config.warmup), step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    torch.manual_seed(step_generator(config.seed, step).initial_seed())  # replays on resume
+    loss, parts = step_fn(step)
+    optimizer.zero_grad(set_to_none=True)
+    accel.backward(loss)
+    _average_gradients(accel, params)
+    if config.grad_clip is not None:
+        accel.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    return {"loss": float(accel.reduce(loss.detach(), reduction="mean")), **parts, "lr": lr}
+
+
 def _loop(
     config: PIDiffTrainConfig,
     accel: Any,
@@ -525,7 +564,6 @@ def _loop(
 ) -> dict[str, float]:
     from tqdm.auto import tqdm
 
-    schedule = TrainConfig(steps=config.steps, lr=config.lr, warmup=config.warmup)
     end = config.steps if stop_after is None else min(config.steps, stop_after)
     main = accel.is_main_process
     last: dict[str, float] = {}
@@ -533,18 +571,7 @@ def _loop(
     bar = tqdm(total=config.steps, initial=step, desc="pidiff", disable=not (config.progress and main))
     with bar, open(files.log, "a") if main else open(os.devnull, "w") as log:
         while step < end:
-            lr = learning_rate(schedule, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(step_generator(config.seed, step).initial_seed())  # replays on resume
-            loss, parts = step_fn(step)
-            optimizer.zero_grad(set_to_none=True)
-            accel.backward(loss)
-            _average_gradients(accel, params)
-            if config.grad_clip is not None:
-                accel.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            last = {"loss": float(accel.reduce(loss.detach(), reduction="mean")), **parts, "lr": lr}
+            last = _optimise(config, accel, step_fn, params, optimizer, step)
             if step % config.log_every == 0 or step == config.steps - 1:
                 log.write(json.dumps({"step": step, **last}) + "\n")
                 log.flush()

@@ -14,7 +14,6 @@ from typing import Any, NamedTuple
 import torch
 
 from idgen.errors import IdgenError
-from idgen.io import atomic_output
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
 
@@ -38,17 +37,6 @@ QUICK_BASE = BaseRecipe(
 )
 
 
-def cached(path: Path, make: Any) -> dict[str, Any]:
-    """A dict of tensors (and string lists) computed once and kept at `path`."""
-    if path.exists():
-        return dict(torch.load(path, map_location="cpu", weights_only=True))
-    value = make()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        torch.save(value, tmp)
-    return dict(value)
-
-
 def train_base(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
     """Renders -> VAE -> latents and text embeddings -> transformer -> assets/flux (a FluxPipeline folder)."""
     from diffusers import AutoencoderKL
@@ -61,7 +49,7 @@ def train_base(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[s
         data = gen.render_set(recipe.renders, seed=1)
         return {"images": data.images, "captions": data.captions}
 
-    data = cached(work / "renders.pt", renders)
+    data = gen.cached(work / "renders.pt", renders)
     pipe = gen.new_pipeline()
     vae_dir = work / "vae"
     if (vae_dir / "config.json").exists():
@@ -86,7 +74,7 @@ def train_base(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[s
             "empty_pooled": empty_pooled,
         }
 
-    enc = gen.EncodedSet(**cached(work / "encoded.pt", encoded))
+    enc = gen.EncodedSet(**gen.cached(work / "encoded.pt", encoded))
     report["transformer"] = gen.train_transformer(pipe, enc, recipe.transformer, work / "transformer-train")
     pipe.transformer.eval().requires_grad_(False)
     save_pipeline(pipe, assets / "flux")
@@ -144,7 +132,7 @@ def train_adapter(work: Path, assets: Path = ASSETS, quick: bool = False) -> dic
             "face_boxes": data.face_boxes,
         }
 
-    data = gen.AdapterSet(**cached(work / "adapter-data.pt", renders))
+    data = gen.AdapterSet(**gen.cached(work / "adapter-data.pt", renders))
     config = gen.demo_pulid_config(pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(14)

@@ -22,8 +22,10 @@ background/clothing *words* are all seen in training, only their combinations ar
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -101,20 +103,30 @@ def words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _phrases(table: Mapping[Any, tuple[str, ...]]) -> list[str]:
+    return [p for ps in table.values() for p in ps]
+
+
 def _all_phrases() -> list[str]:
-    phrases = [p for ps in SUBJECTS.values() for p in ps]
-    phrases += [p for ps in BACKGROUND_PHRASES.values() for p in ps]
-    phrases += [_clothing(t, w) for t in CLOTHING_TEMPLATES for ws in CLOTHING_WORDS.values() for w in ws]
-    phrases += [p for ps in LIGHTING_PHRASES.values() for p in ps]
-    phrases += [p for ps in POSITION_PHRASES.values() for p in ps]
-    return [*phrases, ",", DEMO_PROMPT]
+    clothing = [clothing_phrase(t, w) for t in CLOTHING_TEMPLATES for w in _phrases(CLOTHING_WORDS)]
+    return [
+        *_phrases(SUBJECTS),
+        *_phrases(BACKGROUND_PHRASES),
+        *clothing,
+        *_phrases(LIGHTING_PHRASES),
+        *_phrases(POSITION_PHRASES),
+        ",",
+        DEMO_PROMPT,
+    ]
 
 
-def _clothing(template: str, colour_word: str) -> str:
+def clothing_phrase(template: str, colour_word: str) -> str:
+    """A clothing template filled with a colour word and its article ("wearing an orange shirt")."""
     return template.format(a="an" if colour_word[0] in "aeiou" else "a", c=colour_word)
 
 
-def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+def pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
+    """One of `options`, uniformly (one integer drawn from `rng`)."""
     return options[int(rng.integers(len(options)))]
 
 
@@ -122,7 +134,8 @@ VOCABULARY: tuple[str, ...] = tuple(sorted({w for p in _all_phrases() for w in w
 """Every word (and punctuation mark) the grammar can produce, sorted; the tokenizer's vocabulary."""
 
 
-def _assemble(template: tuple[tuple[str, ...], ...], parts: dict[str, str | None]) -> str:
+def assemble(template: tuple[tuple[str, ...], ...], parts: dict[str, str | None]) -> str:
+    """A caption from a template's groups of part keys; parts that are None are left out."""
     groups = [" ".join(p for k in group if (p := parts[k])) for group in template]
     return ", ".join(g for g in groups if g)
 
@@ -135,11 +148,11 @@ def caption(scene: Scene, rng: np.random.Generator, omit: bool = True) -> str:
     if omit and rng.random() < P_OMIT_FRAMING:
         framing = None
     parts: dict[str, str | None] = {
-        "S": _pick(SUBJECTS[framing], rng),
-        "B": _pick(BACKGROUND_PHRASES[n["background"]], rng),
-        "C": _clothing(_pick(CLOTHING_TEMPLATES, rng), _pick(CLOTHING_WORDS[n["clothing_colour"]], rng)),
-        "L": _pick(LIGHTING_PHRASES[n["lighting"]], rng),
-        "P": _pick(POSITION_PHRASES[n["position"]], rng),
+        "S": pick(SUBJECTS[framing], rng),
+        "B": pick(BACKGROUND_PHRASES[n["background"]], rng),
+        "C": clothing_phrase(pick(CLOTHING_TEMPLATES, rng), pick(CLOTHING_WORDS[n["clothing_colour"]], rng)),
+        "L": pick(LIGHTING_PHRASES[n["lighting"]], rng),
+        "P": pick(POSITION_PHRASES[n["position"]], rng),
     }
     if omit:
         if rng.random() < P_OMIT_CLOTHING:
@@ -148,7 +161,7 @@ def caption(scene: Scene, rng: np.random.Generator, omit: bool = True) -> str:
             parts["L"] = None
         if n["position"] == "centre" and rng.random() < P_OMIT_POSITION:
             parts["P"] = None
-    return _assemble(TEMPLATES[int(rng.integers(len(TEMPLATES)))], parts)
+    return assemble(TEMPLATES[int(rng.integers(len(TEMPLATES)))], parts)
 
 
 def scene_words(scene: Scene) -> dict[str, str]:
@@ -159,7 +172,7 @@ def scene_words(scene: Scene) -> dict[str, str]:
     return {
         "subject": SUBJECTS[scene.framing][0],
         "background": BACKGROUND_PHRASES[n["background"]][0],
-        "clothing": _clothing(CLOTHING_TEMPLATES[0], CLOTHING_WORDS[n["clothing_colour"]][0]),
+        "clothing": clothing_phrase(CLOTHING_TEMPLATES[0], CLOTHING_WORDS[n["clothing_colour"]][0]),
         "lighting": LIGHTING_PHRASES[n["lighting"]][0],
         "position": POSITION_PHRASES[n["position"]][0],
     }
@@ -175,7 +188,7 @@ def canonical_caption(scene: Scene) -> str:
         "L": w["lighting"],
         "P": w["position"],
     }
-    return _assemble(TEMPLATES[CANONICAL_TEMPLATE], parts)
+    return assemble(TEMPLATES[CANONICAL_TEMPLATE], parts)
 
 
 # Two clothing colours per background, spread so that every colour is held out with 2-3 backgrounds.

@@ -25,6 +25,8 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -48,6 +50,9 @@ from idgen.world.captions import (
     POSITION_PHRASES,
     SUBJECTS,
     TEMPLATES,
+    assemble,
+    clothing_phrase,
+    pick,
 )
 from idgen.world.render import (
     BACKGROUNDS,
@@ -633,10 +638,6 @@ def augment(
     return x.clamp(0, 1), masks, boxes
 
 
-def _pick(options: tuple[str, ...], rng: np.random.Generator) -> str:
-    return options[int(rng.integers(len(options)))]
-
-
 def partial_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, np.ndarray]:
     """A caption of the grammar (its phrases and templates) that states the background and a random subset
     of the other factors, and which factors it states: bool (5,) in `Pool.scene` order (background, clothing,
@@ -645,20 +646,16 @@ def partial_caption(scene: Scene, rng: np.random.Generator) -> tuple[str, np.nda
     if rng.random() < 0.25:
         stated[1:] = False
     n = scene.names()
-    colour = _pick(CLOTHING_WORDS[n["clothing_colour"]], rng)
-    clothing = _pick(CLOTHING_TEMPLATES, rng).format(a="an" if colour[0] in "aeiou" else "a", c=colour)
+    colour = pick(CLOTHING_WORDS[n["clothing_colour"]], rng)
+    clothing = clothing_phrase(pick(CLOTHING_TEMPLATES, rng), colour)
     parts = {
-        "S": _pick(SUBJECTS[scene.framing if stated[3] else None], rng),
-        "B": _pick(BACKGROUND_PHRASES[n["background"]], rng),
+        "S": pick(SUBJECTS[scene.framing if stated[3] else None], rng),
+        "B": pick(BACKGROUND_PHRASES[n["background"]], rng),
         "C": clothing if stated[1] else None,
-        "L": _pick(LIGHTING_PHRASES[n["lighting"]], rng) if stated[2] else None,
-        "P": _pick(POSITION_PHRASES[n["position"]], rng) if stated[4] else None,
+        "L": pick(LIGHTING_PHRASES[n["lighting"]], rng) if stated[2] else None,
+        "P": pick(POSITION_PHRASES[n["position"]], rng) if stated[4] else None,
     }
-    groups = (
-        " ".join(p for k in group if (p := parts[k]))
-        for group in TEMPLATES[int(rng.integers(len(TEMPLATES)))]
-    )
-    return ", ".join(g for g in groups if g), stated
+    return assemble(TEMPLATES[int(rng.integers(len(TEMPLATES)))], parts), stated
 
 
 def _np_rng(g: torch.Generator) -> np.random.Generator:
@@ -837,6 +834,52 @@ def _batched(fn: Any, images: Tensor, *args: Any, size: int = 256) -> Any:
     return torch.cat(outs) if isinstance(outs[0], Tensor) else [x for o in outs for x in o]
 
 
+def _clip_scores(clip: WorldCLIP, images: Tensor, scenes: Tensor) -> dict[str, float]:
+    """Zero-shot accuracies on scene renders: over the 12 `SCENE_PROMPTS`, and per factor (see `validate`)."""
+    out: dict[str, float] = {}
+    pred = _batched(clip.classify_scene, images)
+    out["clip_scene_accuracy"] = float((pred == scenes[:, 0]).float().mean())
+    embeds = _batched(clip.image_embeds, images)
+    for column, factor, options in FACTOR_PROMPTS:
+        texts = [o.format(b=BACKGROUND_PHRASES[b][0]) for b in BACKGROUNDS for o in options]
+        text = clip.text_embeds(texts).view(len(BACKGROUNDS), len(options), -1)[scenes[:, 0]]
+        pred = torch.einsum("bd,bod->bo", embeds, text).argmax(1)
+        out[f"clip_{factor}_accuracy"] = float((pred == scenes[:, column]).float().mean())
+    return out
+
+
+def _segmenter_scores(
+    segmenter: FaceSegmenter, images: Tensor, masks: Tensor, face_px: Tensor
+) -> tuple[dict[str, float], list[tuple[int, int, int, int] | None]]:
+    """IoU on images with a face, empty rate on face-free ones, found rate; and the predicted boxes."""
+    prob = _batched(segmenter.probabilities, images)
+    pm = prob > segmenter.config.threshold
+    inter, union = (pm & masks).sum(dim=(1, 2)).float(), (pm | masks).sum(dim=(1, 2)).float()
+    pred_boxes = largest_region_boxes(pm, segmenter.config.min_pixels)
+    out = {
+        "segmenter_iou": float((inter[face_px] / union[face_px].clamp(min=1)).mean()),
+        "segmenter_empty_on_face_free": float(
+            np.mean([pred_boxes[i] is None for i in np.flatnonzero(~face_px)])
+        ),
+        "segmenter_found_face": float(np.mean([pred_boxes[i] is not None for i in np.flatnonzero(face_px)])),
+    }
+    return out, pred_boxes
+
+
+def _face_scores(face: FaceRecognizer, images: Tensor, boxes: Tensor, ident: Tensor) -> dict[str, float]:
+    """Same- and different-identity cosines of the face embeddings and the verification AUC."""
+    emb = _batched(face.embed, images, boxes)
+    sim = emb @ emb.T
+    upper = torch.triu(torch.ones_like(sim, dtype=torch.bool), diagonal=1)
+    same = (ident[:, None] == ident[None]) & upper
+    diff = (ident[:, None] != ident[None]) & upper
+    return {
+        "face_same_cosine": float(sim[same].mean()),
+        "face_different_cosine": float(sim[diff].mean()),
+        "face_auc": verification_auc(sim[same], sim[diff]),
+    }
+
+
 @torch.no_grad()
 def validate(clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, pool: Pool) -> dict[str, float]:
     """Zero-shot CLIP accuracies, segmentation IoU and empty rate, face verification on `pool` (test split).
@@ -848,44 +891,20 @@ def validate(clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, po
         to_tensor(pool.images), g, masks=torch.as_tensor(pool.masks), boxes=torch.as_tensor(pool.boxes)
     )
     assert masks is not None and boxes is not None
-    out: dict[str, float] = {}
     scenes = torch.as_tensor(pool.scene)
     in_scene = scenes[:, 0] >= 0
-    pred = _batched(clip.classify_scene, images[in_scene])
-    out["clip_scene_accuracy"] = float((pred == scenes[in_scene, 0]).float().mean())
-    embeds = _batched(clip.image_embeds, images[in_scene])
-    for column, factor, options in FACTOR_PROMPTS:
-        texts = [o.format(b=BACKGROUND_PHRASES[b][0]) for b in BACKGROUNDS for o in options]
-        text = clip.text_embeds(texts).view(len(BACKGROUNDS), len(options), -1)[scenes[in_scene, 0]]
-        pred = torch.einsum("bd,bod->bo", embeds, text).argmax(1)
-        out[f"clip_{factor}_accuracy"] = float((pred == scenes[in_scene, column]).float().mean())
-
+    out = _clip_scores(clip, images[in_scene], scenes[in_scene])
     face_px = torch.as_tensor(pool.identity) >= 0
-    prob = _batched(segmenter.probabilities, images)
-    pm = prob > segmenter.config.threshold
-    inter, union = (pm & masks).sum(dim=(1, 2)).float(), (pm | masks).sum(dim=(1, 2)).float()
-    out["segmenter_iou"] = float((inter[face_px] / union[face_px].clamp(min=1)).mean())
-    pred_boxes = largest_region_boxes(pm, segmenter.config.min_pixels)
-    out["segmenter_empty_on_face_free"] = float(
-        np.mean([pred_boxes[i] is None for i in np.flatnonzero(~face_px)])
-    )
-    out["segmenter_found_face"] = float(np.mean([pred_boxes[i] is not None for i in np.flatnonzero(face_px)]))
-
+    seg, pred_boxes = _segmenter_scores(segmenter, images, masks, face_px)
+    out.update(seg)
     people = np.flatnonzero(face_px)
     ident = torch.as_tensor(pool.identity[people])
-    for name, bx in (("gt_box", boxes[people]), ("seg_box", None)):
-        if bx is None:  # the harness path: boxes from the segmenter (ground truth where it found none)
-            bx = torch.stack(
-                [torch.tensor(pred_boxes[i]) if pred_boxes[i] else boxes[i] for i in people]
-            ).float()
-        emb = _batched(face.embed, images[people], bx)
-        sim = emb @ emb.T
-        upper = torch.triu(torch.ones_like(sim, dtype=torch.bool), diagonal=1)
-        same = (ident[:, None] == ident[None]) & upper
-        diff = (ident[:, None] != ident[None]) & upper
-        out[f"face_same_cosine_{name}"] = float(sim[same].mean())
-        out[f"face_different_cosine_{name}"] = float(sim[diff].mean())
-        out[f"face_auc_{name}"] = verification_auc(sim[same], sim[diff])
+    # The harness path: boxes from the segmenter (ground truth where it found none).
+    seg_boxes = torch.stack(
+        [torch.tensor(pred_boxes[i]) if pred_boxes[i] else boxes[i] for i in people]
+    ).float()
+    for name, bx in (("gt_box", boxes[people]), ("seg_box", seg_boxes)):
+        out.update({f"{k}_{name}": v for k, v in _face_scores(face, images[people], bx, ident).items()})
     return out
 
 
@@ -917,6 +936,58 @@ class _Clock:
         self.wall, self.cpu = wall, cpu
 
 
+def _pools(plan: Plan, run_dir: Path) -> tuple[Pool, Pool]:
+    """The training pool and the held-out validation pool, cached under `run_dir`."""
+    pool = cached_pool(
+        run_dir / "pool-train.npz",
+        identities=list(range(plan.train_identities)),
+        renders_per_identity=plan.renders_per_identity,
+        references=True,
+        face_free=plan.face_free,
+        seed=POOL_SEED,
+        test=False,
+    )
+    val_pool = cached_pool(
+        run_dir / "pool-test.npz",
+        identities=list(range(plan.test_identities)),
+        renders_per_identity=plan.test_renders,
+        references=True,
+        face_free=max(8, plan.face_free // 20),
+        seed=POOL_SEED + 1,
+        test=True,
+    )
+    return pool, val_pool
+
+
+def _export(
+    clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, run_dir: Path, assets_dir: Path
+) -> None:
+    _export_clip(clip, run_dir / "export-clip", assets_dir / CLIP_DIR)
+    face.save_pretrained(assets_dir / FACE_DIR)
+    segmenter.save_pretrained(assets_dir / SEGMENTER_DIR)
+
+
+def _validate_exported(assets_dir: Path, pool: Pool) -> dict[str, float]:
+    """`validate` on what was written, read through the public loaders."""
+    return validate(
+        WorldCLIP.from_pretrained(assets_dir / CLIP_DIR),
+        FaceRecognizer.from_pretrained(assets_dir / FACE_DIR),
+        FaceSegmenter.from_pretrained(assets_dir / SEGMENTER_DIR),
+        pool,
+    )
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    # The machine is shared; one core is this job's budget.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, progress: bool = True) -> dict:
     """Train the three evaluators (resumable: checkpoints under `work_dir`), write them to `assets_dir`
     (clip/, face/, segmenter/, validation.json) and return the validation numbers and timings.
@@ -925,29 +996,10 @@ def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, prog
     plan = QUICK_PLAN if quick else FULL_PLAN
     run_dir = Path(work_dir) / ("quick" if quick else "full")
     assets_dir = Path(assets_dir)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the machine is shared; one core is this job's budget
-    try:
+    with _one_thread():
         timings: dict[str, float] = {}
         clock = _Clock(timings)
-        pool = cached_pool(
-            run_dir / "pool-train.npz",
-            identities=list(range(plan.train_identities)),
-            renders_per_identity=plan.renders_per_identity,
-            references=True,
-            face_free=plan.face_free,
-            seed=POOL_SEED,
-            test=False,
-        )
-        val_pool = cached_pool(
-            run_dir / "pool-test.npz",
-            identities=list(range(plan.test_identities)),
-            renders_per_identity=plan.test_renders,
-            references=True,
-            face_free=max(8, plan.face_free // 20),
-            seed=POOL_SEED + 1,
-            test=True,
-        )
+        pool, val_pool = _pools(plan, run_dir)
         clock("render")
         clip = train_clip(pool, _with_seed(plan.clip, CLIP_SEED), run_dir / CLIP_DIR, progress)
         clock("clip")
@@ -957,21 +1009,10 @@ def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, prog
             pool, _with_seed(plan.segmenter, SEGMENTER_SEED), run_dir / SEGMENTER_DIR, progress
         )
         clock("segmenter")
-
-        _export_clip(clip, run_dir / "export-clip", assets_dir / CLIP_DIR)
-        face.save_pretrained(assets_dir / FACE_DIR)
-        segmenter.save_pretrained(assets_dir / SEGMENTER_DIR)
+        _export(clip, face, segmenter, run_dir, assets_dir)
         clock("export")
-        # Validate what was written, through the public loaders.
-        metrics = validate(
-            WorldCLIP.from_pretrained(assets_dir / CLIP_DIR),
-            FaceRecognizer.from_pretrained(assets_dir / FACE_DIR),
-            FaceSegmenter.from_pretrained(assets_dir / SEGMENTER_DIR),
-            val_pool,
-        )
+        metrics = _validate_exported(assets_dir, val_pool)
         clock("validate")
         result = {**metrics, **timings, "quick": quick}
         atomic_write_text(assets_dir / "validation.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result
-    finally:
-        torch.set_num_threads(threads)

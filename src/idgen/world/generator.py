@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from idgen.io import atomic_output
 from idgen.training import TrainConfig, Trainer
 from idgen.world.bundle import MAX_TEXT_TOKENS
 from idgen.world.captions import caption, random_train_scene
@@ -85,6 +86,17 @@ def new_pipeline(seed: int = SEED_COMPONENTS) -> Any:
         tokenizer_2=build_tokenizer(),
         transformer=transformer,
     )
+
+
+def cached(path: Path, make: Any) -> dict[str, Any]:
+    """A dict of tensors (and string lists) computed once and kept at `path`."""
+    if path.exists():
+        return dict(torch.load(path, map_location="cpu", weights_only=True))
+    value = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        torch.save(value, tmp)
+    return dict(value)
 
 
 @dataclass

@@ -28,7 +28,6 @@ import json
 import math
 import warnings
 from dataclasses import asdict, dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar, overload
 
@@ -42,8 +41,7 @@ from idgen.errors import CheckpointError, NoFaceError
 from idgen.identity.base import FaceBox, IdentityFeatures
 from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
-from idgen.training import TrainConfig, Trainer
-from idgen.training import timed as record_time
+from idgen.training import Stopwatch, TrainConfig, Trainer
 
 __all__ = [
     "DEFAULT_ASSETS",
@@ -725,54 +723,51 @@ def _embed_all(fn: Any, images: Tensor, boxes: Tensor, batch: int = 256) -> Tens
     return torch.cat([fn(images[k : k + batch], boxes[k : k + batch]) for k in range(0, len(images), batch)])
 
 
-@torch.no_grad()
-def _validate(
-    data: dict[str, dict[str, Tensor]], encoder: WorldIdentityEncoder, heads: nn.Module, blur_seed: int = 5
-) -> dict[str, Any]:
-    val, negs = data["val"], data["val_negatives"]
-    x = _as_float(val["images"])
-    # The same held-out images made to look generated (fixed augmentation draw).
-    x_aug = augment_photometric(x, torch.Generator().manual_seed(blur_seed))
-    n_neg = _as_float(negs["images"])
-
+def _detector_scores(
+    encoder: WorldIdentityEncoder, variants: dict[str, Tensor], boxes: Tensor, negatives: Tensor
+) -> dict[str, float]:
+    """Box IoU on the face images and face/no-face accuracy on them and the face-free `negatives`."""
     detector: dict[str, float] = {}
-    for name, images in (("clean", x), ("augmented", x_aug)):
-        boxes, probs = encoder.detector.detect(images)
-        neg_probs = encoder.detector.detect(n_neg)[1]
-        iou = _box_iou(boxes, val["boxes"])
+    for name, images in variants.items():
+        found, probs = encoder.detector.detect(images)
+        neg_probs = encoder.detector.detect(negatives)[1]
+        iou = _box_iou(found, boxes)
         detector[f"mean_iou_{name}"] = float(iou.mean())
         detector[f"min_iou_{name}"] = float(iou.min())
         correct = int((probs >= 0.5).sum()) + int((neg_probs < 0.5).sum())
         detector[f"face_accuracy_{name}"] = correct / (len(probs) + len(neg_probs))
+    return detector
 
-    def recog(images: Tensor, boxes: Tensor) -> Tensor:
-        return encoder.recognizer(crop_faces(images, boxes, RECOGNIZER_EXPAND))
 
-    def tower(images: Tensor, boxes: Tensor) -> Tensor:
-        return encoder.tower(crop_faces(images, boxes, TOWER_EXPAND))[0]
-
-    results: dict[str, Any] = {"detector": detector}
-    ids = val["ids"]
+def _verification_scores(
+    fn: Any, variants: dict[str, Tensor], boxes: Tensor, ids: Tensor
+) -> dict[str, float]:
+    """Cosines of same- and different-identity pairs of `fn`'s embeddings, verification AUC and rank-1."""
     same = ids[:, None] == ids[None, :]
     off_diag = ~torch.eye(len(ids), dtype=torch.bool)
-    for name, fn in (("recognizer", recog), ("tower", tower)):
-        out: dict[str, float] = {}
-        for variant, images in (("clean", x), ("augmented", x_aug)):
-            emb = _embed_all(fn, images, val["boxes"])
-            cos = emb @ emb.T
-            pos, negv = cos[same & off_diag], cos[~same]
-            out[f"same_cos_{variant}"] = float(pos.mean())
-            out[f"diff_cos_{variant}"] = float(negv.mean())
-            # Verification AUC: P(same-identity pair scores above a different-identity pair).
-            out[f"auc_{variant}"] = float((pos[:, None] > negv[None, :]).float().mean())
-            # Rank-1 identification: each image's nearest other image has its identity.
-            nearest = cos.masked_fill(~off_diag, -2).argmax(1)
-            out[f"rank1_{variant}"] = float((ids[nearest] == ids).float().mean())
-        results[name] = out
-    # Held-out attribute accuracy of the tower's training heads (on the shipped class embedding).
+    out: dict[str, float] = {}
+    for variant, images in variants.items():
+        emb = _embed_all(fn, images, boxes)
+        cos = emb @ emb.T
+        pos, negv = cos[same & off_diag], cos[~same]
+        out[f"same_cos_{variant}"] = float(pos.mean())
+        out[f"diff_cos_{variant}"] = float(negv.mean())
+        # Verification AUC: P(same-identity pair scores above a different-identity pair).
+        out[f"auc_{variant}"] = float((pos[:, None] > negv[None, :]).float().mean())
+        # Rank-1 identification: each image's nearest other image has its identity.
+        nearest = cos.masked_fill(~off_diag, -2).argmax(1)
+        out[f"rank1_{variant}"] = float((ids[nearest] == ids).float().mean())
+    return out
+
+
+def _attribute_scores(
+    tower: Any, heads: nn.Module, variants: dict[str, Tensor], val: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Held-out attribute accuracy of the tower's training heads (on the shipped class embedding)."""
     from idgen.world import ATTRIBUTES
 
-    for variant, images in (("clean", x), ("augmented", x_aug)):
+    out: dict[str, Any] = {}
+    for variant, images in variants.items():
         logits = heads(_embed_all(tower, images, val["boxes"]))
         accs = {
             name: float((part.argmax(-1) == val["attrs"][:, k]).float().mean())
@@ -780,9 +775,32 @@ def _validate(
                 zip(ATTRIBUTES, logits.split(_attribute_sizes(), -1), strict=True)
             )
         }
-        results["tower"][f"attribute_accuracy_{variant}"] = sum(accs.values()) / len(accs)
+        out[f"attribute_accuracy_{variant}"] = sum(accs.values()) / len(accs)
         if variant == "clean":
-            results["tower"]["attribute_accuracy_per_attribute"] = accs
+            out["attribute_accuracy_per_attribute"] = accs
+    return out
+
+
+@torch.no_grad()
+def _validate(
+    data: dict[str, dict[str, Tensor]], encoder: WorldIdentityEncoder, heads: nn.Module, blur_seed: int = 5
+) -> dict[str, Any]:
+    val = data["val"]
+    x = _as_float(val["images"])
+    # The same held-out images made to look generated (fixed augmentation draw).
+    variants = {"clean": x, "augmented": augment_photometric(x, torch.Generator().manual_seed(blur_seed))}
+
+    def recog(images: Tensor, boxes: Tensor) -> Tensor:
+        return encoder.recognizer(crop_faces(images, boxes, RECOGNIZER_EXPAND))
+
+    def tower(images: Tensor, boxes: Tensor) -> Tensor:
+        return encoder.tower(crop_faces(images, boxes, TOWER_EXPAND))[0]
+
+    negatives = _as_float(data["val_negatives"]["images"])
+    results: dict[str, Any] = {"detector": _detector_scores(encoder, variants, val["boxes"], negatives)}
+    for name, fn in (("recognizer", recog), ("tower", tower)):
+        results[name] = _verification_scores(fn, variants, val["boxes"], val["ids"])
+    results["tower"].update(_attribute_scores(tower, heads, variants, val))
     return results
 
 
@@ -794,10 +812,7 @@ def train_identity_models(
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
     plan = QUICK_PLAN if quick else FULL_PLAN
     work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    timed = partial(record_time, timings)
-
+    timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)
     detector = timed("detector", _train_detector, data, plan.detector, work_dir / "detector", progress)
     recognizer = timed(
@@ -808,7 +823,7 @@ def train_identity_models(
         model.save_pretrained(assets_dir / name)
     encoder = WorldIdentityEncoder.from_pretrained(assets_dir)  # validate what was written
     results = timed("validation", _validate, data, encoder, heads)
-    results["timings"] = timings
+    results["timings"] = timed.seconds
     results["plan"] = asdict(plan)
     atomic_write_text(work_dir / "validation.json", json.dumps(results, indent=2) + "\n")
     return results

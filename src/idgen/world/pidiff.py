@@ -21,7 +21,7 @@ from torch import Tensor
 from idgen.core.losses import IdentityLossWeights, face_mask_on_grid, identity_tailored_loss, perturb_codes
 from idgen.identity.base import IdentityFeatures
 from idgen.training import TrainConfig, Trainer
-from idgen.world.generator import latent_ids, noised, velocity
+from idgen.world.generator import cached, latent_ids, noised, velocity
 
 EncodeWPlus = Callable[[Tensor, Tensor], Tensor]  # images (B, 3, 64, 64) in [0, 1], boxes (B, 4) -> (B, L, D)
 
@@ -164,7 +164,6 @@ def train_pidiff_branch(work: Path, assets: Path, quick: bool = False) -> dict[s
     from idgen.backbones.flux import injection_points
     from idgen.models.wplus_flux import WPlusFluxAdapter, save_wplus_flux_adapter
     from idgen.world import generator as gen
-    from idgen.world.build import cached
 
     recipe = QUICK_BRANCH if quick else BranchRecipe()
     pipe = FluxPipeline.from_pretrained(assets / "flux")

@@ -24,7 +24,7 @@ background pattern; nothing else is random.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from math import prod
@@ -370,6 +370,7 @@ class Render:
 # Painting.
 # ---------------------------------------------------------------------------------------------------------
 _PIX = np.arange(HI, dtype=np.float32) + 0.5  # supersample centres
+_Box = tuple[tuple[slice, slice], np.ndarray, np.ndarray]  # canvas slices, u (1, w), v (h, 1)
 
 
 class _Painter:
@@ -386,9 +387,7 @@ class _Painter:
         self.part: list[int] = [BACKGROUND]
         self.face = np.zeros((HI, HI), bool)  # supersamples inside the face outline and not under hair
 
-    def box(
-        self, x0: float, y0: float, x1: float, y1: float
-    ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray] | None:
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> _Box | None:
         """Canvas slices covering the unit-space box, with broadcastable u (1, w) and v (h, 1) coordinates."""
         c0 = max(int(np.floor(self.cx + x0 * self.s)), 0)
         c1 = min(int(np.ceil(self.cx + x1 * self.s)) + 1, HI)
@@ -518,6 +517,19 @@ def _hair_texture(
     p.fill(sl, tex, hair * 0.8 + 12.0, HAIR)
 
 
+# Hair over the face per style, as a mask of the face box: (u, v, x = u / a, b) -> bool.
+_HAIRLINES: dict[str, Callable[[np.ndarray, np.ndarray, np.ndarray, float], np.ndarray]] = {
+    "buzz": lambda u, v, x, b: v < -0.78 * b + 0.3 * x**2,
+    "short": lambda u, v, x, b: v < -0.6 * b + 0.35 * x**2,
+    "fringe": lambda u, v, x, b: v < -0.42 * b + 0.08 * x**2 + 0.03 * np.sin(u * 30.0),
+    "side part": lambda u, v, x, b: v < -0.5 * b + 0.28 * x + 0.15 * x**2,
+    "bob": lambda u, v, x, b: (v < -0.44 * b + 0.08 * x**2) | ((np.abs(x) > 0.8) & (v < 0.45)),
+    "long": lambda u, v, x, b: (v < -0.58 * b + 0.4 * x**2) | ((np.abs(x) > 0.84) & (v < 0.35)),
+    "afro": lambda u, v, x, b: v < -0.58 * b + 0.3 * x**2,
+    "mohawk": lambda u, v, x, b: (np.abs(u) < 0.2) & (v < -0.66 * b),
+}
+
+
 def _hair_front(p: _Painter, style: str, a: float, b: float, hair: np.ndarray) -> None:
     """Hair over the face: the hairline, fringes, side curtains. Removes those pixels from the face."""
     if style == "bald":
@@ -526,37 +538,18 @@ def _hair_front(p: _Painter, style: str, a: float, b: float, hair: np.ndarray) -
     if res is None:
         return
     sl, u, v = res
-    x = u / a
-    if style == "buzz":
-        m = v < -0.78 * b + 0.3 * x**2
-    elif style == "short":
-        m = v < -0.6 * b + 0.35 * x**2
-    elif style == "fringe":
-        m = v < -0.42 * b + 0.08 * x**2 + 0.03 * np.sin(u * 30.0)
-    elif style == "side part":
-        m = v < -0.5 * b + 0.28 * x + 0.15 * x**2
-    elif style == "bob":
-        m = (v < -0.44 * b + 0.08 * x**2) | ((np.abs(x) > 0.8) & (v < 0.45))
-    elif style == "long":
-        m = (v < -0.58 * b + 0.4 * x**2) | ((np.abs(x) > 0.84) & (v < 0.35))
-    elif style == "afro":
-        m = v < -0.58 * b + 0.3 * x**2
-    elif style == "mohawk":
-        m = (np.abs(u) < 0.2) & (v < -0.66 * b)
-    else:  # pragma: no cover
+    if style not in _HAIRLINES:  # pragma: no cover
         raise ValueError(style)
-    m = p.on_face(sl, m)
+    m = p.on_face(sl, _HAIRLINES[style](u, v, u / a, b))
     p.fill(sl, m, hair, HAIR)
     _hair_texture(p, sl, u, v, m, style, hair)
     p.face[sl] &= ~m
 
 
-def _draw_face(p: _Painter, ident: Identity) -> None:
-    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
-    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
-    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
-    style = ATTRIBUTES["hair_style"][ident.hair_style]
+_EYE_Y = -0.08  # eye centre height (units)
 
+
+def _draw_ears(p: _Painter, a: float, skin: np.ndarray) -> None:
     # Ears sit behind the face outline, half hidden.
     res = p.box(-a - 0.2, -0.3, a + 0.2, 0.3)
     if res is not None:
@@ -564,34 +557,37 @@ def _draw_face(p: _Painter, ident: Identity) -> None:
         ears = _ellipse(u, v, -a, -0.02, 0.15, 0.23) | _ellipse(u, v, a, -0.02, 0.15, 0.23)
         p.fill(sl, ears, skin * 0.92, EAR)
 
+
+def _draw_skin(p: _Painter, shape: int, a: float, b: float, skin: np.ndarray) -> None:
     # Face outline, flat skin (no shading: pure-skin pixels keep the exact palette colour).
     res = p.box(-a, -b, a, b)
     assert res is not None
     sl, u, v = res
-    face = _face_outline(u, v, ident.face_shape)
+    face = _face_outline(u, v, shape)
     p.face[sl] = face
     p.fill(sl, face, skin, SKIN)
 
-    # Facial hair first: mouth and nose are drawn over a beard.
-    beard_col = hair * 0.92
-    fh = ATTRIBUTES["facial_hair"][ident.facial_hair]
-    res = p.box(-a, 0.0, a, b)
-    if res is not None and fh != "none":
-        sl, u, v = res
-        moustache = _ellipse(u, v, 0.0, 0.42, 0.27, 0.075)
-        if fh == "beard":
-            m = (v > 0.08 + 0.32 * (1.0 - (u / a) ** 2)) | moustache
-        elif fh == "goatee":
-            m = _ellipse(u, v, 0.0, b * 0.84, 0.24, 0.24) | moustache
-        else:
-            m = moustache
-        p.fill(sl, p.on_face(sl, m), beard_col, FACIAL_HAIR)
 
-    # Nose.
+def _draw_facial_hair(p: _Painter, style: str, a: float, b: float, colour: np.ndarray) -> None:
+    # Drawn before nose and mouth, which sit over a beard.
+    res = p.box(-a, 0.0, a, b)
+    if res is None or style == "none":
+        return
+    sl, u, v = res
+    moustache = _ellipse(u, v, 0.0, 0.42, 0.27, 0.075)
+    if style == "beard":
+        m = (v > 0.08 + 0.32 * (1.0 - (u / a) ** 2)) | moustache
+    elif style == "goatee":
+        m = _ellipse(u, v, 0.0, b * 0.84, 0.24, 0.24) | moustache
+    else:
+        m = moustache
+    p.fill(sl, p.on_face(sl, m), colour, FACIAL_HAIR)
+
+
+def _draw_nose(p: _Painter, nose: str, skin: np.ndarray) -> None:
     res = p.box(-0.25, -0.05, 0.25, 0.4)
     assert res is not None
     sl, u, v = res
-    nose = ATTRIBUTES["nose"][ident.nose]
     if nose == "button":
         m = _ellipse(u, v, 0.0, 0.24, 0.1, 0.08)
     elif nose == "long":
@@ -602,12 +598,12 @@ def _draw_face(p: _Painter, ident: Identity) -> None:
         m = (v > 0.02) & (v < 0.32) & (np.abs(u) < 0.16 * (v - 0.02) / 0.3)
     p.fill(sl, p.on_face(sl, m), skin * 0.7, NOSE)
 
-    # Mouth.
+
+def _draw_mouth(p: _Painter, mouth: str, skin: np.ndarray) -> None:
     res = p.box(-0.35, 0.3, 0.35, 0.75)
     assert res is not None
     sl, u, v = res
     lips = skin * 0.5 + np.asarray((175, 55, 65), np.float32) * 0.5
-    mouth = ATTRIBUTES["mouth"][ident.mouth]
     if mouth == "smile":
         p.fill(sl, p.on_face(sl, _segment(u, v, (-0.22, 0.5), (0.0, 0.6), 0.05)), lips, MOUTH)
         p.fill(sl, p.on_face(sl, _segment(u, v, (0.0, 0.6), (0.22, 0.5), 0.05)), lips, MOUTH)
@@ -623,21 +619,19 @@ def _draw_face(p: _Painter, ident: Identity) -> None:
         teeth = _ellipse(u, v, 0.0, 0.48, 0.22, 0.13) & (v > 0.5)
         p.fill(sl, p.on_face(sl, teeth), (245, 245, 238), MOUTH)
 
-    # Eyes: white, iris in the eye colour, dark pupil.
-    d = _EYE_SPACING[ident.eye_spacing] * a
-    ey = -0.08
-    res = p.box(-d - 0.35, -0.55, d + 0.35, 0.2)
-    assert res is not None
-    sl, u, v = res
-    for sx in (-d, d):
-        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.2, 0.12)), (242, 242, 240), EYE)
-        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.11, 0.11)), EYE_RGB[ident.eye_colour], EYE)
-        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, ey, 0.036, 0.036)), (12, 12, 16), EYE)
 
-    # Brows, in a darker shade of the hair colour.
-    brow_col = hair * 0.72
-    brows = ATTRIBUTES["brows"][ident.brows]
-    by = ey - 0.25
+def _draw_eyes(p: _Painter, box: _Box, d: float, iris: RGB) -> None:
+    # White, iris in the eye colour, dark pupil; eye centres at (+-d, _EYE_Y).
+    sl, u, v = box
+    for sx in (-d, d):
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, _EYE_Y, 0.2, 0.12)), (242, 242, 240), EYE)
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, _EYE_Y, 0.11, 0.11)), iris, EYE)
+        p.fill(sl, p.on_face(sl, _ellipse(u, v, sx, _EYE_Y, 0.036, 0.036)), (12, 12, 16), EYE)
+
+
+def _draw_brows(p: _Painter, box: _Box, d: float, brows: str, colour: np.ndarray) -> None:
+    sl, u, v = box
+    by = _EYE_Y - 0.25
     for side in (-1.0, 1.0):
         sx = side * d
         b_in, b_out = sx - side * 0.18, sx + side * 0.2
@@ -650,22 +644,45 @@ def _draw_face(p: _Painter, ident: Identity) -> None:
             m |= _segment(u, v, (sx, by - 0.08), (b_out, by + 0.03), 0.045)
         else:  # angled: rising towards the outside
             m = _segment(u, v, (b_in, by + 0.04), (b_out, by - 0.09), 0.055)
-        p.fill(sl, p.on_face(sl, m), brow_col, BROW)
+        p.fill(sl, p.on_face(sl, m), colour, BROW)
 
-    # Glasses: dark frames around both eyes and a bridge.
-    glasses = ATTRIBUTES["glasses"][ident.glasses]
-    if glasses != "none":
-        frame = (np.abs(u) < d - 0.2) & (np.abs(v - ey) < 0.04)  # the bridge between the lenses
-        for sx in (-d, d):
-            if glasses == "round":
-                ring = _ellipse(u, v, sx, ey, 0.27, 0.25) & ~_ellipse(u, v, sx, ey, 0.2, 0.18)
-            else:
-                du, dv = np.abs(u - sx), np.abs(v - ey)
-                ring = (du < 0.29) & (dv < 0.21) & ~((du < 0.22) & (dv < 0.14))
-            frame = frame | ring
-        p.fill(sl, p.on_face(sl, frame), (28, 28, 34), GLASSES)
 
-    _hair_front(p, style, a, b, hair)
+def _draw_glasses(p: _Painter, box: _Box, d: float, glasses: str) -> None:
+    # Dark frames around both eyes and a bridge.
+    if glasses == "none":
+        return
+    sl, u, v = box
+    ey = _EYE_Y
+    frame = (np.abs(u) < d - 0.2) & (np.abs(v - ey) < 0.04)  # the bridge between the lenses
+    for sx in (-d, d):
+        if glasses == "round":
+            ring = _ellipse(u, v, sx, ey, 0.27, 0.25) & ~_ellipse(u, v, sx, ey, 0.2, 0.18)
+        else:
+            du, dv = np.abs(u - sx), np.abs(v - ey)
+            ring = (du < 0.29) & (dv < 0.21) & ~((du < 0.22) & (dv < 0.14))
+        frame = frame | ring
+    p.fill(sl, p.on_face(sl, frame), (28, 28, 34), GLASSES)
+
+
+def _draw_face(p: _Painter, ident: Identity) -> None:
+    """Everything inside and on the face, back to front; hair over the face comes last."""
+    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
+    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
+    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
+    n = ident.names()
+    _draw_ears(p, a, skin)
+    _draw_skin(p, ident.face_shape, a, b, skin)
+    _draw_facial_hair(p, n["facial_hair"], a, b, hair * 0.92)
+    _draw_nose(p, n["nose"], skin)
+    _draw_mouth(p, n["mouth"], skin)
+    # Eyes, brows and glasses share one box around both eyes.
+    d = _EYE_SPACING[ident.eye_spacing] * a
+    eyes = p.box(-d - 0.35, -0.55, d + 0.35, 0.2)
+    assert eyes is not None
+    _draw_eyes(p, eyes, d, EYE_RGB[ident.eye_colour])
+    _draw_brows(p, eyes, d, n["brows"], hair * 0.72)  # a darker shade of the hair colour
+    _draw_glasses(p, eyes, d, n["glasses"])
+    _hair_front(p, n["hair_style"], a, b, hair)
 
 
 def _draw_person(

@@ -36,7 +36,6 @@ from __future__ import annotations
 import itertools
 import json
 from dataclasses import asdict, dataclass, fields, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,7 @@ from idgen.core.wplus_edit import check_w_plus
 from idgen.core.wplus_edit import mix as mix_layers
 from idgen.errors import IdgenError
 from idgen.io import atomic_output, atomic_write_text
-from idgen.training import TrainConfig, Trainer
-from idgen.training import timed as record_time
+from idgen.training import Stopwatch, TrainConfig, Trainer
 from idgen.world.identity import TOWER_EXPAND, _Saveable, crop_faces
 from idgen.world.render import (
     ATTRIBUTES,
@@ -275,26 +273,38 @@ def _as_uint8(crops: Tensor) -> Tensor:
     return (crops * 255).round().clamp(0, 255).to(torch.uint8)
 
 
-def _build_data(plan: WPlusTrainPlan) -> dict[str, Tensor]:
+def _anchors(plan: WPlusTrainPlan, rng: np.random.Generator) -> tuple[list[Identity], list[_Photo]]:
+    """Random training identities, each with a random photo: a reference photo or a random scene."""
     ids = train_identities()
-    held_out = {t.as_tuple() for t in test_identities()}
-    rng = np.random.default_rng([DATA_SEED, plan.anchors, plan.partners])
     people, photos = [], []
     for _ in range(plan.anchors):
         people.append(ids[int(rng.integers(len(ids)))])
         seed = int(rng.integers(2**31))
         photos.append(_Photo(None if rng.random() < plan.reference_fraction else Scene.random(rng), seed))
+    return people, photos
+
+
+def _colour_donor(
+    rng: np.random.Generator, k: int, people: list[Identity], held_out: set[tuple[int, ...]]
+) -> tuple[int, Identity]:
+    """A random other anchor, and the hybrid of anchor k's shape with its colours."""
+    while True:  # a hybrid that happens to be a held-out identity must never be trained on
+        p = int(rng.integers(len(people)))
+        hybrid = swap_identity(people[k], people[p])
+        if p != k and hybrid.as_tuple() not in held_out:
+            return p, hybrid
+
+
+def _build_data(plan: WPlusTrainPlan) -> dict[str, Tensor]:
+    held_out = {t.as_tuple() for t in test_identities()}
+    rng = np.random.default_rng([DATA_SEED, plan.anchors, plan.partners])
+    people, photos = _anchors(plan, rng)
     shots = [photo.take(person) for person, photo in zip(people, photos, strict=True)]
     partners = np.zeros((plan.anchors, plan.partners), np.int64)
     targets: list[Render] = []
     for k in range(plan.anchors):
         for j in range(plan.partners):
-            while True:  # a hybrid that happens to be a held-out identity must never be trained on
-                p = int(rng.integers(plan.anchors))
-                hybrid = swap_identity(people[k], people[p])
-                if p != k and hybrid.as_tuple() not in held_out:
-                    break
-            partners[k, j] = p
+            partners[k, j], hybrid = _colour_donor(rng, k, people, held_out)
             target = photos[k].take(hybrid)
             assert target.face_box == shots[k].face_box  # colours never move the face outline
             targets.append(target)
@@ -407,17 +417,14 @@ def train_wplus_codec(
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
     plan = QUICK_PLAN if quick else FULL_PLAN
     work_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    timed = partial(record_time, timings)
-
+    timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)
     codec, log = timed("train", _train, data, plan, work_dir / "train", progress)
     codec.save_pretrained(assets_dir)
     codec = WorldStyleCodec.from_pretrained(assets_dir)  # measure what was written
     identities = test_identities()[: 8 if quick else None]
     results: dict[str, Any] = timed("measure", measure_edits, codec, identities)
-    results["timings"] = timings
+    results["timings"] = timed.seconds
     results["first_loss"], results["last_loss"] = log[0], log[-1]
     results["parameters"] = sum(t.numel() for t in codec.state_dict().values())
     results["weights_bytes"] = (assets_dir / "model.safetensors").stat().st_size
@@ -485,6 +492,100 @@ def _nanmean(t: Tensor) -> float:
     return float(t[~t.isnan()].mean()) if (~t.isnan()).any() else float("nan")
 
 
+def _l1(a: Tensor, b: Tensor) -> float:
+    """Mean absolute pixel error in 0-255 units."""
+    return float((a - b).abs().mean() * 255)
+
+
+def _colour_scores(
+    err_edit: dict[str, Tensor], err_none: dict[str, Tensor]
+) -> tuple[dict[str, dict[str, float]], float]:
+    """Colour scores of an edit. Per region (hair, skin, eye; labelled by the target's ground-truth part map,
+    which is the layout donor's) the distance between mean colours, in RGB units: `colour_err_edit` (edit
+    vs target) vs `colour_err_no_edit` (layout donor photo vs target: the colour change that had to happen;
+    zero where both share the colour, so it is averaged only over the pairs whose colour changes by more
+    than 10 units, and `colour_err_edit_unchanged` over the others). Returned with `colour_change_done` =
+    1 - edit/no-edit error per region, averaged over regions: 1 = colours fully moved."""
+    per_region: dict[str, dict[str, float]] = {}
+    done = []
+    for region in _REGIONS:
+        changed = err_none[region] > 10.0  # the region's colour really differs (RGB units)
+        e, z = err_edit[region][changed], err_none[region][changed]
+        e, z = e[~e.isnan()], z[~e.isnan()]
+        per_region[region] = {
+            "pairs_changed": len(e),
+            "colour_err_edit": _nanmean(e) if len(e) else float("nan"),
+            "colour_err_no_edit": _nanmean(z) if len(z) else float("nan"),
+        }
+        if len(e):
+            done.append(float((1 - e / z).mean()))
+        same = ~changed & ~err_edit[region].isnan()
+        per_region[region]["colour_err_edit_unchanged"] = _nanmean(err_edit[region][same])
+    return per_region, sum(done) / len(done) if done else float("nan")
+
+
+def _score_edit(
+    codec: WorldStyleCodec,
+    edit: Tensor,
+    truth: list[Render],
+    donor: tuple[Tensor, Tensor],
+    colour_donor_labels: Tensor,
+    edge_threshold: float,
+) -> dict[str, Any]:
+    """One edit's scores against its ground-truth photos `truth`; donor = (photo crops, reconstructions) of
+    the layout donors. All errors are mean absolute pixel errors x 255 on the 32x32 crop:
+
+    - edit_l1: edit vs target. Baselines: `layout_donor_recon_l1` (the decoded, unedited layout donor vs
+      the target: what no edit scores), `layout_donor_input_l1` (the donor photo itself vs the target) and
+      `target_recon_l1` (the codec's reconstruction of the target photo itself: the floor an edit can
+      reach).
+    - colour: per region, see `_colour_scores`.
+    - shape: `edge_iou_*` is the IoU of the image's colour edges (|forward differences| summed over x and y,
+      max over RGB, > edge_threshold) with the ground-truth part boundaries, both dilated 1 px. It is
+      measured against the target's layout (`edge_iou_edit`, to compare with `edge_iou_target_photo`, the
+      real target photo, and `edge_iou_recon`, the reconstruction of the layout donor) and against the
+      colour donor's layout (`edge_iou_wrong_layout`: should stay low; the gap is how much layout moved).
+      Edges depend on colour contrast too, so read the edit's IoU relative to the photo and recon rows.
+    """
+    donor_x, donor_recon = donor
+    target = crop_photos(truth)
+    target_labels = _crop_labels(truth)
+    target_recon = codec.decode(codec.encode(target)).clamp(0, 1)
+    per_region, done = _colour_scores(
+        _region_colour_error(edit, target_labels, target),
+        _region_colour_error(donor_x, target_labels, target),
+    )
+    target_edges = _label_edges(target_labels)
+    wrong_edges = _label_edges(colour_donor_labels)
+
+    def iou(image: Tensor, edges: Tensor) -> float:
+        return float(_edge_iou(image, edges, edge_threshold).mean())
+
+    return {
+        "edit_l1": _l1(edit, target),
+        "layout_donor_recon_l1": _l1(donor_recon, target),
+        "layout_donor_input_l1": _l1(donor_x, target),
+        "target_recon_l1": _l1(target_recon, target),
+        "colour_change_done": done,
+        "colour_per_region": per_region,
+        "edge_iou_edit": iou(edit, target_edges),
+        "edge_iou_target_photo": iou(target, target_edges),
+        "edge_iou_recon": iou(donor_recon, target_edges),
+        "edge_iou_wrong_layout": iou(edit, wrong_edges),
+    }
+
+
+def _swap_truth(
+    photos: list[_Photo], identities: list[Identity], layout: list[int], colour: list[int]
+) -> list[Render]:
+    """The ground truth of swaps: the layout donor's shape with the colour donor's colours, photographed like
+    the layout donor."""
+    return [
+        photos[lk].take(swap_identity(identities[lk], identities[ck]))
+        for lk, ck in zip(layout, colour, strict=True)
+    ]
+
+
 @torch.no_grad()
 def measure_edits(
     codec: WorldStyleCodec,
@@ -503,22 +604,8 @@ def measure_edits(
     - coarse swap A<-B: decode(mix(W_A, W_B, coarse)) = B's coarse + A's fine; target =
       swap_identity(B, A) photographed like B (the context travels with the coarse levels).
 
-    Per edit, all errors are mean absolute pixel errors x 255 on the 32x32 crop:
-    - edit_l1: edit vs target. Baselines: `layout_donor_recon_l1` (the decoded, unedited layout donor vs
-      the target: what no edit scores), `layout_donor_input_l1` (the donor photo itself vs the target) and
-      `target_recon_l1` (the codec's reconstruction of the target photo itself: the floor an edit can
-      reach). `recon_l1` is plain reconstruction error of A.
-    - colour: per region (hair, skin, eye; labelled by the target's ground-truth part map, which is the
-      layout donor's) the distance between mean colours, in RGB units: `colour_err_edit` (edit vs target)
-      vs `colour_err_no_edit` (layout donor photo vs target: the colour change that had to happen; zero
-      where both share the colour, so it is averaged only over regions whose colour changes).
-      `colour_change_done` = 1 - edit/no-edit error per region, averaged: 1 = colours fully moved.
-    - shape: `edge_iou_*` is the IoU of the image's colour edges (|forward differences| summed over x and y,
-      max over RGB, > edge_threshold) with the ground-truth part boundaries, both dilated 1 px. It is
-      measured against the target's layout (`edge_iou_edit`, to compare with `edge_iou_target_photo`, the
-      real target photo, and `edge_iou_recon`, the reconstruction of the layout donor) and against the
-      colour donor's layout (`edge_iou_wrong_layout`: should stay low; the gap is how much layout moved).
-      Edges depend on colour contrast too, so read the edit's IoU relative to the photo and recon rows.
+    `recon_l1`: reconstruction error of A; `recon_edge_iou`, `photo_edge_iou`: edge IoUs of A's
+    reconstruction and photo; per edit, the scores of `_score_edit`.
     """
     identities = test_identities() if identities is None else list(identities)
     if len(identities) < 2:
@@ -535,57 +622,18 @@ def measure_edits(
     w_b = w[partner]
     results: dict[str, Any] = {
         "identities": n,
-        "recon_l1": float((recon - x).abs().mean() * 255),
+        "recon_l1": _l1(recon, x),
         "recon_edge_iou": float(_edge_iou(recon, _label_edges(labels), edge_threshold).mean()),
         "photo_edge_iou": float(_edge_iou(x, _label_edges(labels), edge_threshold).mean()),
     }
-    for name, levels in (("fine_swap", "fine"), ("coarse_swap", "coarse")):
+    # (edit, levels taken from B, layout donors, colour donors): the fine swap keeps A's layout and context.
+    edits = (
+        ("fine_swap", "fine", list(range(n)), partner),
+        ("coarse_swap", "coarse", partner, list(range(n))),
+    )
+    for name, levels, layout, colour in edits:
         edit = codec.decode(codec.mix(w, w_b, levels)).clamp(0, 1)
-        if name == "fine_swap":  # layout (and context) from A = k, colours from B
-            layout, colour = list(range(n)), partner
-        else:  # layout (and context) from B, colours from A
-            layout, colour = partner, list(range(n))
-        truth = [
-            photos[lk].take(swap_identity(identities[lk], identities[ck]))
-            for lk, ck in zip(layout, colour, strict=True)
-        ]
-        target = crop_photos(truth)
-        target_labels = _crop_labels(truth)
-        target_recon = codec.decode(codec.encode(target)).clamp(0, 1)
-        donor_x, donor_recon = x[layout], recon[layout]
-
-        def l1(a: Tensor, b: Tensor) -> float:
-            return float((a - b).abs().mean() * 255)
-
-        err_edit = _region_colour_error(edit, target_labels, target)
-        err_none = _region_colour_error(donor_x, target_labels, target)
-        per_region: dict[str, dict[str, float]] = {}
-        done = []
-        for region in _REGIONS:
-            changed = err_none[region] > 10.0  # the region's colour really differs (RGB units)
-            e, z = err_edit[region][changed], err_none[region][changed]
-            e, z = e[~e.isnan()], z[~e.isnan()]
-            per_region[region] = {
-                "pairs_changed": len(e),
-                "colour_err_edit": _nanmean(e) if len(e) else float("nan"),
-                "colour_err_no_edit": _nanmean(z) if len(z) else float("nan"),
-            }
-            if len(e):
-                done.append(float((1 - e / z).mean()))
-            same = ~changed & ~err_edit[region].isnan()
-            per_region[region]["colour_err_edit_unchanged"] = _nanmean(err_edit[region][same])
-        target_edges = _label_edges(target_labels)
-        wrong_edges = _label_edges(labels[colour])
-        results[name] = {
-            "edit_l1": l1(edit, target),
-            "layout_donor_recon_l1": l1(donor_recon, target),
-            "layout_donor_input_l1": l1(donor_x, target),
-            "target_recon_l1": l1(target_recon, target),
-            "colour_change_done": sum(done) / len(done) if done else float("nan"),
-            "colour_per_region": per_region,
-            "edge_iou_edit": float(_edge_iou(edit, target_edges, edge_threshold).mean()),
-            "edge_iou_target_photo": float(_edge_iou(target, target_edges, edge_threshold).mean()),
-            "edge_iou_recon": float(_edge_iou(donor_recon, target_edges, edge_threshold).mean()),
-            "edge_iou_wrong_layout": float(_edge_iou(edit, wrong_edges, edge_threshold).mean()),
-        }
+        truth = _swap_truth(photos, identities, layout, colour)
+        donor = (x[layout], recon[layout])
+        results[name] = _score_edit(codec, edit, truth, donor, labels[colour], edge_threshold)
     return results
