@@ -40,12 +40,14 @@ from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.eval.metrics import REGISTRY, backdrop_shift
 from idgen.eval.metrics import mean_ci_normal as mean_ci
 from idgen.io import atomic_write_text
+from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
 from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
 from idgen.world.render import Identity, render_reference, test_identities, validation_identities
 
-MODES = ("none", "uniform", "spatial", "spatial_centred", "spatial_paper")
-SPATIAL = MODES[2:]
+# The gates' rows: the three modes, then SpatialID without each of the demo world's changes.
+ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper")
+SPATIAL_ROWS = ROWS[2:]
 LABELS = {
     "spatial_centred": "spatial, centred prior",
     "spatial_paper": "spatial, centred prior and the authors' refiner",
@@ -158,8 +160,8 @@ def _references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
 def _policies(pipe: Any) -> dict[str, Any]:
     v1 = TemporalSpatialScheduler.from_preset("v1")
     return {
-        "uniform": UniformMask(),
-        "spatial": replace(pipe.spatial, scheduler=v1),
+        UNIFORM: UniformMask(),
+        SPATIAL: replace(pipe.spatial, scheduler=v1),
         "spatial_centred": replace(pipe.spatial, scheduler=v1, anchor=None),
         "spatial_paper": SpatialMask(v1),
     }
@@ -172,8 +174,8 @@ def _generate_modes(pipe: Any, chunk: list[Pair], feats: Any, policies: dict[str
     tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
     zeros = feats.zeros_like()
     uncond = pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
-    images = {"none": generate(pipe, prompts, seeds, None, None)}
-    for mode in MODES[1:]:
+    images = {NONE: generate(pipe, prompts, seeds, None, None)}
+    for mode in ROWS[1:]:
         images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
     return images
 
@@ -192,23 +194,23 @@ def _observe(ev: Evaluators, images: Tensor) -> tuple[Any, Tensor, dict[int, Ten
 
 
 def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[dict[str, Any]]:
-    seen = {m: _observe(ev, images[m]) for m in MODES}
-    scene_pred = ev.clip.classify_scene(images["none"])
+    seen = {m: _observe(ev, images[m]) for m in ROWS}
+    scene_pred = ev.clip.classify_scene(images[NONE])
     text = ev.clip.text_embeds([p.prompt.text for p in chunk])
     rows = []
     for j, pair in enumerate(chunk):
         row: dict[str, Any] = {"identity": pair.identity, "prompt": pair.prompt.text, "seed": pair.seed}
         row["scene_correct"] = bool(scene_pred[j] == pair.prompt.scene.background)
-        for mode in MODES:
+        for mode in ROWS:
             masks, image_embeds, face_embeds = seen[mode]
             row[f"clip_t_{mode}"] = float(image_embeds[j] @ text[j])
             row[f"face_{mode}"] = j in face_embeds
             if j in face_embeds:
                 row[f"facesim_{mode}"] = float(face_embeds[j] @ ev.ref_embeds[pair.identity])
-            if mode != "none":
-                background = ~(masks[j] | seen["none"][0][j])
+            if mode != NONE:
+                background = ~(masks[j] | seen[NONE][0][j])
                 row[f"contamination_{mode}"] = backdrop_shift(
-                    images[mode][j], images["none"][j], background, ev.backdrops[pair.identity]
+                    images[mode][j], images[NONE][j], background, ev.backdrops[pair.identity]
                 )
         rows.append(row)
     return rows
@@ -241,7 +243,7 @@ def _facesim_differences(rows: list[dict[str, Any]], out: dict[str, Any]) -> Non
     paired = [r for r in rows if "facesim_uniform" in r and "facesim_none" in r]
     out["facesim_gain_uniform_vs_none"] = mean_ci([r["facesim_uniform"] - r["facesim_none"] for r in paired])
     cu = out["contamination_uniform"][0]
-    for mode in SPATIAL:
+    for mode in SPATIAL_ROWS:
         both = [r for r in rows if "facesim_uniform" in r and f"facesim_{mode}" in r]
         out[f"facesim_drop_{mode}_vs_uniform"] = mean_ci(
             [r["facesim_uniform"] - r[f"facesim_{mode}"] for r in both]
@@ -255,11 +257,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "pairs": len(rows),
         "scene_accuracy_none": mean_ci([float(r["scene_correct"]) for r in rows]),
     }
-    for mode in MODES:
+    for mode in ROWS:
         out[f"clip_t_{mode}"] = mean_ci([r[f"clip_t_{mode}"] for r in rows])
         out[f"facesim_{mode}"] = mean_ci([r[f"facesim_{mode}"] for r in rows if f"facesim_{mode}" in r])
         out[f"no_face_{mode}"] = sum(not r[f"face_{mode}"] for r in rows)
-        if mode != "none":
+        if mode != NONE:
             out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
     _facesim_differences(rows, out)
     return out
@@ -275,8 +277,8 @@ def table(s: dict[str, Any]) -> str:
         "| mode | " + " | ".join(titles) + " | images without a face |",
         "|---|---|---|---|---|",
     ]
-    for mode in MODES:
-        contamination = f(s[f"contamination_{mode}"], 2) if mode != "none" else "0 (reference)"
+    for mode in ROWS:
+        contamination = f(s[f"contamination_{mode}"], 2) if mode != NONE else "0 (reference)"
         facesim, clip_t = f(s[f"facesim_{mode}"]), f(s[f"clip_t_{mode}"])
         lines.append(
             f"| {LABELS.get(mode, mode)} | {facesim} | {contamination} | {clip_t} | {s[f'no_face_{mode}']} |"
@@ -288,7 +290,7 @@ def table(s: dict[str, Any]) -> str:
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
         f"- FaceSim margin, uniform - none (paired): {f(s['facesim_gain_uniform_vs_none'])}",
     ]
-    for mode in SPATIAL:
+    for mode in SPATIAL_ROWS:
         gate = " (gate: >= 40%)" if mode == "spatial" else ""
         lines += [
             f"- contamination reduction, {LABELS.get(mode, mode)} vs uniform: "
