@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from idgen.cli.app import add_app
 from idgen.cli.common import EXIT_USAGE, ArgumentParser, versions
 from idgen.cli.eval import add_eval
 from idgen.cli.generate import add_generate
@@ -22,6 +23,7 @@ def build_parser() -> ArgumentParser:
     add_eval(sub)
     add_train_pidiff(sub)
     add_edit(sub)
+    add_app(sub)
     return parser
 
 
