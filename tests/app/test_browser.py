@@ -49,7 +49,7 @@ class Server:
         self.log = tmp / "server.log"
         with self.log.open("w") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "idgen.cli", "app", "--port", str(self.port), "--device", "cpu"],
+                [sys.executable, "-X", "faulthandler", "-m", "idgen.cli", "app", "--port", str(self.port), "--device", "cpu"],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
             )  # fmt: skip
         self.wait_until_listening()
@@ -128,9 +128,21 @@ def fetch(page, locator: str) -> bytes:
     return page.request.get(url).body()
 
 
-def wait_for_run(page) -> None:
+def sidecar_link(page) -> str | None:
+    link = page.locator("#sidecar a")
+    return link.first.get_attribute("href") if link.count() else None
+
+
+def generate(page) -> None:
+    """Press Generate and wait for this run's outputs (each run's sidecar is a new file)."""
+    before = sidecar_link(page)
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "before => { const a = document.querySelector('#sidecar a'); return a && a.href !== before }",
+        arg=before and page.evaluate("u => new URL(u, document.baseURI).href", before),
+        timeout=WAIT_MS,
+    )
     page.locator("#image img").wait_for(timeout=WAIT_MS)
-    page.locator("#sidecar a").first.wait_for(timeout=WAIT_MS)
 
 
 def test_generate_shows_image_strip_masks_and_sidecar(server: Server, browser, tmp_path: Path):
@@ -139,8 +151,7 @@ def test_generate_shows_image_strip_masks_and_sidecar(server: Server, browser, t
     fill(page, REFERENCES / "test_000.png")
     # The upload lands in the app's temporary folder and nowhere else under TMPDIR.
     (workspace,) = server.workspaces()
-    page.locator("#generate").click()
-    wait_for_run(page)
+    generate(page)
 
     image = Image.open(io.BytesIO(fetch(page, "#image img")))
     assert image.size == (64, 64)
@@ -199,18 +210,18 @@ def test_two_tabs_at_once_get_their_own_results(server: Server, browser):
     tabs = [open_page(browser, server, []) for _ in range(2)]
     for tab, seed in zip(tabs, (7, 8)):
         fill(tab, REFERENCES / "test_002.png", seed=seed)
+    befores = [sidecar_link(tab) for tab in tabs]
     for tab in tabs:
         tab.locator("#generate").click()
-    for tab in tabs:
-        wait_for_run(tab)
+    for tab, before in zip(tabs, befores):
+        tab.wait_for_function("() => document.querySelector('#sidecar a') !== null", timeout=WAIT_MS)
+        assert before is None
     seeds = [json.loads(fetch(tab, "#sidecar a"))["seed"] for tab in tabs]
     assert seeds == [7, 8]
     images = [fetch(tab, "#image img") for tab in tabs]
     assert Image.open(io.BytesIO(images[0])).tobytes() != Image.open(io.BytesIO(images[1])).tobytes()
     # Run again alone: each tab's image is what its seed gives on its own (no cross-talk between runs).
-    tabs[0].locator("#generate").click()
-    tabs[0].wait_for_timeout(500)
-    wait_for_run(tabs[0])
+    generate(tabs[0])
     again = fetch(tabs[0], "#image img")
     assert Image.open(io.BytesIO(again)).tobytes() == Image.open(io.BytesIO(images[0])).tobytes()
     for tab in tabs:
@@ -238,5 +249,6 @@ def listening_addresses(port: int) -> set[str]:
 
 def test_stop_removes_every_file_the_app_wrote(server: Server):
     assert server.workspaces()
-    assert server.stop() == 0
+    code = server.stop()
+    assert code == 0, server.log.read_text()[-3000:]
     assert server.workspaces() == []

@@ -13,6 +13,7 @@ server stops. Needs the `app` extra (gradio).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +30,15 @@ class RunningApp:
     url: str
     page: Any
     workspace: Any
+    busy: threading.Lock  # held while a generation runs
 
-    def stop(self) -> None:
-        """Stop the server and remove every file the app wrote."""
+    def stop(self, wait: float = 60.0) -> None:
+        """Stop the server, let a running generation finish (up to `wait` seconds: exiting under a
+        running torch call can abort the interpreter), and remove every file the app wrote."""
         try:
             self.page.close(verbose=False)
+            if self.busy.acquire(timeout=wait):
+                self.busy.release()
         finally:
             self.workspace.close()
 
@@ -79,4 +84,4 @@ def start(
         workspace.close()
         raise
     return RunningApp(url=f"http://{'127.0.0.1' if host in ('', '0.0.0.0') else host}:{page.server_port}/",
-                      page=page, workspace=workspace)  # fmt: skip
+                      page=page, workspace=workspace, busy=model.lock)  # fmt: skip

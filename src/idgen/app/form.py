@@ -64,8 +64,12 @@ def number(name: str, value: Any, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise IdgenError(f"{name} must be a number, got {str(value)[:40]!r}")
     if not math.isfinite(value) or not low <= value <= high:
-        raise IdgenError(f"{name} must be in [{low:g}, {high:g}], got {value}")
+        raise IdgenError(f"{name} must be in [{plain(low)}, {plain(high)}], got {value}")
     return float(value)
+
+
+def plain(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def whole(name: str, value: Any, low: int, high: int) -> int:

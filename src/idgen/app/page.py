@@ -183,7 +183,7 @@ def inputs_column(model: AppModel) -> list[Any]:
             type="filepath",
             elem_id="mask",
         )
-        compare = gr.Checkbox(model.compare_by_default, label="compare strip (three generations)")
+        compare = gr.Checkbox(model.compare_by_default, label="compare strip (three generations)", elem_id="compare_toggle")
     return [photo, prompt, mode, id_weight, preset, steps, seed, width_in, height_in, box, mask, compare]
 
 
