@@ -20,7 +20,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_000.png \
 		--prompt "a person in a snowy forest at night, wearing a red shirt" \
-		--mode spatial --out outputs/demo.png
+		--mode spatial --out outputs/demo.png --overwrite
 
 world-gates: setup
 	$(PY) -m idgen.world.gates --json outputs/world-gates.json

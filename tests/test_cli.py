@@ -99,25 +99,26 @@ def write(tmp_path, name, data: bytes):
     return str(path)
 
 
+# Usage errors (argparse) exit 2; a bad value exits 1. The full table is tests/test_bad_inputs.py.
 BAD_CASES = {
-    "missing id image": (["--id-image", "/nonexistent/me.jpg"], "me.jpg"),
-    "not divisible by 16": (["--width", "40"], "multiples of 16"),
-    "empty prompt": (["--prompt", "  "], "prompt is empty"),
-    "negative id weight": (["--id-weight", "-0.5"], "id_weight must be >= 0"),
-    "unknown preset": (["--preset", "fancy"], "fancy"),
-    "unknown option": (["--colour", "red"], "unrecognized arguments: --colour"),
-    "unknown mode": (["--mode", "everywhere"], "invalid choice: 'everywhere'"),
-    "unknown refiner": (["--refiner", "sharp"], "invalid choice: 'sharp'"),
-    "not png": (["--out", "x.jpg"], "--out must end in .png"),
+    "missing id image": (["--id-image", "/nonexistent/me.jpg"], "me.jpg", 1),
+    "not divisible by 16": (["--width", "40"], "--width must be a positive multiple of 16", 1),
+    "empty prompt": (["--prompt", "  "], "prompt is empty", 1),
+    "negative id weight": (["--id-weight", "-0.5"], "--id-weight must be >= 0", 1),
+    "unknown preset": (["--preset", "fancy"], "fancy", 1),
+    "unknown option": (["--colour", "red"], "unrecognized arguments: --colour", 2),
+    "unknown mode": (["--mode", "everywhere"], "invalid choice: 'everywhere'", 2),
+    "unknown refiner": (["--refiner", "sharp"], "invalid choice: 'sharp'", 2),
+    "not png": (["--out", "x.jpg"], "--out must end in .png", 1),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path, capsys, case):
-    extra, message = BAD_CASES[case]
+    extra, message, code = BAD_CASES[case]
     out = tmp_path / "out"
     out.mkdir()
-    assert generate(out, *extra) == 2
+    assert generate(out, *extra) == code
     err = capsys.readouterr().err.strip()
     assert message in err
     assert len(err.splitlines()) == 1, err
@@ -129,7 +130,7 @@ def test_corrupt_and_non_image_id_files(tmp_path, capsys):
         path = write(tmp_path, name, data)
         out = tmp_path / f"out-{name}"
         out.mkdir()
-        assert generate(out, "--id-image", path) == 2
+        assert generate(out, "--id-image", path) == 1
         err = capsys.readouterr().err.strip()
         assert name in err and len(err.splitlines()) == 1
         assert list(out.iterdir()) == []
@@ -156,7 +157,7 @@ def test_wrong_checkpoint_architecture(tmp_path, capsys):
         "--out",
         str(tmp_path / "o.png"),
     ]
-    assert run(argv) == 2
+    assert run(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "is not a PuLID-FLUX checkpoint: missing key 'pulid_encoder" in err
     assert not (tmp_path / "o.png").exists()
@@ -172,10 +173,10 @@ def test_mask_image_confines_the_identity_and_centres_the_prior(tmp_path):
 
 
 def test_black_mask_image_is_an_error(tmp_path, capsys):
-    Image.new("L", (32, 32), 0).save(tmp_path / "black.png")
+    Image.new("L", (32, 24), 0).save(tmp_path / "black.png")
     out = tmp_path / "o"
     out.mkdir()
-    assert generate(out, "--mask-image", str(tmp_path / "black.png")) == 2
+    assert generate(out, "--mask-image", str(tmp_path / "black.png")) == 1
     assert "black everywhere" in capsys.readouterr().err
     assert list(out.iterdir()) == []
 
@@ -185,7 +186,28 @@ def test_no_face_with_a_detector_is_an_error(tmp_path, capsys):
     Image.new("RGB", (128, 128), (90, 140, 200)).save(tmp_path / "sky.png")
     out = tmp_path / "o"
     out.mkdir()
-    assert generate(out, "--id-image", str(tmp_path / "sky.png"), "--detector", "dlib") == 2
+    assert generate(out, "--id-image", str(tmp_path / "sky.png"), "--detector", "dlib") == 1
     err = capsys.readouterr().err.strip()
     assert "no face" in err and "sky.png" in err and len(err.splitlines()) == 1
     assert list(out.iterdir()) == []
+
+
+def test_the_library_call_gives_what_the_cli_writes(tmp_path, tiny_pipe):
+    """`idgen.generation.generate` is the CLI's generation: same image bytes, strips and sidecar."""
+    from idgen.errors import IdgenError
+    from idgen.generation import GenerationRequest
+    from idgen.generation import generate as generate_result
+
+    assert generate(tmp_path, "--compare", "--mask-strip", "--seed", "3") == 0
+    request = GenerationRequest("a person on a beach", REFERENCE, width=64, height=48, num_inference_steps=5,
+                                seed=3, compare=True, record_masks=True)  # fmt: skip
+    result = generate_result(tiny_pipe, request)
+    assert [step for step, _, _ in result.masks_per_step] == [0, 1, 2, 3, 4]
+    written = result.save(tmp_path / "lib.png", mask_strip=True)
+    assert [p.name for p in written] == ["lib.png", "lib.masks.png", "lib.compare.png", "lib.json"]
+    for suffix in (".png", ".masks.png", ".compare.png"):
+        assert (tmp_path / f"lib{suffix}").read_bytes() == (tmp_path / f"out{suffix}").read_bytes()
+    sidecar = json.loads((tmp_path / "lib.json").read_text())
+    assert sidecar["parameters"]["seed"] == 3 and sidecar["sampling"]["num_inference_steps"] == 5
+    with pytest.raises(IdgenError, match=r"lib\.png exists; pass --overwrite"):
+        result.save(tmp_path / "lib.png")

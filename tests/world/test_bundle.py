@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -57,3 +58,50 @@ def test_world_render_writes_images_masks_and_index(tmp_path):
     again = tmp_path / "again"
     assert main(["world", "render", "--out", str(again), "--count", "3", "--split", "test"]) == 0
     assert (again / "test_00001.png").read_bytes() == (tmp_path / "test_00001.png").read_bytes()
+
+
+def test_a_corrupt_manifest_is_one_line(tmp_path):
+    make_assets(tmp_path)
+    for text in ("{not json", '["a list"]', '{"pulid/config.json": {"sha256": 1}}', "\xff"):
+        (tmp_path / "MANIFEST.json").write_text(text, encoding="latin-1")
+        with pytest.raises(IdgenError, match=r"^demo-world manifest is corrupt: .*MANIFEST\.json$"):
+            verify(tmp_path)
+
+
+def test_shipped_evaluators_are_checked_before_use(tmp_path, monkeypatch):
+    """One flipped bit in an evaluator's weights is refused by name (it once made every FaceSim 0)."""
+    from idgen.world import bundle
+    from idgen.world.evaluators import FaceRecognizer
+
+    shutil.copytree(bundle.ASSETS / "evaluators" / "face", tmp_path / "evaluators" / "face")
+    write_manifest(tmp_path)
+    monkeypatch.setattr(bundle, "ASSETS", tmp_path)
+    FaceRecognizer.from_pretrained(tmp_path / "evaluators" / "face")  # intact: loads
+    weights = tmp_path / "evaluators" / "face" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        IdgenError, match=r"corrupted \(sha256 mismatch\): .*evaluators/face/model\.safetensors"
+    ):
+        FaceRecognizer.from_pretrained(tmp_path / "evaluators" / "face")
+    with bundle.rebuilding(tmp_path):  # `idgen world train` reads what it has just written
+        FaceRecognizer.from_pretrained(tmp_path / "evaluators" / "face")
+    bundle.verify_shipped(tmp_path / "references")  # nothing listed under it: nothing to check
+
+
+def test_each_file_is_hashed_once(tmp_path, monkeypatch):
+    from idgen.world import bundle
+
+    make_assets(tmp_path)
+    verify(tmp_path)
+    opened = []
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open", lambda path, *a, **k: opened.append(path) or real_open(path, *a, **k)
+    )
+    verify(tmp_path)
+    assert opened == []  # the manifest is read with read_text; no asset is read again
+    (tmp_path / "pulid" / "config.json").write_text('{"changed": 1}')  # new size and mtime: hashed again
+    with pytest.raises(IdgenError, match="corrupted"):
+        bundle.verify(tmp_path)

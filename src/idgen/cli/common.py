@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 from importlib import metadata
 from typing import Any, NoReturn
 
-EXIT_USAGE = 2
+from idgen.validation import shown
+
+EXIT_FAILURE = 1  # an expected failure: bad input file, missing device, corrupt checkpoint, I/O
+EXIT_USAGE = 2  # the command line itself is wrong (argparse's convention)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -29,10 +33,36 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         box = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--prior-box must be four numbers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"--prior-box must be four numbers, got {shown(text)!r}") from None
+    if not all(math.isfinite(v) for v in box):
+        raise argparse.ArgumentTypeError(f"--prior-box must be four finite numbers, got {shown(text)!r}")
     if len(box) != 4:
         raise argparse.ArgumentTypeError(f"--prior-box must be left,top,right,bottom in [0,1], got {text!r}")
     return box[0], box[1], box[2], box[3]
+
+
+def uses_demo_world(args: argparse.Namespace) -> bool:
+    """The one place that decides it: no model argument means the embedded demo world."""
+    return args.flux is None and args.pulid is None and args.encoder is None
+
+
+def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
+    """(pixel multiple, default (width, height), default steps) of the model the arguments name, known
+    before it loads."""
+    from idgen.validation import flux_pixel_multiple
+
+    defaults: dict[str, Any]
+    if uses_demo_world(args):
+        from idgen.world.bundle import ASSETS, WORLD_DEFAULTS
+
+        defaults = dict(WORLD_DEFAULTS)
+        multiple = flux_pixel_multiple(ASSETS / "flux")
+    else:
+        from idgen.pipelines.pulid_flux import FLUX_DEFAULTS, FLUX_PIXEL_MULTIPLE
+
+        defaults = FLUX_DEFAULTS
+        multiple = flux_pixel_multiple(args.flux, FLUX_PIXEL_MULTIPLE)
+    return multiple, (int(defaults["width"]), int(defaults["height"])), int(defaults["num_inference_steps"])
 
 
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
@@ -40,7 +70,7 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
 
     import idgen
 
-    if args.flux is None and args.pulid is None and args.encoder is None:
+    if uses_demo_world(args):
         if getattr(args, "world_adapter", "pulid") == "pidiff":
             from idgen.world.pidiff import load_pidiff_world
 

@@ -1,17 +1,19 @@
-"""`idgen generate`."""
+"""`idgen generate`: arguments in, `idgen.generation.generate` called, files out."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from idgen.cli.common import load_pipeline, parse_box, versions
+from idgen import validation as check
+from idgen.cli.common import load_pipeline, model_limits, parse_box, uses_demo_world, versions
 from idgen.errors import IdgenError
+from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
+
+MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are counted
 
 
 def add_generate(sub: Any) -> None:
@@ -20,7 +22,15 @@ def add_generate(sub: Any) -> None:
     p.add_argument("--id-image", help="photo of the person (needed unless --mode none)")
     p.add_argument("--mode", choices=["spatial", "uniform", "none"], default="spatial")
     p.add_argument("--id-weight", type=float, default=1.0)
-    p.add_argument("--start-step", type=int, default=0)
+    p.add_argument("--start-step", type=int, default=0, help="first step with the identity, in [0, steps-1]")
+    add_mask_arguments(p)
+    add_sampling_arguments(p)
+    add_model_arguments(p)
+    add_output_arguments(p)
+    p.set_defaults(func=run_generate)
+
+
+def add_mask_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="v1", help="SpatialID schedule preset: v1 or balanced")
     p.add_argument("--early-threshold", type=float)
     p.add_argument("--late-threshold", type=float)
@@ -41,37 +51,44 @@ def add_generate(sub: Any) -> None:
         help="centre of the early prior: the image centre (the authors') or the attention's peak; "
         "default: the model's (centre for FLUX, attention for the demo world)",
     )
-    p.add_argument(
-        "--min-spread",
-        type=float,
-        default=0.0,
-        help="treat a mask as flat (zeros) when (max-min) < min_spread*max; 0 = reference min-max",
-    )
+    flat = "treat a mask as flat when (max-min) < min_spread*max; 0 = reference min-max"
+    p.add_argument("--min-spread", type=float, default=0.0, help=flat)
     p.add_argument(
         "--mask-image",
-        help="inject only where this picture is white (replaces the CA mask; the prior centres on it)",
+        help="inject only where this picture is white (replaces the CA mask; the prior centres on it); "
+        "it must have the image's aspect ratio",
     )
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--true-cfg", type=float, help="true CFG scale, >1 enables (default: the model's)")
     p.add_argument("--negative-prompt")
     p.add_argument("--width", type=int, help="default: the model's (1024 for FLUX.1, 64 for the demo world)")
     p.add_argument("--height", type=int, help="default: the model's")
     p.add_argument("--steps", type=int, help="default: the model's (20)")
     p.add_argument("--guidance", type=float, help="distilled guidance (default: the model's)")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-sequence-length", type=int, help="T5 tokens (default: the model's)")
+    p.add_argument("--seed", type=int, default=42, help=f"in [0, {check.MAX_SEED}]")
+    p.add_argument("--max-sequence-length", type=int, help="T5 tokens, 1-512 (default: the model's)")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flux", help="FLUX folder, hub id, or tiny-random (default: the demo world)")
     p.add_argument("--pulid", help="PuLID-FLUX file, folder or hub id (default with --flux: guozinan/PuLID)")
     p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
     p.add_argument(
         "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
     )
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out", default="outputs/idgen.png", help="PNG path; a .json sidecar is written beside it"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: refuse)")
     p.add_argument(
         "--mask-strip",
         action=argparse.BooleanOptionalAction,
@@ -83,99 +100,28 @@ def add_generate(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         help="also write <out>.compare.png: reference | none | uniform | spatial (default: demo world)",
     )
-    p.set_defaults(func=run_generate)
 
 
-def scheduler_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = ["early_threshold", "late_threshold", "prior_sigma", "late_floor", "global_floor", "prior_box"]
-    return {n: getattr(args, n) for n in names if getattr(args, n) is not None}
+def mask_settings(args: argparse.Namespace) -> MaskSettings:
+    schedule = {n: getattr(args, n) for n in SCHEDULE_SETTINGS if getattr(args, n) is not None}
+    return MaskSettings(args.preset, schedule, args.extractor, args.min_spread, args.refiner, args.anchor,
+                        args.mask_image)  # fmt: skip
 
 
-def build_policy(args: argparse.Namespace, spatial: Any = None) -> tuple[Any, Any]:
-    """The mask policy and the schedule the arguments ask for, starting from the model's SpatialMask
-    `spatial` (None: the authors'). An explicit prior box (--prior-box, --mask-image) drops the anchor."""
-    from idgen.core.gate import AttentionAnchor, SpatialMask
-    from idgen.core.masks import AttentionEntropyExtractor, CANormExtractor, FixedMaskExtractor
-    from idgen.core.refine import GridScaledRefiner, MaskRefiner
-    from idgen.core.schedule import TemporalSpatialScheduler
-    from idgen.pipelines.pulid_flux import mask_box, mask_policy, user_mask
-
-    overrides = scheduler_overrides(args)
-    extractor: Any = AttentionEntropyExtractor(min_spread=args.min_spread)
-    if args.extractor == "ca-norm":
-        extractor = CANormExtractor(min_spread=args.min_spread)
-    if args.mask_image:
-        if args.mode != "spatial":
-            raise IdgenError("--mask-image needs --mode spatial")
-        mask = user_mask(args.mask_image)
-        box = mask_box(mask)
-        if box is None:
-            raise IdgenError(f"{args.mask_image}: the mask image is black everywhere")
-        overrides.setdefault("prior_box", box)
-        extractor = FixedMaskExtractor(mask)
-    scheduler = TemporalSpatialScheduler.from_preset(args.preset, **overrides)
-    spatial = spatial or SpatialMask(scheduler)
-    replace = dataclasses.replace
-    if args.refiner:
-        spatial = replace(
-            spatial, refiner=GridScaledRefiner() if args.refiner == "grid-scaled" else MaskRefiner()
-        )
-    if args.anchor:
-        spatial = replace(spatial, anchor=AttentionAnchor() if args.anchor == "attention" else None)
-    if "prior_box" in overrides:
-        spatial = replace(spatial, anchor=None)
-    policy = mask_policy(args.mode, scheduler=scheduler, extractor=extractor, spatial=spatial)
-    return policy, scheduler
+def mask_pictures(args: argparse.Namespace) -> tuple[bool, bool]:
+    """(mask strip, mask GIF) wanted; the strip is on by default for the demo world."""
+    spatial = args.mode == "spatial"
+    strip = uses_demo_world(args) if args.mask_strip is None else args.mask_strip
+    return strip and spatial, args.mask_gif and spatial
 
 
-def warn_demo_prompt(prompt: str) -> None:
-    from idgen.world.bundle import MAX_TEXT_TOKENS
-    from idgen.world.tokenizer import unknown_words, words_past
-
-    unknown = unknown_words(prompt)
-    if unknown:
-        print(f"idgen: warning: not in the demo world's vocabulary: {', '.join(unknown)}", file=sys.stderr)
-    dropped = words_past(prompt, MAX_TEXT_TOKENS)
-    if dropped:
-        print(
-            f"idgen: warning: the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; "
-            f"only CLIP sees: {' '.join(dropped)}",
-            file=sys.stderr,
-        )
-
-
-def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from idgen.io import atomic_save_image, atomic_write_text, load_image
-    from idgen.pipelines.pulid_flux import check_generation_inputs
-    from idgen.recording import MaskRecorder
-
-    out = Path(args.out)
-    if out.suffix.lower() != ".png":
-        raise IdgenError(f"--out must end in .png, got {out.name}")
-    if args.mode != "none" and not args.id_image:
-        raise IdgenError(f"--mode {args.mode} needs --id-image")
-    demo = args.flux is None and args.pulid is None and args.encoder is None
-    mask_strip = demo if args.mask_strip is None else args.mask_strip
-    compare = demo if args.compare is None else args.compare
-    if (args.mask_strip or args.mask_gif) and args.mode != "spatial":
-        raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
-    wants_masks = (mask_strip or args.mask_gif) and args.mode == "spatial"
-    # Everything that can be checked without the models is checked before they load.
-    check_generation_inputs(
-        args.prompt, args.id_weight, args.height or 1024, args.width or 1024, args.steps or 1
-    )
-    reference = load_image(args.id_image, what="id image") if args.mode != "none" else None
-    build_policy(args)  # bad settings fail before the models load
-    if demo:
-        warn_demo_prompt(args.prompt)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    started = time.perf_counter()
-    pipe = load_pipeline(args, device)
-    loaded = time.perf_counter()
-    policy, scheduler = build_policy(args, pipe.spatial)
-    call = dict(
+def generation_request(args: argparse.Namespace, demo: bool) -> GenerationRequest:
+    """The request the arguments describe; `demo` turns the compare strip on by default."""
+    return GenerationRequest(
+        prompt=args.prompt,
+        id_image=args.id_image if args.mode != "none" else None,
+        mode=args.mode,
+        mask=mask_settings(args),
         id_weight=args.id_weight,
         start_step=args.start_step,
         true_cfg_scale=args.true_cfg,
@@ -186,59 +132,98 @@ def run_generate(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         seed=args.seed,
         max_sequence_length=args.max_sequence_length,
+        compare=(demo if args.compare is None else args.compare) and args.mode != "none",
+        record_masks=any(mask_pictures(args)),
+        parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
     )
-    recorder = MaskRecorder(keep_ca_norm=False) if wants_masks else None
-    id_image = args.id_image if args.mode != "none" else None
-    result = pipe(args.prompt, id_image, mode=args.mode, policy=policy, recorder=recorder, **call)
-    image = result.images[0]
-    generated = time.perf_counter()
-    atomic_save_image(image, out, format="PNG")
-    written = [str(out)]
-    if recorder is not None:
-        from idgen.viz import mask_strip as strip_of
-        from idgen.viz import save_mask_gif
 
-        per_step = recorder.mean_mask_per_step()
-        if mask_strip:
-            strip_path = out.with_suffix(".masks.png")
-            atomic_save_image(strip_of(image, per_step), strip_path, format="PNG")
-            written.append(str(strip_path))
-        if args.mask_gif:
-            gif_path = out.with_suffix(".masks.gif")
-            save_mask_gif(image, per_step, gif_path)
-            written.append(str(gif_path))
-    if compare and reference is not None:
-        from idgen.viz import side_by_side
 
-        panels = {"reference": reference}
-        for mode in ("none", "uniform", "spatial"):
-            if mode == args.mode:
-                panels[mode] = image
-            else:
-                panels[mode] = pipe(
-                    args.prompt, id_image, mode=mode, id_features=result.id_features, **call
-                ).images[0]
-        compare_path = out.with_suffix(".compare.png")
-        atomic_save_image(side_by_side(panels, size=image.size), compare_path, format="PNG")
-        written.append(str(compare_path))
-    params = {k: v for k, v in vars(args).items() if k != "func"}
-    sidecar = {
-        "image": out.name,
-        "model": "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder},
-        "parameters": params,
-        "sampling": {k: v for k, v in pipe.defaults.items() if call.get(k) is None}
-        | {k: v for k, v in call.items() if v is not None},
-        "schedule": dataclasses.asdict(scheduler) if args.mode == "spatial" else None,
-        "mask_policy": repr(policy) if args.mode == "spatial" else None,
-        "seed": args.seed,
-        "device": device,
-        "dtype": str(next(pipe.flux.transformer.parameters()).dtype).removeprefix("torch."),
-        "seconds": {"load": round(loaded - started, 3), "generate": round(generated - loaded, 3)},
-        "versions": versions(),
-    }
-    sidecar_path = out.with_suffix(".json")
-    atomic_write_text(sidecar_path, json.dumps(sidecar, indent=2, default=str) + "\n")
-    written.append(str(sidecar_path))
+def check_numbers(args: argparse.Namespace, steps: int) -> None:
+    check.finite("--id-weight", args.id_weight, low=0)
+    check.finite("--true-cfg", args.true_cfg, low=0)
+    check.finite("--guidance", args.guidance, low=0)
+    check.finite("--min-spread", args.min_spread, low=0, high=1)
+    for name in SCHEDULE_SETTINGS[:-1]:
+        check.finite("--" + name.replace("_", "-"), getattr(args, name))
+    check.integer("--steps", args.steps, low=1, high=1000)
+    check.integer("--start-step", args.start_step, low=0, high=steps - 1)
+    check.integer("--max-sequence-length", args.max_sequence_length, low=1, high=512)
+    check.seed("--seed", args.seed)
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    if Path(args.out).suffix.lower() != ".png":
+        raise IdgenError(f"--out must end in .png, got {check.shown(Path(args.out).name)}")
+    if args.mode != "none" and not args.id_image:
+        raise IdgenError(f"--mode {args.mode} needs --id-image")
+    if (args.mask_strip or args.mask_gif) and args.mode != "spatial":
+        raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
+    if args.mask_image and args.mode != "spatial":
+        raise IdgenError("--mask-image needs --mode spatial")
+
+
+def check_generate(args: argparse.Namespace) -> GenerationRequest:
+    """Every check that needs no model, in the order a user would fix them."""
+    from idgen.generation import build_policy
+    from idgen.pipelines.pulid_flux import check_generation_inputs
+
+    out = Path(args.out)
+    check_combinations(args)
+    multiple, default_size, default_steps = model_limits(args)
+    check_numbers(args, args.steps or default_steps)
+    size = check.image_size(args.width, args.height, default_size, multiple)
+    check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
+    request = generation_request(args, uses_demo_world(args))
+    inputs = [request.id_image, args.mask_image]
+    if request.id_image is not None:
+        from idgen.io import load_image
+
+        load_image(request.id_image, what="id image")
+    if args.mask_image:
+        check.mask_image_size(args.mask_image, size)
+    build_policy(args.mode, request.mask)  # a bad schedule or mask fails before the models load
+    for path in output_paths(out, request.compare, *mask_pictures(args)).values():
+        check.output_file(path, "--out" if path == out else "output", inputs=inputs, overwrite=args.overwrite)
+    return request
+
+
+def warn_demo_prompt(prompt: str) -> None:
+    from idgen.world.bundle import MAX_TEXT_TOKENS
+    from idgen.world.tokenizer import unknown_words, words_past
+
+    unknown = unknown_words(prompt)
+    if unknown:
+        print(f"idgen: warning: not in the demo world's vocabulary: {listed(unknown)}", file=sys.stderr)
+    dropped = words_past(prompt, MAX_TEXT_TOKENS)
+    if dropped:
+        print(f"idgen: warning: the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: "
+              f"{listed(dropped, ' ')}", file=sys.stderr)  # fmt: skip
+
+
+def listed(words: list[str], sep: str = ", ") -> str:
+    """At most MAX_WARNED_WORDS words, each shown safely, and how many more there are."""
+    text = sep.join(check.shown(w, 40) for w in words[:MAX_WARNED_WORDS])
+    more = len(words) - MAX_WARNED_WORDS
+    return check.shown(text + (f" (and {more} more)" if more > 0 else ""), 400)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from idgen.generation import generate
+
+    request = check_generate(args)
+    demo = uses_demo_world(args)
+    device = check.device(args.device)
+    if demo:
+        warn_demo_prompt(args.prompt)
+    started = time.perf_counter()
+    pipe = load_pipeline(args, device)
+    loaded = time.perf_counter()
+    model = "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
+    result = generate(pipe, request, model=model)
+    result.sidecar["seconds"] = {"load": round(loaded - started, 3), **result.sidecar["seconds"]}
+    result.sidecar["versions"] = versions()
+    strip, gif = mask_pictures(args)
+    written = result.save(args.out, overwrite=args.overwrite, mask_strip=strip, mask_gif=gif)
     for path in written:
         print(path)
     return 0

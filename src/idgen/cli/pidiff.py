@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from idgen import validation as check
 from idgen.errors import IdgenError
 
 
@@ -55,10 +56,24 @@ def add_train_pidiff(sub: Any) -> None:
     p.set_defaults(func=run_train_pidiff)
 
 
+def check_train_pidiff(args: argparse.Namespace) -> None:
+    for name in ("lr", "disentangle", "preserve"):
+        check.finite(f"--{name}", getattr(args, name), low=0)
+    for name in ("steps", "batch_size", "resolution", "num_layers", "w_dim", "checkpoint_every", "log_every"):
+        check.integer("--" + name.replace("_", "-"), getattr(args, name), low=1)
+    check.seed("--seed", args.seed)
+    data = Path(args.data)
+    if not data.is_dir():
+        raise IdgenError(f"--data must be a folder with metadata.jsonl: {check.shown(data)}")
+    check.input_file(data / "metadata.jsonl", "--data's metadata.jsonl")
+    check.output_folder(args.out, "--out")
+
+
 def run_train_pidiff(args: argparse.Namespace) -> int:
     from idgen.models.wplus import load_wplus_adapter
     from idgen.pidiff.train import PIDiffTrainConfig, train_pidiff, with_overrides
 
+    check_train_pidiff(args)
     identity = args.mode == "identity"
     base = PIDiffTrainConfig(mode=args.mode, stage=args.stage, steps=200 if identity else 1000,
                              batch_size=1 if identity else 4)  # fmt: skip
@@ -110,7 +125,30 @@ def add_edit(sub: Any) -> None:
     gen.add_argument("--id-weight", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--device", help="default: cuda if available")
+    p.add_argument("--overwrite", action="store_true", help="replace --out / --image if they exist")
     p.set_defaults(func=run_edit)
+
+
+def check_edit_options(args: argparse.Namespace) -> str | None:
+    """The layers of --swap/--mix; refuses combinations that do not make one edit."""
+    layers: str | None = args.swap or args.mix
+    refusals = [
+        (layers is not None and not args.other, f"--{'swap' if args.swap else 'mix'} needs --other CODE"),
+        (args.other and layers is None, "--other needs --swap LAYERS or --mix LAYERS"),
+        (
+            args.layers and not args.direction,
+            "--layers selects the layers of --direction; give --direction FILE",
+        ),
+        (args.mix and args.direction, "--mix and --direction would share --alpha; run two edits"),
+        (
+            layers is None and not args.direction,
+            "nothing to edit: give --swap/--mix with --other, or --direction",
+        ),
+    ]
+    for refused, why in refusals:
+        if refused:
+            raise IdgenError(why)
+    return layers
 
 
 def build_edit(args: argparse.Namespace) -> Any:
@@ -118,17 +156,7 @@ def build_edit(args: argparse.Namespace) -> Any:
     from idgen.pidiff.edit import WPlusEdit, check_layers, read_direction, read_w_plus
 
     L, D = args.num_layers, args.w_dim
-    layers = args.swap or args.mix
-    if layers is not None and not args.other:
-        raise IdgenError(f"--{'swap' if args.swap else 'mix'} needs --other CODE")
-    if args.other and layers is None:
-        raise IdgenError("--other needs --swap LAYERS or --mix LAYERS")
-    if args.layers and not args.direction:
-        raise IdgenError("--layers selects the layers of --direction; give --direction FILE")
-    if args.mix and args.direction:
-        raise IdgenError("--mix and --direction would share --alpha; run two edits")
-    if layers is None and not args.direction:
-        raise IdgenError("nothing to edit: give --swap/--mix with --other, or --direction")
+    layers = check_edit_options(args)
     if layers is not None:
         check_layers(layers, L, "--swap" if args.swap else "--mix")
     direction_layers = check_layers(args.layers or "all", L, "--layers")
@@ -143,16 +171,40 @@ def build_edit(args: argparse.Namespace) -> Any:
     )
 
 
+def check_edit(args: argparse.Namespace) -> Path:
+    """Numbers, inputs and outputs of `idgen edit`, before any file is read."""
+    check.finite("--alpha", args.alpha)
+    check.finite("--guidance", args.guidance, low=0)
+    check.finite("--id-weight", args.id_weight, low=0)
+    check.integer("--num-layers", args.num_layers, low=1, high=1024)
+    check.integer("--w-dim", args.w_dim, low=1, high=65536)
+    check.integer("--steps", args.steps, low=1, high=1000)
+    check.seed("--seed", args.seed)
+    check_edit_options(args)
+    inputs = [args.code, args.other, args.direction]
+    for path, what in zip(inputs, ("W+ code", "--other code", "edit direction"), strict=True):
+        if path is not None:
+            check.input_file(path, what)
+    out = Path(args.out)
+    if out.suffix not in (".safetensors", ".npy"):
+        raise IdgenError(f"--out must end in .safetensors or .npy, got {check.shown(out.name)}")
+    check.output_file(out, "--out", inputs=inputs, overwrite=args.overwrite)
+    if args.image:
+        if not (args.model and args.adapter):
+            raise IdgenError("--image needs --model and --adapter")
+        if Path(args.image).suffix.lower() != ".png":
+            raise IdgenError(f"--image must end in .png, got {check.shown(Path(args.image).name)}")
+        if Path(args.image) == out:
+            raise IdgenError("--image and --out are the same file")
+        check.output_file(args.image, "--image", inputs=inputs, overwrite=args.overwrite)
+        check.device(args.device)
+    return out
+
+
 def run_edit(args: argparse.Namespace) -> int:
     from idgen.pidiff.edit import apply_edit, read_w_plus, write_w_plus
 
-    out = Path(args.out)
-    if out.suffix not in (".safetensors", ".npy"):
-        raise IdgenError(f"--out must end in .safetensors or .npy, got {out.name}")
-    if args.image and not (args.model and args.adapter):
-        raise IdgenError("--image needs --model and --adapter")
-    if args.image and Path(args.image).suffix.lower() != ".png":
-        raise IdgenError(f"--image must end in .png, got {Path(args.image).name}")
+    out = check_edit(args)
     edit = build_edit(args)
     w = read_w_plus(args.code, args.num_layers, args.w_dim)  # (L, D)
     edited = apply_edit(w, edit, args.num_layers, args.w_dim)
@@ -163,14 +215,12 @@ def run_edit(args: argparse.Namespace) -> int:
 
 
 def generate_image(args: argparse.Namespace, w: Any) -> Path:
-    import torch
-
     from idgen.io import atomic_save_image
     from idgen.models.wplus import load_wplus_adapter
     from idgen.pidiff.edit import generate_with_code
     from idgen.pidiff.train import load_sd_pipeline
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check.device(args.device)
     pipe = load_sd_pipeline(args.model).to(device)
     adapter = load_wplus_adapter(args.adapter, device=device, dtype=pipe.unet.dtype)
     image = generate_with_code(

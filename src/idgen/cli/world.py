@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from idgen import validation as check
 from idgen.cli.common import ArgumentParser
 from idgen.errors import IdgenError
 
@@ -24,12 +25,15 @@ def add_world(sub: Any) -> None:
     r.add_argument("--split", choices=["train", "test"], default="train")
     r.add_argument("--references", action="store_true", help="render reference photos instead of scenes")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--overwrite", action="store_true", help="replace renders in --out (default: refuse)")
     r.set_defaults(func=run_world_render)
     t = commands.add_parser("train", help="reproduce every demo-world asset from scratch (resumable)")
     t.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test)")
-    t.add_argument("--work", help="checkpoints and caches (default: outputs/world)")
+    t.add_argument("--work", help="checkpoints and caches (default: outputs/world, or outputs/world-quick)")
+    t.add_argument("--assets", help="where the trained assets go (default: <work>/assets); the package's own "
+                   "shipped assets are replaced only with --overwrite")  # fmt: skip
     t.add_argument(
-        "--assets", help="where the trained assets go (default: the package's, or <work>/assets with --quick)"
+        "--overwrite", action="store_true", help="allow --assets to be the package's shipped assets"
     )
     t.add_argument("--threads", type=int, default=1, help="CPU threads for training")
     t.add_argument(
@@ -51,9 +55,7 @@ def run_world_render(args: argparse.Namespace) -> int:
     from idgen.world.captions import caption, random_train_scene
     from idgen.world.render import render, render_reference, test_identities, train_identities
 
-    if args.count < 1:
-        raise IdgenError(f"--count must be >= 1, got {args.count}")
-    out = Path(args.out)
+    out = check_render(args)
     people = train_identities() if args.split == "train" else test_identities()
     rng = np.random.default_rng([args.seed, 0x4E4])
     lines = []
@@ -79,14 +81,49 @@ def run_world_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_render(args: argparse.Namespace) -> Path:
+    check.integer("--count", args.count, low=1, high=1_000_000)
+    check.seed("--seed", args.seed)
+    out = check.output_folder(args.out, "--out")
+    if not args.overwrite:
+        check.output_file(out / "index.jsonl", "--out", overwrite=False)
+        earlier = next(out.glob(f"{args.split}_*.png"), None) if out.is_dir() else None
+        if earlier is not None:
+            raise IdgenError(
+                f"{check.shown(earlier)} exists; pass --overwrite to replace the renders in --out"
+            )
+    return out
+
+
+def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(work, assets) folders; the shipped assets are never the default and need --overwrite."""
+    from idgen.world.bundle import ASSETS
+
+    check.integer("--threads", args.threads, low=1, high=1024)
+    unknown = [s for s in args.stage or () if s not in WORLD_STAGES]
+    if unknown:
+        raise IdgenError(f"unknown stage {check.shown(unknown[0])!r} (stages: {', '.join(WORLD_STAGES)})")
+    work = check.output_folder(
+        args.work or ("outputs/world-quick" if args.quick else "outputs/world"), "--work"
+    )
+    assets = check.output_folder(args.assets or work / "assets", "--assets")
+    if assets.resolve() == ASSETS.resolve() and not args.overwrite:
+        shipped = check.shown(assets)
+        raise IdgenError(
+            f"--assets {shipped} holds the package's shipped assets; pass --overwrite to replace them"
+        )
+    return work, assets
+
+
 def run_world_train(args: argparse.Namespace) -> int:
     import torch
 
-    from idgen.world.build import ASSETS, STAGES, train_all
+    from idgen.world.build import STAGES, train_all
+    from idgen.world.bundle import rebuilding
 
+    work, assets = check_train(args)
     torch.set_num_threads(args.threads)
-    work = Path(args.work or ("outputs/world-quick" if args.quick else "outputs/world"))
-    assets = Path(args.assets) if args.assets else (work / "assets" if args.quick else ASSETS)
-    report = train_all(work, assets, quick=args.quick, stages=args.stage or STAGES)
+    with rebuilding(assets):
+        report = train_all(work, assets, quick=args.quick, stages=args.stage or STAGES)
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -13,8 +13,10 @@ assets/
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +49,20 @@ WORLD_SPATIAL = SpatialMask(
 )
 
 
+# sha256 of files already hashed in this process, keyed by (path, size, mtime): each file is hashed once.
+_HASHED: dict[tuple[str, int, int], str] = {}
+
+
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHED:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASHED[key] = digest.hexdigest()
+    return _HASHED[key]
 
 
 def asset_files(assets: Path) -> list[Path]:
@@ -72,14 +82,28 @@ def write_manifest(assets: Path = ASSETS) -> dict[str, Any]:
     return manifest
 
 
-def verify(assets: Path = ASSETS, parts: tuple[str, ...] | None = None) -> None:
-    """Check each listed file (under `parts`, if given) exists and matches its sha256; name any that fails."""
+def read_manifest(assets: Path = ASSETS) -> dict[str, dict[str, Any]]:
+    """{relative path: {"sha256", "bytes"}}; a missing or malformed manifest is one IdgenError line."""
     path = assets / MANIFEST_NAME
     if not path.is_file():
         raise IdgenError(f"demo-world assets are missing their manifest: {path} (run `idgen world train`)")
-    manifest = json.loads(path.read_text())
-    for name, entry in manifest.items():
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        for name, entry in manifest.items():
+            if not (isinstance(entry["sha256"], str) and isinstance(entry["bytes"], int)):
+                raise TypeError(name)
+    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        raise IdgenError(f"demo-world manifest is corrupt: {path}") from None
+    return dict(manifest)
+
+
+def verify(assets: Path = ASSETS, parts: tuple[str, ...] | None = None, under: str | None = None) -> None:
+    """Check each listed file (under `parts`, or under the relative folder `under`, if given) exists and
+    matches its sha256; name any that fails."""
+    for name, entry in read_manifest(assets).items():
         if parts is not None and name.split("/", 1)[0] not in parts:
+            continue
+        if under is not None and not (name == under or name.startswith(under.rstrip("/") + "/")):
             continue
         file = assets / name
         if not file.is_file():
@@ -88,7 +112,32 @@ def verify(assets: Path = ASSETS, parts: tuple[str, ...] | None = None) -> None:
             raise IdgenError(f"demo-world asset corrupted (sha256 mismatch): {file}")
 
 
+_REBUILDING: set[Path] = set()  # asset folders being retrained: their files are new, the manifest old
+
+
+@contextlib.contextmanager
+def rebuilding(assets: Path) -> Iterator[None]:
+    """While `idgen world train` rewrites `assets`, its loaders read the new files unchecked; the manifest
+    is rewritten at the end."""
+    folder = Path(assets).resolve()
+    _REBUILDING.add(folder)
+    try:
+        yield
+    finally:
+        _REBUILDING.discard(folder)
+
+
+def verify_shipped(path: str | Path) -> None:
+    """If `path` lies inside the package's shipped assets, check every file of the manifest under it (a
+    folder) or it (a file). Loaders of shipped files call this first; other paths pass unchecked."""
+    target, root = Path(path).resolve(), ASSETS.resolve()
+    if (target != root and root not in target.parents) or root in _REBUILDING:
+        return
+    verify(ASSETS, under=None if target == root else target.relative_to(root).as_posix())
+
+
 def reference_photos(assets: Path = ASSETS) -> list[Path]:
+    verify_shipped(assets / "references")
     return sorted((assets / "references").glob("*.png"))
 
 

@@ -39,6 +39,7 @@ from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
 from idgen.training import TrainConfig, Trainer
 from idgen.world import backgrounds as bg
+from idgen.world.bundle import verify_shipped
 from idgen.world.captions import (
     BACKGROUND_PHRASES,
     CLOTHING_TEMPLATES,
@@ -179,6 +180,7 @@ class WorldCLIP:
         from transformers import CLIPModel, PreTrainedTokenizerFast
 
         folder = Path(folder) if folder is not None else default_folder(CLIP_DIR)
+        verify_shipped(folder)
         for name in (CONFIG_NAME, WEIGHTS_NAME, "tokenizer.json", "preprocessor_config.json"):
             if not (folder / name).is_file():
                 raise CheckpointError(f"evaluator CLIP: missing file {folder / name}")
@@ -286,6 +288,7 @@ class _Saved(nn.Module):
         """Build from `folder`/config.json and load `folder`/model.safetensors strictly (default folder: the
         shipped asset); a wrong config or key is a CheckpointError naming it."""
         folder = Path(folder) if folder is not None else default_folder(cls.folder_name)
+        verify_shipped(folder)
         raw = read_config(folder)
         if raw.pop("model_type", None) != cls.model_type:
             raise CheckpointError(f"{folder / CONFIG_NAME} is not a {cls.what} config (model_type)")
