@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -85,8 +86,5 @@ def test_bad_face_boxes_are_refused(text):
 
 
 def test_limits_come_from_the_pipeline():
-    class Pipe:  # the two attributes Limits.of reads, as IdentityFluxPipeline has them
-        defaults = {"width": 64, "height": 48, "num_inference_steps": 20}
-        pixel_multiple = 16
-
-    assert Limits.of(Pipe()) == Limits(multiple=16, default_size=(64, 48), max_side=256, default_steps=20)
+    pipe = SimpleNamespace(defaults={"width": 64, "height": 48, "num_inference_steps": 20}, pixel_multiple=16)
+    assert Limits.of(pipe) == Limits(multiple=16, default_size=(64, 48), max_side=256, default_steps=20)

@@ -22,6 +22,11 @@ from idgen.errors import IdgenError
 
 LOCALHOST = "127.0.0.1"
 MAX_UPLOAD = "20mb"
+# The demo world's images are 64x64: shown enlarged, with their pixels kept sharp.
+CSS = (
+    "#image img, #compare img, #masks img "
+    "{ image-rendering: pixelated; min-height: 192px; object-fit: contain; }"
+)
 QUEUE_SIZE = 16  # requests waiting beyond this are refused with a message, not queued for ever
 
 
@@ -78,7 +83,7 @@ def start(
         page.launch(
             server_name=host, server_port=port, share=False, prevent_thread_lock=True, quiet=True,
             show_error=False, max_file_size=MAX_UPLOAD, ssr_mode=False, pwa=False, mcp_server=False,
-            enable_monitoring=False, inbrowser=False,
+            enable_monitoring=False, inbrowser=False, css=CSS,
         )  # fmt: skip
     except BaseException:
         workspace.close()

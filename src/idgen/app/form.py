@@ -105,16 +105,22 @@ def face_box(text: Any) -> tuple[float, float, float, float] | None:
     """left,top,right,bottom in [0, 1] with left < right and top < bottom; empty text: no box."""
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
-    shape = "left,top,right,bottom, each in [0, 1]"
-    try:
-        box = tuple(float(v) for v in str(text).split(","))
-    except ValueError:
-        raise IdgenError(f"the face box must be {shape}; got {str(text)[:40]!r}") from None
-    if len(box) != 4 or not all(math.isfinite(v) and 0 <= v <= 1 for v in box):
-        raise IdgenError(f"the face box must be {shape}; got {str(text)[:40]!r}")
+    box = box_numbers(str(text))
+    if box is None or not all(math.isfinite(v) and 0 <= v <= 1 for v in box):
+        raise IdgenError(
+            f"the face box must be left,top,right,bottom, each in [0, 1]; got {str(text)[:40]!r}"
+        )
     if box[0] >= box[2] or box[1] >= box[3]:
         raise IdgenError(f"the face box must have left < right and top < bottom; got {str(text)[:40]!r}")
-    return box[0], box[1], box[2], box[3]
+    return box
+
+
+def box_numbers(text: str) -> tuple[float, float, float, float] | None:
+    try:
+        numbers = [float(v) for v in text.split(",")]
+    except ValueError:
+        return None
+    return (numbers[0], numbers[1], numbers[2], numbers[3]) if len(numbers) == 4 else None
 
 
 def mask_settings(form: Form, mode: str, preset: str) -> MaskSettings:
@@ -133,7 +139,9 @@ def read_form(form: Form, limits: Limits) -> GenerationRequest:
     mode = choice("mode", form.mode, MODES)
     prompt = prompt_text(form.prompt)
     if mode != "none" and not form.photo:
-        raise IdgenError(f"the {mode} mode needs an identity photo: upload one, use the webcam or pick an example")
+        raise IdgenError(
+            f"the {mode} mode needs an identity photo: upload one, use the webcam or pick an example"
+        )
     preset = choice("preset", form.preset, PRESETS)
     if not isinstance(form.compare, bool):
         raise IdgenError("compare must be true or false")

@@ -27,11 +27,13 @@ EXPECTED = (IdgenError, OSError, ValueError, MemoryError, RuntimeError)
 
 @dataclass(frozen=True)
 class Example:
-    """A shipped example: a photo, a prompt and a mode, and a caption that says what to look at."""
+    """A shipped example: a photo, a prompt and a mode, a short label and a caption that says what to
+    look at."""
 
     photo: Path
     prompt: str
     mode: str
+    label: str
     caption: str
 
 
@@ -63,7 +65,9 @@ class StepProgress:
         run = self.done
 
         def on_step(flux: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            self.report((run * self.steps + step + 1) / (self.runs * self.steps), f"image {run + 1}/{self.runs}")
+            self.report(
+                (run * self.steps + step + 1) / (self.runs * self.steps), f"image {run + 1}/{self.runs}"
+            )
             return tensors
 
         output = self.pipe(*args, callback_on_step_end=on_step, **kwargs)
@@ -81,20 +85,26 @@ def upload(value: Any) -> tuple[str, str] | None:
 
 
 def check_image(value: Any, what: str) -> tuple[str, str] | None:
-    """Read an uploaded image fully (corrupt, empty and huge files fail here, by the user's name)."""
+    """Read an uploaded image fully: corrupt, empty and huge files fail here."""
     sent = upload(value)
-    if sent is None:
-        return None
-    path, name = sent
-    try:
-        load_image(path, what=what, max_pixels=MAX_PHOTO_PIXELS)
-    except IdgenError as e:
-        raise IdgenError(str(e).replace(path, name)) from None
+    if sent is not None:
+        load_image(sent[0], what=what, max_pixels=MAX_PHOTO_PIXELS)
     return sent
 
 
-def in_page(error: BaseException) -> gr.Error:
+def check_mask_shape(path: str, request: GenerationRequest) -> None:
+    """A mask must have the image's aspect ratio (it is scaled to the token grid, never stretched)."""
+    from idgen.validation import mask_image_size
+
+    mask_image_size(path, (int(request.width or 0), int(request.height or 0)))
+
+
+def in_page(error: BaseException, names: dict[str, str]) -> gr.Error:
+    """The error as one line in the page, naming uploads as the user named them, not by their path on
+    the server."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    for path, name in names.items():
+        text = text.replace(path, name)
     return gr.Error(text if isinstance(error, IdgenError) else f"{type(error).__name__}: {text}")
 
 
@@ -103,17 +113,24 @@ def check_photo(value: Any) -> None:
     try:
         check_image(value, "photo")
     except EXPECTED as e:
-        raise in_page(e) from None
+        raise in_page(e, dict([upload(value) or ("", "")])) from None
 
 
-def sidecar(result: GenerationResult, model: AppModel, names: dict[str, str | None]) -> dict[str, Any]:
-    """The CLI's sidecar, with the user's file names in place of the upload folder's paths."""
+def sidecar(result: GenerationResult, model: AppModel, names: dict[str, str]) -> dict[str, Any]:
+    """The CLI's sidecar, naming uploads as the user named them rather than by their server path."""
     from idgen.cli.common import versions
 
     record = {"image": "idgen.png", **result.sidecar, "model": model.record, "versions": versions()}
-    parameters = dict(record.get("parameters") or {})
-    parameters.update({k: v for k, v in names.items() if k in parameters})
-    return record | {"parameters": parameters}
+    return renamed(record, names)
+
+
+def renamed(value: Any, names: dict[str, str]) -> Any:
+    """`value` with every string that is a key of `names` replaced by its name, at any depth."""
+    if isinstance(value, dict):
+        return {k: renamed(v, names) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [renamed(v, names) for v in value]
+    return names.get(value, value) if isinstance(value, str) else value
 
 
 def run_request(model: AppModel, request: GenerationRequest, progress: Any) -> GenerationResult:
@@ -140,23 +157,29 @@ def save_outputs(result: GenerationResult, record: dict[str, Any], folder: Path)
 def make_generate(model: AppModel, workspace: Workspace) -> Callable[..., Any]:
     def run(  # the page's inputs, in order, as the browser sent them
         photo: Any, prompt: Any, mode: Any, id_weight: Any, preset: Any, steps: Any, seed: Any, width: Any,
-        height: Any, box: Any, mask: Any, compare: Any, request: gr.Request, progress: gr.Progress = gr.Progress(),  # noqa: B008
+        height: Any, box: Any, mask: Any, compare: Any, request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008
     ) -> Any:  # fmt: skip
+        names: dict[str, str] = {}
         try:
-            sent = check_image(photo, "photo")
-            sent_mask = check_image(mask, "mask image")
+            sent, sent_mask = upload(photo), upload(mask)
+            names = dict(x for x in (sent, sent_mask) if x is not None)
+            check_image(photo, "photo")
+            check_image(mask, "mask image")
             form = Form(
                 sent and sent[0], prompt, mode, id_weight, preset, steps, seed, width, height, box,
                 mask=sent_mask and sent_mask[0], compare=compare,
             )  # fmt: skip
             generation = read_form(form, model.limits)
+            if sent_mask is not None:
+                check_mask_shape(sent_mask[0], generation)
             for warning in model.warnings(generation.prompt):
                 gr.Warning(warning)
-            names = {"id_image": sent and sent[1], "mask": sent_mask and sent_mask[1]}
             result = run_request(model, generation, progress)
-            gif, params = save_outputs(result, sidecar(result, model, names), workspace.run_folder(request))
+            record = sidecar(result, model, names)
+            gif, params = save_outputs(result, record, workspace.run_folder(request))
         except EXPECTED as e:
-            raise in_page(e) from None
+            raise in_page(e, names) from None
         return result.image, result.compare, gif, params
 
     return run
@@ -165,17 +188,24 @@ def make_generate(model: AppModel, workspace: Workspace) -> Callable[..., Any]:
 def inputs_column(model: AppModel) -> list[Any]:
     limits = model.limits
     width, height = limits.default_size
-    side = dict(minimum=limits.multiple, maximum=limits.max_side, step=limits.multiple)
     photo = gr.Image(label="Identity photo", sources=["upload", "webcam"], type="filepath", elem_id="photo")
     prompt = gr.Textbox(label="Prompt", lines=2, elem_id="prompt")
     mode = gr.Radio(list(MODES), value="spatial", label="Mode", elem_id="mode")
     with gr.Accordion("Settings", open=False, elem_id="settings"):
-        id_weight = gr.Slider(0, limits.max_id_weight, value=1.0, step=0.05, label="id_weight", elem_id="id_weight")
+        id_weight = gr.Slider(
+            0, limits.max_id_weight, value=1.0, step=0.05, label="id_weight", elem_id="id_weight"
+        )
         preset = gr.Dropdown(list(PRESETS), value="v1", label="SpatialID preset")
-        steps = gr.Slider(1, limits.max_steps, value=limits.default_steps, step=1, label="steps", elem_id="steps")
+        steps = gr.Slider(
+            1, limits.max_steps, value=limits.default_steps, step=1, label="steps", elem_id="steps"
+        )
         seed = gr.Number(42, precision=0, minimum=0, maximum=MAX_SEED, label="seed", elem_id="seed")
-        width_in = gr.Slider(value=width, label="width", **side)
-        height_in = gr.Slider(value=height, label="height", **side)
+        width_in = gr.Slider(
+            limits.multiple, limits.max_side, value=width, step=limits.multiple, label="width"
+        )
+        height_in = gr.Slider(
+            limits.multiple, limits.max_side, value=height, step=limits.multiple, label="height"
+        )
         box = gr.Textbox(label="Face box: left,top,right,bottom in [0, 1] (spatial mode; like --prior-box)")
         mask = gr.Image(
             label="Mask image: white where the identity goes (spatial mode; like --mask-image)",
@@ -183,14 +213,20 @@ def inputs_column(model: AppModel) -> list[Any]:
             type="filepath",
             elem_id="mask",
         )
-        compare = gr.Checkbox(model.compare_by_default, label="compare strip (three generations)", elem_id="compare_toggle")
+        compare = gr.Checkbox(
+            model.compare_by_default, label="compare strip (three generations)", elem_id="compare_toggle"
+        )
     return [photo, prompt, mode, id_weight, preset, steps, seed, width_in, height_in, box, mask, compare]
 
 
 def outputs_column() -> list[Any]:
     image = gr.Image(label="Image", format="png", interactive=False, elem_id="image")
-    strip = gr.Image(label="reference | none | uniform | spatial (same seed)", format="png", interactive=False,
-                     elem_id="compare")  # fmt: skip
+    strip = gr.Image(
+        label="reference | none | uniform | spatial (same seed)",
+        format="png",
+        interactive=False,
+        elem_id="compare",
+    )
     masks = gr.Image(label="The mask at every step (spatial mode)", interactive=False, elem_id="masks")
     params = gr.File(label="Parameters (the sidecar JSON)", interactive=False, elem_id="sidecar")
     return [image, strip, masks, params]
@@ -198,7 +234,9 @@ def outputs_column() -> list[Any]:
 
 def build_page(model: AppModel, workspace: Workspace, examples: list[Example]) -> gr.Blocks:
     with gr.Blocks(title="idgen", analytics_enabled=False, delete_cache=(600, 3600)) as page:
-        gr.Markdown(f"## idgen: identity-preserving generation\nModel: {model.record}. One generation at a time.")
+        gr.Markdown(
+            f"## idgen: identity-preserving generation\nModel: {model.record}. One generation at a time."
+        )
         with gr.Row():
             with gr.Column():
                 inputs = inputs_column(model)
@@ -209,9 +247,10 @@ def build_page(model: AppModel, workspace: Workspace, examples: list[Example]) -
             gr.Examples(
                 [[str(e.photo), e.prompt, e.mode] for e in examples],
                 inputs[:3],
-                example_labels=[e.caption for e in examples],
+                example_labels=[e.label for e in examples],
                 label="Examples (click one, then Generate)",
             )
+            gr.Markdown("\n".join(f"- **{e.label}**: look at {e.caption}." for e in examples))
         inputs[0].upload(check_photo, inputs[0], None, preprocess=False, show_progress="hidden")
         button.click(
             make_generate(model, workspace), inputs, outputs, preprocess=False, concurrency_limit=1,

@@ -8,35 +8,28 @@ import sys
 import time
 from typing import Any
 
-from idgen.cli.common import load_pipeline
+from idgen.cli.common import load_pipeline, uses_demo_world
+from idgen.cli.generate import add_model_arguments, listed
 from idgen.errors import IdgenError
 
-# The demo world's shipped examples: reference photo, prompt, mode, and what to look at.
+# The demo world's shipped examples: reference photo, prompt, mode, a label and what to look at.
 DEMO_EXAMPLES = [
-    ("test_000.png", "a person in a snowy forest at night, wearing a red shirt", "spatial",
-     "spatial: the face is the photo's, the snowy night is the prompt's; in the compare strip, uniform "
-     "drags the photo's backdrop along"),
-    ("test_003.png", "a half-body photo of a person on a beach, wearing a blue shirt", "spatial",
-     "the mask animation: from the whole image to the face as the steps go on"),
-    ("test_005.png", "a close-up photo of a person in a library", "uniform",
-     "uniform: identity everywhere; compare its backdrop with the spatial panel"),
+    ("test_000.png", "a person in a snowy forest at night, wearing a red shirt", "spatial", "snowy night",
+     "the compare strip: how much of the photo (face, hair, backdrop) each mode carries into the scene"),
+    ("test_003.png", "a half-body photo of a person on a beach, wearing a blue shirt", "spatial", "beach",
+     "the mask animation: where the identity is injected at each step, from the early prior to the face"),
+    ("test_005.png", "a close-up photo of a person in a library", "uniform", "library, uniform",
+     "uniform mode: the identity is injected over the whole image; compare it with the spatial panel"),
 ]  # fmt: skip
 
 
 def add_app(sub: Any) -> None:
     p = sub.add_parser("app", help="start the web app (http://127.0.0.1:7860 by default)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network")
-    p.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
-    p.add_argument("--flux", help="FLUX folder, hub id, or tiny-random (default: the demo world)")
-    p.add_argument("--pulid", help="PuLID-FLUX file, folder or hub id (default with --flux: guozinan/PuLID)")
-    p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
     p.add_argument(
-        "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
+        "--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network"
     )
-    p.add_argument("--device", default=None)
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
-                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+    p.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    add_model_arguments(p)  # the same model flags as `idgen generate`
     p.set_defaults(func=run_app)
 
 
@@ -45,7 +38,10 @@ def demo_examples() -> list[Any]:
     from idgen.world.bundle import ASSETS
 
     folder = ASSETS / "references"
-    return [Example(folder / name, prompt, mode, caption) for name, prompt, mode, caption in DEMO_EXAMPLES]
+    return [
+        Example(folder / name, prompt, mode, label, caption)
+        for name, prompt, mode, label, caption in DEMO_EXAMPLES
+    ]
 
 
 def demo_warnings(prompt: str) -> list[str]:
@@ -55,24 +51,24 @@ def demo_warnings(prompt: str) -> list[str]:
     out = []
     unknown = unknown_words(prompt)
     if unknown:
-        out.append(f"not in the demo world's vocabulary: {', '.join(unknown)}")
+        out.append(f"not in the demo world's vocabulary: {listed(unknown)}")
     dropped = words_past(prompt, MAX_TEXT_TOKENS)
     if dropped:
-        out.append(f"the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: {' '.join(dropped)}")
+        out.append(
+            f"the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: {listed(dropped, ' ')}"
+        )
     return out
 
 
 def run_app(args: argparse.Namespace) -> int:
-    import torch
-
     from idgen.app import import_gradio, start
+    from idgen.validation import device as checked_device
 
     if not 0 <= args.port <= 65535:
         raise IdgenError(f"--port must be in [0, 65535], got {args.port}")
     import_gradio()  # a missing extra fails before the model loads
-    demo = args.flux is None and args.pulid is None and args.encoder is None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_pipeline(args, device)
+    demo = uses_demo_world(args)
+    pipe = load_pipeline(args, checked_device(args.device))
     record = "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
     app = start(
         pipe, record=record, host=args.host, port=args.port or None, compare_by_default=demo,
