@@ -28,7 +28,7 @@ def add_app(sub: Any) -> None:
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the app to the network"
     )
-    p.add_argument("--port", type=int, default=7860, help="port (0: any free port)")
+    p.add_argument("--port", type=int, default=7860, help="port (0: the first free port from 7860)")
     add_model_arguments(p)  # the same model flags as `idgen generate`
     p.set_defaults(func=run_app)
 
