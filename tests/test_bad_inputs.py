@@ -357,3 +357,10 @@ def test_overwrite_replaces_and_refusal_keeps_the_files(tmp_path, capsys):
     assert snapshot(tmp_path) == first
     assert run([*argv, "--seed", "7", "--overwrite"]) == 0
     assert snapshot(tmp_path)["o.png"] != first["o.png"]
+
+
+def test_warnings_are_one_line():
+    from idgen.cli import one_line_warning
+
+    text = one_line_warning("no face found in x.png\nsecond line", UserWarning, "f.py", 3)
+    assert text == "idgen: warning: no face found in x.png\n"

@@ -56,6 +56,12 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*(deprecated|will be removed|TypedStorage).*")
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    """Warnings that get through (idgen's own, e.g. "no face found") as one `idgen: warning:` line."""
+    lines = str(message).strip().splitlines()
+    return f"idgen: warning: {shown(lines[0] if lines else category.__name__)}\n"
+
+
 def message(error: BaseException) -> str:
     """One line for `error`: its first line, control characters escaped, long values cut."""
     text = str(error).strip() or type(error).__name__
@@ -75,6 +81,7 @@ def message(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
+    saved, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"idgen: error: {message(e)}", file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        warnings.formatwarning = saved
 
 
 if __name__ == "__main__":
