@@ -155,9 +155,9 @@ def test_generate_shows_image_strip_masks_and_sidecar(server: Server, browser, t
     lo, hi = image.convert("L").getextrema()
     assert hi - lo > 32, "the image is blank"
     strip = Image.open(io.BytesIO(fetch(page, "#compare img")))
-    assert strip.width == 4 * strip.height or strip.width > 3 * strip.height  # four labelled panels
+    assert strip.size == (4 * 128, 128 + 12)  # four panels enlarged to 128 px, each under a 12 px label
     gif = Image.open(io.BytesIO(fetch(page, "#masks img")))
-    assert gif.format == "GIF" and gif.n_frames == STEPS
+    assert gif.format == "GIF" and gif.n_frames == STEPS and gif.size == (128, 128 + 12)
     sidecar = json.loads(fetch(page, "#sidecar a"))
     assert sidecar["seed"] == 42 and sidecar["model"] == "demo world"
     assert sidecar["parameters"]["id_image"] == "test_000.png"  # the user's name, not the server's path
