@@ -12,6 +12,7 @@ import sys
 import traceback
 import warnings
 
+from idgen.cli.app import add_app
 from idgen.cli.common import EXIT_FAILURE, ArgumentParser, versions
 from idgen.cli.doctor import add_doctor
 from idgen.cli.eval import add_eval
@@ -40,6 +41,7 @@ def build_parser() -> ArgumentParser:
     add_train_pidiff(sub)
     add_edit(sub)
     add_doctor(sub)
+    add_app(sub)
     return parser
 
 
