@@ -211,3 +211,23 @@ def test_the_library_call_gives_what_the_cli_writes(tmp_path, tiny_pipe):
     assert sidecar["parameters"]["seed"] == 3 and sidecar["sampling"]["num_inference_steps"] == 5
     with pytest.raises(IdgenError, match=r"lib\.png exists; pass --overwrite"):
         result.save(tmp_path / "lib.png")
+
+
+def test_every_backbone_from_the_command_line(tmp_path):
+    for backbone in ("flux-wplus", "sd15-wplus"):
+        out = f"{backbone}.png"
+        assert generate(tmp_path, "--backbone", backbone, "--compare", "--mask-strip", out=out) == 0
+        sidecar = json.loads((tmp_path / out).with_suffix(".json").read_text())
+        assert sidecar["parameters"]["backbone"] == backbone
+        assert Image.open(tmp_path / out).size == (64, 48)
+        assert Image.open((tmp_path / out).with_suffix(".compare.png")).size[0] == 4 * 128  # panels at 2x
+
+
+def test_a_backbone_without_hub_defaults_needs_its_models(tmp_path, capsys):
+    argv = ["generate", "--backbone", "sd15-wplus", "--flux", str(tmp_path / "sd15"), "--prompt", "a person",
+            "--id-image", str(REFERENCE), "--out", str(tmp_path / "out.png")]  # fmt: skip
+    assert run(argv) == 1
+    assert capsys.readouterr().err == (
+        "idgen: error: --backbone sd15-wplus needs --base-model and --adapter (it has no hub default)\n"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -237,7 +237,7 @@ def _sidecar(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any
 ) -> dict[str, Any]:
     call, spatial = request.sampling(), request.mode == SPATIAL
-    weight = next(pipe.flux.transformer.parameters())
+    weight = next(pipe.adapter.parameters())  # the interface's adapter runs in the denoiser's dtype
     return {
         "model": model,
         "parameters": request.parameters or _request_record(request),

@@ -8,8 +8,8 @@ import sys
 import time
 from typing import Any
 
-from idgen.cli.common import load_pipeline, uses_demo_world
-from idgen.cli.generate import add_model_arguments, listed
+from idgen.cli.common import add_model_arguments, load_pipeline, uses_demo_world
+from idgen.cli.generate import listed
 from idgen.errors import IdgenError
 
 # The demo world's shipped examples: reference photo, prompt, mode, a label and what to look at.

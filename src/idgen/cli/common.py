@@ -8,6 +8,8 @@ import platform
 from importlib import metadata
 from typing import Any, NoReturn
 
+from idgen.errors import IdgenError
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
 from idgen.validation import shown
 
 EXIT_FAILURE = 1  # an expected failure: bad input file, missing device, corrupt checkpoint, I/O
@@ -65,6 +67,36 @@ def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
     return multiple, (int(defaults["width"]), int(defaults["height"])), int(defaults["num_inference_steps"])
 
 
+def add_model_arguments(p: Any) -> None:
+    """The model flags `idgen generate`, `eval` and `app` share (no model flag: the embedded demo world)."""
+    p.add_argument("--backbone", choices=list(BACKBONES), default=DEFAULT_BACKBONE,
+                   help="which identity pipeline the model flags build (default: %(default)s)")  # fmt: skip
+    p.add_argument("--flux", "--base-model", dest="flux",
+                   help="base model: FLUX folder or hub id (SD1.5 with --backbone sd15-wplus), or "
+                        "tiny-random (default: the demo world)")  # fmt: skip
+    p.add_argument("--pulid", "--adapter", dest="pulid",
+                   help="identity adapter: PuLID-FLUX file, folder or hub id (default with --flux: "
+                        "guozinan/PuLID), or the W+ adapter's folder for the W+ backbones")  # fmt: skip
+    p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
+    p.add_argument(
+        "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
+    )
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
+                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+
+
+def hub_defaults(backbone: str) -> tuple[str | None, str | None]:
+    """(base model, adapter) hub ids a backbone falls back to; only PuLID-FLUX's are published."""
+    from idgen.models.loading import PULID_HUB_REPO
+    from idgen.pipelines.pulid_flux import FLUX_HUB_REPO
+
+    if backbone == DEFAULT_BACKBONE:
+        return FLUX_HUB_REPO, PULID_HUB_REPO
+    return (FLUX_HUB_REPO if backbone.startswith("flux") else None), None
+
+
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     import torch
 
@@ -84,10 +116,15 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
         from idgen.identity.faces import DlibFaceDetector
 
         encoder_kwargs["detector"] = DlibFaceDetector()
+    backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
+    base, adapter = hub_defaults(backbone)
+    if (args.flux is None and base is None) or (args.pulid is None and adapter is None):
+        raise IdgenError(f"--backbone {backbone} needs --base-model and --adapter (it has no hub default)")
     return idgen.load(
-        args.flux or "black-forest-labs/FLUX.1-dev",
-        args.pulid or "guozinan/PuLID",
+        args.flux or base,
+        args.pulid or adapter,
         args.encoder or "pulid",
+        backbone=backbone,
         device=device,
         torch_dtype=dtype,
         **encoder_kwargs,

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from idgen.cli.common import load_pipeline
+from idgen.cli.common import add_model_arguments, load_pipeline
 from idgen.errors import IdgenError
 from idgen.pipelines.names import IDENTITY_MODES
 
@@ -39,16 +39,9 @@ def add_eval(sub: Any) -> None:
                    help="if --out holds another plan, use the first free <out>-2, <out>-3, ...")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="recorded in the plan: a resume must match")
     p.add_argument("--shard", type=parse_shard, help="i/n: this process's share (default: accelerate's)")
-    p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--no-progress", action="store_true")
-    g = p.add_argument_group("models under test (default: the embedded demo world)")
-    g.add_argument("--flux", help="FLUX.1 pipeline folder or hub id, or tiny-random")
-    g.add_argument("--pulid", help="PuLID-FLUX checkpoint: file, folder or hub id")
-    g.add_argument("--encoder", help="identity encoder: pulid (antelopev2 + EVA02-CLIP) or tiny-random")
-    g.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    g.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
-                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+    add_model_arguments(p.add_argument_group("models under test (default: the embedded demo world)"))
     m = p.add_argument_group("metric models (real models; the demo world uses its own evaluators)")
     m.add_argument("--clip-model", default="openai/clip-vit-large-patch14")
     m.add_argument("--face-model", default="antelopev2", help="antelopev2 (insightface) or dlib (offline)")

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from idgen import validation as check
-from idgen.cli.common import load_pipeline, model_limits, parse_box, uses_demo_world, versions
+from idgen.cli.common import (
+    add_model_arguments,
+    load_pipeline,
+    model_limits,
+    parse_box,
+    uses_demo_world,
+    versions,
+)
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
 from idgen.pipelines.names import MODES, NONE, SPATIAL
@@ -75,19 +82,6 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guidance", type=float, help="distilled guidance (default: the model's)")
     p.add_argument("--seed", type=int, default=42, help=f"in [0, {check.MAX_SEED}]")
     p.add_argument("--max-sequence-length", type=int, help="T5 tokens, 1-512 (default: the model's)")
-
-
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--flux", help="FLUX folder, hub id, or tiny-random (default: the demo world)")
-    p.add_argument("--pulid", help="PuLID-FLUX file, folder or hub id (default with --flux: guozinan/PuLID)")
-    p.add_argument("--encoder", help="pulid or tiny-random (default with --flux: pulid)")
-    p.add_argument(
-        "--detector", choices=["none", "dlib"], default="none", help="face detector for tiny-random"
-    )
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
-    p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
-                   help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
 
 
 def add_output_arguments(p: argparse.ArgumentParser) -> None:
