@@ -52,7 +52,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     ],
 )
 def test_bad_eval_arguments_give_one_line_errors(tmp_path, capsys, args, message):
-    assert main(["eval", *args, "--out", str(tmp_path / "o")]) == 2
+    assert main(["eval", *args, "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # refused before anything is written
@@ -63,7 +63,7 @@ def test_an_empty_prompts_file_is_named(tmp_path, capsys):
     (tmp_path / "photos/a.png").write_bytes(b"x")
     (tmp_path / "prompts.txt").write_text("\n# nothing\n")
     code = main(["eval", "--photos", str(tmp_path / "photos"), "--prompts", str(tmp_path / "prompts.txt")])
-    assert code == 2
+    assert code == 1
     assert f"prompts file has no prompts: {tmp_path / 'prompts.txt'}" in capsys.readouterr().err
 
 
@@ -73,7 +73,7 @@ def test_python_code_is_not_a_prompt_list(tmp_path, capsys):
     (tmp_path / "config").mkdir()
     (tmp_path / "config/prompt.py").write_text('SYSTEM = """You judge images."""\n')
     args = ["eval", "--photos", str(tmp_path / "photos"), "--prompts", str(tmp_path / "config/prompt.py")]
-    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    assert main([*args, "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "prompts file must be IBench's json or a .txt with one prompt per line, not .py" in err
     assert err.count("\n") == 1 and not (tmp_path / "o").exists()
@@ -83,7 +83,7 @@ def test_a_refused_eval_leaves_nothing_rendered(tmp_path, capsys):
     out = tmp_path / "o"
     out.mkdir()
     (out / "plan.json").write_text(json.dumps({"benchmark": {"name": "other"}, "methods": []}))
-    assert main(["eval", "--benchmark", "demo-quick", "--out", str(out), "--no-progress"]) == 2
+    assert main(["eval", "--benchmark", "demo-quick", "--out", str(out), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "holds results of a different plan: batch_size: absent in the folder, 8 now (and " in err
     assert sorted(p.name for p in out.iterdir()) == ["plan.json"]

@@ -97,25 +97,36 @@ def hub_defaults(backbone: str) -> tuple[str | None, str | None]:
     return (FLUX_HUB_REPO if backbone.startswith("flux") else None), None
 
 
+def load_demo_world(args: argparse.Namespace, device: str) -> Any:
+    """The embedded demo world, with PuLID's adapter or PIDiff's W+ branch (--world-adapter)."""
+    if getattr(args, "world_adapter", "pulid") == "pidiff":
+        from idgen.world.pidiff import load_pidiff_world
+
+        return load_pidiff_world(device)
+    from idgen.world.bundle import load_world
+
+    return load_world(device)
+
+
+def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments for the identity encoder: a dlib detector in front of the tiny random one."""
+    from idgen.pipelines.tiny import TINY_RANDOM
+
+    if args.encoder == TINY_RANDOM and getattr(args, "detector", None) == "dlib":
+        from idgen.identity.faces import DlibFaceDetector
+
+        return {"detector": DlibFaceDetector()}
+    return {}
+
+
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
+    """The pipeline the model flags name; no model flag: the demo world."""
     import torch
 
     import idgen
 
     if uses_demo_world(args):
-        if getattr(args, "world_adapter", "pulid") == "pidiff":
-            from idgen.world.pidiff import load_pidiff_world
-
-            return load_pidiff_world(device)
-        from idgen.world.bundle import load_world
-
-        return load_world(device)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    encoder_kwargs: dict[str, Any] = {}
-    if args.encoder == idgen.TINY_RANDOM and getattr(args, "detector", None) == "dlib":
-        from idgen.identity.faces import DlibFaceDetector
-
-        encoder_kwargs["detector"] = DlibFaceDetector()
+        return load_demo_world(args, device)
     backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
     base, adapter = hub_defaults(backbone)
     if (args.flux is None and base is None) or (args.pulid is None and adapter is None):
@@ -126,6 +137,6 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
         args.encoder or "pulid",
         backbone=backbone,
         device=device,
-        torch_dtype=dtype,
-        **encoder_kwargs,
+        torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
+        **encoder_options(args),
     )
