@@ -164,3 +164,29 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise CheckpointError(f"{path} must hold a JSON object")
     return config
+
+
+def config_from_folder(folder: Path, config_class: Any, what: str) -> Any:
+    """The dataclass `config_class` from folder/config.json; unknown or invalid fields are one line."""
+    raw = read_config(folder)
+    raw.pop("_class_name", None)
+    unknown = sorted(set(raw) - set(config_class.__dataclass_fields__))
+    if unknown:
+        raise CheckpointError(
+            f"{folder}/{CONFIG_NAME} is not {_a(what)} config: unknown field {unknown[0]!r}"
+        )
+    try:
+        return config_class(**raw)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}/{CONFIG_NAME} is not a valid {what} config ({e})") from None
+
+
+def build_strict(
+    model_class: Any, config: Any, state_dict: Mapping[str, Tensor], source: str, what: str
+) -> Any:
+    """model_class(config), built without initialising its weights, then filled strictly from state_dict."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model = model.to_empty(device="cpu")
+    load_strict(model, state_dict, source, what)
+    return model

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 from idgen.errors import CheckpointError, IdgenError
 from idgen.models.checkpoint import (
     WEIGHTS_NAME,
+    config_from_folder,
     load_strict,
-    read_config,
     read_state_dict,
     read_weights,
     save_model_folder,
@@ -284,18 +284,6 @@ def _fill_num_batches_tracked(state_dict: dict[str, Tensor], module: nn.Module) 
             state_dict[key] = torch.zeros((), dtype=torch.long)
 
 
-def e4e_config_from_folder(folder: Path) -> E4EConfig:
-    raw = read_config(folder)
-    raw.pop("_class_name", None)
-    unknown = sorted(set(raw) - set(E4EConfig.__dataclass_fields__))
-    if unknown:
-        raise CheckpointError(f"{folder}/config.json is not an e4e config: unknown field {unknown[0]!r}")
-    try:
-        return E4EConfig(**raw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder}/config.json is not a valid e4e config ({e})") from None
-
-
 def load_e4e_encoder(
     source: str | os.PathLike[str],
     config: E4EConfig | None = None,
@@ -310,7 +298,7 @@ def load_e4e_encoder(
     """
     path = resolve_weights(source, WEIGHTS["e4e"].what)
     if path.is_dir():
-        config = config or e4e_config_from_folder(path)
+        config = config or config_from_folder(path, E4EConfig, "e4e")
         path = path / WEIGHTS_NAME
     config = config or E4EConfig()
     state_dict = (

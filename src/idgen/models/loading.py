@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,9 +20,9 @@ from idgen.models.checkpoint import (
     CONFIG_NAME,
     DOCTOR_HINT,
     WEIGHTS_NAME,
-    load_strict,
+    build_strict,
+    config_from_folder,
     missing_weights,
-    read_config,
     read_state_dict,
     save_model_folder,
 )
@@ -127,14 +128,24 @@ def resolve_weights(
     return resolve_hub_folder(repo, folder_files or (CONFIG_NAME, WEIGHTS_NAME), what)
 
 
-def pulid_config_from_folder(folder: Path) -> PuLIDConfig:
-    raw = read_config(folder)
-    raw.pop("_class_name", None)
-    known = set(PuLIDConfig.__dataclass_fields__)
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise CheckpointError(f"{folder}/config.json is not a PuLID config: unknown field {unknown[0]!r}")
-    return PuLIDConfig(**raw)
+def load_model_weights(
+    source: str | os.PathLike[str],
+    weights: str,
+    model_class: Any,
+    config_class: Any,
+    config: Any,
+    what: str,
+    repo_file: str | None = None,
+) -> Any:
+    """model_class from a weights file, a model folder (config.json + model.safetensors) or a hub id, loaded
+    strictly on the CPU. `weights` names its row in models/sources.py; `config` (else the folder's, else
+    config_class's defaults) gives its sizes."""
+    path = resolve_weights(source, WEIGHTS[weights].what, repo_file=repo_file)
+    if path.is_dir():
+        config = config or config_from_folder(path, config_class, what)
+        path = path / WEIGHTS_NAME
+    state_dict = read_state_dict(path, WEIGHTS[weights].what)
+    return build_strict(model_class, config or config_class(), state_dict, str(path), what)
 
 
 def load_pulid_adapter(
@@ -149,16 +160,9 @@ def load_pulid_adapter(
     otherwise), a folder with config.json + model.safetensors, or a hub id ("guozinan/PuLID" or
     "guozinan/PuLID/pulid_flux_v0.9.0.safetensors").
     """
-    what = WEIGHTS["pulid"].what
-    path = resolve_weights(source, what, repo_file=PULID_HUB_FILE)
-    if path.is_dir():
-        config = config or pulid_config_from_folder(path)
-        path = path / WEIGHTS_NAME
-    state_dict = read_state_dict(path, what)
-    with torch.device("meta"):
-        adapter = PuLIDAdapter(config or PuLIDConfig())
-    adapter = adapter.to_empty(device="cpu")
-    load_strict(adapter, state_dict, str(path), "PuLID-FLUX")
+    adapter = load_model_weights(
+        source, "pulid", PuLIDAdapter, PuLIDConfig, config, "PuLID-FLUX", repo_file=PULID_HUB_FILE
+    )
     return adapter.to(device, dtype).eval()
 
 

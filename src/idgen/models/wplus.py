@@ -27,11 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from idgen.core.wplus_edit import W_DIM, W_PLUS_LAYERS, check_w_plus
-from idgen.errors import CheckpointError, IdgenError
-from idgen.models.checkpoint import WEIGHTS_NAME, load_strict, read_config, read_state_dict, save_model_folder
-from idgen.models.loading import resolve_weights
+from idgen.errors import IdgenError
+from idgen.models.checkpoint import save_model_folder
+from idgen.models.loading import load_model_weights
 from idgen.models.pulid import merge_heads, scaled_attention_probs, split_heads
-from idgen.models.sources import WEIGHTS
 
 OFFICIAL_FILES = ("wplus_adapter.bin", "wplus_adapter_stage1.bin")
 
@@ -172,20 +171,6 @@ def identity_parameters(adapter: WPlusAdapter) -> list[nn.Parameter]:
 # ----------------------------------------------------------------------------- files
 
 
-def wplus_config_from_folder(folder: Path) -> WPlusConfig:
-    raw = read_config(folder)
-    raw.pop("_class_name", None)
-    unknown = sorted(set(raw) - set(WPlusConfig.__dataclass_fields__))
-    if unknown:
-        raise CheckpointError(
-            f"{folder}/config.json is not a W+ adapter config: unknown field {unknown[0]!r}"
-        )
-    try:
-        return WPlusConfig(**raw)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{folder}/config.json is not a valid W+ adapter config ({e})") from None
-
-
 def load_wplus_adapter(
     source: str | os.PathLike[str],
     config: WPlusConfig | None = None,
@@ -199,16 +184,7 @@ def load_wplus_adapter(
     model.safetensors (save_wplus_adapter), or a hub id ("owner/name" for such a folder,
     "owner/name/file.bin" for one file).
     """
-    what = WEIGHTS["wplus"].what
-    path = resolve_weights(source, what)
-    if path.is_dir():
-        config = config or wplus_config_from_folder(path)
-        path = path / WEIGHTS_NAME
-    state_dict = read_state_dict(path, what)
-    with torch.device("meta"):
-        adapter = WPlusAdapter(config or WPlusConfig())
-    adapter = adapter.to_empty(device="cpu")
-    load_strict(adapter, state_dict, str(path), "W+ adapter")
+    adapter = load_model_weights(source, "wplus", WPlusAdapter, WPlusConfig, config, "W+ adapter")
     return adapter.to(device, dtype).eval()
 
 
