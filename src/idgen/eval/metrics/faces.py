@@ -15,20 +15,25 @@ def _cos(a: Face, b: Face) -> float:
     return float(M.cosine(a.embedding[None], b.embedding[None])[0])
 
 
+def _to_references(faces: list[Face | None], references: list[Face | None], image: str) -> list[Value]:
+    """cos(face, reference) per image, or why not: the reference photo is checked first, as IBench does."""
+    out: list[Value] = []
+    for face, ref in zip(faces, references, strict=True):
+        if ref is None:
+            out.append(Skip("no face in the reference photo"))
+        elif face is None:
+            out.append(Skip(f"no face in {image}"))
+        else:
+            out.append(_cos(face, ref))
+    return out
+
+
 class FaceSim(Metric):
     key, title, needs = "facesim", "FaceSim", "faces"
     note = "cos(face(reference), face(image)), IBench's definition"
 
     def compute(self, batch: ScoreBatch) -> list[Value]:
-        out: list[Value] = []
-        for face, ref in zip(batch.faces, batch.reference_faces, strict=True):
-            if ref is None:
-                out.append(Skip("no face in the reference photo"))
-            elif face is None:
-                out.append(Skip("no face in the image"))
-            else:
-                out.append(_cos(face, ref))
-        return out
+        return _to_references(batch.faces, batch.reference_faces, "the image")
 
 
 class AntiFaceSim(Metric):
@@ -39,15 +44,7 @@ class AntiFaceSim(Metric):
     )
 
     def compute(self, batch: ScoreBatch) -> list[Value]:
-        out: list[Value] = []
-        for base, ref in zip(batch.base_faces, batch.reference_faces, strict=True):
-            if ref is None:
-                out.append(Skip("no face in the reference photo"))
-            elif base is None:
-                out.append(Skip("no face in the no-id image"))
-            else:
-                out.append(_cos(base, ref))
-        return out
+        return _to_references(batch.base_faces, batch.reference_faces, "the no-id image")
 
 
 class FaceChange(Metric):
