@@ -119,12 +119,23 @@ def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def quiet_loading() -> None:
+    """diffusers' and transformers' per-component loading bars say nothing a user acts on; the sampling
+    bar (diffusers' pipeline's own) stays."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     """The pipeline the model flags name; no model flag: the demo world."""
     import torch
 
     import idgen
 
+    quiet_loading()
     if uses_demo_world(args):
         return load_demo_world(args, device)
     backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
