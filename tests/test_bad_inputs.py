@@ -65,6 +65,8 @@ ROWS = [
         "over the limit of 16777216 (4096x4096)",
     ),
     ("steps 0", [*GEN, "--steps", "0"], 1, "--steps must be in [1, 1000], got 0"),
+    ("threads 0", [*GEN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
+    ("eval threads negative", [*EVAL, "--threads", "-2"], 1, "--threads must be >= 1, got -2"),
     ("steps negative", [*GEN, "--steps", "-3"], 1, "--steps must be in [1, 1000], got -3"),
     ("start-step past the last", [*GEN, "--start-step", "20"], 1, "--start-step must be in [0, 19], got 20"),
     ("start-step of 5 steps", [*GEN, "--steps", "5", "--start-step", "5"], 1, "in [0, 4], got 5"),

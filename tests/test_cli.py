@@ -231,3 +231,16 @@ def test_a_backbone_without_hub_defaults_needs_its_models(tmp_path, capsys):
         "idgen: error: --backbone sd15-wplus needs --base-model and --adapter (it has no hub default)\n"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_threads_default_to_one_for_the_demo_world_and_obey_the_flag():
+    import argparse
+
+    from idgen.cli.common import cpu_threads
+
+    def args(**given):
+        return argparse.Namespace(**{"flux": None, "pulid": None, "encoder": None, "threads": None, **given})
+
+    assert cpu_threads(args()) == 1
+    assert cpu_threads(args(threads=3)) == 3
+    assert cpu_threads(args(flux="tiny-random")) is None  # torch's own default for other models

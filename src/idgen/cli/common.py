@@ -85,6 +85,17 @@ def add_model_arguments(p: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: 1 for the demo world, which then slows least on a "
+                        "busy machine and gives the same bits on any core count; torch's own "
+                        "otherwise)")  # fmt: skip
+
+
+def cpu_threads(args: argparse.Namespace) -> int | None:
+    """--threads, else 1 for the demo world, else None (torch's default)."""
+    if getattr(args, "threads", None) is not None:
+        return int(args.threads)
+    return 1 if uses_demo_world(args) else None
 
 
 def hub_defaults(backbone: str) -> tuple[str | None, str | None]:
@@ -136,6 +147,9 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     import idgen
 
     quiet_loading()
+    threads = cpu_threads(args)
+    if threads is not None:
+        torch.set_num_threads(threads)
     if uses_demo_world(args):
         return load_demo_world(args, device)
     backbone = getattr(args, "backbone", DEFAULT_BACKBONE)

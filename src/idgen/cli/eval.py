@@ -39,7 +39,6 @@ def add_eval(sub: Any) -> None:
                    help="if --out holds another plan, use the first free <out>-2, <out>-3, ...")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=8, help="recorded in the plan: a resume must match")
     p.add_argument("--shard", type=parse_shard, help="i/n: this process's share (default: accelerate's)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--no-progress", action="store_true")
     add_model_arguments(p.add_argument_group("models under test (default: the embedded demo world)"))
     m = p.add_argument_group("metric models (real models; the demo world uses its own evaluators)")
@@ -88,7 +87,7 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise IdgenError(f"--batch-size must be >= 1, got {args.batch_size}")
-    for flag in ("width", "height", "steps", "limit_photos", "limit_prompts"):
+    for flag in ("width", "height", "steps", "limit_photos", "limit_prompts", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise IdgenError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
@@ -191,12 +190,9 @@ def _shard(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def run_eval_command(args: argparse.Namespace) -> int:
-    import torch
 
     import idgen.world.eval_plugin  # noqa: F401  (registers the demo world's benchmarks)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     _check_numbers(args)
     if args.action == "report":
         return report_command(args)

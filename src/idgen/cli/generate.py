@@ -147,6 +147,7 @@ def check_numbers(args: argparse.Namespace, steps: int) -> None:
     for name in SCHEDULE_SETTINGS[:-1]:
         check.finite("--" + name.replace("_", "-"), getattr(args, name))
     check.integer("--steps", args.steps, low=1, high=1000)
+    check.integer("--threads", args.threads, low=1, high=1024)
     check.integer("--start-step", args.start_step, low=0, high=steps - 1)
     check.integer("--true-cfg-start-step", args.true_cfg_start_step, low=0, high=steps)
     check.integer("--max-sequence-length", args.max_sequence_length, low=1, high=512)
