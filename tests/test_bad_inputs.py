@@ -66,6 +66,12 @@ ROWS = [
     ),
     ("steps 0", [*GEN, "--steps", "0"], 1, "--steps must be in [1, 1000], got 0"),
     ("threads 0", [*GEN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
+    (
+        "out in a read-only file system",
+        [*GEN[:-1], "/proc/o.png"],
+        1,
+        "cannot write --out: no write permission in /proc",
+    ),
     ("eval threads negative", [*EVAL, "--threads", "-2"], 1, "--threads must be >= 1, got -2"),
     ("steps negative", [*GEN, "--steps", "-3"], 1, "--steps must be in [1, 1000], got -3"),
     ("start-step past the last", [*GEN, "--start-step", "20"], 1, "--start-step must be in [0, 19], got 20"),

@@ -121,8 +121,20 @@ def writable_folder(folder: Path, what: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise IdgenError(f"cannot write {what}: {shown(existing)} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_in(existing):
         raise IdgenError(f"cannot write {what}: no write permission in {shown(existing)}")
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be made there (root passes os.access on read-only and virtual file
+    systems); the probe is removed at once."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".idgen-probe-"):
+            return True
+    except OSError:
+        return False
 
 
 def _same_file(a: Path, b: Path) -> bool:
