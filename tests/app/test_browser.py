@@ -72,7 +72,9 @@ class Server:
     def stop(self) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
-            return self.process.wait(timeout=60)
+            # The app lets a running generation finish (up to 60 s) before it exits; a loaded CI machine
+            # needs room beyond that.
+            return self.process.wait(timeout=300)
         return int(self.process.returncode)
 
 
