@@ -74,7 +74,12 @@ class Server:
             self.process.send_signal(signal.SIGINT)
             # The app lets a running generation finish (up to 60 s) before it exits; a loaded CI machine
             # needs room beyond that.
-            return self.process.wait(timeout=300)
+            try:
+                return self.process.wait(timeout=300)
+            except subprocess.TimeoutExpired:
+                self.process.kill()  # never leave a server behind a failed test
+                self.process.wait()
+                raise
         return int(self.process.returncode)
 
 
