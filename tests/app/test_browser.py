@@ -71,7 +71,9 @@ class Server:
 
     def stop(self) -> int:
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
+            # SIGTERM, a service manager's stop: SIGINT is ignored by processes that a non-interactive
+            # shell starts in the background, as CI may start this suite.
+            self.process.send_signal(signal.SIGTERM)
             # The app lets a running generation finish (up to 60 s) before it exits; a loaded CI machine
             # needs room beyond that.
             try:
