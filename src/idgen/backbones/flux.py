@@ -7,6 +7,11 @@ hidden_states, so a forward hook on each chosen block reproduces that arithmetic
 touching the transformer's code. A pre-hook on the transformer reads the normalised time and the
 token grid of each call (by argument name); a hook after it gives the negative pass of a step before
 true CFG starts the conditional pass's output (see InjectionRun.true_cfg_start_step).
+
+The block hooks are diffusers ModelHooks, innermost on each block: a diffusers cache (FirstBlockCache,
+MagCache, ...) that skips a block skips its identity residual with it, and the residual it reuses holds
+the identity exactly once. The identity networks run in their own dtype (the transformer's compute
+dtype, never an fp8 or quantised storage dtype): image tokens are cast in, the residual cast back.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 from torch import Tensor, nn
 
 from idgen.backbones.run import InjectionRun, Recorder, RunHost, call_arguments
 from idgen.core.gate import MaskPolicy, gate
 from idgen.core.masks import CAOutput
-from idgen.errors import CheckpointError
+from idgen.errors import CheckpointError, IdgenError
 
 __all__ = [
     "FluxIdentityInjector",
@@ -30,6 +36,7 @@ __all__ = [
     "InjectionRun",
     "MaskPolicy",
     "Recorder",
+    "compute_dtype",
     "encode_id_tokens",
     "injection_points",
     "token_grid",
@@ -60,6 +67,22 @@ def injection_points(
     blocks = [("double", i) for i in range(0, num_double, double_interval)]
     blocks += [("single", i) for i in range(0, num_single, single_interval)]
     return [InjectionPoint(kind, i, ca_index) for ca_index, (kind, i) in enumerate(blocks)]  # type: ignore[arg-type]
+
+
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def compute_dtype(transformer: nn.Module) -> torch.dtype:
+    """The dtype a transformer computes in, never a storage dtype (fp8 under layerwise casting, uint8 of
+    GGUF or bitsandbytes weights): diffusers' `dtype` gives the compute dtype of layerwise casting."""
+    dtype = getattr(transformer, "dtype", None)
+    if dtype in COMPUTE_DTYPES:
+        return cast(torch.dtype, dtype)
+    for param in transformer.parameters():
+        dtype = getattr(param, "compute_dtype", param.dtype)  # GGUF parameters carry theirs
+        if dtype in COMPUTE_DTYPES:
+            return cast(torch.dtype, dtype)
+    return torch.float32
 
 
 def token_grid(img_ids: Tensor) -> tuple[int, int]:
@@ -111,21 +134,34 @@ class FluxIdentityInjector(RunHost):
             raise CheckpointError(
                 f"PuLID checkpoint is for transformer width {config.ca_dim}, this transformer is {width} wide"
             )
+        if getattr(transformer, "is_cache_enabled", False):
+            # Its hooks would sit inside ours and the identity would be added to the blocks it skips.
+            raise IdgenError(
+                "a diffusers cache is already enabled on the transformer: wrap it first, then call "
+                "transformer.enable_cache(...) (or transformer.disable_cache() before wrapping)"
+            )
         self.transformer, self.adapter = transformer, adapter
+        adapter.to(dtype=compute_dtype(transformer))
         self._cond_output: Any = None
         self._handles = [
             transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True),
             transformer.register_forward_hook(self._after_transformer),
         ]
+        self._hook_name = f"idgen-identity-{id(self):x}"
+        self._blocks: list[nn.Module] = []
         for point in self.points:
-            blocks = double_blocks if point.kind == "double" else single_blocks
-            block = blocks[point.block_index]
-            self._handles.append(block.register_forward_hook(self._after_block_hook(point)))
+            block = (double_blocks if point.kind == "double" else single_blocks)[point.block_index]
+            registry = HookRegistry.check_if_exists_or_initialize(block)
+            registry.register_hook(IdentityBlockHook(self, point), self._hook_name)
+            self._blocks.append(block)
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for block in self._blocks:
+            HookRegistry.check_if_exists_or_initialize(block).remove_hook(self._hook_name, recurse=False)
+        self._blocks.clear()
 
     def _after_run(self) -> None:
         self._cond_output = None
@@ -154,32 +190,49 @@ class FluxIdentityInjector(RunHost):
         self._cond_output = output if run.keeps_cond_output else None
         return None
 
-    def _after_block_hook(self, point: InjectionPoint) -> Callable[..., Any]:
+    def after_block(self, point: InjectionPoint, output: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """A block's (encoder_hidden_states, hidden_states), with the identity residual while a run is on."""
+        run, id_tokens = self._run, self._tokens
+        if run is None or id_tokens is None:
+            return output
+        encoder_hidden_states, hidden_states = output
         ca = self.adapter.identity_attention(point.ca_index)
-
-        def hook(module: nn.Module, args: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> Any:
-            run, id_tokens = self._run, self._tokens
-            if run is None or id_tokens is None:
-                return output
-            encoder_hidden_states, hidden_states = output
-            return encoder_hidden_states, self._inject(ca, point, run, id_tokens, hidden_states)
-
-        return hook
+        return encoder_hidden_states, self._inject(ca, point, run, id_tokens, hidden_states)
 
     def _inject(
         self, ca: nn.Module, point: InjectionPoint, run: InjectionRun, id_tokens: Tensor, hidden: Tensor
     ) -> Tensor:
-        # hidden (B, N, dim) image tokens; id_tokens (1|B, K, kv_dim)
+        # hidden (B, N, dim) image tokens; id_tokens (1|B, K, kv_dim), in the identity networks' dtype
         if id_tokens.shape[0] != hidden.shape[0]:
             id_tokens = id_tokens.expand(hidden.shape[0], -1, -1)
-        heads_out, probs = ca.attend(id_tokens, hidden)  # type: ignore[operator]
-        residual = ca.to_out(heads_out)  # type: ignore[operator]
+        heads_out, probs = ca.attend(id_tokens, hidden.to(id_tokens.dtype))  # type: ignore[operator]
+        residual = ca.to_out(heads_out).to(hidden.dtype)  # type: ignore[operator]
         policy = run.policy
         output = CAOutput(heads_out, probs if policy.needs_attn_probs else None)
-        mask = policy(output, run.t, run.grid)
+        mask = policy(in_float32(output), run.t, run.grid)
         if run.recorder is not None:
             run.recorder.record(run.step, run.t, point.name, mask, heads_out, run.grid)
         return gate(hidden, residual, run.id_weight, mask)
+
+
+class IdentityBlockHook(ModelHook):
+    """The identity residual after one block, as a diffusers hook: registered before any cache hook, it
+    runs only when the block's own forward runs."""
+
+    def __init__(self, injector: FluxIdentityInjector, point: InjectionPoint) -> None:
+        super().__init__()
+        self.injector, self.point = injector, point
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        return self.injector.after_block(self.point, output)
+
+
+def in_float32(output: CAOutput) -> CAOutput:
+    """The mask policies run in float32 whatever the identity networks' dtype (fp32 is left as it is)."""
+    if output.heads_out.dtype == torch.float32:
+        return output
+    probs = None if output.attn_probs is None else output.attn_probs.float()
+    return CAOutput(output.heads_out.float(), probs)
 
 
 @torch.no_grad()

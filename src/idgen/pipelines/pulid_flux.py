@@ -100,7 +100,7 @@ class IdentityFluxPipeline:
         self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
         # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
         self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
-        self.adapter = adapter.to(param.device, param.dtype).eval()
+        self.adapter = adapter.to(param.device).eval()  # its dtype: the injector's compute_dtype
         self.injector = FluxIdentityInjector(flux.transformer, self.adapter)
 
     @property
