@@ -1,0 +1,161 @@
+"""Low-VRAM FLUX transformers: fp8 storage, int8 or nf4 weights, GGUF files.
+
+Each scheme quantises a transformer already loaded (in place), through the backend diffusers itself uses
+for it; the identity networks keep their own dtype (see backbones/flux.py), so any of these can be wrapped.
+
+    fp8          diffusers' layerwise casting: weights stored in float8_e4m3fn, cast to the compute dtype
+                 layer by layer (no extra package)
+    int8         torchao int8 weight-only
+    int8-quanto  optimum-quanto qint8 weights
+    fp8-quanto   optimum-quanto qfloat8 weights
+    nf4          bitsandbytes 4-bit NormalFloat (Linear4bit) on the blocks' linear layers
+
+A GGUF file (e.g. a published FLUX.1-dev Q8_0) is loaded with `load_gguf_transformer` instead.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from idgen.backbones.flux import compute_dtype
+from idgen.errors import CheckpointError, IdgenError
+
+__all__ = ["QUANTIZE_CHOICES", "check_quantize", "load_gguf_transformer", "quantize_transformer"]
+
+NONE = "none"
+# scheme -> (module that must import, the pip requirement that brings it)
+PACKAGES: dict[str, tuple[str, str]] = {
+    "int8": ("torchao", "torchao>=0.13"),
+    "int8-quanto": ("optimum.quanto", "optimum-quanto>=0.2.7"),
+    "fp8-quanto": ("optimum.quanto", "optimum-quanto>=0.2.7"),
+    "nf4": ("bitsandbytes", "bitsandbytes>=0.46"),
+}
+QUANTIZE_CHOICES = (NONE, "fp8", "int8", "int8-quanto", "fp8-quanto", "nf4")
+GGUF_PACKAGE = ("gguf", "gguf>=0.10")
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package (optimum)
+        return False
+
+
+def missing_package(what: str, module: str, requirement: str) -> IdgenError:
+    return IdgenError(
+        f"{what} needs the {requirement.split('>')[0]} package: pip install '{requirement}' "
+        f"(or pip install 'idgen[lowvram]')"
+    )
+
+
+def check_quantize(scheme: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, in one line and before any model loads, a scheme unknown or not served here."""
+    if scheme not in QUANTIZE_CHOICES:
+        raise IdgenError(f"unknown quantisation {scheme!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if scheme in PACKAGES and not installed(PACKAGES[scheme][0]):
+        raise missing_package(f"--quantize {scheme}", *PACKAGES[scheme])
+    if scheme == "fp8" and torch.device(device).type == "mps":
+        raise IdgenError("--quantize fp8 cannot run on mps (no float8 storage there); use int8 or none")
+
+
+def quantize_transformer(transformer: nn.Module, scheme: str) -> nn.Module:
+    """Quantise a FLUX transformer in place (and return it); "none" leaves it as it is."""
+    check_quantize(scheme, next(transformer.parameters()).device)
+    QUANTIZERS[scheme](transformer)
+    return transformer
+
+
+def _fp8(transformer: Any) -> None:
+    transformer.enable_layerwise_casting(
+        storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype(transformer)
+    )
+
+
+def _torchao_int8(transformer: nn.Module) -> None:
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+    quantize_(transformer, Int8WeightOnlyConfig())
+
+
+def _quanto(weights: str) -> Callable[[nn.Module], None]:
+    def quantize(transformer: nn.Module) -> None:
+        from optimum import quanto
+
+        quanto.quantize(transformer, weights=getattr(quanto, weights))
+        quanto.freeze(transformer)
+
+    return quantize
+
+
+def _nf4(transformer: nn.Module) -> None:
+    """Each linear layer of the blocks becomes a bitsandbytes Linear4bit (nf4, computing in the
+    transformer's dtype); the embedders and the output projection stay as they are. Moving a layer's
+    weight to its device quantises it."""
+    import bitsandbytes as bnb
+
+    dtype = compute_dtype(transformer)
+    for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
+        for parent, name, linear in linear_layers(blocks):  # type: ignore[arg-type]
+            device = linear.weight.device
+            layer = bnb.nn.Linear4bit(
+                linear.in_features, linear.out_features, bias=linear.bias is not None,
+                compute_dtype=dtype, quant_type="nf4", device=device,
+            )  # fmt: skip
+            layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, quant_type="nf4")
+            layer.bias = linear.bias
+            setattr(parent, name, layer.to(device))
+
+
+def linear_layers(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
+    """(parent, attribute name, layer) of each plain nn.Linear under `module`."""
+    return [
+        (parent, name, child)
+        for parent in module.modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear
+    ]
+
+
+QUANTIZERS: dict[str, Callable[[Any], None]] = {
+    NONE: lambda transformer: None,
+    "fp8": _fp8,
+    "int8": _torchao_int8,
+    "int8-quanto": _quanto("qint8"),
+    "fp8-quanto": _quanto("qfloat8"),
+    "nf4": _nf4,
+}
+
+
+def load_gguf_transformer(
+    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: torch.dtype = torch.bfloat16
+) -> Any:
+    """A FluxTransformer2DModel from a GGUF file (diffusers' GGUF loader, computing in `dtype`).
+    config: a transformer folder (its config.json), or a FLUX pipeline's folder or hub id (its
+    `transformer` subfolder); offline, a hub id must be in the cache."""
+    if not installed(GGUF_PACKAGE[0]):
+        raise missing_package("a GGUF transformer", *GGUF_PACKAGE)
+    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    if not os.path.isfile(path):
+        raise IdgenError(f"no GGUF file at {os.fspath(path)}")
+    in_folder = os.path.isfile(os.path.join(config, "config.json"))
+    try:
+        return FluxTransformer2DModel.from_single_file(
+            os.fspath(path),
+            config=os.fspath(config),
+            subfolder=None if in_folder else "transformer",
+            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
+            torch_dtype=dtype,
+        )
+    except (ValueError, RuntimeError, KeyError, IndexError) as error:
+        # diffusers converts keys it does not know as another layout's, and fails somewhere inside
+        raise CheckpointError(
+            f"{os.fspath(path)} does not fit the transformer of {os.fspath(config)}: "
+            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        ) from error

@@ -1,0 +1,155 @@
+"""Low-VRAM FLUX: quantised and fp8 transformers, diffusers' caches and torch.compile under the identity hooks.
+
+Every check runs the tiny random pipeline against the plain one in the same test: bit-exact where the
+arithmetic is the same, within a stated tolerance where quantisation or a cache changes it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from idgen.errors import CheckpointError, IdgenError
+from idgen.pipelines import lowvram
+from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
+from idgen.pipelines.pulid_flux import IdentityFluxPipeline
+from idgen.pipelines.tiny import tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
+from tests.test_flux_injection import features
+
+SIZE = dict(height=64, width=96, num_inference_steps=4)  # 4x6 token grid
+PROMPT = "a photo of a person on a beach"
+
+
+def wrap(flux, dtype=torch.float32):
+    return IdentityFluxPipeline(flux, tiny_pulid_adapter(0).to(dtype), tiny_identity_encoder(0))
+
+
+def latents(pipe, mode="spatial", **kwargs):
+    args = dict(id_features=features(), seed=7, output_type="latent", mode=mode, **SIZE)
+    args.update(kwargs)
+    return pipe(PROMPT, **args).images
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """The plain float32 pipeline's latents: spatial identity and none."""
+    pipe = wrap(tiny_flux_pipeline(0))
+    return {mode: latents(pipe, mode) for mode in ("spatial", "none")}
+
+
+def strength(with_id, without):
+    return (with_id - without).norm().item()
+
+
+# Largest |latent - plain latent| on the tiny model (4 steps, seed 7; latents of unit scale, up to ~2.5),
+# about 2x what was measured: fp8 0.075, int8 0.076, int8-quanto 0.084, fp8-quanto 0.107, nf4 0.064.
+QUANTISED_TOLERANCE = {"fp8": 0.15, "int8": 0.15, "int8-quanto": 0.2, "fp8-quanto": 0.2, "nf4": 0.15}
+
+
+@pytest.mark.parametrize("scheme", [s for s in QUANTIZE_CHOICES if s != "none"])
+def test_wrapping_a_quantised_transformer_works(plain, scheme):
+    flux = tiny_flux_pipeline(0)
+    quantize_transformer(flux.transformer, scheme)
+    pipe = wrap(flux)
+    # The identity networks keep their own float32, whatever the transformer stores its weights in.
+    assert {p.dtype for p in pipe.adapter.parameters()} == {torch.float32}
+    spatial, none = latents(pipe, "spatial"), latents(pipe, "none")
+    assert (spatial - plain["spatial"]).abs().max().item() < QUANTISED_TOLERANCE[scheme]
+    # The identity's effect on the image stays what it is on the plain transformer (within 5%).
+    assert strength(spatial, none) == pytest.approx(strength(plain["spatial"], plain["none"]), rel=0.05)
+    # A zero weight is still exactly no identity on the quantised transformer.
+    assert torch.equal(latents(pipe, "spatial", id_weight=0.0), none)
+
+
+def test_quantised_weights_are_really_stored_quantised():
+    for scheme, stored in (("fp8", torch.float8_e4m3fn), ("nf4", torch.uint8)):
+        flux = tiny_flux_pipeline(0)
+        quantize_transformer(flux.transformer, scheme)
+        assert flux.transformer.transformer_blocks[0].attn.to_q.weight.dtype == stored
+
+
+def test_fp8_storage_with_bfloat16_compute_runs_the_identity_in_bfloat16(plain):
+    flux = tiny_flux_pipeline(0).to(dtype=torch.bfloat16)
+    flux.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    pipe = wrap(flux)  # a float32 adapter joins the transformer's compute dtype, never its fp8 storage
+    assert {p.dtype for p in pipe.adapter.parameters()} == {torch.bfloat16}
+    spatial = latents(pipe, "spatial")
+    assert spatial.dtype == torch.bfloat16
+    assert (spatial.float() - plain["spatial"]).abs().max().item() < 0.2  # measured 0.099
+
+
+def write_gguf_q8_0(transformer, path):
+    """The transformer's own weights in a GGUF file, under diffusers' key names: Q8_0 for each matrix
+    whose rows split into Q8_0's 32-value blocks, float32 for the rest."""
+    gguf = pytest.importorskip("gguf", reason="GGUF needs the gguf package (idgen[lowvram])")
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    q8_0 = gguf.GGMLQuantizationType.Q8_0
+    for name, tensor in transformer.state_dict().items():
+        array = tensor.float().numpy()
+        if array.ndim == 2 and array.shape[1] % 32 == 0:
+            packed = gguf.quants.quantize(array, q8_0)
+            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=q8_0)
+        else:
+            writer.add_tensor(name, array)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_wrapping_a_gguf_transformer_works(plain, tmp_path):
+    flux = tiny_flux_pipeline(0)
+    flux.transformer.save_config(tmp_path)
+    write_gguf_q8_0(flux.transformer, tmp_path / "transformer-q8_0.gguf")
+    transformer = lowvram.load_gguf_transformer(tmp_path / "transformer-q8_0.gguf", tmp_path, torch.float32)
+    assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.uint8  # still packed Q8_0
+    flux.transformer = transformer
+    pipe = wrap(flux)
+    spatial, none = latents(pipe, "spatial"), latents(pipe, "none")
+    assert (spatial - plain["spatial"]).abs().max().item() < 0.03  # measured 0.009
+    assert strength(spatial, none) == pytest.approx(strength(plain["spatial"], plain["none"]), rel=0.05)
+
+
+def test_a_gguf_file_of_another_architecture_is_refused(tmp_path):
+    flux = tiny_flux_pipeline(0)
+    write_gguf_q8_0(flux.transformer, tmp_path / "t.gguf")
+    other = dict(flux.transformer.config)
+    other["num_single_layers"] = 6  # the file has 5 single blocks
+    from diffusers import FluxTransformer2DModel
+
+    FluxTransformer2DModel.from_config(other).save_config(tmp_path)
+    with pytest.raises(CheckpointError, match="t.gguf does not fit the transformer of"):
+        lowvram.load_gguf_transformer(tmp_path / "t.gguf", tmp_path, torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="diffusers' bitsandbytes loading needs a CUDA GPU")
+def test_wrapping_a_bitsandbytes_loaded_transformer_works(plain, tmp_path):  # pragma: no cover - GPU only
+    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+
+    flux = tiny_flux_pipeline(0)
+    flux.transformer.save_pretrained(tmp_path)
+    config = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    flux.transformer = FluxTransformer2DModel.from_pretrained(tmp_path, quantization_config=config)
+    flux.to("cuda")
+    spatial = latents(wrap(flux), "spatial").cpu()
+    assert (spatial - plain["spatial"]).abs().max().item() < QUANTISED_TOLERANCE["nf4"]
+
+
+def test_unknown_or_unserved_schemes_get_one_line_errors(monkeypatch):
+    with pytest.raises(IdgenError, match="unknown quantisation 'int3'; choose one of none, fp8"):
+        check_quantize("int3")
+    monkeypatch.setattr(lowvram, "installed", lambda module: False)
+    with pytest.raises(
+        IdgenError, match=r"--quantize int8 needs the torchao package: pip install 'torchao>="
+    ):
+        check_quantize("int8")
+    with pytest.raises(
+        IdgenError, match=r"--quantize nf4 needs the bitsandbytes package: pip install 'bitsandbytes"
+    ):
+        check_quantize("nf4", "cuda")
+    check_quantize("fp8")  # no package needed
+    check_quantize("none")
+    with pytest.raises(IdgenError, match="fp8 cannot run on mps"):
+        check_quantize("fp8", "mps")
