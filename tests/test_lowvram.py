@@ -1,4 +1,4 @@
-"""Low-VRAM FLUX: quantised and fp8 transformers, diffusers' caches and torch.compile under the identity hooks.
+"""Low-VRAM FLUX: quantised and fp8 transformers, diffusers' caches and torch.compile with identity hooks.
 
 Every check runs the tiny random pipeline against the plain one in the same test: bit-exact where the
 arithmetic is the same, within a stated tolerance where quantisation or a cache changes it.
@@ -118,7 +118,7 @@ def test_a_gguf_file_of_another_architecture_is_refused(tmp_path):
     from diffusers import FluxTransformer2DModel
 
     FluxTransformer2DModel.from_config(other).save_config(tmp_path)
-    with pytest.raises(CheckpointError, match="t.gguf does not fit the transformer of"):
+    with pytest.raises(CheckpointError, match=r"t\.gguf does not fit the transformer of"):
         lowvram.load_gguf_transformer(tmp_path / "t.gguf", tmp_path, torch.float32)
 
 

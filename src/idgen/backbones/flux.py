@@ -16,7 +16,7 @@ dtype, never an fp8 or quantised storage dtype): image tokens are cast in, the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
