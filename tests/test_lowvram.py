@@ -153,3 +153,108 @@ def test_unknown_or_unserved_schemes_get_one_line_errors(monkeypatch):
     check_quantize("none")
     with pytest.raises(IdgenError, match="fp8 cannot run on mps"):
         check_quantize("fp8", "mps")
+
+
+# --- diffusers' caches ---------------------------------------------------------------------------------
+
+CACHE_STEPS = 8
+
+
+class PointLog:
+    """A recorder that keeps which injection points added the identity at each step."""
+
+    def __init__(self) -> None:
+        self.points: dict[int, list[str]] = {}
+
+    def record(self, step, t, point, mask, heads_out, grid) -> None:
+        self.points.setdefault(step, []).append(point)
+
+
+@pytest.fixture(scope="module")
+def cached():
+    """A wrapped tiny pipeline; its latents without a cache (uniform identity and none), and a counter of
+    the steps on which the last block really ran."""
+    pipe = wrap(tiny_flux_pipeline(0))
+    ran: list[int] = []
+    tail = pipe.flux.transformer.single_transformer_blocks[-1]
+    tail.norm.register_forward_hook(lambda *args: ran.append(1))
+    plain = {mode: latents(pipe, mode, num_inference_steps=CACHE_STEPS) for mode in ("uniform", "none")}
+    return pipe, plain, ran
+
+
+def cache_run(pipe, config, ran):
+    """(uniform latents, none latents, steps the last block ran, points logged) with `config` enabled."""
+    log = PointLog()
+    pipe.flux.transformer.enable_cache(config)
+    try:
+        ran.clear()
+        uniform = latents(pipe, "uniform", num_inference_steps=CACHE_STEPS, recorder=log)
+        computed = len(ran)
+        none = latents(pipe, "none", num_inference_steps=CACHE_STEPS)
+    finally:
+        pipe.flux.transformer.disable_cache()
+    return uniform, none, computed, log.points
+
+
+def test_first_block_cache_skips_the_identity_with_the_blocks_it_skips(cached):
+    from diffusers import FirstBlockCacheConfig
+
+    pipe, plain, ran = cached
+    uniform, none, computed, points = cache_run(pipe, FirstBlockCacheConfig(threshold=0.5), ran)
+    assert 0 < computed < CACHE_STEPS  # the cache did skip steps (3 of 8 ran on the tiny model)
+    all_points = ["double.0", "double.2", "single.0", "single.4"]
+    # A skipped step runs the first block alone: its residual is the only one added; the others come back
+    # once, inside the residual the cache reuses.
+    assert sorted(len(p) for p in points.values()) == [1] * (CACHE_STEPS - computed) + [4] * computed
+    assert all(p in (["double.0"], all_points) for p in points.values())
+    # Identity strength equals the uncached one within the cache's own error on the run without identity
+    # (0.66 on latents of norm 44.5; strengths 18.65 and 18.71; hooks outside the cache gave 21.65).
+    cache_error = (none - plain["none"]).norm().item()
+    assert cache_error > 0
+    assert abs(strength(uniform, none) - strength(plain["uniform"], plain["none"])) <= cache_error
+
+
+def test_a_first_block_cache_that_never_skips_is_bit_identical(cached):
+    from diffusers import FirstBlockCacheConfig
+
+    pipe, plain, ran = cached
+    uniform, none, computed, _ = cache_run(pipe, FirstBlockCacheConfig(threshold=0.0), ran)
+    assert computed == CACHE_STEPS
+    assert torch.equal(uniform, plain["uniform"]) and torch.equal(none, plain["none"])
+
+
+def other_caches(pipe):
+    from diffusers import MagCacheConfig, PyramidAttentionBroadcastConfig, TaylorSeerCacheConfig
+
+    return {
+        "pyramid-attention-broadcast": PyramidAttentionBroadcastConfig(
+            spatial_attention_block_skip_range=2,
+            spatial_attention_timestep_skip_range=(-1, 1001),
+            current_timestep_callback=lambda: pipe.flux.current_timestep,
+        ),
+        "taylorseer": TaylorSeerCacheConfig(),
+        "magcache": MagCacheConfig(
+            num_inference_steps=CACHE_STEPS,
+            mag_ratios=[1.0] * CACHE_STEPS,
+            threshold=0.5,
+            retention_ratio=0.25,
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", ["pyramid-attention-broadcast", "taylorseer", "magcache"])
+def test_other_caches_keep_the_identity_strength(cached, name):
+    pipe, plain, ran = cached
+    uniform, none, _, _ = cache_run(pipe, other_caches(pipe)[name], ran)
+    cache_error = (none - plain["none"]).norm().item()
+    assert cache_error > 0  # the cache changed something
+    assert abs(strength(uniform, none) - strength(plain["uniform"], plain["none"])) <= cache_error
+
+
+def test_wrapping_a_transformer_whose_cache_is_on_is_refused():
+    from diffusers import FirstBlockCacheConfig
+
+    flux = tiny_flux_pipeline(0)
+    flux.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
+    with pytest.raises(IdgenError, match=r"a diffusers cache is already enabled .* wrap it first"):
+        wrap(flux)
