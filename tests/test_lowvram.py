@@ -258,3 +258,41 @@ def test_wrapping_a_transformer_whose_cache_is_on_is_refused():
     flux.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.5))
     with pytest.raises(IdgenError, match=r"a diffusers cache is already enabled .* wrap it first"):
         wrap(flux)
+
+
+# --- torch.compile -------------------------------------------------------------------------------------
+
+
+COMPILE_CALLS = [("spatial", 1.0), ("spatial", 1.0), ("uniform", 1.0), ("uniform", 0.5), ("uniform", 0.3),
+                 ("none", 1.0), ("spatial", 0.7), ("spatial", 0.4), ("uniform", 1.0)]  # fmt: skip
+# Graphs compiled so far after each call: repeating a call never recompiles; a new id_weight recompiles
+# once per graph (then it is a graph input); no call recompiles per step.
+COMPILED_GRAPHS = [3, 3, 4, 5, 5, 6, 9, 9, 9]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["compile-after-wrapping", "compile-before-wrapping"])
+def test_compiled_transformer_takes_the_identity_without_graph_breaks_or_per_call_recompiles(plain, order):
+    """fullgraph=True refuses any graph break, so running at all proves none. Graphs are counted with
+    dynamo's counters. backend="eager" traces exactly as inductor would (CPU inductor codegen is slow)."""
+    from torch._dynamo.utils import counters
+
+    torch.compiler.reset()
+    counters.clear()
+    flux = tiny_flux_pipeline(0)
+    if order == "compile-before-wrapping":
+        flux.transformer = torch.compile(flux.transformer, fullgraph=True, backend="eager")
+    pipe = wrap(flux)
+    if order == "compile-after-wrapping":
+        flux.transformer = torch.compile(flux.transformer, fullgraph=True, backend="eager")
+    graphs = []
+    # Spatial mode's graphs (one per stage of its schedule, each once more when id_weight first changes)
+    # with uniform's and none's outgrow dynamo's default limit of 8 per function: 16 holds them all.
+    with torch._dynamo.config.patch(recompile_limit=16):
+        for mode, id_weight in COMPILE_CALLS:
+            out = latents(pipe, mode, id_weight=id_weight)
+            graphs.append(counters["stats"]["unique_graphs"])
+            if (mode, id_weight) == ("spatial", 1.0):
+                assert torch.equal(out, plain["spatial"])  # the same arithmetic as eager
+    assert not counters["graph_break"]
+    assert graphs == COMPILED_GRAPHS

@@ -166,6 +166,9 @@ class FluxIdentityInjector(RunHost):
     def _after_run(self) -> None:
         self._cond_output = None
 
+    # The per-call bookkeeping stays in Python under torch.compile: compiled, it would be specialised on the
+    # sampler's step and recompiled at every one. Only the block hooks' tensor work joins the graph.
+    @torch.compiler.disable
     def _before_transformer(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         run = self._run
         if run is None:
@@ -180,6 +183,7 @@ class FluxIdentityInjector(RunHost):
             tokens = tokens.to(hidden.device)
         self._tokens = tokens
 
+    @torch.compiler.disable
     def _after_transformer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         run = self._run
         if run is None:
