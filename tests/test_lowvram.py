@@ -296,3 +296,22 @@ def test_compiled_transformer_takes_the_identity_without_graph_breaks_or_per_cal
                 assert torch.equal(out, plain["spatial"])  # the same arithmetic as eager
     assert not counters["graph_break"]
     assert graphs == COMPILED_GRAPHS
+
+
+def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("idgen_memory_benchmark", path)
+    assert spec is not None and spec.loader is not None
+    memory = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory)
+    rows = memory.main(["--options", "none", "fp8", "nf4", "model-offload", "--steps", "1", "--size", "32"])
+    by_option = {row["option"]: row for row in rows}
+    plain = by_option["none"]["weights_mb"]
+    # Weights as stored: fp8 keeps 1 byte per quantised value, nf4 half a byte (plus scales).
+    assert by_option["nf4"]["weights_mb"] < by_option["fp8"]["weights_mb"] < plain / 2
+    assert all(row["step_s"] > 0 for row in rows if not row.get("skipped"))
+    if not torch.cuda.is_available():
+        assert by_option["model-offload"]["skipped"] == "offloading to the CPU needs an accelerator device"
