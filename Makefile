@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch 2.13.0 is pinned on purpose: on our machines it is a local CPU wheel; an open range pulls CUDA.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[dev,faces,app]"
+	$(PIP) install -q -e ".[dev,faces,app,lowvram]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -93,7 +93,7 @@ def test_no_extra_changes_torch_or_adds_a_second_cv2(extra: str, network: None, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", ["pulid", "iq"])
+@pytest.mark.parametrize("extra", ["pulid", "iq", "lowvram"])
 def test_without_a_constraint_torch_stays(extra: str, network: None, tmp_path: Path) -> None:
     """What a user types: no constraint file. pip keeps the installed torch."""
     done = subprocess.run([*pip_dry_run(), f"{ROOT}[{extra}]"], capture_output=True, text=True, timeout=900)
