@@ -315,3 +315,36 @@ def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
     assert all(row["step_s"] > 0 for row in rows if not row.get("skipped"))
     if not torch.cuda.is_available():
         assert by_option["model-offload"]["skipped"] == "offloading to the CPU needs an accelerator device"
+
+
+# --- the CLI -------------------------------------------------------------------------------------------
+
+
+def cli_generate(tmp_path, *extra):
+    from idgen.cli import main
+    from tests.test_cli import REFERENCE, TINY
+
+    argv = ["generate", *TINY, "--prompt", "a person on a beach", "--id-image", str(REFERENCE),
+            "--width", "64", "--height", "48", "--steps", "2", "--out", str(tmp_path / "out.png"), *extra]  # fmt: skip
+    try:
+        return main(argv)
+    except SystemExit as exit:
+        return exit.code
+
+
+def test_cli_quantize_generates_with_a_quantised_transformer(tmp_path, monkeypatch):
+    quantised = []
+    real = lowvram.quantize_transformer
+    monkeypatch.setattr(lowvram, "quantize_transformer", lambda t, s: quantised.append(s) or real(t, s))
+    monkeypatch.setattr("idgen.cli.common.quantize_transformer", lowvram.quantize_transformer)
+    assert cli_generate(tmp_path, "--quantize", "fp8") == 0
+    assert quantised == ["fp8"] and (tmp_path / "out.png").is_file()
+
+
+def test_cli_quantize_without_its_package_is_one_line_before_any_model_loads(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(lowvram, "installed", lambda module: False)
+    monkeypatch.setattr("idgen.load", lambda *a, **k: pytest.fail("a model was loaded"))
+    assert cli_generate(tmp_path, "--quantize", "int8") != 0
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "needs the torchao package: pip install 'torchao>=" in err
+    assert not (tmp_path / "out.png").exists()

@@ -9,6 +9,7 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
+from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
 from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
 from idgen.validation import shown
 
@@ -83,6 +84,8 @@ def add_model_arguments(p: Any) -> None:
     )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
+                   help="store the FLUX transformer's weights quantised (README: low-VRAM)")  # fmt: skip
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
     p.add_argument("--threads", type=int,
@@ -150,18 +153,34 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     threads = cpu_threads(args)
     if threads is not None:
         torch.set_num_threads(threads)
+    quantize = getattr(args, "quantize", "none")
+    check_quantize(quantize, device)  # before any model loads
     if uses_demo_world(args):
-        return load_demo_world(args, device)
+        return quantized(load_demo_world(args, device), quantize)
     backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
     base, adapter = hub_defaults(backbone)
     if (args.flux is None and base is None) or (args.pulid is None and adapter is None):
         raise IdgenError(f"--backbone {backbone} needs --base-model and --adapter (it has no hub default)")
-    return idgen.load(
-        args.flux or base,
-        args.pulid or adapter,
-        args.encoder or "pulid",
-        backbone=backbone,
-        device=device,
-        torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
-        **encoder_options(args),
+    return quantized(
+        idgen.load(
+            args.flux or base,
+            args.pulid or adapter,
+            args.encoder or "pulid",
+            backbone=backbone,
+            device=device,
+            torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
+            **encoder_options(args),
+        ),
+        quantize,
     )
+
+
+def quantized(pipe: Any, scheme: str) -> Any:
+    """--quantize on the pipeline's FLUX transformer (an SD1.5 backbone takes none)."""
+    if scheme == "none":
+        return pipe
+    transformer = getattr(getattr(pipe, "flux", None), "transformer", None)
+    if transformer is None:
+        raise IdgenError(f"--quantize {scheme} applies to the FLUX backbones only")
+    quantize_transformer(transformer, scheme)
+    return pipe

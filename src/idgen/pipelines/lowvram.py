@@ -18,13 +18,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from idgen.backbones.flux import compute_dtype
 from idgen.errors import CheckpointError, IdgenError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = ["QUANTIZE_CHOICES", "check_quantize", "load_gguf_transformer", "quantize_transformer"]
 
@@ -54,13 +53,13 @@ def missing_package(what: str, module: str, requirement: str) -> IdgenError:
     )
 
 
-def check_quantize(scheme: str, device: str | torch.device = "cpu") -> None:
+def check_quantize(scheme: str, device: Any = "cpu") -> None:
     """Refuse, in one line and before any model loads, a scheme unknown or not served here."""
     if scheme not in QUANTIZE_CHOICES:
         raise IdgenError(f"unknown quantisation {scheme!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
     if scheme in PACKAGES and not installed(PACKAGES[scheme][0]):
         raise missing_package(f"--quantize {scheme}", *PACKAGES[scheme])
-    if scheme == "fp8" and torch.device(device).type == "mps":
+    if scheme == "fp8" and str(device).split(":")[0] == "mps":
         raise IdgenError("--quantize fp8 cannot run on mps (no float8 storage there); use int8 or none")
 
 
@@ -72,6 +71,10 @@ def quantize_transformer(transformer: nn.Module, scheme: str) -> nn.Module:
 
 
 def _fp8(transformer: Any) -> None:
+    import torch
+
+    from idgen.backbones.flux import compute_dtype
+
     transformer.enable_layerwise_casting(
         storage_dtype=torch.float8_e4m3fn, compute_dtype=compute_dtype(transformer)
     )
@@ -99,6 +102,8 @@ def _nf4(transformer: nn.Module) -> None:
     weight to its device quantises it."""
     import bitsandbytes as bnb
 
+    from idgen.backbones.flux import compute_dtype
+
     dtype = compute_dtype(transformer)
     for blocks in (transformer.transformer_blocks, transformer.single_transformer_blocks):
         for parent, name, linear in linear_layers(blocks):  # type: ignore[arg-type]
@@ -114,6 +119,8 @@ def _nf4(transformer: nn.Module) -> None:
 
 def linear_layers(module: nn.Module) -> list[tuple[nn.Module, str, nn.Linear]]:
     """(parent, attribute name, layer) of each plain nn.Linear under `module`."""
+    from torch import nn
+
     return [
         (parent, name, child)
         for parent in module.modules()
@@ -133,14 +140,17 @@ QUANTIZERS: dict[str, Callable[[Any], None]] = {
 
 
 def load_gguf_transformer(
-    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: torch.dtype = torch.bfloat16
+    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None
 ) -> Any:
     """A FluxTransformer2DModel from a GGUF file (diffusers' GGUF loader, computing in `dtype`).
     config: a transformer folder (its config.json), or a FLUX pipeline's folder or hub id (its
-    `transformer` subfolder); offline, a hub id must be in the cache."""
+    `transformer` subfolder); offline, a hub id must be in the cache. dtype: default bfloat16."""
     if not installed(GGUF_PACKAGE[0]):
         raise missing_package("a GGUF transformer", *GGUF_PACKAGE)
+    import torch
     from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+
+    dtype = torch.bfloat16 if dtype is None else dtype
 
     if not os.path.isfile(path):
         raise IdgenError(f"no GGUF file at {os.fspath(path)}")
