@@ -324,8 +324,9 @@ def cli_generate(tmp_path, *extra):
     from idgen.cli import main
     from tests.test_cli import REFERENCE, TINY
 
-    argv = ["generate", *TINY, "--prompt", "a person on a beach", "--id-image", str(REFERENCE),
-            "--width", "64", "--height", "48", "--steps", "2", "--out", str(tmp_path / "out.png"), *extra]  # fmt: skip
+    size = ["--width", "64", "--height", "48", "--steps", "2"]
+    argv = ["generate", *TINY, "--prompt", "a person on a beach", "--id-image", str(REFERENCE), *size,
+            "--out", str(tmp_path / "out.png"), *extra]  # fmt: skip
     try:
         return main(argv)
     except SystemExit as exit:
