@@ -143,6 +143,7 @@ class FluxIdentityInjector(RunHost):
         self.transformer, self.adapter = transformer, adapter
         adapter.to(dtype=compute_dtype(transformer))
         self._cond_output: Any = None
+        self._weight = torch.tensor(1.0)
         self._handles = [
             transformer.register_forward_pre_hook(self._before_transformer, with_kwargs=True),
             transformer.register_forward_hook(self._after_transformer),
@@ -182,6 +183,8 @@ class FluxIdentityInjector(RunHost):
             self.adapter.to(hidden.device)
             tokens = tokens.to(hidden.device)
         self._tokens = tokens
+        # Under torch.compile the weight is a graph input, so a new id_weight does not recompile.
+        self._weight = torch.tensor(run.id_weight, device=hidden.device)
 
     @torch.compiler.disable
     def _after_transformer(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
@@ -216,7 +219,9 @@ class FluxIdentityInjector(RunHost):
         mask = policy(in_float32(output), run.t, run.grid)
         if run.recorder is not None:
             run.recorder.record(run.step, run.t, point.name, mask, heads_out, run.grid)
-        return gate(hidden, residual, run.id_weight, mask)
+        # Eager keeps PuLID's exact arithmetic with a Python float.
+        weight = self._weight if torch.compiler.is_compiling() else run.id_weight
+        return gate(hidden, residual, cast(float, weight), mask)
 
 
 class IdentityBlockHook(ModelHook):
