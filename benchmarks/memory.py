@@ -26,9 +26,12 @@ import torch
 from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
 
 OFFLOADS = ("model-offload", "sequential-offload", "group-offload")
-FLUX1_DEV = dict(num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
-                 joint_attention_dim=4096, pooled_projection_dim=768, in_channels=64, guidance_embeds=True,
-                 axes_dims_rope=(16, 56, 56))  # fmt: skip
+FLUX1_DEV: dict[str, Any] = dict(
+    num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, in_channels=64, guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
+)  # fmt: skip
+FULL_MODEL: tuple[dict[str, Any], Any] = (FLUX1_DEV, None)  # None: PuLID-FLUX's released sizes
 
 
 def tensor_bytes(tensor: Any) -> int:
@@ -85,11 +88,20 @@ def tiny_pipeline(option: str, device: str) -> Any:
 
 
 def apply_option(flux: Any, transformer: Any, option: str, device: str) -> None:
-    """Quantise, or offload through diffusers' own methods (an offload needs an accelerator)."""
+    """Quantise, or offload through diffusers' own methods (an offload needs an accelerator). Without a
+    pipeline (flux=None, --full), the transformer alone is offloaded with accelerate's hooks."""
     if option in QUANTIZE_CHOICES:
         quantize_transformer(transformer, option)
+    elif option == "model-offload" and flux is None:
+        from accelerate import cpu_offload_with_hook
+
+        cpu_offload_with_hook(transformer, torch.device(device))
     elif option == "model-offload":
         flux.enable_model_cpu_offload(device=device)
+    elif option == "sequential-offload" and flux is None:
+        from accelerate import cpu_offload
+
+        cpu_offload(transformer, torch.device(device))
     elif option == "sequential-offload":
         flux.enable_sequential_cpu_offload(device=device)
     elif option == "group-offload":
@@ -139,44 +151,52 @@ def tiny_row(option: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def full_row(option: str, args: argparse.Namespace) -> dict[str, Any]:
-    """FLUX.1-dev's transformer with random bf16 weights and a full-size PuLID adapter: one injected
-    denoiser call per step at args.size (text encoders and VAE are left out: their weights are
-    added from parameter counts in the README's estimate)."""
+    """FLUX.1-dev's transformer with random bf16 weights and a full-size PuLID adapter (FULL_MODEL): one
+    injected denoiser call per step at args.size. Text encoders, VAE and identity encoders are left out:
+    the README's estimate adds their weights from parameter counts."""
     from diffusers import FluxTransformer2DModel
 
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
     from idgen.models.pulid import PuLIDAdapter
 
     device, dtype = args.device, torch.bfloat16
-    home = "cpu" if option in OFFLOADS else device
-    with peak_memory(device) as peak, torch.device(home):
-        transformer: Any = FluxTransformer2DModel(**FLUX1_DEV).to(dtype).eval()
-        adapter = PuLIDAdapter().to(device, dtype).eval()
-        injector = FluxIdentityInjector(transformer, adapter)
-        apply_option(None, transformer, option, device)
-        inputs = full_inputs(args.size, device, dtype)
-        run = InjectionRun(id_tokens=torch.randn(1, 32, 2048, device=device, dtype=dtype))
+    flux_config, pulid_config = FULL_MODEL
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # built in bf16 directly: an fp32 FLUX.1-dev would take 48 GB
+    try:
+        with torch.device("cpu" if option in OFFLOADS else device):
+            transformer: Any = FluxTransformer2DModel(**flux_config).eval()
+        adapter = PuLIDAdapter(pulid_config).to(device).eval()
+    finally:
+        torch.set_default_dtype(previous)
+    injector = FluxIdentityInjector(transformer, adapter)
+    apply_option(None, transformer, option, device)
+    inputs = full_inputs(transformer.config, args.size, device, dtype)
+    c = adapter.config
+    run = InjectionRun(id_tokens=torch.randn(1, c.num_queries, c.output_dim, device=device, dtype=dtype))
 
-        @torch.no_grad()
-        def call() -> Any:
-            for _ in range(args.steps):
-                with injector.run(run):
-                    transformer(**inputs)
-                run.end_step()
+    @torch.no_grad()
+    def call() -> Any:
+        for _ in range(args.steps):
+            with injector.run(run):
+                transformer(**inputs)
+            run.end_step()
 
+    with peak_memory(device) as peak:
         step_s = timed_steps(call, args.steps, device)
     return dict(weights_mb=weight_bytes(transformer) / 2**20, step_s=step_s, **peak)
 
 
-def full_inputs(size: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+def full_inputs(config: Any, size: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """One denoiser call's inputs: a size x size image (a token per 16x16 pixels), 512 text tokens."""
     side, text = size // 16, 512
     img_ids = torch.zeros(side * side, 3, device=device)
     img_ids[:, 1] = torch.arange(side, device=device).repeat_interleave(side)
     img_ids[:, 2] = torch.arange(side, device=device).repeat(side)
     return dict(
-        hidden_states=torch.randn(1, side * side, 64, device=device, dtype=dtype),
-        encoder_hidden_states=torch.randn(1, text, 4096, device=device, dtype=dtype),
-        pooled_projections=torch.randn(1, 768, device=device, dtype=dtype),
+        hidden_states=torch.randn(1, side * side, config.in_channels, device=device, dtype=dtype),
+        encoder_hidden_states=torch.randn(1, text, config.joint_attention_dim, device=device, dtype=dtype),
+        pooled_projections=torch.randn(1, config.pooled_projection_dim, device=device, dtype=dtype),
         timestep=torch.tensor([1.0], device=device, dtype=dtype),
         guidance=torch.tensor([3.5], device=device, dtype=dtype),
         img_ids=img_ids,

@@ -295,7 +295,8 @@ def test_compiled_transformer_takes_the_identity_without_graph_breaks_or_per_cal
     assert graphs == COMPILED_GRAPHS
 
 
-def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
+def memory_benchmark():
+    """benchmarks/memory.py as a module, wherever the repository is."""
     import importlib.util
     from pathlib import Path
 
@@ -304,6 +305,11 @@ def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
     assert spec is not None and spec.loader is not None
     memory = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(memory)
+    return memory
+
+
+def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
+    memory = memory_benchmark()
     rows = memory.main(["--options", "none", "fp8", "nf4", "model-offload", "--steps", "1", "--size", "32"])
     by_option = {row["option"]: row for row in rows}
     plain = by_option["none"]["weights_mb"]
@@ -346,3 +352,17 @@ def test_cli_quantize_without_its_package_is_one_line_before_any_model_loads(tmp
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "needs the torchao package: pip install 'torchao>=" in err
     assert not (tmp_path / "out.png").exists()
+
+
+def test_memory_benchmark_full_path_runs_on_a_small_stand_in(monkeypatch):
+    """--full's code path (a transformer and adapter built in bf16, one injected call per step), on the
+    tiny sizes: the full FLUX.1-dev sizes need a GPU."""
+    from idgen.pipelines.tiny import TINY_FLUX_TRANSFORMER, TINY_PULID
+
+    memory = memory_benchmark()
+    monkeypatch.setattr(memory, "FULL_MODEL", (TINY_FLUX_TRANSFORMER, TINY_PULID))
+    rows = memory.main(
+        ["--full", "--device", "cpu", "--options", "none", "int8", "--steps", "1", "--size", "64"]
+    )
+    plain, int8 = rows
+    assert int8["weights_mb"] < plain["weights_mb"] and plain["step_s"] > 0
