@@ -1,9 +1,9 @@
-"""PuLID's identity residual on diffusers' FluxTransformer2DModel, through forward hooks.
+"""PuLID's identity residual on diffusers' FluxTransformer2DModel, through hooks.
 
 PuLID-FLUX adds `image_tokens += id_weight * CA(id_tokens, image_tokens)` after double blocks
 with index % 2 == 0 and after single blocks with index % 4 == 0 (20 points on FLUX.1). diffusers'
 blocks both return (encoder_hidden_states, hidden_states) with the image tokens alone in
-hidden_states, so a forward hook on each chosen block reproduces that arithmetic exactly without
+hidden_states, so a hook after each chosen block reproduces that arithmetic exactly without
 touching the transformer's code. A pre-hook on the transformer reads the normalised time and the
 token grid of each call (by argument name); a hook after it gives the negative pass of a step before
 true CFG starts the conditional pass's output (see InjectionRun.true_cfg_start_step).
@@ -12,6 +12,8 @@ The block hooks are diffusers ModelHooks, innermost on each block: a diffusers c
 MagCache, ...) that skips a block skips its identity residual with it, and the residual it reuses holds
 the identity exactly once. The identity networks run in their own dtype (the transformer's compute
 dtype, never an fp8 or quantised storage dtype): image tokens are cast in, the residual cast back.
+Under torch.compile(fullgraph=True) the block hooks join the graph and the per-call bookkeeping stays
+eager, so neither a step nor a new id_weight recompiles.
 """
 
 from __future__ import annotations
