@@ -164,7 +164,7 @@ class IdentityFluxPipeline:
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
-        call["num_images_per_prompt"] = per_prompt
+        images_per_prompt(call, per_prompt)
         features, run = None, None
         if chosen is not None:
             features = resolve_features(self.encoder, mode, id_image, id_features, prompts)
@@ -304,6 +304,31 @@ def resident_device(param: torch.Tensor, adapter: Any = None) -> torch.device:
     if param.device.type != "meta":
         return param.device
     return next(adapter.parameters()).device if adapter is not None else torch.device("cpu")
+
+
+GIVEN_EMBEDS = (
+    "prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
+
+
+def images_per_prompt(call: dict[str, Any], per_prompt: int) -> None:
+    """Set num_images_per_prompt. diffusers repeats the text embeddings it encodes for each image, but not
+    given prompt_embeds; those are repeated here the same way (each row per_prompt times, in place)."""
+    if call.get("prompt_embeds") is None or per_prompt == 1:
+        call["num_images_per_prompt"] = per_prompt
+        return
+    for name in GIVEN_EMBEDS:
+        if call.get(name) is not None:
+            call[name] = call[name].repeat_interleave(per_prompt, dim=0)
+    negative = call.get("negative_prompt")
+    if negative is not None:  # one negative prompt per image too
+        rows = call["prompt_embeds"].shape[0] // per_prompt
+        negative = [negative] * rows if isinstance(negative, str) else negative
+        call["negative_prompt"] = [text for text in negative for _ in range(per_prompt)]
+    call["num_images_per_prompt"] = 1
 
 
 def rows_per_image(tokens: torch.Tensor, per_prompt: int, images: int) -> torch.Tensor:
