@@ -10,6 +10,7 @@ from diffusers.utils import BaseOutput
 from PIL import Image
 
 import idgen
+from idgen.api import enable_offload
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityFeatures
 from idgen.pipelines.base import IdentityPipelineOutput
@@ -227,7 +228,7 @@ def test_model_and_group_offload_leave_the_arithmetic_alone(pipe):
     model.enable_model_cpu_offload(device="cpu")
     assert torch.equal(latents(model, mode="spatial"), plain)
     group = tiny()
-    group.enable_group_offload("cpu", offload_type="block_level", num_blocks_per_group=1)
+    enable_offload(group, "group", "cpu")  # what idgen.load(offload="group") does, with the CPU as the GPU
     assert torch.equal(latents(group, mode="spatial"), plain)
 
 

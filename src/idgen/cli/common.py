@@ -9,7 +9,7 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
-from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
 from idgen.validation import shown
 
 EXIT_FAILURE = 1  # an expected failure: bad input file, missing device, corrupt checkpoint, I/O
@@ -85,6 +85,10 @@ def add_model_arguments(p: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+    p.add_argument("--offload", choices=OFFLOADS, default=NO_OFFLOAD,
+                   help="diffusers' CPU offload for a GPU too small for the model: model (whole models "
+                        "visit the GPU in turn), sequential (layer by layer: least memory, slowest) or "
+                        "group (block by block); needs a GPU --device")  # fmt: skip
     p.add_argument("--threads", type=int,
                    help="CPU threads (default: 1 for the demo world, which then slows least on a "
                         "busy machine and gives the same bits on any core count; torch's own "
@@ -145,14 +149,19 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     import torch
 
     import idgen
+    from idgen.api import check_offload, enable_offload
 
+    offload = getattr(args, "offload", NO_OFFLOAD)
+    backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
+    check_offload(offload, device, backbone)  # before anything loads
     quiet_loading()
     threads = cpu_threads(args)
     if threads is not None:
         torch.set_num_threads(threads)
     if uses_demo_world(args):
-        return load_demo_world(args, device)
-    backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
+        pipe = load_demo_world(args, "cpu" if offload != NO_OFFLOAD else device)
+        enable_offload(pipe, offload, device)
+        return pipe
     base, adapter = hub_defaults(backbone)
     if (args.flux is None and base is None) or (args.pulid is None and adapter is None):
         raise IdgenError(f"--backbone {backbone} needs --base-model and --adapter (it has no hub default)")
@@ -163,5 +172,6 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
         backbone=backbone,
         device=device,
         torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
+        offload=offload,
         **encoder_options(args),
     )
