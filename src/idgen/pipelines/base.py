@@ -133,14 +133,19 @@ def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | Non
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
+def check_prompt(prompt: str | list[str]) -> None:
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+        raise IdgenError("prompt is empty")
+
+
 def check_generation_inputs(
     prompt: str | list[str] | None, id_weight: float, height: int, width: int, steps: int, multiple: int = 16
 ) -> None:
     """Clear one-line errors before anything runs; `multiple`: the backbone's pixel_multiple (FLUX's 16).
     A prompt of None is a call given prompt_embeds instead."""
-    prompts = [prompt] if isinstance(prompt, str) else prompt
-    if prompts is not None and (not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts)):
-        raise IdgenError("prompt is empty")
+    if prompt is not None:
+        check_prompt(prompt)
     if id_weight < 0:
         raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
