@@ -186,7 +186,7 @@ class IdentityFluxPipeline:
             with self.injector.run(run):
                 return self.flux(**call).images
         finally:  # an offload hook took the transformer back: the identity networks go with it
-            self.adapter.to(resident_device(next(self.flux.transformer.parameters()), self.adapter))
+            self.adapter.to(resident_device(next(self.flux.transformer.parameters())))
 
     def _flux_call(
         self, prompt: Any, prompts: int, s: dict[str, Any], generator: Any, given: dict[str, Any]
@@ -298,12 +298,10 @@ class IdentityFluxPipeline:
         self.adapter.to(offload_device)
 
 
-def resident_device(param: torch.Tensor, adapter: Any = None) -> torch.device:
-    """Where the identity networks live beside a transformer weight: its device, or (for an offloaded weight
-    on the meta device) where `adapter` already is, else the CPU."""
-    if param.device.type != "meta":
-        return param.device
-    return next(adapter.parameters()).device if adapter is not None else torch.device("cpu")
+def resident_device(param: torch.Tensor) -> torch.device:
+    """Where the identity networks wait beside a transformer weight: its device, or the CPU for a weight that
+    sequential offload keeps on the meta device between calls (they move to the GPU with each call)."""
+    return param.device if param.device.type != "meta" else torch.device("cpu")
 
 
 GIVEN_EMBEDS = (
