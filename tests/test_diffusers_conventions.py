@@ -296,3 +296,18 @@ def test_kontext_injects_into_the_generated_tokens_only(pipe):
     assert first_with.shape[1] == 6 + 8
     assert torch.equal(first_with[:, 6:], first_without[:, 6:])  # context tokens untouched
     assert not torch.equal(first_with[:, :6], first_without[:, :6])
+
+
+def test_the_adapter_follows_the_transformers_inputs_to_their_device():
+    """No second device here: the meta device stands in for the GPU an offload hook moves the inputs to."""
+    from idgen.backbones.run import InjectionRun
+
+    pipe = tiny()
+    ids = torch.zeros(6, 3)
+    ids[:, 1], ids[:, 2] = torch.arange(2).repeat_interleave(3), torch.arange(3).repeat(2)
+    inputs = dict(hidden_states=torch.empty(1, 6, 64, device="meta"), timestep=torch.ones(1), img_ids=ids)
+    tokens = torch.zeros(1, 3, TINY_PULID.ca_dim)
+    with pipe.injector.run(InjectionRun(id_tokens=tokens)):
+        pipe.injector._before_transformer(pipe.flux.transformer, (), inputs)
+        assert pipe.injector.active()[1].device.type == "meta"
+    assert next(pipe.adapter.parameters()).device.type == "meta"
