@@ -74,6 +74,7 @@ ROWS = [
         "offload 'model' moves models between the CPU and an accelerator; it needs a GPU device",
     ),
     ("offload on the cpu, demo world", [*GEN, "--offload", "group", "--device", "cpu"], 1, "not 'cpu'"),
+    ("eval offload on the cpu", [*EVAL, "--offload", "model", "--device", "cpu"], 1, "not 'cpu'"),
     ("offload unknown", [*GEN, "--offload", "disk"], 2, "argument --offload: invalid choice: 'disk'"),
     ("num-images 0", [*GEN, "--num-images", "0"], 1, "--num-images must be in [1, 1000], got 0"),
     ("num-images not an integer", [*GEN, "--num-images", "two"], 2, "invalid int value: 'two'"),
