@@ -311,3 +311,19 @@ def test_the_adapter_follows_the_transformers_inputs_to_their_device():
         pipe.injector._before_transformer(pipe.flux.transformer, (), inputs)
         assert pipe.injector.active()[1].device.type == "meta"
     assert next(pipe.adapter.parameters()).device.type == "meta"
+
+
+def test_from_pretrained_builds_a_variant_and_from_pipe_rehooks_a_new_transformer(pipe):
+    kontext = IdentityFluxPipeline.from_pretrained(
+        TINY_RANDOM, adapter=TINY_RANDOM, encoder=TINY_RANDOM, flux_class=FluxKontextPipeline
+    )
+    assert isinstance(kontext.flux, FluxKontextPipeline)
+    context = dict(image=photo(), _auto_resize=False, max_area=32 * 48)
+    assert not torch.equal(latents(kontext, **context), latents(kontext, mode="none", **context))
+    from idgen.pipelines.tiny import tiny_flux_pipeline
+
+    other = tiny_flux_pipeline(seed=1).transformer
+    twin = IdentityFluxPipeline.from_pipe(pipe, FluxPipeline, transformer=other)
+    assert twin.flux.transformer is other and twin.injector.transformer is other
+    assert pipe.injector.transformer is pipe.flux.transformer and twin.adapter is pipe.adapter
+    assert not torch.equal(latents(twin), latents(pipe))
