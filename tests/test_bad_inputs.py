@@ -66,6 +66,32 @@ ROWS = [
     ),
     ("steps 0", [*GEN, "--steps", "0"], 1, "--steps must be in [1, 1000], got 0"),
     ("threads 0", [*GEN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
+    # offload, several images, seeds
+    (
+        "offload on the cpu",
+        [*GEN, *TINY, "--offload", "model", "--device", "cpu"],
+        1,
+        "offload 'model' moves models between the CPU and an accelerator; it needs a GPU device",
+    ),
+    ("offload on the cpu, demo world", [*GEN, "--offload", "group", "--device", "cpu"], 1, "not 'cpu'"),
+    ("eval offload on the cpu", [*EVAL, "--offload", "model", "--device", "cpu"], 1, "not 'cpu'"),
+    ("offload unknown", [*GEN, "--offload", "disk"], 2, "argument --offload: invalid choice: 'disk'"),
+    ("num-images 0", [*GEN, "--num-images", "0"], 1, "--num-images must be in [1, 1000], got 0"),
+    ("num-images not an integer", [*GEN, "--num-images", "two"], 2, "invalid int value: 'two'"),
+    ("seeds not integers", [*GEN, "--seeds", "1,x"], 2, "--seeds must be whole numbers separated by commas"),
+    ("seeds negative", [*GEN, "--seeds", "3,-1"], 1, "--seeds must be in [0, 18446744073709551615], got -1"),
+    (
+        "seeds against num-images",
+        [*GEN, "--seeds", "1,2", "--seeds", "3", "--num-images", "2"],
+        1,
+        "--seeds gives 3 seeds but --num-images is 2",
+    ),
+    (
+        "seed plus images past the range",
+        [*GEN, "--seed", str(2**64 - 1), "--num-images", "2"],
+        1,
+        "--seed must",
+    ),
     (
         "out in a read-only file system",
         [*GEN[:-1], "/proc/o.png"],

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from idgen.cli import main
@@ -244,3 +245,44 @@ def test_threads_default_to_one_for_the_demo_world_and_obey_the_flag():
     assert cpu_threads(args()) == 1
     assert cpu_threads(args(threads=3)) == 3
     assert cpu_threads(args(flux="tiny-random")) is None  # torch's own default for other models
+
+
+def test_several_images_are_numbered_and_each_is_its_seeds_single_image(tmp_path, capsys):
+    assert generate(tmp_path, "--num-images", "2", "--seed", "5", out="many.png") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "many-0.json",
+        "many-0.png",
+        "many-1.json",
+        "many-1.png",
+    ]
+    assert [json.loads((tmp_path / f"many-{k}.json").read_text())["seed"] for k in (0, 1)] == [5, 6]
+    assert generate(tmp_path, "--seed", "6", out="one.png") == 0
+    assert (tmp_path / "one.png").read_bytes() == (tmp_path / "many-1.png").read_bytes()
+    assert generate(tmp_path, "--seeds", "6,5", out="listed.png") == 0
+    assert (tmp_path / "listed-0.png").read_bytes() == (tmp_path / "one.png").read_bytes()
+    assert json.loads((tmp_path / "listed-1.json").read_text())["seed"] == 5
+
+
+def test_several_images_refuse_any_existing_output_before_writing(tmp_path, capsys):
+    (tmp_path / "o-1.png").write_bytes(b"mine")
+    assert generate(tmp_path, "--seeds", "1,2", out="o.png") == 1
+    assert "o-1.png exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o-1.png"]
+    assert (tmp_path / "o-1.png").read_bytes() == b"mine"
+
+
+def test_offload_loads_on_the_cpu_and_hands_the_gpu_to_diffusers(monkeypatch):
+    """No GPU here: the offload method is recorded instead of run (its arithmetic is tested on the CPU in
+    test_diffusers_conventions)."""
+    import idgen
+    from idgen.pipelines.pulid_flux import IdentityFluxPipeline
+
+    called = []
+    monkeypatch.setattr(
+        IdentityFluxPipeline, "enable_model_cpu_offload", lambda self, **kw: called.append(kw)
+    )
+    tiny = idgen.TINY_RANDOM
+    pipe = idgen.load(tiny, tiny, tiny, device="cuda", offload="model")
+    assert called == [{"device": "cuda"}]
+    assert next(pipe.flux.transformer.parameters()).device.type == "cpu"
+    assert next(pipe.flux.transformer.parameters()).dtype == torch.bfloat16  # the GPU's default dtype

@@ -14,11 +14,12 @@ from idgen.identity.base import IdentityEncoder
 from idgen.models.loading import PULID_HUB_REPO
 from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.base import IdentityPipeline
-from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
+from idgen.pipelines.lowvram import check_quantize, quantize_pipeline
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
 from idgen.pipelines.pulid_flux import FLUX_HUB_REPO, load_flux
 from idgen.pipelines.tiny import TINY_RANDOM
 
-__all__ = ["BACKBONES", "FLUX_HUB_REPO", "TINY_RANDOM", "load", "load_flux"]
+__all__ = ["BACKBONES", "FLUX_HUB_REPO", "OFFLOADS", "TINY_RANDOM", "load", "load_flux"]
 
 
 def load(
@@ -30,6 +31,8 @@ def load(
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     torch_dtype: torch.dtype | None = None,
     seed: int = 0,
+    offload: str = "none",
+    quantize: str = "none",
     **encoder_kwargs: Any,
 ) -> IdentityPipeline:
     """Load an identity pipeline; by default PuLID-FLUX (+ SpatialID) around a FluxPipeline.
@@ -40,14 +43,53 @@ def load(
     encoder:  an IdentityEncoder, "pulid" (antelopev2 + facexlib + EVA02-CLIP; needs idgen[pulid]),
               or "tiny-random".
     backbone: one of BACKBONES ("flux-pulid", "flux-wplus", "sd15-wplus").
+    offload:  one of OFFLOADS: "none" (everything on `device`), or diffusers' "model", "sequential" or
+              "group" offload (FLUX backbones): the models are loaded on the CPU and visit `device`, an
+              accelerator, as they run; the identity encoder is built on `device`.
+    quantize: one of idgen.pipelines.lowvram.QUANTIZE_CHOICES: the FLUX transformer's weights stored
+              quantised (FLUX backbones), applied before any offload.
     """
     if backbone not in BACKBONES:
         raise IdgenError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
+    check_offload(offload, device, backbone)
+    check_quantize(quantize, device, backbone)
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     module, name = BACKBONES[backbone].split(":")
     build = getattr(import_module(module), name)
+    if offload != NO_OFFLOAD and encoder == "pulid" and backbone == DEFAULT_BACKBONE:  # on the accelerator
+        from idgen.pipelines.pulid_flux import identity_encoder
+
+        encoder, encoder_kwargs = identity_encoder(encoder, device, seed, None, **encoder_kwargs), {}
+    where = device if offload == NO_OFFLOAD else "cpu"
     pipe: IdentityPipeline = build(
-        flux, pulid, encoder, device=device, torch_dtype=torch_dtype, seed=seed, **encoder_kwargs
+        flux, pulid, encoder, device=where, torch_dtype=torch_dtype, seed=seed, **encoder_kwargs
     )
+    quantize_pipeline(pipe, quantize)
+    enable_offload(pipe, offload, device)
     return pipe
+
+
+def check_offload(offload: str, device: str, backbone: str = DEFAULT_BACKBONE) -> None:
+    """One-line errors for an offload option that cannot be honoured, before anything loads."""
+    if offload not in OFFLOADS:
+        raise IdgenError(f"unknown offload {offload!r}; choose one of {', '.join(OFFLOADS)}")
+    if offload == NO_OFFLOAD:
+        return
+    if torch.device(device).type == "cpu":
+        raise IdgenError(
+            f"offload {offload!r} moves models between the CPU and an accelerator; it needs a GPU device "
+            f"(e.g. cuda), not {device!r}"
+        )
+    if not backbone.startswith("flux"):
+        raise IdgenError(f"offload {offload!r} needs a FLUX backbone, not {backbone!r}")
+
+
+def enable_offload(pipe: Any, offload: str, device: str) -> None:
+    """Turn on diffusers' offload of that name on an IdentityFluxPipeline ("none": nothing)."""
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif offload == "group":
+        pipe.enable_group_offload(device, offload_type="block_level", num_blocks_per_group=1)

@@ -67,7 +67,7 @@ class GenerationRequest:
     width: int | None = None
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
-    seed: int = 42
+    seed: int = 42  # always explicit, so a request repeats (the pipeline's own default draws fresh noise)
     max_sequence_length: int | None = None
     compare: bool = False  # also generate the reference | none | uniform | spatial strip
     record_masks: bool = False  # keep the mean mask of every step (spatial mode only)

@@ -88,8 +88,10 @@ def compute_dtype(transformer: nn.Module) -> torch.dtype:
 
 
 def token_grid(img_ids: Tensor) -> tuple[int, int]:
-    # img_ids (N, 3) = (0, row, col) per packed image token
+    # img_ids (N, 3) = (0, row, col) per packed image token; FLUX.1 Kontext appends its context image's
+    # tokens after them with a 1 first, so the grid is the generated image's (the rows with 0).
     ids = img_ids[0] if img_ids.ndim == 3 else img_ids
+    ids = ids[ids[:, 0] == 0]
     return int(ids[:, 1].max().item()) + 1, int(ids[:, 2].max().item()) + 1
 
 
@@ -206,6 +208,10 @@ class FluxIdentityInjector(RunHost):
             return output
         encoder_hidden_states, hidden_states = output
         ca = self.adapter.identity_attention(point.ca_index)
+        generated = run.grid[0] * run.grid[1]
+        if hidden_states.shape[1] > generated:  # Kontext's context-image tokens follow: left as they are
+            injected = self._inject(ca, point, run, id_tokens, hidden_states[:, :generated])
+            return encoder_hidden_states, torch.cat([injected, hidden_states[:, generated:]], dim=1)
         return encoder_hidden_states, self._inject(ca, point, run, id_tokens, hidden_states)
 
     def _inject(

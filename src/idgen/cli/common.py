@@ -9,8 +9,8 @@ from importlib import metadata
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
-from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
-from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE
+from idgen.pipelines.lowvram import QUANTIZE_CHOICES
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
 from idgen.validation import shown
 
 EXIT_FAILURE = 1  # an expected failure: bad input file, missing device, corrupt checkpoint, I/O
@@ -88,6 +88,10 @@ def add_model_arguments(p: Any) -> None:
                    help="store the FLUX transformer's weights quantised (README: low-VRAM)")  # fmt: skip
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
+    p.add_argument("--offload", choices=OFFLOADS, default=NO_OFFLOAD,
+                   help="diffusers' CPU offload for a GPU too small for the model: model (whole models "
+                        "visit the GPU in turn), sequential (layer by layer: least memory, slowest) or "
+                        "group (block by block); needs a GPU --device")  # fmt: skip
     p.add_argument("--threads", type=int,
                    help="CPU threads (default: 1 for the demo world, which then slows least on a "
                         "busy machine and gives the same bits on any core count; torch's own "
@@ -148,39 +152,34 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
     import torch
 
     import idgen
+    from idgen.api import check_offload, enable_offload
+    from idgen.pipelines.lowvram import NO_QUANTIZE, check_quantize, quantize_pipeline
 
+    offload = getattr(args, "offload", NO_OFFLOAD)
+    backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
+    check_offload(offload, device, backbone)  # before anything loads
     quiet_loading()
     threads = cpu_threads(args)
     if threads is not None:
         torch.set_num_threads(threads)
-    quantize = getattr(args, "quantize", "none")
-    check_quantize(quantize, device)  # before any model loads
+    quantize = getattr(args, "quantize", NO_QUANTIZE)
+    check_quantize(quantize, device, backbone)  # before any model loads
     if uses_demo_world(args):
-        return quantized(load_demo_world(args, device), quantize)
-    backbone = getattr(args, "backbone", DEFAULT_BACKBONE)
+        pipe = load_demo_world(args, "cpu" if offload != NO_OFFLOAD else device)
+        quantize_pipeline(pipe, quantize)
+        enable_offload(pipe, offload, device)
+        return pipe
     base, adapter = hub_defaults(backbone)
     if (args.flux is None and base is None) or (args.pulid is None and adapter is None):
         raise IdgenError(f"--backbone {backbone} needs --base-model and --adapter (it has no hub default)")
-    return quantized(
-        idgen.load(
-            args.flux or base,
-            args.pulid or adapter,
-            args.encoder or "pulid",
-            backbone=backbone,
-            device=device,
-            torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
-            **encoder_options(args),
-        ),
-        quantize,
+    return idgen.load(
+        args.flux or base,
+        args.pulid or adapter,
+        args.encoder or "pulid",
+        backbone=backbone,
+        device=device,
+        torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
+        offload=offload,
+        quantize=quantize,
+        **encoder_options(args),
     )
-
-
-def quantized(pipe: Any, scheme: str) -> Any:
-    """--quantize on the pipeline's FLUX transformer (an SD1.5 backbone takes none)."""
-    if scheme == "none":
-        return pipe
-    transformer = getattr(getattr(pipe, "flux", None), "transformer", None)
-    if transformer is None:
-        raise IdgenError(f"--quantize {scheme} applies to the FLUX backbones only")
-    quantize_transformer(transformer, scheme)
-    return pipe

@@ -234,6 +234,7 @@ def _benchmark(args: argparse.Namespace, seeds: Any, out: Path) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from idgen.api import check_offload
     from idgen.eval.harness import evaluate
     from idgen.eval.protocols import SAMPLING_FLAGS, protocol, resolve_sampling
     from idgen.eval.runner import FluxEvalGenerator, plan_record
@@ -244,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
     benchmark = _benchmark(args, seeds, out)
     shard, barrier = _shard(args)
     device = _device(args, shard)
+    check_offload(args.offload, device, args.backbone)  # before the plan is written or a model loads
     defaults, small = _model_defaults(args)
     sampling = resolve_sampling(defaults, chosen, {k: getattr(args, f) for f, k in SAMPLING_FLAGS}, small)
     metric_factory, metric_record = _metric_factory(

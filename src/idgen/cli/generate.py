@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -22,6 +23,37 @@ from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings,
 from idgen.pipelines.names import MODES, NONE, SPATIAL
 
 MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are counted
+MAX_IMAGES = 1000  # per command
+
+
+def parse_seeds(text: str) -> list[int]:
+    """--seeds "1,2,3" -> [1, 2, 3] (ranges are checked with the other numbers)."""
+    try:
+        return [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds must be whole numbers separated by commas, got {check.shown(text)!r}"
+        ) from None
+
+
+def image_seeds(args: argparse.Namespace) -> list[int]:
+    """One seed per image: --seeds as given, else --seed, --seed + 1, ... for --num-images."""
+    given = [seed for group in args.seeds or [] for seed in group]
+    if given and args.num_images is not None and args.num_images != len(given):
+        raise IdgenError(f"--seeds gives {len(given)} seeds but --num-images is {args.num_images}")
+    check.integer("--num-images", args.num_images, low=1, high=MAX_IMAGES)
+    check.integer("--seeds (count)", len(given), high=MAX_IMAGES)
+    seeds = given or [args.seed + k for k in range(args.num_images or 1)]
+    for seed in seeds:
+        check.seed("--seeds" if given else "--seed", seed)
+    return seeds
+
+
+def image_outputs(out: Path, count: int) -> list[Path]:
+    """Where each image goes: `out` for one image, else <stem>-0.png, <stem>-1.png, ... beside it."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{k}{out.suffix}") for k in range(count)]
 
 
 def add_generate(sub: Any) -> None:
@@ -80,7 +112,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--height", type=int, help="default: the model's")
     p.add_argument("--steps", type=int, help="default: the model's (20)")
     p.add_argument("--guidance", type=float, help="distilled guidance (default: the model's)")
-    p.add_argument("--seed", type=int, default=42, help=f"in [0, {check.MAX_SEED}]")
+    p.add_argument("--seed", type=int, default=42, help=f"in [0, {check.MAX_SEED}]; image k gets seed + k")
+    p.add_argument("--num-images", type=int, help=f"images to generate, 1-{MAX_IMAGES} (default: 1, or one "
+                   "per --seeds); several are written as <out>-0.png, <out>-1.png, ...")  # fmt: skip
+    p.add_argument("--seeds", type=parse_seeds, action="append",
+                   help="one image per seed: S1,S2,... (the flag may repeat); replaces --seed")  # fmt: skip
     p.add_argument("--max-sequence-length", type=int, help="T5 tokens, 1-512 (default: the model's)")
 
 
@@ -165,15 +201,15 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise IdgenError("--mask-image needs --mode spatial")
 
 
-def check_generate(args: argparse.Namespace) -> GenerationRequest:
-    """Every check that needs no model, in the order a user would fix them."""
+def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
+    """Every check that needs no model, in the order a user would fix them; one request per image."""
     from idgen.generation import build_policy
     from idgen.pipelines.pulid_flux import check_generation_inputs
 
-    out = Path(args.out)
     check_combinations(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
+    seeds = image_seeds(args)
     size = check.image_size(args.width, args.height, default_size, multiple)
     check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
     request = generation_request(args, uses_demo_world(args))
@@ -185,9 +221,11 @@ def check_generate(args: argparse.Namespace) -> GenerationRequest:
     if args.mask_image:
         check.mask_image_size(args.mask_image, size)
     build_policy(args.mode, request.mask)  # a bad schedule or mask fails before the models load
-    for path in output_paths(out, request.compare, *mask_pictures(args)).values():
-        check.output_file(path, "--out" if path == out else "output", inputs=inputs, overwrite=args.overwrite)
-    return request
+    for out in image_outputs(Path(args.out), len(seeds)):
+        for path in output_paths(out, request.compare, *mask_pictures(args)).values():
+            what = "--out" if path == Path(args.out) else "output"
+            check.output_file(path, what, inputs=inputs, overwrite=args.overwrite)
+    return [dataclasses.replace(request, seed=seed) for seed in seeds]
 
 
 def warn_demo_prompt(prompt: str) -> None:
@@ -213,20 +251,20 @@ def listed(words: list[str], sep: str = ", ") -> str:
 def run_generate(args: argparse.Namespace) -> int:
     from idgen.generation import generate
 
-    request = check_generate(args)
+    requests = check_generate(args)
     demo = uses_demo_world(args)
     device = check.device(args.device)
     if demo:
         warn_demo_prompt(args.prompt)
     started = time.perf_counter()
     pipe = load_pipeline(args, device)
-    loaded = time.perf_counter()
+    loaded = round(time.perf_counter() - started, 3)
     model = "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
-    result = generate(pipe, request, model=model)
-    result.sidecar["seconds"] = {"load": round(loaded - started, 3), **result.sidecar["seconds"]}
-    result.sidecar["versions"] = versions()
     strip, gif = mask_pictures(args)
-    written = result.save(args.out, overwrite=args.overwrite, mask_strip=strip, mask_gif=gif)
-    for path in written:
-        print(path)
+    for request, out in zip(requests, image_outputs(Path(args.out), len(requests)), strict=True):
+        result = generate(pipe, request, model=model)
+        result.sidecar["seconds"] = {"load": loaded, **result.sidecar["seconds"]}
+        result.sidecar["versions"] = versions()
+        for path in result.save(out, overwrite=args.overwrite, mask_strip=strip, mask_gif=gif):
+            print(path)
     return 0

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from diffusers.utils import BaseOutput
 from PIL import Image
 
 from idgen.backbones.run import Recorder
@@ -56,10 +57,12 @@ def mask_policy(
 
 
 @dataclass
-class IdentityPipelineOutput:
-    images: list[Image.Image]
+class IdentityPipelineOutput(BaseOutput):
+    """A diffusers output: `out.images`, `out[0]` (the images) and `out.to_tuple()` (the fields not None)."""
+
+    images: Any  # list of PIL images, or an array/tensor for output_type "np", "pt" or "latent"
     id_features: IdentityFeatures | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -86,7 +89,7 @@ class IdentityPipeline(Protocol):
         policy: MaskPolicy | None = None,
         id_weight: float = 1.0,
         start_step: int | None = 0,
-        seed: int | list[int] | None = 42,
+        seed: int | list[int] | None = None,
         recorder: Recorder | None = None,
         **sampling: Any,
     ) -> IdentityPipelineOutput: ...
@@ -121,17 +124,28 @@ def with_defaults(defaults: dict[str, Any], **given: Any) -> dict[str, Any]:
     return {name: defaults[name] if value is None else value for name, value in given.items()}
 
 
-def batch_size(prompt: str | list[str]) -> int:
+def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None = None) -> int:
+    """How many prompts a call has: the prompt's, else the rows of its prompt_embeds."""
+    if prompt is None:
+        if prompt_embeds is None:
+            raise IdgenError("give a prompt or prompt_embeds")
+        return int(prompt_embeds.shape[0])
     return 1 if isinstance(prompt, str) else len(prompt)
 
 
-def check_generation_inputs(
-    prompt: str | list[str], id_weight: float, height: int, width: int, steps: int, multiple: int = 16
-) -> None:
-    """Clear one-line errors before anything runs; `multiple`: the backbone's pixel_multiple (FLUX's 16)."""
+def check_prompt(prompt: str | list[str]) -> None:
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
         raise IdgenError("prompt is empty")
+
+
+def check_generation_inputs(
+    prompt: str | list[str] | None, id_weight: float, height: int, width: int, steps: int, multiple: int = 16
+) -> None:
+    """Clear one-line errors before anything runs; `multiple`: the backbone's pixel_multiple (FLUX's 16).
+    A prompt of None is a call given prompt_embeds instead."""
+    if prompt is not None:
+        check_prompt(prompt)
     if id_weight < 0:
         raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
     if height <= 0 or width <= 0 or height % multiple or width % multiple:
@@ -140,16 +154,21 @@ def check_generation_inputs(
         raise IdgenError(f"num_inference_steps must be >= 1, got {steps}")
 
 
-def seed_generators(seed: int | list[int] | None, batch: int) -> torch.Generator | list[torch.Generator]:
-    """One CPU generator (a single image), or one per image so each image depends on its own seed only."""
+def seed_generators(
+    seed: int | list[int] | None, batch: int
+) -> torch.Generator | list[torch.Generator] | None:
+    """One CPU generator (a single image), or one per image so each image depends on its own seed only:
+    `seed + i` for image i, or the i-th of a list. None: no generator, so diffusers draws fresh noise from
+    torch's global generator, as a stock pipeline does."""
+    if seed is None:
+        return None
     if isinstance(seed, list):
         if len(seed) != batch:
-            raise IdgenError(f"got {len(seed)} seeds for {batch} prompts")
+            raise IdgenError(f"got {len(seed)} seeds for {batch} images")
         return [torch.Generator("cpu").manual_seed(s) for s in seed]
-    base = 0 if seed is None else seed
     if batch == 1:
-        return torch.Generator("cpu").manual_seed(base)
-    return [torch.Generator("cpu").manual_seed(base + i) for i in range(batch)]
+        return torch.Generator("cpu").manual_seed(seed)
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
 
 
 def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:

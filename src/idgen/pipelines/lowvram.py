@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["QUANTIZE_CHOICES", "check_quantize", "load_gguf_transformer", "quantize_transformer"]
 
 NONE = "none"
+NO_QUANTIZE = NONE
 # scheme -> (module that must import, the pip requirement that brings it)
 PACKAGES: dict[str, tuple[str, str]] = {
     "int8": ("torchao", "torchao>=0.13"),
@@ -53,10 +54,12 @@ def missing_package(what: str, module: str, requirement: str) -> IdgenError:
     )
 
 
-def check_quantize(scheme: str, device: Any = "cpu") -> None:
+def check_quantize(scheme: str, device: Any = "cpu", backbone: str = "flux-pulid") -> None:
     """Refuse, in one line and before any model loads, a scheme unknown or not served here."""
     if scheme not in QUANTIZE_CHOICES:
         raise IdgenError(f"unknown quantisation {scheme!r}; choose one of {', '.join(QUANTIZE_CHOICES)}")
+    if scheme != NONE and not backbone.startswith("flux"):
+        raise IdgenError(f"--quantize {scheme} applies to the FLUX backbones only, not {backbone!r}")
     if scheme in PACKAGES and not installed(PACKAGES[scheme][0]):
         raise missing_package(f"--quantize {scheme}", *PACKAGES[scheme])
     if scheme == "fp8" and str(device).split(":")[0] == "mps":
@@ -68,6 +71,17 @@ def quantize_transformer(transformer: nn.Module, scheme: str) -> nn.Module:
     check_quantize(scheme, next(transformer.parameters()).device)
     QUANTIZERS[scheme](transformer)
     return transformer
+
+
+def quantize_pipeline(pipe: Any, scheme: str) -> Any:
+    """Quantise an identity pipeline's FLUX transformer in place (and return the pipeline)."""
+    if scheme == NONE:
+        return pipe
+    transformer = getattr(getattr(pipe, "flux", None), "transformer", None)
+    if transformer is None:
+        raise IdgenError(f"--quantize {scheme} applies to the FLUX backbones only")
+    quantize_transformer(transformer, scheme)
+    return pipe
 
 
 def _fp8(transformer: Any) -> None:

@@ -15,3 +15,6 @@ BACKBONES: dict[str, str] = {
     "sd15-wplus": "idgen.pipelines.pidiff_sd15:load_sd15_wplus",
 }
 DEFAULT_BACKBONE = "flux-pulid"
+
+NO_OFFLOAD = "none"
+OFFLOADS = (NO_OFFLOAD, "model", "sequential", "group")  # diffusers' offload methods, by name

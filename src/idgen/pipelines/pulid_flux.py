@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +18,7 @@ from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
+from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.base import (
     MODES,
     SPATIAL,
@@ -30,7 +33,13 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
-from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
+from idgen.pipelines.tiny import (
+    TINY_RANDOM,
+    tiny_flux_pipeline,
+    tiny_identity_encoder,
+    tiny_pulid_adapter,
+    tiny_wplus_encoder,
+)
 
 __all__ = [
     "FLUX_DEFAULTS",
@@ -83,6 +92,10 @@ class IdentityFluxPipeline:
 
     >>> pipe = IdentityFluxPipeline(flux_pipe, adapter, encoder)
     >>> image = pipe("a person in a snowy forest", id_image="me.jpg", mode="spatial").images[0]
+
+    It follows diffusers' conventions: `from_pretrained` / `save_pretrained` (see idgen.pipelines.folders),
+    `from_pipe` (Img2Img, Inpaint, Kontext), `.to()`, `device`, `dtype`, the offload methods, `return_dict`,
+    `output_type`, `num_images_per_prompt`, `prompt_embeds`, and fresh noise unless given a seed or generator.
     """
 
     def __init__(
@@ -100,7 +113,7 @@ class IdentityFluxPipeline:
         self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
         # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
         self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
-        self.adapter = adapter.to(param.device).eval()  # its dtype: the injector's compute_dtype
+        self.adapter = adapter.to(resident_device(param)).eval()  # its dtype: the injector's compute_dtype
         self.injector = FluxIdentityInjector(flux.transformer, self.adapter)
 
     @property
@@ -113,23 +126,28 @@ class IdentityFluxPipeline:
 
     @torch.no_grad()
     def __call__(
-        self, prompt: str | list[str], id_image: PhotoInput | None = None, *,
+        self, prompt: str | list[str] | None = None, id_image: PhotoInput | None = None, *,
         id_features: IdentityFeatures | None = None, mode: str = SPATIAL,
         policy: MaskPolicy | None = None, preset: str = "v1",
         scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
         true_cfg_scale: float | None = None, negative_prompt: str | None = None,
         height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
-        guidance_scale: float | None = None, seed: int | list[int] | None = 42,
+        guidance_scale: float | None = None, seed: int | list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
-        true_cfg_start_step: int | None = None, **flux_kwargs: Any,
-    ) -> IdentityPipelineOutput:  # fmt: skip
+        true_cfg_start_step: int | None = None, num_images_per_prompt: int = 1, return_dict: bool = True,
+        **flux_kwargs: Any,
+    ) -> Any:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
-        Sampling settings left as None come from `self.defaults`. A list of prompts is one batch: `seed` is
-        then one seed or one per prompt, and `id_features` one photo's features or one row per prompt.
-        With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the conditional
-        prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative pass).
+        Sampling settings left as None come from `self.defaults`. A list of prompts (or prompt_embeds rows)
+        is one batch of prompts x num_images_per_prompt images, image i of prompt p at row
+        p * num_images_per_prompt + i. `seed`: None draws fresh noise (diffusers' behaviour), an int gives
+        image k the seed seed + k, a list one seed per image. `id_features`: one photo's features, or one row
+        per prompt. With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the
+        conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
+        pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
+        wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -140,30 +158,46 @@ class IdentityFluxPipeline:
         check_generation_inputs(
             prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
         )
+        prompts, per_prompt = batch_size(prompt, flux_kwargs.get("prompt_embeds")), num_images_per_prompt
+        if per_prompt < 1:
+            raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
-        batch = batch_size(prompt)
-        generator = generator if generator is not None else seed_generators(seed, batch)
-        call = {**self._flux_call(prompt, s, generator), **flux_kwargs}
-        if chosen is None:
-            return IdentityPipelineOutput(images=self.flux(**call).images)
-        features = resolve_features(self.encoder, mode, id_image, id_features, batch)
-        run = self._injection_run(
-            features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
-            policy=chosen, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"],
-        )  # fmt: skip
-        run.mark_steps_in(call)
-        with self.injector.run(run):
-            images = self.flux(**call).images
-        return IdentityPipelineOutput(images=images, id_features=features)
+        generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
+        call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
+        images_per_prompt(call, per_prompt)
+        features, run = None, None
+        if chosen is not None:
+            features = resolve_features(self.encoder, mode, id_image, id_features, prompts)
+            run = self._injection_run(
+                features, per_prompt, prompts * per_prompt, call["true_cfg_scale"] > 1.0, id_weight=id_weight,
+                start_step=start_step, policy=chosen, recorder=recorder,
+                true_cfg_start_step=s["true_cfg_start_step"],
+            )  # fmt: skip
+        output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
+        return output if return_dict else output.to_tuple()
 
-    def _flux_call(self, prompt: str | list[str], s: dict[str, Any], generator: Any) -> dict[str, Any]:
-        """The FluxPipeline's arguments."""
+    def _sample(self, call: dict[str, Any], run: InjectionRun | None) -> Any:
+        """The wrapped pipeline's images, with the identity run active (None: stock FLUX)."""
+        call = {**call, "return_dict": True}
+        try:
+            if run is None:
+                return self.flux(**call).images
+            run.mark_steps_in(call)
+            with self.injector.run(run):
+                return self.flux(**call).images
+        finally:  # an offload hook took the transformer back: the identity networks go with it
+            self.adapter.to(resident_device(next(self.flux.transformer.parameters())))
+
+    def _flux_call(
+        self, prompt: Any, prompts: int, s: dict[str, Any], generator: Any, given: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The FLUX pipeline's arguments."""
         true_cfg = s["true_cfg_scale"] > 1.0
         negative = s["negative_prompt"]
-        if true_cfg and negative is None:
+        if true_cfg and negative is None and given.get("negative_prompt_embeds") is None:
             raise IdgenError("true_cfg_scale > 1 needs a negative_prompt")
-        if true_cfg and not isinstance(prompt, str):
-            negative = [negative] * len(prompt)
+        if true_cfg and negative is not None and (prompts > 1 or isinstance(prompt, list)):
+            negative = [negative] * prompts
         return dict(
             prompt=prompt,
             height=s["height"],
@@ -177,14 +211,156 @@ class IdentityFluxPipeline:
         )
 
     def _injection_run(
-        self, features: IdentityFeatures, batch: int, true_cfg: bool, **settings: Any
+        self, features: IdentityFeatures, per_prompt: int, images: int, true_cfg: bool, **settings: Any
     ) -> InjectionRun:
         """An InjectionRun with the identity tokens (and uncond ones for true CFG), one row per image."""
         id_tokens, uncond_tokens = encode_id_tokens(self.adapter, features, with_uncond=true_cfg)
-        if id_tokens.shape[0] != batch:  # one photo for the whole batch
-            id_tokens = id_tokens.expand(batch, -1, -1)
-            uncond_tokens = None if uncond_tokens is None else uncond_tokens.expand(batch, -1, -1)
-        return InjectionRun(id_tokens=id_tokens, uncond_id_tokens=uncond_tokens, **settings)
+        uncond = None if uncond_tokens is None else rows_per_image(uncond_tokens, per_prompt, images)
+        return InjectionRun(
+            id_tokens=rows_per_image(id_tokens, per_prompt, images), uncond_id_tokens=uncond, **settings
+        )
+
+    # diffusers' pipeline conventions, passed to the wrapped FLUX pipeline
+
+    @classmethod
+    def from_pretrained(
+        cls, flux: str | os.PathLike[str], adapter: Any = None, encoder: Any = "pulid", *,
+        torch_dtype: torch.dtype | None = None, flux_class: Any = None, encoder_device: str | None = None,
+        seed: int = 0, **flux_kwargs: Any,
+    ) -> IdentityFluxPipeline:  # fmt: skip
+        """An identity pipeline from a folder that save_pretrained wrote (FLUX and adapter in one), or a FLUX
+        folder / hub id with `adapter` (an adapter folder or file, a hub id, or "tiny-random").
+
+        Loaded on the CPU in `torch_dtype` (default float32), as diffusers does; move it with `.to()` or
+        an offload method. `flux_class` picks the FLUX pipeline class (FluxImg2ImgPipeline, ...);
+        `encoder` is an IdentityEncoder, "pulid" (built on `encoder_device`, default cuda if present)
+        or "tiny-random". The saved sampling defaults come back; a custom spatial policy does not.
+        """
+        from idgen.pipelines.folders import saved_defaults
+
+        dtype = torch_dtype or torch.float32
+        identity = pretrained_adapter(flux, adapter, dtype, seed)  # the small part first: errors come early
+        flux_pipe = pretrained_flux(flux, flux_class, dtype, seed, **flux_kwargs)
+        tiny = tiny_identity_encoder if isinstance(identity, PuLIDAdapter) else tiny_wplus_encoder
+        device = encoder_device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(flux_pipe, identity, identity_encoder(encoder, device, seed, tiny), saved_defaults(flux))
+
+    def save_pretrained(
+        self, folder: str | os.PathLike[str], *, save_flux: bool = True, overwrite: bool = False
+    ) -> Path:
+        """Write the identity adapter (config.json + model.safetensors under identity_adapter/), the sampling
+        defaults, and unless `save_flux` is False the FLUX pipeline in diffusers' layout, all in `folder`.
+        Existing parts are refused unless `overwrite`."""
+        from idgen.pipelines.folders import save_identity_folder
+
+        flux = self.flux if save_flux else None
+        return save_identity_folder(folder, self.adapter, self.defaults, flux, overwrite=overwrite)
+
+    @classmethod
+    def from_pipe(cls, pipe: IdentityFluxPipeline, flux_class: Any = None, **flux_kwargs: Any) -> Any:
+        """The same identity pipeline on another FLUX pipeline class sharing the same parts, e.g.
+        `IdentityFluxPipeline.from_pipe(pipe, FluxKontextPipeline)` (diffusers' from_pipe underneath)."""
+        twin = copy.copy(pipe)
+        twin.defaults = dict(pipe.defaults)
+        twin.flux = (flux_class or type(pipe.flux)).from_pipe(pipe.flux, **flux_kwargs)
+        if twin.flux.transformer is not pipe.flux.transformer:  # a transformer given in flux_kwargs
+            twin.injector = FluxIdentityInjector(twin.flux.transformer, twin.adapter)
+        return twin
+
+    @property
+    def device(self) -> torch.device:
+        return self.flux.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.flux.dtype
+
+    def to(self, *args: Any, **kwargs: Any) -> IdentityFluxPipeline:
+        """Move/cast the FLUX pipeline (DiffusionPipeline.to's arguments) and the identity adapter with it."""
+        self.flux.to(*args, **kwargs)
+        kwargs.pop("silence_dtype_warnings", None)
+        self.adapter.to(*args, **kwargs)
+        return self
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: Any = None) -> None:
+        """diffusers' model offload; the adapter joins the transformer on the accelerator at each call."""
+        self.flux.enable_model_cpu_offload(gpu_id=gpu_id, device=device)
+        self.adapter.to("cpu")
+
+    def enable_sequential_cpu_offload(self, gpu_id: int | None = None, device: Any = None) -> None:
+        """diffusers' sequential offload; the adapter moves whole to the accelerator at each call."""
+        self.flux.enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        self.adapter.to("cpu")
+
+    def enable_group_offload(self, onload_device: Any, offload_device: Any = "cpu", **kwargs: Any) -> None:
+        """diffusers' group offload (its keywords: offload_type, num_blocks_per_group, use_stream, ...)."""
+        self.flux.enable_group_offload(torch.device(onload_device), torch.device(offload_device), **kwargs)
+        self.adapter.to(offload_device)
+
+
+def resident_device(param: torch.Tensor) -> torch.device:
+    """Where the identity networks wait beside a transformer weight: its device, or the CPU for a weight that
+    sequential offload keeps on the meta device between calls (they move to the GPU with each call)."""
+    return param.device if param.device.type != "meta" else torch.device("cpu")
+
+
+GIVEN_EMBEDS = (
+    "prompt_embeds",
+    "pooled_prompt_embeds",
+    "negative_prompt_embeds",
+    "negative_pooled_prompt_embeds",
+)
+
+
+def images_per_prompt(call: dict[str, Any], per_prompt: int) -> None:
+    """Set num_images_per_prompt. diffusers repeats the text embeddings it encodes for each image, but not
+    given prompt_embeds; those are repeated here the same way (each row per_prompt times, in place)."""
+    if call.get("prompt_embeds") is None or per_prompt == 1:
+        call["num_images_per_prompt"] = per_prompt
+        return
+    for name in GIVEN_EMBEDS:
+        if call.get(name) is not None:
+            call[name] = call[name].repeat_interleave(per_prompt, dim=0)
+    negative = call.get("negative_prompt")
+    if negative is not None:  # one negative prompt per image too
+        rows = call["prompt_embeds"].shape[0] // per_prompt
+        negative = [negative] * rows if isinstance(negative, str) else negative
+        call["negative_prompt"] = [text for text in negative for _ in range(per_prompt)]
+    call["num_images_per_prompt"] = 1
+
+
+def rows_per_image(tokens: torch.Tensor, per_prompt: int, images: int) -> torch.Tensor:
+    """Identity tokens (1 | prompts, K, dim) -> one row per image, in diffusers' order (the images of a
+    prompt are consecutive rows)."""
+    if tokens.shape[0] == 1:
+        return tokens.expand(images, -1, -1)
+    return tokens if per_prompt == 1 else tokens.repeat_interleave(per_prompt, dim=0)
+
+
+def pretrained_flux(flux: Any, flux_class: Any, dtype: torch.dtype, seed: int, **kwargs: Any) -> Any:
+    """A FLUX pipeline of `flux_class` (default FluxPipeline) from a folder, a hub id or "tiny-random"."""
+    from diffusers import FluxPipeline
+
+    if flux == TINY_RANDOM:
+        tiny = tiny_flux_pipeline(seed).to(dtype=dtype)
+        return tiny if flux_class in (None, FluxPipeline) else flux_class.from_pipe(tiny)
+    what = "a FLUX pipeline"
+    return from_pretrained(flux_class or FluxPipeline, flux, what, torch_dtype=dtype, **kwargs)
+
+
+def pretrained_adapter(flux: Any, adapter: Any, dtype: torch.dtype, seed: int) -> Any:
+    """The identity adapter: an object as it is, "tiny-random", or loaded from `adapter` (or else from the
+    identity_adapter folder inside `flux`)."""
+    from idgen.pipelines.folders import adapter_folder, load_identity_adapter
+
+    if adapter == TINY_RANDOM:
+        return tiny_pulid_adapter(seed).to(dtype=dtype)
+    if adapter is not None and not isinstance(adapter, (str, os.PathLike)):
+        return adapter
+    source = adapter if adapter is not None else adapter_folder(flux) if flux != TINY_RANDOM else None
+    if source is None:
+        raise IdgenError(f"{flux} holds no identity_adapter folder; pass adapter=...")
+    return load_identity_adapter(source, dtype)
 
 
 def load_flux(source: str | os.PathLike[str], device: str, dtype: torch.dtype) -> Any:
