@@ -30,6 +30,7 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
+from idgen.pipelines.multi import check_identities, competing_run, several_identities
 from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 
 __all__ = [
@@ -122,7 +123,8 @@ class IdentityFluxPipeline:
         guidance_scale: float | None = None, seed: int | list[int] | None = 42,
         generator: torch.Generator | list[torch.Generator] | None = None,
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
-        true_cfg_start_step: int | None = None, **flux_kwargs: Any,
+        true_cfg_start_step: int | None = None, id_images: list[Any] | None = None,
+        boxes: list[Any] | None = None, masks: list[Any] | None = None, combine: Any = None, **flux_kwargs: Any,
     ) -> IdentityPipelineOutput:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
@@ -130,6 +132,10 @@ class IdentityFluxPipeline:
         then one seed or one per prompt, and `id_features` one photo's features or one row per prompt.
         With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the conditional
         prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative pass).
+
+        Several people (idgen.pipelines.multi): `id_images=[a, b]`, each entry a photo or a list of photos of
+        that person (joined by `combine`, a PhotoCombination), or `id_features=[fa, fb]`; optional `boxes` or
+        `masks`, one per person; `id_weight` one float or one per person. docs/multi-identity.md.
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -137,15 +143,27 @@ class IdentityFluxPipeline:
             true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
             true_cfg_start_step=true_cfg_start_step,
         )  # fmt: skip
+        several = several_identities(id_images, id_features, id_weight, boxes, masks)
         check_generation_inputs(
-            prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
-        )
+            prompt, 0.0 if several else id_weight, s["height"], s["width"], s["num_inference_steps"],
+            self.pixel_multiple,
+        )  # fmt: skip
+        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
+        identities = check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid) if several else None
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         batch = batch_size(prompt)
         generator = generator if generator is not None else seed_generators(seed, batch)
         call = {**self._flux_call(prompt, s, generator), **flux_kwargs}
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
+        if identities is not None:
+            run = competing_run(
+                self, identities, mode, chosen, batch, call["true_cfg_scale"] > 1.0, start_step=start_step,
+                recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"], combine=combine,
+            )  # fmt: skip
+            run.mark_steps_in(call)
+            with self.injector.run(run):
+                return IdentityPipelineOutput(images=self.flux(**call).images)
         features = resolve_features(self.encoder, mode, id_image, id_features, batch)
         run = self._injection_run(
             features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
