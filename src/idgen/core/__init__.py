@@ -25,6 +25,16 @@ from idgen.core.masks import (
     token_centroid,
     tokens_to_grid,
 )
+from idgen.core.multi import (
+    ArgmaxAssignment,
+    AssignmentRule,
+    BoxRegion,
+    CompetingMasks,
+    MaskRegion,
+    Region,
+    SummedResiduals,
+    separated_boxes,
+)
 from idgen.core.refine import (
     GridScaledRefiner,
     MaskRefiner,
@@ -38,6 +48,14 @@ from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussi
 
 __all__ = [
     "PRESETS",
+    "ArgmaxAssignment",
+    "AssignmentRule",
+    "BoxRegion",
+    "CompetingMasks",
+    "MaskRegion",
+    "Region",
+    "SummedResiduals",
+    "separated_boxes",
     "AttentionAnchor",
     "AttentionEntropyExtractor",
     "CANormExtractor",
