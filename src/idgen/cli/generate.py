@@ -27,7 +27,18 @@ MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are cou
 def add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate an image of the person in --id-image")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--id-image", help="photo of the person (needed unless --mode none)")
+    p.add_argument(
+        "--id-image",
+        action="append",
+        help="photo of the person (needed unless --mode none); repeat it for several people in one image; "
+        "several photos of one person: a1.jpg,a2.jpg or a folder of photos",
+    )
+    p.add_argument(
+        "--id-box",
+        action="append",
+        type=parse_id_box,
+        help="where the person of the same --id-image goes: l,t,r,b in [0,1]; give one per --id-image",
+    )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
     p.add_argument("--start-step", type=int, default=0, help="first step with the identity, in [0, steps-1]")
@@ -102,6 +113,53 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def parse_id_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        return parse_box(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--prior-box", "--id-box")) from None
+
+
+def person_photos(value: str) -> tuple[str, ...]:
+    """One --id-image value -> that person's photos: a file, a folder's photos, or a comma-separated list."""
+    path = Path(value)
+    if path.is_dir():
+        photos = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+        if not photos:
+            raise IdgenError(f"--id-image folder {check.shown(value)} holds no photo ({', '.join(PHOTO_SUFFIXES)})")
+        return tuple(photos)
+    if path.exists() or "," not in value:
+        return (value,)
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def identity_photos(args: argparse.Namespace) -> tuple[tuple[str, ...], ...] | None:
+    """The people's photos when the arguments name several people, several photos or boxes; else None
+    (one plain --id-image: today's single-identity path). Leaves a single --id-image as a plain string."""
+    given = args.id_image
+    values = [given] if isinstance(given, str) else list(given or [])
+    args.id_image = values[0] if len(values) == 1 else (values or None)
+    people = tuple(person_photos(v) for v in values)
+    if len(people) > 1 or any(len(p) > 1 for p in people) or getattr(args, "id_box", None):
+        return people
+    return None
+
+
+def check_identities(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
+    """The several-people arguments that go together."""
+    boxes = args.id_box or []
+    if boxes and len(boxes) != len(people):
+        raise IdgenError(f"got {len(boxes)} --id-box for {len(people)} --id-image; give one box per person")
+    for flag, value in (("--mask-image", args.mask_image), ("--prior-box", args.prior_box)):
+        if value is not None:
+            raise IdgenError(f"{flag} is for one person; with several, use --id-box")
+    if args.compare:
+        raise IdgenError("--compare shows one person; it cannot be used with several --id-image")
+
+
 def mask_settings(args: argparse.Namespace) -> MaskSettings:
     schedule = {n: getattr(args, n) for n in SCHEDULE_SETTINGS if getattr(args, n) is not None}
     return MaskSettings(args.preset, schedule, args.extractor, args.min_spread, args.refiner, args.anchor,
@@ -115,11 +173,14 @@ def mask_pictures(args: argparse.Namespace) -> tuple[bool, bool]:
     return strip and spatial, args.mask_gif and spatial
 
 
-def generation_request(args: argparse.Namespace, demo: bool) -> GenerationRequest:
-    """The request the arguments describe; `demo` turns the compare strip on by default."""
+def generation_request(
+    args: argparse.Namespace, demo: bool, people: tuple[tuple[str, ...], ...] | None = None
+) -> GenerationRequest:
+    """The request the arguments describe; `demo` turns the compare strip on by default (one person only)."""
+    demo = demo and people is None
     return GenerationRequest(
         prompt=args.prompt,
-        id_image=args.id_image if args.mode != NONE else None,
+        id_image=args.id_image if args.mode != NONE and people is None else None,
         mode=args.mode,
         mask=mask_settings(args),
         id_weight=args.id_weight,
@@ -136,6 +197,8 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
         compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
         record_masks=any(mask_pictures(args)),
         parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
+        id_images=people,
+        boxes=None if people is None or not args.id_box else tuple(args.id_box),
     )
 
 
@@ -171,23 +234,40 @@ def check_generate(args: argparse.Namespace) -> GenerationRequest:
     from idgen.pipelines.pulid_flux import check_generation_inputs
 
     out = Path(args.out)
+    people = identity_photos(args)
+    if people is not None:
+        check_identities(args, people)
     check_combinations(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
     size = check.image_size(args.width, args.height, default_size, multiple)
     check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
-    request = generation_request(args, uses_demo_world(args))
-    inputs = [request.id_image, args.mask_image]
-    if request.id_image is not None:
-        from idgen.io import load_image
+    request = generation_request(args, uses_demo_world(args), people)
+    photos = [p for person in people or () for p in person] if request.id_images else [request.id_image]
+    inputs = [*photos, args.mask_image]
+    if people is not None and args.mode != NONE:
+        check_people(people, args, size, multiple)
+    for photo in photos if args.mode != NONE else ():
+        if photo is not None:
+            from idgen.io import load_image
 
-        load_image(request.id_image, what="id image")
+            load_image(photo, what="id image")
     if args.mask_image:
         check.mask_image_size(args.mask_image, size)
     build_policy(args.mode, request.mask)  # a bad schedule or mask fails before the models load
     for path in output_paths(out, request.compare, *mask_pictures(args)).values():
         check.output_file(path, "--out" if path == out else "output", inputs=inputs, overwrite=args.overwrite)
     return request
+
+
+def check_people(
+    people: tuple[tuple[str, ...], ...], args: argparse.Namespace, size: tuple[int, int], multiple: int
+) -> None:
+    """The library's own several-identities checks (capacity, boxes), before any model loads."""
+    from idgen.pipelines.multi import check_identities as check_library
+
+    grid = (size[1] // multiple, size[0] // multiple)
+    check_library(None, [list(p) for p in people], None, args.id_weight, args.id_box, None, grid)
 
 
 def warn_demo_prompt(prompt: str) -> None:
