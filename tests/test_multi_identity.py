@@ -289,3 +289,93 @@ def test_touching_boxes_and_four_identities_at_64x64_are_fine():
 def test_bad_inputs_fail_in_the_pipeline_before_anything_is_encoded(tiny_pipe):
     with pytest.raises(IdgenError, match="5 identities need at least 20 image tokens"):
         tiny_pipe("two people", id_images=[object()] * 5, height=64, width=64)  # never read
+
+
+# The command line: --id-image repeated, --id-box per person.
+
+TINY = ["--flux", "tiny-random", "--pulid", "tiny-random", "--encoder", "tiny-random"]
+
+
+def save_photos(folder, count):
+    paths = []
+    for i in range(count):
+        path = folder / f"person{i}.png"
+        photo(i).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def cli(tmp_path, *extra):
+    from idgen.cli import main
+
+    argv = ["generate", *TINY, "--prompt", "two people in a park", "--width", "96", "--height", "64",
+            "--steps", "3", "--out", str(tmp_path / "out" / "two.png"), *extra]  # fmt: skip
+    (tmp_path / "out").mkdir(exist_ok=True)
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_cli_two_people_with_boxes_writes_image_colour_strip_gif_and_sidecar(tmp_path):
+    import json
+
+    a, b = save_photos(tmp_path, 2)
+    code = cli(tmp_path, "--id-image", a, "--id-image", b, "--id-box", "0,0,0.5,1", "--id-box", "0.5,0,1,1",
+               "--mask-strip", "--mask-gif")  # fmt: skip
+    assert code == 0
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["two.json", "two.masks.gif", "two.masks.png", "two.png"]
+    assert Image.open(out / "two.masks.gif").n_frames == 3
+    strip = Image.open(out / "two.masks.png").convert("RGB")
+    assert strip.size == (3 * 96, 64 + 12)  # one 96x64 frame per step under its 12-pixel label
+    sidecar = json.loads((out / "two.json").read_text())
+    assert sidecar["parameters"]["id_image"] == [a, b]
+
+
+def test_cli_colour_strip_shows_each_person_in_their_colour(tmp_path):
+    from idgen.viz import IDENTITY_COLOURS, identity_mask_strip
+
+    image = Image.new("RGB", (96, 64), "white")
+    masks = torch.zeros(2, 4, 6)
+    masks[0, :, :3], masks[1, :, 3:] = 1.0, 1.0
+    strip = identity_mask_strip(image, [(0, 1.0, masks)]).convert("RGB")
+    left, right = strip.getpixel((10, 40)), strip.getpixel((85, 40))
+    expected = [tuple(round(255 * 0.4 + 0.6 * c) for c in IDENTITY_COLOURS[i]) for i in (0, 1)]
+    assert (left, right) == (expected[0], expected[1])
+
+
+def test_cli_several_photos_of_one_person_as_a_list_or_a_folder(tmp_path):
+    a1, a2 = save_photos(tmp_path, 2)
+    assert cli(tmp_path, "--id-image", f"{a1},{a2}") == 0
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    save_photos(folder, 2)
+    assert cli(tmp_path, "--id-image", str(folder), "--overwrite") == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--id-box", "0,0,0.5,1"], "got 1 --id-box for 2 --id-image"),
+        (["--id-box", "0,0,0.6,1", "--id-box", "0.5,0,1,1"], "boxes 1 and 2 overlap"),
+        (["--id-box", "0,0,0.5,1", "--id-box", "0.5,0,1.5,1"], "box 2 .* must satisfy"),
+        (["--prior-box", "0,0,0.5,1"], "--prior-box is for one person; with several, use --id-box"),
+        (["--compare"], "--compare shows one person"),
+    ],
+)
+def test_cli_bad_several_people_inputs_fail_before_loading_and_write_nothing(tmp_path, capsys, extra, message):
+    import re
+
+    a, b = save_photos(tmp_path, 2)
+    assert cli(tmp_path, "--id-image", a, "--id-image", b, *extra) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(message, err[0])
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_cli_five_people_at_64x64_is_an_error(tmp_path, capsys):
+    photos = save_photos(tmp_path, 5)
+    args = [x for p in photos for x in ("--id-image", p)]
+    assert cli(tmp_path, *args, "--width", "64", "--height", "64") == 1
+    assert "5 identities need at least 20 image tokens" in capsys.readouterr().err
