@@ -76,7 +76,9 @@ def test_one_identity_on_the_wplus_branch_is_bit_identical(wplus_pipe):
 def wplus_pipe():
     from idgen.pipelines.pulid_flux import load_flux_wplus
 
-    return load_flux_wplus("tiny-random", "tiny-random", "tiny-random", device="cpu", torch_dtype=torch.float32)
+    return load_flux_wplus(
+        "tiny-random", "tiny-random", "tiny-random", device="cpu", torch_dtype=torch.float32
+    )
 
 
 def two_identities(pipe, **kwargs):
@@ -93,7 +95,7 @@ def test_two_identities_each_token_takes_at_most_one_residual(tiny_pipe):
     for a, b in zip(first, second, strict=True):
         assert not ((a.mask > 0) & (b.mask > 0)).any()
         assert ((a.mask > 0) | (b.mask > 0)).float().mean() > 0.5  # both are not just zero
-    early = [(a, b) for a, b in zip(first, second) if a.t > 0.7]
+    early = [(a, b) for a, b in zip(first, second, strict=True) if a.t > 0.7]
     assert early  # no box: the priors peak on the left and right halves of the 4x6 grid
     for a, b in early:
         assert (a.mask[0, :, :3] > 0).all() and (a.mask[0, :, 3:] == 0).all()
@@ -144,7 +146,9 @@ def summed_reference(transformer, adapter, tokens, weights, inputs):
     """PuLID-FLUX's loop with one CA per identity: x += sum_i w_i * CA(id_i, x) at every injection point."""
     t = transformer
     hidden = t.x_embedder(inputs["hidden_states"])
-    temb = t.time_text_embed(inputs["timestep"] * 1000, inputs["guidance"] * 1000, inputs["pooled_projections"])
+    temb = t.time_text_embed(
+        inputs["timestep"] * 1000, inputs["guidance"] * 1000, inputs["pooled_projections"]
+    )
     enc = t.context_embedder(inputs["encoder_hidden_states"])
     rope = t.pos_embed(torch.cat((inputs["txt_ids"], inputs["img_ids"]), dim=0))
     blocks = [(b, i % 2 == 0) for i, b in enumerate(t.transformer_blocks)]
@@ -181,8 +185,12 @@ def test_per_identity_weight_is_respected(tiny_pipe):
     both = latents(tiny_pipe, id_features=[features(1), features(2)], id_weight=[1.0, 0.5])
     assert not torch.allclose(both, latents(tiny_pipe, id_features=[features(1), features(2)]))
     # A weight of 0 removes that identity: the same as the other one alone in its own box.
-    first_only = latents(tiny_pipe, id_features=[features(1), features(2)], id_weight=[1.0, 0.0], boxes=[LEFT, RIGHT])
-    alone = latents(tiny_pipe, id_features=[features(1), features(3)], id_weight=[1.0, 0.0], boxes=[LEFT, RIGHT])
+    first_only = latents(
+        tiny_pipe, id_features=[features(1), features(2)], id_weight=[1.0, 0.0], boxes=[LEFT, RIGHT]
+    )
+    alone = latents(
+        tiny_pipe, id_features=[features(1), features(3)], id_weight=[1.0, 0.0], boxes=[LEFT, RIGHT]
+    )
     assert torch.equal(first_only, alone)
     none = latents(tiny_pipe, id_features=[features(1), features(2)], id_weight=[0.0, 0.0])
     assert torch.equal(none, latents(tiny_pipe, mode="none"))
@@ -190,7 +198,9 @@ def test_per_identity_weight_is_respected(tiny_pipe):
 
 def test_uniform_two_identities_differs_from_spatial(tiny_pipe):
     two = [features(1), features(2)]
-    assert not torch.allclose(latents(tiny_pipe, id_features=two, mode="uniform"), latents(tiny_pipe, id_features=two))
+    assert not torch.allclose(
+        latents(tiny_pipe, id_features=two, mode="uniform"), latents(tiny_pipe, id_features=two)
+    )
 
 
 def test_several_photos_of_one_person_run_and_change_the_image(tiny_pipe):
@@ -261,7 +271,10 @@ def check(count=2, grid=(4, 4), **kwargs):
         (dict(count=9, grid=(64, 64)), "at most 8 identities per image, got 9"),
         (dict(boxes=[LEFT]), "got 1 boxes for 2 identities"),
         (dict(boxes=[LEFT, (0.4, 0.0, 1.0, 1.0)]), "boxes 1 and 2 overlap"),
-        (dict(boxes=[LEFT, (0.5, 0.0, 1.2, 1.0)]), r"box 2 \(0.5, 0.0, 1.2, 1.0\) must satisfy 0 <= left < right"),
+        (
+            dict(boxes=[LEFT, (0.5, 0.0, 1.2, 1.0)]),
+            r"box 2 \(0.5, 0.0, 1.2, 1.0\) must satisfy 0 <= left < right",
+        ),
         (dict(boxes=[LEFT, (0.8, 0.0, 0.6, 1.0)]), "box 2 .* must satisfy"),
         (dict(boxes=[LEFT, (0.5, 0.0, 1.0)]), "box 2 must be four numbers"),
         (dict(boxes=[LEFT, (0.5, 0.0, 0.55, 0.05)]), "box 2 .* covers no image token of the 4x4 token grid"),
@@ -364,7 +377,9 @@ def test_cli_several_photos_of_one_person_as_a_list_or_a_folder(tmp_path):
         (["--compare"], "--compare shows one person"),
     ],
 )
-def test_cli_bad_several_people_inputs_fail_before_loading_and_write_nothing(tmp_path, capsys, extra, message):
+def test_cli_bad_several_people_inputs_fail_before_loading_and_write_nothing(
+    tmp_path, capsys, extra, message
+):
     import re
 
     a, b = save_photos(tmp_path, 2)

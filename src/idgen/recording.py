@@ -83,4 +83,7 @@ class IdentityMaskRecorder:
         per_identity = [self.per_identity[i].mean_mask_per_step(sample) for i in range(self.identities)]
         if not per_identity or not per_identity[0]:
             return []
-        return [(step, t, torch.stack([rows[k][2] for rows in per_identity])) for k, (step, t, _) in enumerate(per_identity[0])]
+        return [
+            (step, t, torch.stack([rows[k][2] for rows in per_identity]))
+            for k, (step, t, _) in enumerate(per_identity[0])
+        ]

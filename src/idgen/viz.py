@@ -34,7 +34,9 @@ def overlay_identity_masks(image: Image.Image, masks: Tensor, alpha: float = 0.6
     passes 1 (masks averaged over injection points can), they are scaled to sum to 1."""
     if masks.shape[0] > len(IDENTITY_COLOURS):
         raise ValueError(f"at most {len(IDENTITY_COLOURS)} identities can be coloured, got {masks.shape[0]}")
-    up = torch.nn.functional.interpolate(masks.float()[None], size=(image.height, image.width), mode="bilinear")
+    up = torch.nn.functional.interpolate(
+        masks.float()[None], size=(image.height, image.width), mode="bilinear"
+    )
     weights = up[0].clamp(0, 1)  # (n, h, w)
     weights = weights / weights.sum(0, keepdim=True).clamp_min(1.0)
     colour = torch.einsum("nhw,nc->hwc", weights, torch.from_numpy(IDENTITY_COLOURS[: masks.shape[0]]))

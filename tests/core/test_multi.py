@@ -49,7 +49,9 @@ def test_box_region_marks_tokens_whose_centre_is_inside():
 
 
 def test_mask_region_is_the_mask_resized_to_the_grid():
-    mask = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]])  # 2x6 -> 2x3 by area
+    mask = torch.tensor(
+        [[1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]]
+    )  # 2x6 -> 2x3 by area
     assert MaskRegion(mask)(GRID, torch.device("cpu")).tolist() == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]
 
 
@@ -88,7 +90,10 @@ def test_regions_limit_each_identity_before_the_competition():
 
 def test_uniform_policies_summed_give_no_masks_and_with_regions_the_regions():
     uniform = UniformMask()
-    assert CompetingMasks((uniform, uniform), SummedResiduals())([output(), output()], 0.5, GRID) == [None, None]
+    assert CompetingMasks((uniform, uniform), SummedResiduals())([output(), output()], 0.5, GRID) == [
+        None,
+        None,
+    ]
     regions = (BoxRegion((0.0, 0.0, 0.5, 1.0)), None)
     masks = CompetingMasks((uniform, uniform), SummedResiduals(), regions)([output(2), output(2)], 0.5, GRID)
     assert masks[0].shape == (2, 6, 1) and masks[0][1].flatten().tolist() == [1.0, 1.0, 0.0, 1.0, 1.0, 0.0]
@@ -100,7 +105,9 @@ def test_early_priors_centred_on_each_identity_split_the_image():
         return SpatialMask(TemporalSpatialScheduler(prior_box=box))
 
     policies = tuple(centred(b) for b in separated_boxes(2))
-    masks = CompetingMasks(policies)([output(tokens=8), output(tokens=8)], 0.9, (2, 4))  # early stage, 2x4 grid
+    masks = CompetingMasks(policies)(
+        [output(tokens=8), output(tokens=8)], 0.9, (2, 4)
+    )  # early stage, 2x4 grid
     assert (masks[0].view(2, 4)[:, :2] > 0).all() and (masks[0].view(2, 4)[:, 2:] == 0).all()
     assert (masks[1].view(2, 4)[:, 2:] > 0).all() and (masks[1].view(2, 4)[:, :2] == 0).all()
 

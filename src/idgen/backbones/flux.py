@@ -196,7 +196,10 @@ class FluxIdentityInjector(RunHost):
         residual = ca.to_out(heads_out)  # type: ignore[operator]
         keep_probs = competition.needs_attn_probs
         outputs = [
-            CAOutput(heads_out[i * batch : (i + 1) * batch], probs[i * batch : (i + 1) * batch] if keep_probs else None)
+            CAOutput(
+                heads_out[i * batch : (i + 1) * batch],
+                probs[i * batch : (i + 1) * batch] if keep_probs else None,
+            )
             for i in range(count)
         ]
         masks = competition(outputs, run.t, run.grid)  # n x (B, N, 1) | None
@@ -210,7 +213,7 @@ class FluxIdentityInjector(RunHost):
 def record_identities(
     recorder: Any, run: InjectionRun, point: str, masks: list[Tensor | None], outputs: list[CAOutput]
 ) -> None:
-    """Each identity's mask to an IdentityRecorder; a plain Recorder gets their sum (one identity: its mask)."""
+    """Each identity's mask to an IdentityRecorder; a plain Recorder gets their sum."""
     if hasattr(recorder, "record_identity"):
         for i, (mask, output) in enumerate(zip(masks, outputs, strict=True)):
             recorder.record_identity(i, run.step, run.t, point, mask, output.heads_out, run.grid)

@@ -35,7 +35,14 @@ class IdentityRecorder(Protocol):
     """Records each identity's mask when several identities compete (a plain Recorder gets their sum)."""
 
     def record_identity(
-        self, identity: int, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: Grid
+        self,
+        identity: int,
+        step: int,
+        t: float,
+        point: str,
+        mask: Tensor | None,
+        heads_out: Tensor,
+        grid: Grid,
     ) -> None: ...
 
 

@@ -129,7 +129,9 @@ def person_photos(value: str) -> tuple[str, ...]:
     if path.is_dir():
         photos = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
         if not photos:
-            raise IdgenError(f"--id-image folder {check.shown(value)} holds no photo ({', '.join(PHOTO_SUFFIXES)})")
+            raise IdgenError(
+                f"--id-image folder {check.shown(value)} holds no photo ({', '.join(PHOTO_SUFFIXES)})"
+            )
         return tuple(photos)
     if path.exists() or "," not in value:
         return (value,)
@@ -235,23 +237,13 @@ def check_generate(args: argparse.Namespace) -> GenerationRequest:
 
     out = Path(args.out)
     people = identity_photos(args)
-    if people is not None:
-        check_identities(args, people)
     check_combinations(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
     size = check.image_size(args.width, args.height, default_size, multiple)
     check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
     request = generation_request(args, uses_demo_world(args), people)
-    photos = [p for person in people or () for p in person] if request.id_images else [request.id_image]
-    inputs = [*photos, args.mask_image]
-    if people is not None and args.mode != NONE:
-        check_people(people, args, size, multiple)
-    for photo in photos if args.mode != NONE else ():
-        if photo is not None:
-            from idgen.io import load_image
-
-            load_image(photo, what="id image")
+    inputs = [*check_photos(args, request, people, size, multiple), args.mask_image]
     if args.mask_image:
         check.mask_image_size(args.mask_image, size)
     build_policy(args.mode, request.mask)  # a bad schedule or mask fails before the models load
@@ -260,14 +252,29 @@ def check_generate(args: argparse.Namespace) -> GenerationRequest:
     return request
 
 
-def check_people(
-    people: tuple[tuple[str, ...], ...], args: argparse.Namespace, size: tuple[int, int], multiple: int
-) -> None:
-    """The library's own several-identities checks (capacity, boxes), before any model loads."""
+def check_photos(
+    args: argparse.Namespace,
+    request: GenerationRequest,
+    people: tuple[tuple[str, ...], ...] | None,
+    size: tuple[int, int],
+    multiple: int,
+) -> list[str]:
+    """The photos the request uses, each read once; for several people also the library's own checks
+    (how many fit, the boxes), before any model loads."""
+    from idgen.io import load_image
     from idgen.pipelines.multi import check_identities as check_library
 
-    grid = (size[1] // multiple, size[0] // multiple)
-    check_library(None, [list(p) for p in people], None, args.id_weight, args.id_box, None, grid)
+    if people is None:
+        photos = [] if request.id_image is None else [str(request.id_image)]
+    else:
+        check_identities(args, people)
+        photos = [photo for person in people for photo in person] if args.mode != NONE else []
+    if people is not None and photos:
+        grid = (size[1] // multiple, size[0] // multiple)
+        check_library(None, [list(p) for p in people], None, args.id_weight, args.id_box, None, grid)
+    for photo in photos:
+        load_image(photo, what="id image")
+    return photos
 
 
 def warn_demo_prompt(prompt: str) -> None:

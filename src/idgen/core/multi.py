@@ -133,7 +133,7 @@ class CompetingMasks:
         if all(m is None for m in masks) and isinstance(self.rule, SummedResiduals):
             return list(masks)  # uniform and summed: PuLID's arithmetic for each identity
         heads = outputs[0].heads_out  # (B, N, D)
-        ones = torch.ones(heads.shape[:2] + (1,), dtype=heads.dtype, device=heads.device)
+        ones = torch.ones((*heads.shape[:2], 1), dtype=heads.dtype, device=heads.device)
         stacked = torch.stack([ones if m is None else m for m in masks])  # (n, B, N, 1)
         return list(self.rule(stacked.squeeze(-1)).unsqueeze(-1).unbind(0))
 

@@ -57,7 +57,9 @@ class MeanEmbeddingConcatTokens:
     def __call__(self, features: Sequence[IdentityFeatures]) -> IdentityFeatures:
         return IdentityFeatures(
             id_embedding=_mean([f.id_embedding for f in features]),
-            vit_hidden=[torch.cat(scale, dim=1) for scale in zip(*(f.vit_hidden for f in features), strict=True)],
+            vit_hidden=[
+                torch.cat(scale, dim=1) for scale in zip(*(f.vit_hidden for f in features), strict=True)
+            ],
         )
 
 
@@ -93,7 +95,9 @@ def _photos(entry: Any) -> list[Any]:
     return list(entry) if isinstance(entry, (list, tuple)) else [entry]
 
 
-def encode_person(encoder: IdentityEncoder, photos: Sequence[PhotoInput], person: int) -> list[IdentityFeatures]:
+def encode_person(
+    encoder: IdentityEncoder, photos: Sequence[PhotoInput], person: int
+) -> list[IdentityFeatures]:
     """Each photo's features; a photo without a face is skipped with a warning while others remain."""
     found, missing = [], []
     for photo in photos:
@@ -136,6 +140,11 @@ def identity_weights(id_weight: float | Sequence[float], count: int) -> tuple[fl
     return weights
 
 
+def scalar_weight(id_weight: float | Sequence[float]) -> float:
+    """The weight a single-identity check sees: the weight itself, or 0 for a list (checked per identity)."""
+    return float(id_weight) if isinstance(id_weight, (int, float)) else 0.0
+
+
 def several_identities(id_images: Any, id_features: Any, id_weight: Any, boxes: Any, masks: Any) -> bool:
     """Whether a call takes the several-identities path (any of its arguments is given as a list)."""
     listed = isinstance(id_features, (list, tuple)) or not isinstance(id_weight, (int, float))
@@ -146,22 +155,26 @@ def check_boxes(boxes: Sequence[Any], count: int) -> list[Box]:
     """Boxes as float tuples: one per identity, inside [0, 1], left < right and top < bottom, no overlap."""
     if len(boxes) != count:
         raise IdgenError(f"got {len(boxes)} boxes for {count} identities; give one box per identity")
-    checked: list[Box] = []
-    for i, box in enumerate(boxes):
-        values = tuple(float(v) for v in box)
-        if len(values) != 4 or not all(v == v for v in values):
-            raise IdgenError(f"box {i + 1} must be four numbers (left, top, right, bottom), got {tuple(box)}")
-        left, top, right, bottom = values
-        if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
-            raise IdgenError(
-                f"box {i + 1} {values} must satisfy 0 <= left < right <= 1 and 0 <= top < bottom <= 1"
-            )
-        checked.append((left, top, right, bottom))
+    checked = [_check_box(i, box) for i, box in enumerate(boxes)]
     for i in range(count):
         for j in range(i + 1, count):
             if _overlap(checked[i], checked[j]) > 0:
-                raise IdgenError(f"boxes {i + 1} and {j + 1} overlap; identity boxes may touch but not overlap")
+                raise IdgenError(
+                    f"boxes {i + 1} and {j + 1} overlap; identity boxes may touch but not overlap"
+                )
     return checked
+
+
+def _check_box(index: int, box: Any) -> Box:
+    values = tuple(float(v) for v in box)
+    if len(values) != 4 or not all(v == v for v in values):
+        raise IdgenError(f"box {index + 1} must be four numbers (left, top, right, bottom), got {tuple(box)}")
+    left, top, right, bottom = values
+    if not (0.0 <= left < right <= 1.0 and 0.0 <= top < bottom <= 1.0):
+        raise IdgenError(
+            f"box {index + 1} {values} must satisfy 0 <= left < right <= 1 and 0 <= top < bottom <= 1"
+        )
+    return left, top, right, bottom
 
 
 def _overlap(a: Box, b: Box) -> float:
@@ -196,7 +209,9 @@ def check_masks(masks: Sequence[Any], count: int) -> list[Tensor]:
     for i, mask in enumerate(masks):
         tensor = mask.detach().float() if isinstance(mask, Tensor) else user_mask(mask)
         if tensor.dim() != 2 or not bool(((tensor >= 0) & (tensor <= 1)).all()):
-            raise IdgenError(f"mask {i + 1} must be (h, w) with values in [0, 1], got shape {tuple(tensor.shape)}")
+            raise IdgenError(
+                f"mask {i + 1} must be (h, w) with values in [0, 1], got shape {tuple(tensor.shape)}"
+            )
         if not bool((tensor > 0.5).any()):
             raise IdgenError(f"mask {i + 1} is black everywhere")
         checked.append(tensor)
@@ -244,13 +259,10 @@ class Identities:
         return len(self.entries)
 
 
-def check_identities(
-    id_image: Any, id_images: Any, id_features: Any, id_weight: Any, boxes: Any, masks: Any, grid: tuple[int, int]
-) -> Identities:
-    """Every check of a several-identities call that needs no model, each a one-line IdgenError."""
+def _entries(id_image: Any, id_images: Any, id_features: Any) -> list[Any]:
+    """One entry per identity, from whichever argument holds them."""
     if id_images is not None and (id_image is not None or id_features is not None):
         raise IdgenError("give id_images, or id_image / id_features, not both")
-    given_features = id_images is None and id_features is not None
     if id_images is not None:
         entries = list(id_images)
     elif id_features is not None:
@@ -259,6 +271,21 @@ def check_identities(
         entries = [] if id_image is None else [id_image]
     if not entries or any(_photos(e) == [] for e in entries):
         raise IdgenError("every identity needs at least one photo (id_images=[a, b] or [[a1, a2], b])")
+    return entries
+
+
+def check_identities(
+    id_image: Any,
+    id_images: Any,
+    id_features: Any,
+    id_weight: Any,
+    boxes: Any,
+    masks: Any,
+    grid: tuple[int, int],
+) -> Identities:
+    """Every check of a several-identities call that needs no model, each a one-line IdgenError."""
+    entries = _entries(id_image, id_images, id_features)
+    given_features = id_images is None and id_features is not None
     if boxes is not None and masks is not None:
         raise IdgenError("give boxes or masks, not both")
     checked_boxes = None if boxes is None else check_boxes(boxes, len(entries))
@@ -269,7 +296,13 @@ def check_identities(
 
 
 def competing_run(
-    pipe: Any, identities: Identities, mode: str, policy: MaskPolicy, batch: int, true_cfg: bool, **settings: Any
+    pipe: Any,
+    identities: Identities,
+    mode: str,
+    policy: MaskPolicy,
+    batch: int,
+    true_cfg: bool,
+    **settings: Any,
 ) -> Any:
     """The InjectionRun of a several-identities call: each identity's tokens (n * B rows, identity-major)."""
     from idgen.backbones.flux import encode_id_tokens

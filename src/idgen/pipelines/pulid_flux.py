@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -30,7 +30,14 @@ from idgen.pipelines.base import (
     seed_generators,
     with_defaults,
 )
-from idgen.pipelines.multi import check_identities, competing_run, several_identities
+from idgen.pipelines.multi import (
+    Identities,
+    PhotoCombination,
+    check_identities,
+    competing_run,
+    scalar_weight,
+    several_identities,
+)
 from idgen.pipelines.tiny import TINY_RANDOM, tiny_flux_pipeline, tiny_identity_encoder, tiny_pulid_adapter
 
 __all__ = [
@@ -115,16 +122,17 @@ class IdentityFluxPipeline:
     @torch.no_grad()
     def __call__(
         self, prompt: str | list[str], id_image: PhotoInput | None = None, *,
-        id_features: IdentityFeatures | None = None, mode: str = SPATIAL,
+        id_features: IdentityFeatures | list[Any] | None = None, mode: str = SPATIAL,
         policy: MaskPolicy | None = None, preset: str = "v1",
-        scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
-        true_cfg_scale: float | None = None, negative_prompt: str | None = None,
+        scheduler: TemporalSpatialScheduler | None = None, id_weight: float | list[float] = 1.0,
+        start_step: int = 0, true_cfg_scale: float | None = None, negative_prompt: str | None = None,
         height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
         guidance_scale: float | None = None, seed: int | list[int] | None = 42,
         generator: torch.Generator | list[torch.Generator] | None = None,
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
         true_cfg_start_step: int | None = None, id_images: list[Any] | None = None,
-        boxes: list[Any] | None = None, masks: list[Any] | None = None, combine: Any = None, **flux_kwargs: Any,
+        boxes: list[Any] | None = None, masks: list[Any] | None = None,
+        combine: PhotoCombination | None = None, **flux_kwargs: Any,
     ) -> IdentityPipelineOutput:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
@@ -132,10 +140,7 @@ class IdentityFluxPipeline:
         then one seed or one per prompt, and `id_features` one photo's features or one row per prompt.
         With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the conditional
         prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative pass).
-
-        Several people (idgen.pipelines.multi): `id_images=[a, b]`, each entry a photo or a list of photos of
-        that person (joined by `combine`, a PhotoCombination), or `id_features=[fa, fb]`; optional `boxes` or
-        `masks`, one per person; `id_weight` one float or one per person. docs/multi-identity.md.
+        Several people (`id_images`, `boxes`, `masks`, `combine`): `_call_several`, docs/multi-identity.md.
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -143,13 +148,11 @@ class IdentityFluxPipeline:
             true_cfg_scale=true_cfg_scale, negative_prompt=negative_prompt,
             true_cfg_start_step=true_cfg_start_step,
         )  # fmt: skip
-        several = several_identities(id_images, id_features, id_weight, boxes, masks)
         check_generation_inputs(
-            prompt, 0.0 if several else id_weight, s["height"], s["width"], s["num_inference_steps"],
+            prompt, scalar_weight(id_weight), s["height"], s["width"], s["num_inference_steps"],
             self.pixel_multiple,
         )  # fmt: skip
-        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
-        identities = check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid) if several else None
+        identities = self._identities(s, id_image, id_images, id_features, id_weight, boxes, masks)
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         batch = batch_size(prompt)
         generator = generator if generator is not None else seed_generators(seed, batch)
@@ -157,14 +160,8 @@ class IdentityFluxPipeline:
         if chosen is None:
             return IdentityPipelineOutput(images=self.flux(**call).images)
         if identities is not None:
-            run = competing_run(
-                self, identities, mode, chosen, batch, call["true_cfg_scale"] > 1.0, start_step=start_step,
-                recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"], combine=combine,
-            )  # fmt: skip
-            run.mark_steps_in(call)
-            with self.injector.run(run):
-                return IdentityPipelineOutput(images=self.flux(**call).images)
-        features = resolve_features(self.encoder, mode, id_image, id_features, batch)
+            return self._call_several(identities, call, s, mode, chosen, batch, start_step, recorder, combine)
+        features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), batch)
         run = self._injection_run(
             features, batch, call["true_cfg_scale"] > 1.0, id_weight=id_weight, start_step=start_step,
             policy=chosen, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"],
@@ -173,6 +170,33 @@ class IdentityFluxPipeline:
         with self.injector.run(run):
             images = self.flux(**call).images
         return IdentityPipelineOutput(images=images, id_features=features)
+
+    def _identities(self, s: dict[str, Any], *given: Any) -> Identities | None:
+        """A several-people call's identities, checked (None for a call with one id_image / id_features).
+
+        given: id_image, id_images, id_features, id_weight, boxes, masks."""
+        id_image, id_images, id_features, id_weight, boxes, masks = given
+        if not several_identities(id_images, id_features, id_weight, boxes, masks):
+            return None
+        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
+        return check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid)
+
+    def _call_several(
+        self, identities: Identities, call: dict[str, Any], s: dict[str, Any], mode: str, policy: MaskPolicy,
+        batch: int, start_step: int, recorder: Recorder | None, combine: PhotoCombination | None,
+    ) -> IdentityPipelineOutput:  # fmt: skip
+        """Several people in one image (idgen.pipelines.multi): `id_images=[a, b]`, each entry a photo or a
+        list of photos of that person (joined by `combine`, a PhotoCombination; default
+        MeanEmbeddingConcatTokens), or `id_features=[fa, fb]`; optional `boxes` (left, top, right, bottom in
+        [0, 1]) or `masks`, one per person; `id_weight` one float or one per person. In the spatial mode the
+        people's masks compete for each token; in the uniform mode their residuals are summed."""
+        run = competing_run(
+            self, identities, mode, policy, batch, call["true_cfg_scale"] > 1.0, start_step=start_step,
+            recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"], combine=combine,
+        )  # fmt: skip
+        run.mark_steps_in(call)
+        with self.injector.run(run):
+            return IdentityPipelineOutput(images=self.flux(**call).images)
 
     def _flux_call(self, prompt: str | list[str], s: dict[str, Any], generator: Any) -> dict[str, Any]:
         """The FluxPipeline's arguments."""
