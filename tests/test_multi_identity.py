@@ -358,13 +358,14 @@ def test_cli_colour_strip_shows_each_person_in_their_colour(tmp_path):
     assert (left, right) == (expected[0], expected[1])
 
 
-def test_cli_several_photos_of_one_person_as_a_list_or_a_folder(tmp_path):
+def test_cli_several_photos_of_one_person_as_a_comma_separated_list(tmp_path, capsys):
+    import json
+
     a1, a2 = save_photos(tmp_path, 2)
     assert cli(tmp_path, "--id-image", f"{a1},{a2}") == 0
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    save_photos(folder, 2)
-    assert cli(tmp_path, "--id-image", str(folder), "--overwrite") == 0
+    assert json.loads((tmp_path / "out" / "two.json").read_text())["parameters"]["id_image"] == f"{a1},{a2}"
+    assert cli(tmp_path, "--id-image", f"{a1},{tmp_path}/nope.png", "--overwrite") == 1
+    assert "id image not found" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

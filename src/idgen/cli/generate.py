@@ -31,7 +31,7 @@ def add_generate(sub: Any) -> None:
         "--id-image",
         action="append",
         help="photo of the person (needed unless --mode none); repeat it for several people in one image; "
-        "several photos of one person: a1.jpg,a2.jpg or a folder of photos",
+        "several photos of one person: a1.jpg,a2.jpg",
     )
     p.add_argument(
         "--id-box",
@@ -113,9 +113,6 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
 def parse_id_box(text: str) -> tuple[float, float, float, float]:
     try:
         return parse_box(text)
@@ -124,16 +121,9 @@ def parse_id_box(text: str) -> tuple[float, float, float, float]:
 
 
 def person_photos(value: str) -> tuple[str, ...]:
-    """One --id-image value -> that person's photos: a file, a folder's photos, or a comma-separated list."""
-    path = Path(value)
-    if path.is_dir():
-        photos = sorted(str(p) for p in path.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
-        if not photos:
-            raise IdgenError(
-                f"--id-image folder {check.shown(value)} holds no photo ({', '.join(PHOTO_SUFFIXES)})"
-            )
-        return tuple(photos)
-    if path.exists() or "," not in value:
+    """One --id-image value -> that person's photos: one file, or a comma-separated list of files (a path
+    that exists is taken as it is, commas and all)."""
+    if Path(value).exists() or "," not in value:
         return (value,)
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
