@@ -34,7 +34,14 @@ STUDIO_SEED = 900_000  # far from the gates' reference seeds (split offset + per
 def conditioning_photos(identity: Any, index: int, split: str, kind: str) -> list[Image.Image]:
     """PHOTOS renders of one person: studio portraits (each its own backdrop, clothing and pose jitter; never
     the FaceSim reference's seed), or close-up scenes (each its own background, clothing and lighting)."""
-    from idgen.world.render import BACKGROUNDS, CLOTHING_NAMES, LIGHTING_NAMES, Scene, render, render_reference
+    from idgen.world.render import (
+        BACKGROUNDS,
+        CLOTHING_NAMES,
+        LIGHTING_NAMES,
+        Scene,
+        render,
+        render_reference,
+    )
 
     rng = np.random.default_rng([index, 0x5EE, len(split)])
     if kind == "studio":
@@ -85,7 +92,9 @@ def face_sims(ev: dict[str, Any], images: torch.Tensor, people: list[int]) -> li
     return out
 
 
-def run_condition(pipe: Any, ev: dict[str, Any], tokens: Any, prompts: list[str], seeds: list[int]) -> list[float]:
+def run_condition(
+    pipe: Any, ev: dict[str, Any], tokens: Any, prompts: list[str], seeds: list[int]
+) -> list[float]:
     """FaceSim of one condition over all people, generated in chunks (spatial mode, the model's policy)."""
     from dataclasses import replace
 
@@ -125,7 +134,10 @@ def measure(split: str, people: int, rules: list[str], kind: str) -> dict[str, A
     todo = pairs(1, split)[:people]
     prompts, seeds = [p.prompt.text for p in todo], [p.seed for p in todo]
     photos = [conditioning_photos(person, i, split, kind) for i, person in enumerate(chosen)]
-    feats = [[pipe.encoder(im, what=f"photo {k} of person {i}") for k, im in enumerate(ph)] for i, ph in enumerate(photos)]
+    feats = [
+        [pipe.encoder(im, what=f"photo {k} of person {i}") for k, im in enumerate(ph)]
+        for i, ph in enumerate(photos)
+    ]
     sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), prompts, seeds)}
     for rule in rules:
         combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
@@ -164,13 +176,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", choices=["validation", "test"], default="validation")
     p.add_argument("--people", type=int, default=100)
     p.add_argument("--photos", choices=["studio", "scenes"], default="studio", help="what the 3 photos are")
-    p.add_argument("--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}")
+    p.add_argument(
+        "--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}"
+    )
     p.add_argument("--json", help="also write the numbers (and per-person FaceSim) to this file")
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
     unknown = [r for r in rules if r not in COMBINATIONS]
     if unknown or not 1 <= args.people <= 100:
-        print(f"several_photos: unknown rule {unknown[0]!r}" if unknown else "--people must be in [1, 100]", file=sys.stderr)
+        print(
+            f"several_photos: unknown rule {unknown[0]!r}" if unknown else "--people must be in [1, 100]",
+            file=sys.stderr,
+        )
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()

@@ -395,3 +395,25 @@ def test_cli_five_people_at_64x64_is_an_error(tmp_path, capsys):
     args = [x for p in photos for x in ("--id-image", p)]
     assert cli(tmp_path, *args, "--width", "64", "--height", "64") == 1
     assert "5 identities need at least 20 image tokens" in capsys.readouterr().err
+
+
+def test_two_identities_on_the_wplus_branch_take_separate_tokens(wplus_pipe):
+    recorder = IdentityMaskRecorder()
+    latents(wplus_pipe, id_images=[photo(1), photo(2)], recorder=recorder)
+    first, second = recorder.per_identity[0].records, recorder.per_identity[1].records
+    assert len(first) == len(second) > 0
+    for a, b in zip(first, second, strict=True):
+        assert not ((a.mask > 0) & (b.mask > 0)).any()
+
+
+def test_two_identities_with_true_cfg_and_a_batch_of_prompts(tiny_pipe):
+    recorder = IdentityMaskRecorder()
+    prompts = ["two people in a park", "two people on a beach"]
+    out = latents(
+        tiny_pipe, prompt=prompts, id_features=[features(1), features(2)], true_cfg_scale=2.0,
+        negative_prompt="blurry", recorder=recorder,
+    )  # fmt: skip
+    assert out.shape[0] == 2
+    records = recorder.per_identity[1].records
+    assert len(records) == 2 * 6 * 4  # conditional and negative pass, 6 steps, 4 points
+    assert all(r.mask.shape == (2, 4, 6) for r in records)
