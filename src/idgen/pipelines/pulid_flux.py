@@ -187,7 +187,7 @@ class IdentityFluxPipeline:
     ) -> IdentityPipelineOutput:  # fmt: skip
         """Several people in one image (idgen.pipelines.multi): `id_images=[a, b]`, each entry a photo or a
         list of photos of that person (joined by `combine`, a PhotoCombination; default
-        MeanEmbeddingConcatTokens), or `id_features=[fa, fb]`; optional `boxes` (left, top, right, bottom in
+        MeanAll), or `id_features=[fa, fb]`; optional `boxes` (left, top, right, bottom in
         [0, 1]) or `masks`, one per person; `id_weight` one float or one per person. In the spatial mode the
         people's masks compete for each token; in the uniform mode their residuals are summed."""
         run = competing_run(
