@@ -1,12 +1,13 @@
 """Several photos of one person on the demo world: FaceSim with 3 photos against 1, per combination rule.
 
-Each person of the split is photographed three times in different scenes (close-up, centre; a different
-background, clothing colour and lighting each, and the renderer's pose jitter); FaceSim is measured against
-the person's studio reference photo, which is never given to the model. The 1-photo run uses the first of
-the three photos, so every difference is paired (same person, prompt and seed).
+Each person of the split is photographed three times: in different scenes (--photos scenes, the default:
+close-up, centre, a different background, clothing colour and lighting each, and the renderer's pose
+jitter), or as studio portraits (--photos studio: a different backdrop and clothing each, neutral light).
+FaceSim is measured against the person's studio reference photo, which is never given to the model. The
+1-photo run uses the first of the three photos, so every difference is paired (same person, prompt, seed).
 
     python benchmarks/several_photos.py --split validation            # choose the default rule
-    python benchmarks/several_photos.py --split test --rules mean-embedding-concat-tokens
+    python benchmarks/several_photos.py --split test --rules mean-all  # report it on held-out people
 
 Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval).
 """
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["validation", "test"], default="validation")
     p.add_argument("--people", type=int, default=100)
-    p.add_argument("--photos", choices=["studio", "scenes"], default="studio", help="what the 3 photos are")
+    p.add_argument("--photos", choices=["scenes", "studio"], default="scenes", help="what the 3 photos are")
     p.add_argument(
         "--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}"
     )
