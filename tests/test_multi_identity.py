@@ -423,3 +423,26 @@ def test_two_identities_with_true_cfg_and_a_batch_of_prompts(tiny_pipe):
     records = recorder.per_identity[1].records
     assert len(records) == 2 * 6 * 4  # conditional and negative pass, 6 steps, 4 points
     assert all(r.mask.shape == (2, 4, 6) for r in records)
+
+
+def test_several_photos_benchmark_pairs_people_and_gives_the_t_interval():
+    import importlib.util
+    import math
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "several_photos.py"
+    spec = importlib.util.spec_from_file_location("several_photos", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    diff = bench.paired([0.25, 0.5, math.nan], [0.5, 1.0, 0.75])  # the third person has no face in run 1
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(0.375)
+    # t(0.975, 1 dof) = 12.7062; sample std of (0.25, 0.5) = 0.25 / sqrt(2)
+    assert diff["ci95"] == pytest.approx(12.7062047 * (0.25 / math.sqrt(2)) / math.sqrt(2), rel=1e-6)
+    result = bench.summarise(
+        {"1 photo": [0.25, 0.5, math.nan], "3 photos, mean-all": [0.5, 1.0, 0.75]}, "test", 3
+    )
+    assert result["rows"]["1 photo"] == {"facesim": 0.375, "faces": 2}
+    assert result["rows"]["3 photos, mean-all"]["facesim"] == 0.75
+    assert "| 3 photos, mean-all | 0.7500 | 3 | +0.3750 ± " in bench.table(
+        {**result, "photos_kind": "scenes"}
+    )
