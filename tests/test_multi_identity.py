@@ -446,3 +446,12 @@ def test_several_photos_benchmark_pairs_people_and_gives_the_t_interval():
     assert "| 3 photos, mean-all | 0.7500 | 3 | +0.3750 ± " in bench.table(
         {**result, "photos_kind": "scenes"}
     )
+
+
+def test_cli_one_id_image_keeps_its_sidecar_as_it_was(tmp_path):
+    import json
+
+    (a,) = save_photos(tmp_path, 1)
+    assert cli(tmp_path, "--id-image", a) == 0
+    parameters = json.loads((tmp_path / "out" / "two.json").read_text())["parameters"]
+    assert parameters["id_image"] == a and "id_box" not in parameters

@@ -303,5 +303,8 @@ def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_
 def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
+    for several in ("id_images", "boxes"):  # one person's record stays as it was
+        if record[several] is None:
+            record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)
     return record

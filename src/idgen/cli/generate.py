@@ -188,10 +188,17 @@ def generation_request(
         max_sequence_length=args.max_sequence_length,
         compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
         record_masks=any(mask_pictures(args)),
-        parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
+        parameters=recorded_arguments(args),
         id_images=people,
         boxes=None if people is None or not args.id_box else tuple(args.id_box),
     )
+
+
+def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
+    it was before several people existed."""
+    skipped = ("func", "debug") if getattr(args, "id_box", None) else ("func", "debug", "id_box")
+    return {k: v for k, v in vars(args).items() if k not in skipped}
 
 
 def check_numbers(args: argparse.Namespace, steps: int) -> None:
