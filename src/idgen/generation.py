@@ -72,6 +72,10 @@ class GenerationRequest:
     compare: bool = False  # also generate the reference | none | uniform | spatial strip
     record_masks: bool = False  # keep the mean mask of every step (spatial mode only)
     parameters: dict[str, Any] = field(default_factory=dict)  # the caller's own record, kept in the sidecar
+    # Several people (docs/multi-identity.md): one tuple of photos per person, replacing id_image, and
+    # optionally one (left, top, right, bottom) box in [0, 1] per person.
+    id_images: tuple[tuple[str, ...], ...] | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
@@ -98,11 +102,15 @@ class GenerationResult:
     compare: Image.Image | None  # reference | none | uniform | spatial, or None
     masks_per_step: list[tuple[int, float, Tensor]] | None  # (step, t, (H, W) mask), or None
     sidecar: dict[str, Any]
+    several_identities: bool = False  # masks_per_step then holds (n, H, W) masks, one per person
 
     def mask_strip(self) -> Image.Image | None:
-        from idgen.viz import mask_strip
+        from idgen.viz import identity_mask_strip, mask_strip
 
-        return None if not self.masks_per_step else mask_strip(self.image, self.masks_per_step)
+        if not self.masks_per_step:
+            return None
+        strip = identity_mask_strip if self.several_identities else mask_strip
+        return strip(self.image, self.masks_per_step)
 
     def save(
         self,
@@ -115,7 +123,7 @@ class GenerationResult:
         """Write <out>.png, its .json sidecar, and the .compare.png / .masks.png / .masks.gif this result
         has. Existing files are refused unless `overwrite`; each file is written atomically."""
         from idgen.io import atomic_save_image, atomic_write_text
-        from idgen.viz import save_mask_gif
+        from idgen.viz import save_identity_mask_gif, save_mask_gif
 
         out = Path(out)
         has_masks = bool(self.masks_per_step)
@@ -126,7 +134,8 @@ class GenerationResult:
         if strip is not None:
             atomic_save_image(strip, paths["masks"], format="PNG")
         if mask_gif and self.masks_per_step:
-            save_mask_gif(self.image, self.masks_per_step, paths["gif"])
+            save_gif = save_identity_mask_gif if self.several_identities else save_mask_gif
+            save_gif(self.image, self.masks_per_step, paths["gif"])
         if self.compare is not None:
             atomic_save_image(self.compare, paths["compare"], format="PNG")
         sidecar = {"image": out.name, **self.sidecar}
@@ -219,6 +228,8 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
     started = time.perf_counter()
     policy, scheduler = build_policy(request.mode, request.mask, pipe.spatial)
     spatial = request.mode == SPATIAL
+    if request.id_images is not None and request.mode != NONE:
+        return _generate_several(pipe, request, policy, scheduler, model, started)
     recorder = MaskRecorder(keep_ca_norm=False) if request.record_masks and spatial else None
     id_image = request.id_image if request.mode != NONE else None
     call = request.sampling()
@@ -231,6 +242,25 @@ def generate(pipe: Any, request: GenerationRequest, *, model: Any = None) -> Gen
     sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
     masks = recorder.mean_mask_per_step() if recorder is not None else None
     return GenerationResult(image=image, compare=compare, masks_per_step=masks, sidecar=sidecar)
+
+
+def _generate_several(
+    pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any, started: float
+) -> GenerationResult:
+    """Several people in one image: per-person masks compete; the strip colours each person's mask."""
+    from idgen.recording import IdentityMaskRecorder
+
+    assert request.id_images is not None
+    recorder = IdentityMaskRecorder() if request.record_masks and request.mode == SPATIAL else None
+    boxes = None if request.boxes is None else list(request.boxes)
+    output = pipe(
+        request.prompt, id_images=[list(photos) for photos in request.id_images], boxes=boxes,
+        mode=request.mode, policy=policy, recorder=recorder, **request.sampling(),
+    )  # fmt: skip
+    sidecar = _sidecar(pipe, request, policy, scheduler, model)
+    sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
+    masks = recorder.mean_masks_per_step() if recorder is not None else None
+    return GenerationResult(output.images[0], None, masks, sidecar, several_identities=True)
 
 
 def _sidecar(
@@ -273,5 +303,8 @@ def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_
 def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
+    for several in ("id_images", "boxes"):  # one person's record stays as it was
+        if record[several] is None:
+            record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)
     return record

@@ -50,3 +50,40 @@ class MaskRecorder:
             if rows:
                 out.append((step, rows[0].t, torch.stack([r.mask[sample] for r in rows]).mean(0)))  # type: ignore[index]
         return out
+
+
+@dataclass
+class IdentityMaskRecorder:
+    """Pass one as `recorder=` to a several-identities call: one MaskRecorder per identity."""
+
+    keep_ca_norm: bool = False
+    points: frozenset[str] | None = None
+    per_identity: dict[int, MaskRecorder] = field(default_factory=dict)
+
+    def record_identity(
+        self,
+        identity: int,
+        step: int,
+        t: float,
+        point: str,
+        mask: Tensor | None,
+        heads_out: Tensor,
+        grid: tuple[int, int],
+    ) -> None:
+        if identity not in self.per_identity:
+            self.per_identity[identity] = MaskRecorder(keep_ca_norm=self.keep_ca_norm, points=self.points)
+        self.per_identity[identity].record(step, t, point, mask, heads_out, grid)
+
+    @property
+    def identities(self) -> int:
+        return len(self.per_identity)
+
+    def mean_masks_per_step(self, sample: int = 0) -> list[tuple[int, float, Tensor]]:
+        """(step, t, (n, H, W)): each identity's mask averaged over the injection points, per step."""
+        per_identity = [self.per_identity[i].mean_mask_per_step(sample) for i in range(self.identities)]
+        if not per_identity or not per_identity[0]:
+            return []
+        return [
+            (step, t, torch.stack([rows[k][2] for rows in per_identity]))
+            for k, (step, t, _) in enumerate(per_identity[0])
+        ]

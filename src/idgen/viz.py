@@ -12,6 +12,12 @@ from torch import Tensor
 from idgen.io import atomic_output
 
 HEAT = np.array([255, 40, 0], dtype=np.float32)  # mask colour
+# One colour per identity (the first is HEAT, so one identity looks as it always did).
+IDENTITY_COLOURS = np.array(
+    [[255, 40, 0], [0, 110, 255], [0, 190, 60], [240, 200, 0], [200, 0, 200], [0, 200, 200], [255, 140, 0],
+     [120, 60, 220]],
+    dtype=np.float32,
+)  # fmt: skip
 
 
 def overlay_mask(image: Image.Image, mask: Tensor, alpha: float = 0.6) -> Image.Image:
@@ -21,6 +27,22 @@ def overlay_mask(image: Image.Image, mask: Tensor, alpha: float = 0.6) -> Image.
     weight = (alpha * up[0, 0].clamp(0, 1)).numpy()[..., None]
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     return Image.fromarray((rgb * (1 - weight) + HEAT * weight).round().astype(np.uint8))
+
+
+def overlay_identity_masks(image: Image.Image, masks: Tensor, alpha: float = 0.6) -> Image.Image:
+    """Blend (n, H, W) masks in [0, 1] over the image, identity i in IDENTITY_COLOURS[i]; where their sum
+    passes 1 (masks averaged over injection points can), they are scaled to sum to 1."""
+    if masks.shape[0] > len(IDENTITY_COLOURS):
+        raise ValueError(f"at most {len(IDENTITY_COLOURS)} identities can be coloured, got {masks.shape[0]}")
+    up = torch.nn.functional.interpolate(
+        masks.float()[None], size=(image.height, image.width), mode="bilinear"
+    )
+    weights = up[0].clamp(0, 1)  # (n, h, w)
+    weights = weights / weights.sum(0, keepdim=True).clamp_min(1.0)
+    colour = torch.einsum("nhw,nc->hwc", weights, torch.from_numpy(IDENTITY_COLOURS[: masks.shape[0]]))
+    total = (alpha * weights.sum(0)).numpy()[..., None]  # (h, w, 1)
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return Image.fromarray((rgb * (1 - total) + alpha * colour.numpy()).round().clip(0, 255).astype(np.uint8))
 
 
 def labelled(image: Image.Image, text: str) -> Image.Image:
@@ -34,14 +56,41 @@ def mask_frames(
     image: Image.Image, per_step: list[tuple[int, float, Tensor]], min_size: int = 96
 ) -> list[Image.Image]:
     """One labelled overlay per step; small images are enlarged so the label fits."""
-    if image.width < min_size:
-        scale = -(-min_size // image.width)
-        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    image = _enlarged(image, min_size)
     return [labelled(overlay_mask(image, mask), f"step {step} t={t:.2f}") for step, t, mask in per_step]
 
 
+def _enlarged(image: Image.Image, min_size: int) -> Image.Image:
+    if image.width >= min_size:
+        return image
+    scale = -(-min_size // image.width)
+    return image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+
+
+def identity_mask_frames(
+    image: Image.Image, per_step: list[tuple[int, float, Tensor]], min_size: int = 96
+) -> list[Image.Image]:
+    """One labelled colour-coded overlay per step of (step, t, (n, H, W) masks): identity i in colour i."""
+    image = _enlarged(image, min_size)
+    return [labelled(overlay_identity_masks(image, m), f"step {step} t={t:.2f}") for step, t, m in per_step]
+
+
+def identity_mask_strip(image: Image.Image, per_step: list[tuple[int, float, Tensor]]) -> Image.Image:
+    """The steps' colour-coded overlays in a row (identity i in IDENTITY_COLOURS[i])."""
+    return _row(identity_mask_frames(image, per_step))
+
+
+def save_identity_mask_gif(
+    image: Image.Image, per_step: list[tuple[int, float, Tensor]], path: str | os.PathLike[str], ms: int = 300
+) -> None:
+    _save_gif(identity_mask_frames(image, per_step), path, ms)
+
+
 def mask_strip(image: Image.Image, per_step: list[tuple[int, float, Tensor]]) -> Image.Image:
-    frames = mask_frames(image, per_step)
+    return _row(mask_frames(image, per_step))
+
+
+def _row(frames: list[Image.Image]) -> Image.Image:
     if not frames:
         raise ValueError("no masks were recorded")
     strip = Image.new("RGB", (sum(f.width for f in frames), frames[0].height), "white")
@@ -53,7 +102,10 @@ def mask_strip(image: Image.Image, per_step: list[tuple[int, float, Tensor]]) ->
 def save_mask_gif(
     image: Image.Image, per_step: list[tuple[int, float, Tensor]], path: str | os.PathLike[str], ms: int = 300
 ) -> None:
-    frames = mask_frames(image, per_step)
+    _save_gif(mask_frames(image, per_step), path, ms)
+
+
+def _save_gif(frames: list[Image.Image], path: str | os.PathLike[str], ms: int) -> None:
     if not frames:
         raise ValueError("no masks were recorded")
     with atomic_output(path) as tmp:

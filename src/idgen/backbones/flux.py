@@ -218,6 +218,8 @@ class FluxIdentityInjector(RunHost):
         self, ca: nn.Module, point: InjectionPoint, run: InjectionRun, id_tokens: Tensor, hidden: Tensor
     ) -> Tensor:
         # hidden (B, N, dim) image tokens; id_tokens (1|B, K, kv_dim), in the identity networks' dtype
+        if run.competition is not None:
+            return self._inject_competing(ca, point, run, id_tokens, hidden)
         if id_tokens.shape[0] != hidden.shape[0]:
             id_tokens = id_tokens.expand(hidden.shape[0], -1, -1)
         heads_out, probs = ca.attend(id_tokens, hidden.to(id_tokens.dtype))  # type: ignore[operator]
@@ -230,6 +232,35 @@ class FluxIdentityInjector(RunHost):
         # Eager keeps PuLID's exact arithmetic with a Python float.
         weight = self._weight if torch.compiler.is_compiling() else run.id_weight
         return gate(hidden, residual, cast(float, weight), mask)
+
+    def _inject_competing(
+        self, ca: nn.Module, point: InjectionPoint, run: InjectionRun, id_tokens: Tensor, hidden: Tensor
+    ) -> Tensor:
+        """Several identities: each one's CA on the same image tokens (batched), masks from the competition.
+
+        hidden (B, N, dim); id_tokens (n * B, K, kv_dim), identity-major."""
+        competition = cast(Any, run.competition)
+        count, batch = competition.identities, hidden.shape[0]
+        own = hidden.to(id_tokens.dtype)
+        stacked = own if count == 1 else own.repeat(count, 1, 1)  # (n * B, N, dim)
+        heads_out, probs = ca.attend(id_tokens, stacked)  # type: ignore[operator]
+        residual = ca.to_out(heads_out).to(hidden.dtype)  # type: ignore[operator]
+        keep_probs = competition.needs_attn_probs
+        outputs = [
+            in_float32(
+                CAOutput(
+                    heads_out[i * batch : (i + 1) * batch],
+                    probs[i * batch : (i + 1) * batch] if keep_probs else None,
+                )
+            )
+            for i in range(count)
+        ]
+        masks = competition(outputs, run.t, run.grid)  # n x (B, N, 1) | None
+        if run.recorder is not None:
+            record_identities(run.recorder, run, point.name, masks, outputs)
+        for i, mask in enumerate(masks):
+            hidden = gate(hidden, residual[i * batch : (i + 1) * batch], run.id_weights[i], mask)
+        return hidden
 
 
 class IdentityBlockHook(ModelHook):
@@ -250,6 +281,19 @@ def in_float32(output: CAOutput) -> CAOutput:
         return output
     probs = None if output.attn_probs is None else output.attn_probs.float()
     return CAOutput(output.heads_out.float(), probs)
+
+
+def record_identities(
+    recorder: Any, run: InjectionRun, point: str, masks: list[Tensor | None], outputs: list[CAOutput]
+) -> None:
+    """Each identity's mask to an IdentityRecorder; a plain Recorder gets their sum."""
+    if hasattr(recorder, "record_identity"):
+        for i, (mask, output) in enumerate(zip(masks, outputs, strict=True)):
+            recorder.record_identity(i, run.step, run.t, point, mask, output.heads_out, run.grid)
+        return
+    given = [m for m in masks if m is not None]
+    total = None if not given else given[0] if len(masks) == 1 else torch.stack(given).sum(0)
+    recorder.record(run.step, run.t, point, total, outputs[0].heads_out, run.grid)
 
 
 @torch.no_grad()

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from torch import Tensor, nn
 
 from idgen.core.gate import MaskPolicy, UniformMask
+from idgen.core.multi import CompetingMasks
 from idgen.errors import IdgenError
 
 Grid = tuple[int, int]
@@ -27,6 +28,21 @@ MAX_PASSES_PER_STEP = 2  # conditional + negative (true CFG)
 class Recorder(Protocol):
     def record(
         self, step: int, t: float, point: str, mask: Tensor | None, heads_out: Tensor, grid: Grid
+    ) -> None: ...
+
+
+class IdentityRecorder(Protocol):
+    """Records each identity's mask when several identities compete (a plain Recorder gets their sum)."""
+
+    def record_identity(
+        self,
+        identity: int,
+        step: int,
+        t: float,
+        point: str,
+        mask: Tensor | None,
+        heads_out: Tensor,
+        grid: Grid,
     ) -> None: ...
 
 
@@ -50,6 +66,10 @@ class InjectionRun:
     true_cfg_start_step: int = 0
     num_train_timesteps: int = 1
     recorded_rows: int | None = None  # the recorder keeps the last rows only (a CFG batch's cond half)
+    # Several identities (FLUX): id_tokens stack n identities' rows identity-major, (n * B, K, dim); each
+    # identity's CA runs on its rows and `competition` decides the masks, `id_weights` the weights.
+    competition: CompetingMasks | None = None
+    id_weights: tuple[float, ...] = ()
     # The sampler's position.
     step: int = 0
     pass_index: int = -1  # denoiser calls since the last step boundary, minus one
@@ -63,6 +83,10 @@ class InjectionRun:
             raise IdgenError(f"identity start step must be >= 0, got {self.start_step}")
         if self.true_cfg_start_step < 0:
             raise IdgenError(f"true CFG start step must be >= 0, got {self.true_cfg_start_step}")
+        if self.competition is not None and len(self.id_weights) != self.competition.identities:
+            raise IdgenError(
+                f"{len(self.id_weights)} identity weights for {self.competition.identities} identities"
+            )
 
     def advance(self, timestep: float, grid: Grid) -> None:
         """A denoiser call begins (called by the backbone's pre-hook)."""

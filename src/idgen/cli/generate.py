@@ -59,7 +59,18 @@ def image_outputs(out: Path, count: int) -> list[Path]:
 def add_generate(sub: Any) -> None:
     p = sub.add_parser("generate", help="generate an image of the person in --id-image")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--id-image", help="photo of the person (needed unless --mode none)")
+    p.add_argument(
+        "--id-image",
+        action="append",
+        help="photo of the person (needed unless --mode none); repeat it for several people in one image; "
+        "several photos of one person: a1.jpg,a2.jpg",
+    )
+    p.add_argument(
+        "--id-box",
+        action="append",
+        type=parse_id_box,
+        help="where the person of the same --id-image goes: l,t,r,b in [0,1]; give one per --id-image",
+    )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
     p.add_argument("--start-step", type=int, default=0, help="first step with the identity, in [0, steps-1]")
@@ -138,6 +149,45 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def parse_id_box(text: str) -> tuple[float, float, float, float]:
+    try:
+        return parse_box(text)
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--prior-box", "--id-box")) from None
+
+
+def person_photos(value: str) -> tuple[str, ...]:
+    """One --id-image value -> that person's photos: one file, or a comma-separated list of files (a path
+    that exists is taken as it is, commas and all)."""
+    if Path(value).exists() or "," not in value:
+        return (value,)
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def identity_photos(args: argparse.Namespace) -> tuple[tuple[str, ...], ...] | None:
+    """The people's photos when the arguments name several people, several photos or boxes; else None
+    (one plain --id-image: today's single-identity path). Leaves a single --id-image as a plain string."""
+    given = args.id_image
+    values = [given] if isinstance(given, str) else list(given or [])
+    args.id_image = values[0] if len(values) == 1 else (values or None)
+    people = tuple(person_photos(v) for v in values)
+    if len(people) > 1 or any(len(p) > 1 for p in people) or getattr(args, "id_box", None):
+        return people
+    return None
+
+
+def check_identities(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
+    """The several-people arguments that go together."""
+    boxes = args.id_box or []
+    if boxes and len(boxes) != len(people):
+        raise IdgenError(f"got {len(boxes)} --id-box for {len(people)} --id-image; give one box per person")
+    for flag, value in (("--mask-image", args.mask_image), ("--prior-box", args.prior_box)):
+        if value is not None:
+            raise IdgenError(f"{flag} is for one person; with several, use --id-box")
+    if args.compare:
+        raise IdgenError("--compare shows one person; it cannot be used with several --id-image")
+
+
 def mask_settings(args: argparse.Namespace) -> MaskSettings:
     schedule = {n: getattr(args, n) for n in SCHEDULE_SETTINGS if getattr(args, n) is not None}
     return MaskSettings(args.preset, schedule, args.extractor, args.min_spread, args.refiner, args.anchor,
@@ -151,11 +201,14 @@ def mask_pictures(args: argparse.Namespace) -> tuple[bool, bool]:
     return strip and spatial, args.mask_gif and spatial
 
 
-def generation_request(args: argparse.Namespace, demo: bool) -> GenerationRequest:
-    """The request the arguments describe; `demo` turns the compare strip on by default."""
+def generation_request(
+    args: argparse.Namespace, demo: bool, people: tuple[tuple[str, ...], ...] | None = None
+) -> GenerationRequest:
+    """The request the arguments describe; `demo` turns the compare strip on by default (one person only)."""
+    demo = demo and people is None
     return GenerationRequest(
         prompt=args.prompt,
-        id_image=args.id_image if args.mode != NONE else None,
+        id_image=args.id_image if args.mode != NONE and people is None else None,
         mode=args.mode,
         mask=mask_settings(args),
         id_weight=args.id_weight,
@@ -171,8 +224,17 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
         max_sequence_length=args.max_sequence_length,
         compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
         record_masks=any(mask_pictures(args)),
-        parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
+        parameters=recorded_arguments(args),
+        id_images=people,
+        boxes=None if people is None or not args.id_box else tuple(args.id_box),
     )
+
+
+def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
+    it was before several people existed."""
+    skipped = ("func", "debug") if getattr(args, "id_box", None) else ("func", "debug", "id_box")
+    return {k: v for k, v in vars(args).items() if k not in skipped}
 
 
 def check_numbers(args: argparse.Namespace, steps: int) -> None:
@@ -206,18 +268,15 @@ def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
     from idgen.generation import build_policy
     from idgen.pipelines.pulid_flux import check_generation_inputs
 
+    people = identity_photos(args)
     check_combinations(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
     seeds = image_seeds(args)
     size = check.image_size(args.width, args.height, default_size, multiple)
     check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
-    request = generation_request(args, uses_demo_world(args))
-    inputs = [request.id_image, args.mask_image]
-    if request.id_image is not None:
-        from idgen.io import load_image
-
-        load_image(request.id_image, what="id image")
+    request = generation_request(args, uses_demo_world(args), people)
+    inputs = [*check_photos(args, request, people, size, multiple), args.mask_image]
     if args.mask_image:
         check.mask_image_size(args.mask_image, size)
     build_policy(args.mode, request.mask)  # a bad schedule or mask fails before the models load
@@ -226,6 +285,31 @@ def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
             what = "--out" if path == Path(args.out) else "output"
             check.output_file(path, what, inputs=inputs, overwrite=args.overwrite)
     return [dataclasses.replace(request, seed=seed) for seed in seeds]
+
+
+def check_photos(
+    args: argparse.Namespace,
+    request: GenerationRequest,
+    people: tuple[tuple[str, ...], ...] | None,
+    size: tuple[int, int],
+    multiple: int,
+) -> list[str]:
+    """The photos the request uses, each read once; for several people also the library's own checks
+    (how many fit, the boxes), before any model loads."""
+    from idgen.io import load_image
+    from idgen.pipelines.multi import check_identities as check_library
+
+    if people is None:
+        photos = [] if request.id_image is None else [str(request.id_image)]
+    else:
+        check_identities(args, people)
+        photos = [photo for person in people for photo in person] if args.mode != NONE else []
+    if people is not None and photos:
+        grid = (size[1] // multiple, size[0] // multiple)
+        check_library(None, [list(p) for p in people], None, args.id_weight, args.id_box, None, grid)
+    for photo in photos:
+        load_image(photo, what="id image")
+    return photos
 
 
 def warn_demo_prompt(prompt: str) -> None:

@@ -25,6 +25,16 @@ from idgen.core.masks import (
     token_centroid,
     tokens_to_grid,
 )
+from idgen.core.multi import (
+    ArgmaxAssignment,
+    AssignmentRule,
+    BoxRegion,
+    CompetingMasks,
+    MaskRegion,
+    Region,
+    SummedResiduals,
+    separated_boxes,
+)
 from idgen.core.refine import (
     GridScaledRefiner,
     MaskRefiner,
@@ -38,10 +48,14 @@ from idgen.core.schedule import PRESETS, Stage, TemporalSpatialScheduler, gaussi
 
 __all__ = [
     "PRESETS",
+    "ArgmaxAssignment",
+    "AssignmentRule",
     "AttentionAnchor",
     "AttentionEntropyExtractor",
+    "BoxRegion",
     "CANormExtractor",
     "CAOutput",
+    "CompetingMasks",
     "ConstantMask",
     "FixedMaskExtractor",
     "Grid",
@@ -49,10 +63,13 @@ __all__ = [
     "MaskExtractor",
     "MaskPolicy",
     "MaskRefiner",
+    "MaskRegion",
     "PriorAnchor",
     "Refiner",
+    "Region",
     "SpatialMask",
     "Stage",
+    "SummedResiduals",
     "TemporalSpatialScheduler",
     "UniformMask",
     "attention_entropy",
@@ -67,6 +84,7 @@ __all__ = [
     "minmax_normalize",
     "nearest_odd",
     "resize_mask",
+    "separated_boxes",
     "threshold_mask",
     "token_centroid",
     "tokens_to_grid",

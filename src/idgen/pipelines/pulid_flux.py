@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,14 @@ from idgen.pipelines.base import (
     resolve_features,
     seed_generators,
     with_defaults,
+)
+from idgen.pipelines.multi import (
+    Identities,
+    PhotoCombination,
+    check_identities,
+    competing_run,
+    scalar_weight,
+    several_identities,
 )
 from idgen.pipelines.tiny import (
     TINY_RANDOM,
@@ -127,16 +135,17 @@ class IdentityFluxPipeline:
     @torch.no_grad()
     def __call__(
         self, prompt: str | list[str] | None = None, id_image: PhotoInput | None = None, *,
-        id_features: IdentityFeatures | None = None, mode: str = SPATIAL,
+        id_features: IdentityFeatures | list[Any] | None = None, mode: str = SPATIAL,
         policy: MaskPolicy | None = None, preset: str = "v1",
-        scheduler: TemporalSpatialScheduler | None = None, id_weight: float = 1.0, start_step: int = 0,
-        true_cfg_scale: float | None = None, negative_prompt: str | None = None,
+        scheduler: TemporalSpatialScheduler | None = None, id_weight: float | list[float] = 1.0,
+        start_step: int = 0, true_cfg_scale: float | None = None, negative_prompt: str | None = None,
         height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
         guidance_scale: float | None = None, seed: int | list[int] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
         true_cfg_start_step: int | None = None, num_images_per_prompt: int = 1, return_dict: bool = True,
-        **flux_kwargs: Any,
+        id_images: list[Any] | None = None, boxes: list[Any] | None = None, masks: list[Any] | None = None,
+        combine: PhotoCombination | None = None, **flux_kwargs: Any,
     ) -> Any:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
 
@@ -148,6 +157,12 @@ class IdentityFluxPipeline:
         conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
         pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
         wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
+
+        Several people (docs/multi-identity.md): `id_images=[a, b]`, each entry a photo or a list of photos
+        of that person (joined by `combine`, a PhotoCombination; default MeanAll), or `id_features=[fa, fb]`;
+        optional `boxes` (left, top, right, bottom in [0, 1]) or `masks`, one per person; `id_weight` one
+        float or one per person. In the spatial mode the people's masks compete for each token; in the
+        uniform mode their residuals are summed.
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -156,8 +171,10 @@ class IdentityFluxPipeline:
             true_cfg_start_step=true_cfg_start_step,
         )  # fmt: skip
         check_generation_inputs(
-            prompt, id_weight, s["height"], s["width"], s["num_inference_steps"], self.pixel_multiple
-        )
+            prompt, scalar_weight(id_weight), s["height"], s["width"], s["num_inference_steps"],
+            self.pixel_multiple,
+        )  # fmt: skip
+        identities = self._identities(s, id_image, id_images, id_features, id_weight, boxes, masks)
         prompts, per_prompt = batch_size(prompt, flux_kwargs.get("prompt_embeds")), num_images_per_prompt
         if per_prompt < 1:
             raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
@@ -165,16 +182,32 @@ class IdentityFluxPipeline:
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
         images_per_prompt(call, per_prompt)
-        features, run = None, None
-        if chosen is not None:
-            features = resolve_features(self.encoder, mode, id_image, id_features, prompts)
+        settings = dict(
+            start_step=start_step, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"]
+        )
+        features, run, true_cfg = None, None, call["true_cfg_scale"] > 1.0
+        if chosen is not None and identities is not None:
+            run = competing_run(
+                self, identities, mode, chosen, prompts * per_prompt, true_cfg, combine=combine, **settings
+            )
+        elif chosen is not None:
+            features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), prompts)
             run = self._injection_run(
-                features, per_prompt, prompts * per_prompt, call["true_cfg_scale"] > 1.0, id_weight=id_weight,
-                start_step=start_step, policy=chosen, recorder=recorder,
-                true_cfg_start_step=s["true_cfg_start_step"],
+                features, per_prompt, prompts * per_prompt, true_cfg, id_weight=id_weight, policy=chosen,
+                **settings,
             )  # fmt: skip
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
+
+    def _identities(self, s: dict[str, Any], *given: Any) -> Identities | None:
+        """A several-people call's identities, checked (None for a call with one id_image / id_features).
+
+        given: id_image, id_images, id_features, id_weight, boxes, masks."""
+        id_image, id_images, id_features, id_weight, boxes, masks = given
+        if not several_identities(id_images, id_features, id_weight, boxes, masks):
+            return None
+        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
+        return check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid)
 
     def _sample(self, call: dict[str, Any], run: InjectionRun | None) -> Any:
         """The wrapped pipeline's images, with the identity run active (None: stock FLUX)."""

@@ -1,0 +1,206 @@
+"""Several photos of one person on the demo world: FaceSim with 3 photos against 1, per combination rule.
+
+Each person of the split is photographed three times: in different scenes (--photos scenes, the default:
+close-up, centre, a different background, clothing colour and lighting each, and the renderer's pose
+jitter), or as studio portraits (--photos studio: a different backdrop and clothing each, neutral light).
+FaceSim is measured against the person's studio reference photo, which is never given to the model. The
+1-photo run uses the first of the three photos, so every difference is paired (same person, prompt, seed).
+
+    python benchmarks/several_photos.py --split validation            # choose the default rule
+    python benchmarks/several_photos.py --split test --rules mean-all  # report it on held-out people
+
+Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from idgen.pipelines.multi import COMBINATIONS, combine_photos
+
+PHOTOS = 3
+CHUNK = 25
+STUDIO_SEED = 900_000  # far from the gates' reference seeds (split offset + person index)
+
+
+def conditioning_photos(identity: Any, index: int, split: str, kind: str) -> list[Image.Image]:
+    """PHOTOS renders of one person: studio portraits (each its own backdrop, clothing and pose jitter; never
+    the FaceSim reference's seed), or close-up scenes (each its own background, clothing and lighting)."""
+    from idgen.world.render import (
+        BACKGROUNDS,
+        CLOTHING_NAMES,
+        LIGHTING_NAMES,
+        Scene,
+        render,
+        render_reference,
+    )
+
+    rng = np.random.default_rng([index, 0x5EE, len(split)])
+    if kind == "studio":
+        seeds = [STUDIO_SEED + 1000 * index + k for k in range(PHOTOS)]
+        return [Image.fromarray(render_reference(identity, seed=s).image) for s in seeds]
+    first_light = int(rng.integers(len(LIGHTING_NAMES)))
+    photos = []
+    for k in range(PHOTOS):
+        scene = Scene(
+            background=int(rng.integers(len(BACKGROUNDS))),
+            clothing_colour=int(rng.integers(len(CLOTHING_NAMES))),
+            lighting=(first_light + k) % len(LIGHTING_NAMES),
+            framing=0,  # close-up
+            position=1,  # centre
+        )
+        photos.append(Image.fromarray(render(identity, scene, seed=int(rng.integers(1 << 30))).image))
+    return photos
+
+
+def reference_embeddings(people: list[Any], split: str, recognizer: Any, segmenter: Any) -> torch.Tensor:
+    """(N, D) face embeddings of the people's studio reference photos (the FaceSim references)."""
+    from idgen.world.gates import reference_seed
+    from idgen.world.render import render_reference
+
+    refs = [render_reference(p, seed=reference_seed(i, split)).image for i, p in enumerate(people)]
+    images = torch.stack([torch.from_numpy(r).permute(2, 0, 1).float() / 255 for r in refs])
+    boxes = segmenter.face_boxes(images)
+    return recognizer.embed(images, [b or (16, 16, 48, 48) for b in boxes])
+
+
+def id_tokens(pipe: Any, features: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K, D) id tokens, one row per person, and the uncond tokens for true CFG."""
+    from idgen.backbones.flux import encode_id_tokens
+
+    pairs = [encode_id_tokens(pipe.adapter, f, with_uncond=True) for f in features]
+    return torch.cat([t for t, _ in pairs]), torch.cat([u for _, u in pairs])  # type: ignore[misc]
+
+
+def face_sims(ev: dict[str, Any], images: torch.Tensor, people: list[int]) -> list[float]:
+    """cos(face(image), face(reference)) per image; NaN where the segmenter finds no face."""
+    _, boxes = ev["segmenter"].detect(images)
+    out = [math.nan] * len(people)
+    found = [j for j, box in enumerate(boxes) if box is not None]
+    if found:
+        embeds = ev["recognizer"].embed(images[found], [boxes[j] for j in found])
+        for k, j in enumerate(found):
+            out[j] = float(embeds[k] @ ev["references"][people[j]])
+    return out
+
+
+def run_condition(
+    pipe: Any, ev: dict[str, Any], tokens: Any, prompts: list[str], seeds: list[int]
+) -> list[float]:
+    """FaceSim of one condition over all people, generated in chunks (spatial mode, the model's policy)."""
+    from dataclasses import replace
+
+    from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.world.gates import generate
+
+    policy = replace(pipe.spatial, scheduler=TemporalSpatialScheduler.from_preset("v1"))
+    cond, uncond = tokens
+    sims: list[float] = []
+    for start in range(0, len(prompts), CHUNK):
+        part = slice(start, start + CHUNK)
+        images = generate(pipe, prompts[part], seeds[part], cond[part], policy, uncond[part])
+        sims += face_sims(ev, images, list(range(start, start + len(images))))
+    return sims
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, float]:
+    """Mean of b - a over the people with a face in both, with its 95% t interval."""
+    from scipy import stats
+
+    d = np.array([y - x for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))])
+    n = len(d)
+    half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return {"mean": float(d.mean()) if n else math.nan, "ci95": half, "n": n}
+
+
+def measure(split: str, people: int, rules: list[str], kind: str) -> dict[str, Any]:
+    from idgen.world.bundle import load_world, quiet_prompt_truncation
+    from idgen.world.evaluators import FaceRecognizer, FaceSegmenter
+    from idgen.world.gates import pairs, split_people
+
+    quiet_prompt_truncation()
+    pipe = load_world("cpu")
+    chosen = split_people(split)[:people]
+    ev = {"recognizer": FaceRecognizer.from_pretrained(), "segmenter": FaceSegmenter.from_pretrained()}
+    ev["references"] = reference_embeddings(chosen, split, ev["recognizer"], ev["segmenter"])
+    todo = pairs(1, split)[:people]
+    prompts, seeds = [p.prompt.text for p in todo], [p.seed for p in todo]
+    photos = [conditioning_photos(person, i, split, kind) for i, person in enumerate(chosen)]
+    feats = [
+        [pipe.encoder(im, what=f"photo {k} of person {i}") for k, im in enumerate(ph)]
+        for i, ph in enumerate(photos)
+    ]
+    sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), prompts, seeds)}
+    for rule in rules:
+        combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
+        sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), prompts, seeds)
+    return {**summarise(sims, split, people), "photos_kind": kind}
+
+
+def summarise(sims: dict[str, list[float]], split: str, people: int) -> dict[str, Any]:
+    base = sims["1 photo"]
+    rows = {}
+    for name, values in sims.items():
+        kept = [v for v in values if not math.isnan(v)]
+        rows[name] = {"facesim": float(np.mean(kept)), "faces": len(kept)}
+        if name != "1 photo":
+            rows[name]["minus_1_photo"] = paired(base, values)
+    return {"split": split, "people": people, "photos": PHOTOS, "rows": rows, "per_person": sims}
+
+
+def table(result: dict[str, Any]) -> str:
+    lines = [
+        f"Demo world, {result['split']} split, {result['people']} people, {result['photos_kind']} photos, "
+        "one prompt and seed each:",
+        "",
+        "| condition | FaceSim | faces found | 3 photos - 1 photo (paired, 95% CI) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in result["rows"].items():
+        diff = row.get("minus_1_photo")
+        shown = "" if diff is None else f"{diff['mean']:+.4f} ± {diff['ci95']:.4f} (n={diff['n']})"
+        lines.append(f"| {name} | {row['facesim']:.4f} | {row['faces']} | {shown} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--split", choices=["validation", "test"], default="validation")
+    p.add_argument("--people", type=int, default=100)
+    p.add_argument("--photos", choices=["scenes", "studio"], default="scenes", help="what the 3 photos are")
+    p.add_argument(
+        "--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}"
+    )
+    p.add_argument("--json", help="also write the numbers (and per-person FaceSim) to this file")
+    args = p.parse_args(argv)
+    rules = [r for r in args.rules.split(",") if r]
+    unknown = [r for r in rules if r not in COMBINATIONS]
+    if unknown or not 1 <= args.people <= 100:
+        print(
+            f"several_photos: unknown rule {unknown[0]!r}" if unknown else "--people must be in [1, 100]",
+            file=sys.stderr,
+        )
+        return 2
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    started = time.perf_counter()
+    result = measure(args.split, args.people, rules, args.photos)
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    print(table(result))
+    if args.json:
+        from idgen.io import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Several identities in one image: each identity's mask at one injection point, then a rule for who wins.
+
+Each identity i has its own cross-attention output and its own mask policy (e.g. a SpatialMask whose early
+prior is centred on that identity's box), and optionally a region (a box or a mask picture) it may not leave.
+An assignment rule then turns the n masks into the ones that gate the n residuals:
+
+    hidden <- hidden + sum_i w_i * M_i (.) CA_i(id_tokens_i, hidden)
+
+ArgmaxAssignment keeps, at each token, only the identity with the largest mask (so a token takes at most
+one identity's residual); SummedResiduals keeps every mask as it is (the naive baseline, which blends faces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from idgen.core.gate import MaskPolicy
+from idgen.core.masks import CAOutput, Grid, resize_mask
+from idgen.errors import IdgenError
+
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in [0, 1] image coordinates
+
+
+def separated_boxes(count: int) -> list[Box]:
+    """`count` equal vertical strips, left to right: where identities without a box are expected.
+
+    Centring each identity's prior on its strip gives `count` separated peaks along the image's width."""
+    if count < 1:
+        raise IdgenError(f"need at least one identity, got {count}")
+    return [(i / count, 0.0, (i + 1) / count, 1.0) for i in range(count)]
+
+
+class Region(Protocol):
+    """Where one identity may inject: (H, W) float in [0, 1] on the token grid."""
+
+    def __call__(self, grid: Grid, device: torch.device) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class BoxRegion:
+    """1 on the tokens whose centre lies inside the box (edges included), 0 elsewhere."""
+
+    box: Box
+
+    def __call__(self, grid: Grid, device: torch.device) -> Tensor:
+        rows, cols = grid
+        left, top, right, bottom = self.box
+        y = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows  # (H,) token centres
+        x = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) / cols  # (W,)
+        inside_y = (y >= top) & (y <= bottom)
+        inside_x = (x >= left) & (x <= right)
+        return (inside_y[:, None] & inside_x[None, :]).float()  # (H, W)
+
+
+@dataclass(frozen=True, eq=False)
+class MaskRegion:
+    """A user mask (h, w) in [0, 1], resized to each token grid as FixedMaskExtractor does."""
+
+    mask: Tensor
+
+    def __call__(self, grid: Grid, device: torch.device) -> Tensor:
+        return resize_mask(self.mask, grid)[0].to(device)  # (H, W)
+
+
+class AssignmentRule(Protocol):
+    """(n, B, N) masks of the n identities -> the (n, B, N) masks that gate their residuals."""
+
+    def __call__(self, masks: Tensor) -> Tensor: ...
+
+
+class ArgmaxAssignment:
+    """Each token keeps the mask of the identity whose mask is largest there, the others get 0.
+
+    Ties go to the identity listed first, so at most one identity is nonzero per token. With one identity
+    the mask is returned as it is (bit for bit)."""
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        if masks.shape[0] == 1:
+            return masks
+        winner = masks.argmax(dim=0, keepdim=True)  # (1, B, N): first maximum on ties
+        ids = torch.arange(masks.shape[0], device=masks.device).view(-1, 1, 1)  # (n, 1, 1)
+        return torch.where(ids == winner, masks, torch.zeros_like(masks))
+
+
+class SummedResiduals:
+    """Every identity's mask as it is: all residuals are added (PuLID run once per identity)."""
+
+    def __call__(self, masks: Tensor) -> Tensor:
+        return masks
+
+
+def _policies_need_probs(policies: Sequence[MaskPolicy]) -> bool:
+    return any(p.needs_attn_probs for p in policies)
+
+
+@dataclass(frozen=True)
+class CompetingMasks:
+    """n identities' masks at one injection point: each policy on its own CA output, limited to its region,
+    then the assignment rule.
+
+    policies: one MaskPolicy per identity (None from a policy means uniform: a mask of ones).
+    regions:  one Region or None per identity, or () for none at all.
+    """
+
+    policies: tuple[MaskPolicy, ...]
+    rule: AssignmentRule = field(default_factory=ArgmaxAssignment)
+    regions: tuple[Region | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.policies:
+            raise IdgenError("CompetingMasks needs at least one identity's policy")
+        if self.regions and len(self.regions) != len(self.policies):
+            raise IdgenError(f"{len(self.regions)} regions for {len(self.policies)} identities")
+
+    @property
+    def identities(self) -> int:
+        return len(self.policies)
+
+    @property
+    def needs_attn_probs(self) -> bool:
+        return _policies_need_probs(self.policies)
+
+    def __call__(self, outputs: Sequence[CAOutput], t: float, grid: Grid) -> list[Tensor | None]:
+        """outputs: n CA outputs, heads_out (B, N, D) each -> n masks (B, N, 1), or None where uniform."""
+        if len(outputs) != self.identities:
+            raise IdgenError(f"{len(outputs)} CA outputs for {self.identities} identities")
+        masks = [self._limited(i, output, t, grid) for i, output in enumerate(outputs)]
+        if all(m is None for m in masks) and isinstance(self.rule, SummedResiduals):
+            return list(masks)  # uniform and summed: PuLID's arithmetic for each identity
+        heads = outputs[0].heads_out  # (B, N, D)
+        ones = torch.ones((*heads.shape[:2], 1), dtype=heads.dtype, device=heads.device)
+        stacked = torch.stack([ones if m is None else m for m in masks])  # (n, B, N, 1)
+        return list(self.rule(stacked.squeeze(-1)).unsqueeze(-1).unbind(0))
+
+    def _limited(self, index: int, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
+        """Identity `index`'s own mask (B, N, 1), times its region where it has one."""
+        mask = self.policies[index](output, t, grid)
+        region = self.regions[index] if self.regions else None
+        if region is None:
+            return mask
+        heads = output.heads_out
+        inside = region(grid, heads.device).reshape(1, -1, 1).to(heads.dtype)  # (1, N, 1)
+        return inside.expand(heads.shape[0], -1, -1) if mask is None else mask * inside
