@@ -340,7 +340,6 @@ def test_cli_quantize_generates_with_a_quantised_transformer(tmp_path, monkeypat
     quantised = []
     real = lowvram.quantize_transformer
     monkeypatch.setattr(lowvram, "quantize_transformer", lambda t, s: quantised.append(s) or real(t, s))
-    monkeypatch.setattr("idgen.cli.common.quantize_transformer", lowvram.quantize_transformer)
     assert cli_generate(tmp_path, "--quantize", "fp8") == 0
     assert quantised == ["fp8"] and (tmp_path / "out.png").is_file()
 

@@ -157,12 +157,7 @@ class IdentityFluxPipeline:
         conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
         pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
         wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
-
-        Several people (docs/multi-identity.md): `id_images=[a, b]`, each entry a photo or a list of photos
-        of that person (joined by `combine`, a PhotoCombination; default MeanAll), or `id_features=[fa, fb]`;
-        optional `boxes` (left, top, right, bottom in [0, 1]) or `masks`, one per person; `id_weight` one
-        float or one per person. In the spatial mode the people's masks compete for each token; in the
-        uniform mode their residuals are summed.
+        Several people: `id_images`, `boxes`, `masks`, `combine` (see `_identities`).
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -182,25 +177,19 @@ class IdentityFluxPipeline:
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
         images_per_prompt(call, per_prompt)
-        settings = dict(
-            start_step=start_step, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"]
-        )
-        features, run, true_cfg = None, None, call["true_cfg_scale"] > 1.0
-        if chosen is not None and identities is not None:
-            run = competing_run(
-                self, identities, mode, chosen, prompts * per_prompt, true_cfg, combine=combine, **settings
-            )
-        elif chosen is not None:
-            features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), prompts)
-            run = self._injection_run(
-                features, per_prompt, prompts * per_prompt, true_cfg, id_weight=id_weight, policy=chosen,
-                **settings,
-            )  # fmt: skip
+        given = (id_image, id_features, id_weight, combine, start_step, recorder)
+        features, run = self._identity_run(call, s, chosen, mode, identities, given, (prompts, per_prompt))
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
 
     def _identities(self, s: dict[str, Any], *given: Any) -> Identities | None:
         """A several-people call's identities, checked (None for a call with one id_image / id_features).
+
+        Several people (docs/multi-identity.md): `id_images=[a, b]`, each entry a photo or a list of photos
+        of that person (joined by `combine`, a PhotoCombination; default MeanAll), or `id_features=[fa, fb]`;
+        optional `boxes` (left, top, right, bottom in [0, 1]) or `masks`, one per person; `id_weight` one
+        float or one per person. In the spatial mode the people's masks compete for each token; in the
+        uniform mode their residuals are summed.
 
         given: id_image, id_images, id_features, id_weight, boxes, masks."""
         id_image, id_images, id_features, id_weight, boxes, masks = given
@@ -208,6 +197,37 @@ class IdentityFluxPipeline:
             return None
         grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
         return check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid)
+
+    def _identity_run(
+        self, call: dict[str, Any], s: dict[str, Any], policy: MaskPolicy | None, mode: str,
+        identities: Identities | None, given: tuple[Any, ...], batch: tuple[int, int],
+    ) -> tuple[IdentityFeatures | None, InjectionRun | None]:  # fmt: skip
+        """The call's InjectionRun (and one person's features); no policy (mode "none"): no run.
+        given: id_image, id_features, id_weight, combine, start_step, recorder; batch: (prompts, images per
+        prompt)."""
+        if policy is None:
+            return None, None
+        id_image, id_features, id_weight, combine, start_step, recorder = given
+        settings = dict(
+            start_step=start_step, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"]
+        )
+        (prompts, per_prompt), true_cfg = batch, call["true_cfg_scale"] > 1.0
+        if identities is not None:
+            run = competing_run(
+                self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine, **settings
+            )
+            return None, run
+        features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), prompts)
+        run = self._injection_run(
+            features,
+            per_prompt,
+            prompts * per_prompt,
+            true_cfg,
+            id_weight=id_weight,
+            policy=policy,
+            **settings,
+        )
+        return features, run
 
     def _sample(self, call: dict[str, Any], run: InjectionRun | None) -> Any:
         """The wrapped pipeline's images, with the identity run active (None: stock FLUX)."""
