@@ -206,10 +206,11 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
     from idgen.models.wplus_flux import load_wplus_flux_adapter
     from idgen.pipelines.pulid_flux import IdentityFluxPipeline
     from idgen.world.bundle import ASSETS, WORLD_DEFAULTS, WORLD_SPATIAL, verify
+    from idgen.world.tokenizer import load_tokenizers
 
     assets = assets or ASSETS
     verify(assets, ("flux", "pidiff", "identity", "wplus"))
-    flux = FluxPipeline.from_pretrained(assets / "flux").to(device)
+    flux = FluxPipeline.from_pretrained(assets / "flux", **load_tokenizers(assets / "flux")).to(device)
     flux.set_progress_bar_config(disable=True)
     branch = load_wplus_flux_adapter(assets / "pidiff", device=device)
     encoder = WorldWPlusEncoder.from_pretrained(
