@@ -41,9 +41,16 @@ from idgen.eval.metrics import REGISTRY, backdrop_shift
 from idgen.eval.metrics import mean_ci_normal as mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
+from idgen.world.backgrounds import BACKDROP_NAMES
 from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
-from idgen.world.render import Identity, render_reference, test_identities, validation_identities
+from idgen.world.render import (
+    Identity,
+    person_region,
+    render_reference,
+    test_identities,
+    validation_identities,
+)
 
 # The gates' rows: the three modes, then SpatialID without each of the demo world's changes.
 ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper")
@@ -61,9 +68,8 @@ class Pair:
     seed: int
 
 
-# What the gates report, as the eval harness's metrics: FaceSim (vs the reference), backdrop shift (the
-# contamination gate) and CLIP-T; the scene-adherence gate is the world's own (its CLIP's scene classes).
-GATE_METRICS = ("facesim", "backdrop_shift", "clip_t")
+# The contamination measure before scene pixels: everything outside the two faces (hair, neck, clothes in).
+OUTSIDE_FACE = "contamination_outside_face"
 SPLITS = ("test", "validation")
 WHAT = {
     "test": "held-out identities x held-out prompts",
@@ -134,9 +140,10 @@ class Evaluators:
     segmenter: Any
     ref_embeds: Tensor  # (N, D) reference face embeddings
     backdrops: Tensor  # (N, 3) reference backdrop colours in [0, 1]
+    backdrop_names: list[str]  # (N,) their names (render.BACKDROP_NAMES)
 
 
-def _references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
+def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
     """Evaluators with the split's reference faces and backdrops, and the references' identity features."""
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter, WorldCLIP
 
@@ -146,18 +153,19 @@ def _references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
         FaceSegmenter.from_pretrained(),
     )
     people = split_people(split)
-    references = [render_reference(p, seed=reference_seed(i, split)) for i, p in enumerate(people)]
-    ref_images = torch.stack([torch.from_numpy(r.image).permute(2, 0, 1).float() / 255 for r in references])
+    photos = [render_reference(p, seed=reference_seed(i, split)) for i, p in enumerate(people)]
+    ref_images = torch.stack([torch.from_numpy(r.image).permute(2, 0, 1).float() / 255 for r in photos])
     ref_boxes = segmenter.face_boxes(ref_images)
     ref_embeds = recognizer.embed(ref_images, [b or (16, 16, 48, 48) for b in ref_boxes])
-    backdrops = torch.tensor([r.background_rgb for r in references], dtype=torch.float32) / 255
+    backdrops = torch.tensor([r.background_rgb for r in photos], dtype=torch.float32) / 255
     ref_features = pipe.encoder.encode_batch(
-        ref_images, torch.tensor([r.face_box for r in references], dtype=torch.float32)
+        ref_images, torch.tensor([r.face_box for r in photos], dtype=torch.float32)
     )
-    return Evaluators(clip, recognizer, segmenter, ref_embeds, backdrops), ref_features
+    names = [str(r.backdrop) for r in photos]
+    return Evaluators(clip, recognizer, segmenter, ref_embeds, backdrops, names), ref_features
 
 
-def _policies(pipe: Any) -> dict[str, Any]:
+def policies(pipe: Any) -> dict[str, Any]:
     v1 = TemporalSpatialScheduler.from_preset("v1")
     return {
         UNIFORM: UniformMask(),
@@ -167,13 +175,18 @@ def _policies(pipe: Any) -> dict[str, Any]:
     }
 
 
+def identity_tokens(pipe: Any, feats: Any, identities: list[int]) -> tuple[Tensor, Tensor]:
+    """The adapter's id tokens of the given references, and PuLID's uncond tokens for true CFG."""
+    who = torch.tensor(identities)
+    tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
+    zeros = feats.zeros_like()
+    return tokens, pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
+
+
 def _generate_modes(pipe: Any, chunk: list[Pair], feats: Any, policies: dict[str, Any]) -> dict[str, Tensor]:
     """Every mode's images of one chunk of pairs, from the same seeds."""
     prompts, seeds = [p.prompt.text for p in chunk], [p.seed for p in chunk]
-    who = torch.tensor([p.identity for p in chunk])
-    tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
-    zeros = feats.zeros_like()
-    uncond = pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
+    tokens, uncond = identity_tokens(pipe, feats, [p.identity for p in chunk])
     images = {NONE: generate(pipe, prompts, seeds, None, None)}
     for mode in ROWS[1:]:
         images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
@@ -193,6 +206,26 @@ def _observe(ev: Evaluators, images: Tensor) -> tuple[Any, Tensor, dict[int, Ten
     return masks, image_embeds, dict(zip(index, embeds, strict=True))
 
 
+def _contamination(
+    ev: Evaluators, pair: Pair, j: int, images: dict[str, Tensor], faces: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Each mode's backdrop shift on scene pixels (outside the renderer's person region of the prompt's
+    framing and position, and outside both images' face masks), and on everything outside the faces."""
+    scene = pair.prompt.scene
+    person = torch.from_numpy(person_region(scene.framing, scene.position).copy())
+    backdrop = ev.backdrops[pair.identity]
+    out: dict[str, Any] = {
+        "face_px_none": int(faces[NONE][j].sum()),
+        "face_px_outside_person_region": int((faces[NONE][j] & ~person).sum()),
+    }
+    for mode in ROWS[1:]:
+        outside_faces = ~(faces[mode][j] | faces[NONE][j])
+        gen, base = images[mode][j], images[NONE][j]
+        out[f"contamination_{mode}"] = backdrop_shift(gen, base, outside_faces & ~person, backdrop)
+        out[f"{OUTSIDE_FACE}_{mode}"] = backdrop_shift(gen, base, outside_faces, backdrop)
+    return out
+
+
 def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[dict[str, Any]]:
     seen = {m: _observe(ev, images[m]) for m in ROWS}
     scene_pred = ev.clip.classify_scene(images[NONE])
@@ -200,18 +233,15 @@ def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[
     rows = []
     for j, pair in enumerate(chunk):
         row: dict[str, Any] = {"identity": pair.identity, "prompt": pair.prompt.text, "seed": pair.seed}
+        row["backdrop"] = ev.backdrop_names[pair.identity]
         row["scene_correct"] = bool(scene_pred[j] == pair.prompt.scene.background)
         for mode in ROWS:
-            masks, image_embeds, face_embeds = seen[mode]
+            _, image_embeds, face_embeds = seen[mode]
             row[f"clip_t_{mode}"] = float(image_embeds[j] @ text[j])
             row[f"face_{mode}"] = j in face_embeds
             if j in face_embeds:
                 row[f"facesim_{mode}"] = float(face_embeds[j] @ ev.ref_embeds[pair.identity])
-            if mode != NONE:
-                background = ~(masks[j] | seen[NONE][0][j])
-                row[f"contamination_{mode}"] = backdrop_shift(
-                    images[mode][j], images[NONE][j], background, ev.backdrops[pair.identity]
-                )
+        row.update(_contamination(ev, pair, j, images, {m: seen[m][0] for m in ROWS}))
         rows.append(row)
     return rows
 
@@ -229,13 +259,13 @@ def run(
     from idgen.world.bundle import ASSETS, load_world
 
     pipe = load_world(device, assets or ASSETS)
-    evaluators, ref_features = _references(pipe, split)
-    policies = _policies(pipe)
+    evaluators, ref_features = references(pipe, split)
+    modes = policies(pipe)
     todo = pairs(per_identity, split)
     rows: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(todo), batch), desc="gates"):
         chunk = todo[start : start + batch]
-        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, policies))
+        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, modes))
     return {"split": split, **summarise(rows)}
 
 
@@ -249,7 +279,26 @@ def _facesim_differences(rows: list[dict[str, Any]], out: dict[str, Any]) -> Non
             [r["facesim_uniform"] - r[f"facesim_{mode}"] for r in both]
         )
         cs = out[f"contamination_{mode}"][0]
-        out[f"contamination_reduction_{mode}"] = 1 - cs / cu if cu > 0 else math.nan
+        out[f"contamination_reduction_{mode}"] = _reduction(cs, cu)
+    old_u, old_s = out[f"{OUTSIDE_FACE}_{UNIFORM}"][0], out[f"{OUTSIDE_FACE}_{SPATIAL}"][0]
+    out[f"{OUTSIDE_FACE}_reduction_{SPATIAL}"] = _reduction(old_s, old_u)
+
+
+def _reduction(spatial: float, uniform: float) -> float:
+    """1 - spatial / uniform; NaN when uniform moved nothing towards the backdrop (nothing to reduce)."""
+    return 1 - spatial / uniform if uniform > 0 else math.nan
+
+
+def _mode_summary(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    out = {
+        f"clip_t_{mode}": mean_ci([r[f"clip_t_{mode}"] for r in rows]),
+        f"facesim_{mode}": mean_ci([r[f"facesim_{mode}"] for r in rows if f"facesim_{mode}" in r]),
+        f"no_face_{mode}": sum(not r[f"face_{mode}"] for r in rows),
+    }
+    if mode != NONE:
+        out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
+        out[f"{OUTSIDE_FACE}_{mode}"] = mean_ci([r[f"{OUTSIDE_FACE}_{mode}"] for r in rows])
+    return out
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,46 +307,92 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "scene_accuracy_none": mean_ci([float(r["scene_correct"]) for r in rows]),
     }
     for mode in ROWS:
-        out[f"clip_t_{mode}"] = mean_ci([r[f"clip_t_{mode}"] for r in rows])
-        out[f"facesim_{mode}"] = mean_ci([r[f"facesim_{mode}"] for r in rows if f"facesim_{mode}" in r])
-        out[f"no_face_{mode}"] = sum(not r[f"face_{mode}"] for r in rows)
-        if mode != NONE:
-            out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
+        out.update(_mode_summary(rows, mode))
     _facesim_differences(rows, out)
+    out["contamination_by_backdrop"] = by_backdrop(rows)
+    face_px = sum(r["face_px_none"] for r in rows)
+    outside = sum(r["face_px_outside_person_region"] for r in rows)
+    out["face_px_outside_person_region"] = outside / max(face_px, 1)
     return out
 
 
-def table(s: dict[str, Any]) -> str:
-    def f(v: tuple[float, float], digits: int = 3) -> str:
-        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+def by_backdrop(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Contamination per reference backdrop colour (every studio backdrop, in BACKDROP_NAMES order):
+    scene pixels under uniform and spatial, and the outside-the-face measure under uniform."""
+    out = {}
+    for name in BACKDROP_NAMES:
+        group = [r for r in rows if r["backdrop"] == name]
+        out[name] = {
+            "pairs": len(group),
+            UNIFORM: mean_ci([r[f"contamination_{UNIFORM}"] for r in group]),
+            SPATIAL: mean_ci([r[f"contamination_{SPATIAL}"] for r in group]),
+            f"{OUTSIDE_FACE}_{UNIFORM}": mean_ci([r[f"{OUTSIDE_FACE}_{UNIFORM}"] for r in group]),
+        }
+    return out
 
-    # The columns are the eval harness's registered metrics of the same definitions (one list for both).
-    titles = [REGISTRY[key].title for key in GATE_METRICS]
+
+def _f(v: tuple[float, ...], digits: int = 3) -> str:
+    return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+
+def modes_table(s: dict[str, Any]) -> list[str]:
+    """One row per mode: FaceSim, contamination on scene pixels and outside the faces, CLIP-T, no face."""
+    facesim, clip_t = (REGISTRY[key].title for key in ("facesim", "clip_t"))
     lines = [
-        "| mode | " + " | ".join(titles) + " | images without a face |",
-        "|---|---|---|---|---|",
+        f"| mode | {facesim} | contamination, scene pixels (RGB units) | contamination outside the faces "
+        f"(RGB units) | {clip_t} | images without a face |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in ROWS:
-        contamination = f(s[f"contamination_{mode}"], 2) if mode != NONE else "0 (reference)"
-        facesim, clip_t = f(s[f"facesim_{mode}"]), f(s[f"clip_t_{mode}"])
+        scene = _f(s[f"contamination_{mode}"], 2) if mode != NONE else "0 (reference)"
+        outside = _f(s[f"{OUTSIDE_FACE}_{mode}"], 2) if mode != NONE else "0 (reference)"
         lines.append(
-            f"| {LABELS.get(mode, mode)} | {facesim} | {contamination} | {clip_t} | {s[f'no_face_{mode}']} |"
+            f"| {LABELS.get(mode, mode)} | {_f(s[f'facesim_{mode}'])} | {scene} | {outside} | "
+            f"{_f(s[f'clip_t_{mode}'])} | {s[f'no_face_{mode}']} |"
         )
+    return lines
+
+
+def backdrop_table(s: dict[str, Any]) -> list[str]:
+    """Contamination per reference backdrop colour, with each group's 95% CI."""
+    lines = [
+        "| reference backdrop | pairs | uniform, scene pixels | spatial, scene pixels "
+        "| uniform, outside the faces |",
+        "|---|---|---|---|---|",
+    ]
+    for name, g in s["contamination_by_backdrop"].items():
+        cells = [
+            _f(g[key], 2) if g["pairs"] else "–" for key in (UNIFORM, SPATIAL, f"{OUTSIDE_FACE}_{UNIFORM}")
+        ]
+        lines.append(f"| {name} | {g['pairs']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table(s: dict[str, Any]) -> str:
     acc = s["scene_accuracy_none"]
-    lines += [
+    lines = [
+        *modes_table(s),
         "",
         f"- pairs: {s['pairs']} ({WHAT[s.get('split', 'test')]}); ± is a 95% CI of the mean",
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
-        f"- FaceSim margin, uniform - none (paired): {f(s['facesim_gain_uniform_vs_none'])}",
+        f"- FaceSim margin, uniform - none (paired): {_f(s['facesim_gain_uniform_vs_none'])}",
     ]
     for mode in SPATIAL_ROWS:
         gate = " (gate: >= 40%)" if mode == "spatial" else ""
         lines += [
-            f"- contamination reduction, {LABELS.get(mode, mode)} vs uniform: "
+            f"- contamination reduction (scene pixels), {LABELS.get(mode, mode)} vs uniform: "
             f"{s[f'contamination_reduction_{mode}'] * 100:.1f}%{gate}",
-            f"- FaceSim drop, {LABELS.get(mode, mode)} vs uniform: {f(s[f'facesim_drop_{mode}_vs_uniform'])}"
+            f"- FaceSim drop, {LABELS.get(mode, mode)} vs uniform: {_f(s[f'facesim_drop_{mode}_vs_uniform'])}"
             + (" (gate: <= 0.03)" if mode == "spatial" else ""),
         ]
+    lines += [
+        f"- contamination reduction outside the faces, spatial vs uniform: "
+        f"{s[f'{OUTSIDE_FACE}_reduction_{SPATIAL}'] * 100:.1f}%",
+        f"- no-identity face pixels outside the renderer's person region: "
+        f"{s['face_px_outside_person_region'] * 100:.2f}%",
+        "",
+        *backdrop_table(s),
+    ]
     return "\n".join(lines)
 
 
