@@ -109,3 +109,20 @@ def test_every_demo_world_loader_drops_unknown_words():
             flux = load().flux
             for tok in (flux.tokenizer, flux.tokenizer_2):
                 assert tok(text)["input_ids"] == plain("a person on a beach an")["input_ids"]
+
+
+@shipped
+def test_the_compare_strip_adds_uniform_and_spatial_at_more_id_weights(tmp_path):
+    out = tmp_path / "w.png"
+    argv = ["generate", "--id-image", str(reference_photos()[0]), "--prompt", "a person in a library"]
+    argv += ["--steps", "4", "--no-mask-strip", "--out", str(out), "--compare-id-weight", "2"]
+    assert main(argv) == 0
+    strip = Image.open(tmp_path / "w.compare.png").convert("RGB")
+    side = strip.height - 12
+    assert strip.width == 6 * side  # reference | none | uniform w=1 | spatial w=1 | uniform w=2 | spatial w=2
+    tiles = [strip.crop((i * side, 12, (i + 1) * side, strip.height)).tobytes() for i in range(6)]
+    assert tiles[3] == Image.open(out).convert("RGB").resize((side, side), Image.Resampling.NEAREST).tobytes()
+    assert tiles[4] != tiles[2] and tiles[5] != tiles[3]  # a stronger identity changes the picture
+    sidecar = json.loads((tmp_path / "w.json").read_text())
+    assert sidecar["parameters"]["compare_id_weight"] == [2.0]
+    assert main([*argv[:-1], "-1", "--overwrite"]) == 1  # a negative weight is refused

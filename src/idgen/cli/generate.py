@@ -100,6 +100,10 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="also write <out>.compare.png: reference | none | uniform | spatial (default: demo world)",
     )
+    p.add_argument(
+        "--compare-id-weight", type=float, action="append", default=[], metavar="W",
+        help="add uniform and spatial at this id weight to the compare strip (repeatable)",
+    )  # fmt: skip
 
 
 def mask_settings(args: argparse.Namespace) -> MaskSettings:
@@ -134,6 +138,7 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
         seed=args.seed,
         max_sequence_length=args.max_sequence_length,
         compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
+        compare_id_weights=tuple(args.compare_id_weight),
         record_masks=any(mask_pictures(args)),
         parameters={k: v for k, v in vars(args).items() if k not in ("func", "debug")},
     )
@@ -141,6 +146,8 @@ def generation_request(args: argparse.Namespace, demo: bool) -> GenerationReques
 
 def check_numbers(args: argparse.Namespace, steps: int) -> None:
     check.finite("--id-weight", args.id_weight, low=0)
+    for weight in args.compare_id_weight:
+        check.finite("--compare-id-weight", weight, low=0)
     check.finite("--true-cfg", args.true_cfg, low=0)
     check.finite("--guidance", args.guidance, low=0)
     check.finite("--min-spread", args.min_spread, low=0, high=1)
