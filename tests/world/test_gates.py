@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from idgen.world.backgrounds import BACKDROP_NAMES
-from idgen.world.gates import OUTSIDE_FACE, ROWS, by_backdrop, summarise, table
-from idgen.world.render import BACKGROUND, Scene, person_region, render, test_identities
+from idgen.world.build import NUM_REFERENCES
+from idgen.world.gates import OUTSIDE_FACE, ROWS, by_backdrop, demo_pick, pairs, summarise, table
+from idgen.world.render import BACKGROUND, Scene, person_region, render, render_reference, test_identities
 
 
 @pytest.mark.parametrize(("framing", "position", "scene_pixels"), [(0, 1, 1037), (1, 2, 2120)])
@@ -41,6 +45,7 @@ def _row(backdrop: str, uniform: float, spatial: float, outside: float) -> dict:
         if mode != "none":
             row |= {f"contamination_{mode}": spatial, f"{OUTSIDE_FACE}_{mode}": outside / 2}
     row |= {"contamination_uniform": uniform, f"{OUTSIDE_FACE}_uniform": outside, "facesim_uniform": 0.3}
+    row |= {"contamination_uniform_w2": 2 * uniform, "facesim_uniform_w2": 0.2}
     return row
 
 
@@ -60,8 +65,11 @@ def test_contamination_is_summarised_per_backdrop_colour() -> None:
     assert s[f"{OUTSIDE_FACE}_reduction_spatial"] == pytest.approx(1 - (4.5 / 3) / 3)
     assert s["face_px_outside_person_region"] == pytest.approx(0.01)
     text = table(s)
-    assert "| cyan | 2 | 6.00 ± 3.92 | 2.00 ± 1.96 | 4.00 ± 3.92 |" in text
-    assert "| crimson | 0 | – | – | – |" in text
+    assert "| cyan | 2 | 6.00 ± 3.92 | 2.00 ± 1.96 | 12.00 ± 7.84 | 2.00 ± 1.96 | 4.00 ± 3.92 |" in text
+    assert "| crimson | 0 | – | – | – | – | – |" in text
+    assert s["contamination_reduction_spatial_w2"] == pytest.approx(1 - (4.5 / 3) / (22 / 3))
+    assert s["facesim_drop_spatial_w2_vs_uniform_w2"][0] == pytest.approx(0.1)
+    assert s["facesim_gain_uniform_w2_vs_none"][0] == pytest.approx(0.1)
 
 
 def test_no_contamination_to_reduce_is_undefined() -> None:
@@ -70,3 +78,33 @@ def test_no_contamination_to_reduce_is_undefined() -> None:
         s[f"{OUTSIDE_FACE}_reduction_spatial"]
     )
     assert np.isfinite(s["contamination_spatial"][0])
+
+
+def _groups(uniform: float) -> dict:
+    return {name: {"pairs": 3, "uniform": [uniform, 1.0, 3]} for name in BACKDROP_NAMES}
+
+
+def test_the_demo_pick_follows_the_rule() -> None:
+    shipped = [render_reference(p, seed=i).backdrop for i, p in enumerate(test_identities()[:NUM_REFERENCES])]
+    groups = _groups(0.0)
+    groups[shipped[5]]["uniform"] = [5.0, 1.0, 3]
+    first = shipped.index(shipped[5])  # the first shipped reference with that backdrop
+    prompt = next(p.prompt.text for p in pairs(1) if p.identity == first)
+    assert demo_pick({"contamination_by_backdrop": groups}) == (f"test_{first:03d}.png", prompt)
+    groups[shipped[5]]["uniform"] = [math.nan, math.nan, 0]  # no pairs: never the largest
+    groups[shipped[2]]["uniform"] = [-0.5, 1.0, 3]
+    picked = demo_pick({"contamination_by_backdrop": groups})[0]
+    assert (
+        picked == f"test_{min(i for i, n in enumerate(shipped) if n not in (shipped[5], shipped[2])):03d}.png"
+    )
+
+
+def test_make_demo_uses_the_rule_on_the_committed_gates_run() -> None:
+    root = Path(__file__).resolve().parents[2]
+    summary = json.loads((root / "docs" / "world-gates.json").read_text())
+    assert summary["split"] == "test" and summary["pairs"] == 300
+    demo = (root / "Makefile").read_text().split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    reference = re.search(r"--id-image (\S+)", demo)
+    prompt = re.search(r'--prompt "([^"]+)"', demo)
+    assert reference and prompt and "--compare-id-weight 2" in demo
+    assert (Path(reference.group(1)).name, prompt.group(1)) == demo_pick(summary)

@@ -52,12 +52,17 @@ from idgen.world.render import (
     validation_identities,
 )
 
-# The gates' rows: the three modes, then SpatialID without each of the demo world's changes.
-ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper")
-SPATIAL_ROWS = ROWS[2:]
+# The gates' rows: the three modes, SpatialID without each of the demo world's changes, then uniform and
+# spatial at id weight 2 (what `make demo`'s strip shows beside weight 1).
+UNIFORM_W2, SPATIAL_W2 = "uniform_w2", "spatial_w2"
+ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper", UNIFORM_W2, SPATIAL_W2)
+SPATIAL_ROWS = (SPATIAL, "spatial_centred", "spatial_paper")  # each against uniform at the same weight
+ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weight 1
 LABELS = {
     "spatial_centred": "spatial, centred prior",
     "spatial_paper": "spatial, centred prior and the authors' refiner",
+    UNIFORM_W2: "uniform, id weight 2",
+    SPATIAL_W2: "spatial, id weight 2",
 }
 
 
@@ -108,6 +113,7 @@ def generate(
     id_tokens: Tensor | None,
     policy: Any,
     uncond_tokens: Tensor | None = None,
+    id_weight: float = 1.0,
 ) -> Tensor:
     """(B, 3, 64, 64) in [0, 1]: one batched FluxPipeline call, per-sample id tokens and seeds.
 
@@ -126,7 +132,9 @@ def generate(
     )
     if id_tokens is None:
         return pipe.flux(**call).images
-    run = InjectionRun(id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens)
+    run = InjectionRun(
+        id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens, id_weight=id_weight
+    )
     with pipe.injector.run(run):
         return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
 
@@ -172,6 +180,8 @@ def policies(pipe: Any) -> dict[str, Any]:
         SPATIAL: replace(pipe.spatial, scheduler=v1),
         "spatial_centred": replace(pipe.spatial, scheduler=v1, anchor=None),
         "spatial_paper": SpatialMask(v1),
+        UNIFORM_W2: UniformMask(),
+        SPATIAL_W2: replace(pipe.spatial, scheduler=v1),
     }
 
 
@@ -189,7 +199,9 @@ def _generate_modes(pipe: Any, chunk: list[Pair], feats: Any, policies: dict[str
     tokens, uncond = identity_tokens(pipe, feats, [p.identity for p in chunk])
     images = {NONE: generate(pipe, prompts, seeds, None, None)}
     for mode in ROWS[1:]:
-        images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
+        images[mode] = generate(
+            pipe, prompts, seeds, tokens, policies[mode], uncond, ID_WEIGHTS.get(mode, 1.0)
+        )
     return images
 
 
@@ -269,17 +281,25 @@ def run(
     return {"split": split, **summarise(rows)}
 
 
+def _spatial_vs_uniform(rows: list[dict[str, Any]], out: dict[str, Any], spatial: str, uniform: str) -> None:
+    """FaceSim drop (paired) and contamination reduction of a spatial row against uniform at its weight."""
+    both = [r for r in rows if f"facesim_{uniform}" in r and f"facesim_{spatial}" in r]
+    out[f"facesim_drop_{spatial}_vs_{uniform}"] = mean_ci(
+        [r[f"facesim_{uniform}"] - r[f"facesim_{spatial}"] for r in both]
+    )
+    cu, cs = out[f"contamination_{uniform}"][0], out[f"contamination_{spatial}"][0]
+    out[f"contamination_reduction_{spatial}"] = _reduction(cs, cu)
+
+
 def _facesim_differences(rows: list[dict[str, Any]], out: dict[str, Any]) -> None:
-    paired = [r for r in rows if "facesim_uniform" in r and "facesim_none" in r]
-    out["facesim_gain_uniform_vs_none"] = mean_ci([r["facesim_uniform"] - r["facesim_none"] for r in paired])
-    cu = out["contamination_uniform"][0]
-    for mode in SPATIAL_ROWS:
-        both = [r for r in rows if "facesim_uniform" in r and f"facesim_{mode}" in r]
-        out[f"facesim_drop_{mode}_vs_uniform"] = mean_ci(
-            [r["facesim_uniform"] - r[f"facesim_{mode}"] for r in both]
+    for uniform in (UNIFORM, UNIFORM_W2):
+        paired = [r for r in rows if f"facesim_{uniform}" in r and "facesim_none" in r]
+        out[f"facesim_gain_{uniform}_vs_none"] = mean_ci(
+            [r[f"facesim_{uniform}"] - r["facesim_none"] for r in paired]
         )
-        cs = out[f"contamination_{mode}"][0]
-        out[f"contamination_reduction_{mode}"] = _reduction(cs, cu)
+    for mode in SPATIAL_ROWS:
+        _spatial_vs_uniform(rows, out, mode, UNIFORM)
+    _spatial_vs_uniform(rows, out, SPATIAL_W2, UNIFORM_W2)
     old_u, old_s = out[f"{OUTSIDE_FACE}_{UNIFORM}"][0], out[f"{OUTSIDE_FACE}_{SPATIAL}"][0]
     out[f"{OUTSIDE_FACE}_reduction_{SPATIAL}"] = _reduction(old_s, old_u)
 
@@ -316,16 +336,18 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+BACKDROP_ROWS = (UNIFORM, SPATIAL, UNIFORM_W2, SPATIAL_W2)
+
+
 def by_backdrop(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Contamination per reference backdrop colour (every studio backdrop, in BACKDROP_NAMES order):
-    scene pixels under uniform and spatial, and the outside-the-face measure under uniform."""
+    """Contamination per reference backdrop colour (every studio backdrop, in BACKDROP_NAMES order): scene
+    pixels under uniform and spatial at id weights 1 and 2, and the outside-the-faces one under uniform."""
     out = {}
     for name in BACKDROP_NAMES:
         group = [r for r in rows if r["backdrop"] == name]
         out[name] = {
             "pairs": len(group),
-            UNIFORM: mean_ci([r[f"contamination_{UNIFORM}"] for r in group]),
-            SPATIAL: mean_ci([r[f"contamination_{SPATIAL}"] for r in group]),
+            **{m: mean_ci([r[f"contamination_{m}"] for r in group]) for m in BACKDROP_ROWS},
             f"{OUTSIDE_FACE}_{UNIFORM}": mean_ci([r[f"{OUTSIDE_FACE}_{UNIFORM}"] for r in group]),
         }
     return out
@@ -355,15 +377,14 @@ def modes_table(s: dict[str, Any]) -> list[str]:
 
 def backdrop_table(s: dict[str, Any]) -> list[str]:
     """Contamination per reference backdrop colour, with each group's 95% CI."""
+    keys = (*BACKDROP_ROWS, f"{OUTSIDE_FACE}_{UNIFORM}")
     lines = [
-        "| reference backdrop | pairs | uniform, scene pixels | spatial, scene pixels "
+        "| reference backdrop | pairs | uniform | spatial | uniform, id weight 2 | spatial, id weight 2 "
         "| uniform, outside the faces |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, g in s["contamination_by_backdrop"].items():
-        cells = [
-            _f(g[key], 2) if g["pairs"] else "–" for key in (UNIFORM, SPATIAL, f"{OUTSIDE_FACE}_{UNIFORM}")
-        ]
+        cells = [_f(g[key], 2) if g["pairs"] else "–" for key in keys]
         lines.append(f"| {name} | {g['pairs']} | " + " | ".join(cells) + " |")
     return lines
 
@@ -375,7 +396,8 @@ def table(s: dict[str, Any]) -> str:
         "",
         f"- pairs: {s['pairs']} ({WHAT[s.get('split', 'test')]}); ± is a 95% CI of the mean",
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
-        f"- FaceSim margin, uniform - none (paired): {_f(s['facesim_gain_uniform_vs_none'])}",
+        f"- FaceSim margin, uniform - none (paired): {_f(s['facesim_gain_uniform_vs_none'])}; "
+        f"at id weight 2: {_f(s[f'facesim_gain_{UNIFORM_W2}_vs_none'])}",
     ]
     for mode in SPATIAL_ROWS:
         gate = " (gate: >= 40%)" if mode == "spatial" else ""
@@ -386,6 +408,9 @@ def table(s: dict[str, Any]) -> str:
             + (" (gate: <= 0.03)" if mode == "spatial" else ""),
         ]
     lines += [
+        f"- at id weight 2, spatial vs uniform: contamination reduction (scene pixels) "
+        f"{s[f'contamination_reduction_{SPATIAL_W2}'] * 100:.1f}%, FaceSim drop "
+        f"{_f(s[f'facesim_drop_{SPATIAL_W2}_vs_{UNIFORM_W2}'])}",
         f"- contamination reduction outside the faces, spatial vs uniform: "
         f"{s[f'{OUTSIDE_FACE}_reduction_{SPATIAL}'] * 100:.1f}%",
         f"- no-identity face pixels outside the renderer's person region: "
@@ -394,6 +419,27 @@ def table(s: dict[str, Any]) -> str:
         *backdrop_table(s),
     ]
     return "\n".join(lines)
+
+
+def demo_pick(summary: dict[str, Any]) -> tuple[str, str]:
+    """`make demo`'s reference photo (its file name) and prompt, by the README's rule, fixed before any gates
+    result was seen: of the shipped reference photos (the first held-out identities), the first whose
+    backdrop colour has the largest mean uniform contamination on scene pixels in `summary` (a test-split
+    gates run); and that identity's first prompt in the gates' pairs."""
+    from idgen.world.build import NUM_REFERENCES
+
+    groups = summary["contamination_by_backdrop"]
+
+    def leak(name: str) -> float:
+        value = float(groups[name][UNIFORM][0])
+        return value if math.isfinite(value) else -math.inf
+
+    shipped = [
+        str(render_reference(p, seed=i).backdrop) for i, p in enumerate(test_identities()[:NUM_REFERENCES])
+    ]
+    identity = max(range(len(shipped)), key=lambda i: leak(shipped[i]))  # max keeps the first of equals
+    prompt = next(pair.prompt.text for pair in pairs(1) if pair.identity == identity)
+    return f"test_{identity:03d}.png", prompt
 
 
 def main() -> None:
@@ -406,7 +452,14 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
+    parser.add_argument("--demo-pick", type=Path, metavar="GATES_JSON",
+                        help="print `make demo`'s reference and prompt, chosen by the README's rule from "
+                        "this gates summary, and exit")  # fmt: skip
     args = parser.parse_args()
+    if args.demo_pick:
+        reference, prompt = demo_pick(json.loads(args.demo_pick.read_text()))
+        print(f"reference: {reference}\nprompt: {prompt}")
+        return
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
     summary = run(args.pairs_per_identity, args.batch, assets=args.assets, split=args.split)
