@@ -126,3 +126,19 @@ def test_the_compare_strip_adds_uniform_and_spatial_at_more_id_weights(tmp_path)
     sidecar = json.loads((tmp_path / "w.json").read_text())
     assert sidecar["parameters"]["compare_id_weight"] == [2.0]
     assert main([*argv[:-1], "-1", "--overwrite"]) == 1  # a negative weight is refused
+
+
+@shipped
+@pytest.mark.slow
+def test_the_w_plus_branch_trains_with_pulids_id_term_when_asked(tmp_path):
+    from idgen.world.pidiff import QUICK_BRANCH, train_pidiff_branch
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for part in ("flux", "identity", "wplus"):
+        (assets / part).symlink_to(ASSETS / part, target_is_directory=True)
+    plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=QUICK_BRANCH)
+    assert set(plain) == {"loss", "denoise", "disentangle", "preserve"}  # PIDiff's losses alone
+    report = train_pidiff_branch(tmp_path / "id", assets, recipe=QUICK_BRANCH._replace(id_loss_weight=1.0))
+    assert set(report) == {"loss", "denoise", "disentangle", "preserve", "id"} and 0 < report["id"] <= 2
+    assert (assets / "pidiff" / "model.safetensors").is_file()
