@@ -12,10 +12,12 @@ from idgen.world.captions import DEMO_PROMPT, VOCABULARY, train_captions, words
 from idgen.world.tokenizer import (
     build_tokenizer,
     dropped_message,
+    dropped_note,
     known_text,
     load_tokenizers,
     save_tokenizer,
     unknown_words,
+    with_subject,
     words_past,
 )
 
@@ -104,6 +106,20 @@ def test_known_text_drops_exactly_the_unknown_tokens() -> None:
     assert known_text("zebra giraffe") == ""
 
 
+def test_the_subject_goes_first_only_when_dropped_words_took_it() -> None:
+    text = "A young woman in a red dress on a city street at night, cinematic lighting."
+    assert with_subject(text) == "a person a in a red on a city at night ,"
+    assert with_subject("a man on a beach") == "a person a on a beach"
+    assert with_subject("a happy person on a beach") == "a person on a beach"  # it has one
+    assert with_subject("on a beach") == "on a beach"  # nothing dropped: as typed
+    assert with_subject("zebra") == "a person"
+    assert dropped_note("a man on a beach") == (
+        "dropped, not in the demo world's vocabulary: man; 'a person' put first"
+    )
+    assert dropped_note("a happy person") == "dropped, not in the demo world's vocabulary: happy"
+    assert dropped_note(DEMO_PROMPT) is None
+
+
 def test_the_world_tokenizer_drops_unknown_words_and_warns_once(tmp_path: Path) -> None:
     folder = tmp_path / "flux"
     for name in ("tokenizer", "tokenizer_2"):
@@ -115,6 +131,7 @@ def test_the_world_tokenizer_drops_unknown_words_and_warns_once(tmp_path: Path) 
         warnings.simplefilter("always")
         for tok in loaded.values():
             assert tok(text)["input_ids"] == plain("a person on a beach a")["input_ids"]
+            assert tok("a surfer on a beach")["input_ids"] == plain("a person a on a beach")["input_ids"]
             batch = tok([text, DEMO_PROMPT], padding="max_length", max_length=24)["input_ids"]
             assert (
                 batch
@@ -123,7 +140,8 @@ def test_the_world_tokenizer_drops_unknown_words_and_warns_once(tmp_path: Path) 
                 ]
             )
     assert [str(w.message) for w in caught] == [
-        "dropped, not in the demo world's vocabulary: holding, surfboard"
+        "dropped, not in the demo world's vocabulary: holding, surfboard",
+        "dropped, not in the demo world's vocabulary: surfer; 'a person' put first",
     ]
 
 

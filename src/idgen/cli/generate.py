@@ -199,10 +199,10 @@ def check_generate(args: argparse.Namespace) -> GenerationRequest:
 
 def warn_demo_prompt(prompt: str) -> None:
     from idgen.world.bundle import MAX_TEXT_TOKENS
-    from idgen.world.tokenizer import known_text, warn_unknown, words_past
+    from idgen.world.tokenizer import warn_unknown, with_subject, words_past
 
     warn_unknown(prompt)  # before the models load; the world's tokenizer drops those words, warning once
-    dropped = words_past(known_text(prompt), MAX_TEXT_TOKENS)
+    dropped = words_past(with_subject(prompt), MAX_TEXT_TOKENS)
     if dropped:
         print(f"idgen: warning: the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: "
               f"{listed(dropped, ' ')}", file=sys.stderr)  # fmt: skip

@@ -1,14 +1,16 @@
-"""Natural prompts on the demo world: scene accuracy and faceless images, as typed and with the words
-outside the vocabulary dropped.
+"""Natural prompts on the demo world: scene accuracy and faceless images, as typed, with the words
+outside the vocabulary dropped, and with the world's subject put first where the dropped words held it.
 
     python -m idgen.world.natural [--per-prompt 4] [--json out.json]
 
 A user writes "a young woman in a red dress on a city street at night, cinematic lighting", not the
 grammar's captions. `NATURAL_PROMPTS` are 24 such prompts, two per scene, written once, before any was
 measured, and never tuned. Each is generated for held-out identities (no identity, uniform and spatial,
-same seeds) twice: with the plain tokenizer, where every unknown word becomes <unk>, and with the world's
-own (`WorldTokenizer`), which drops them. The evaluator CLIP's zero-shot scene class is compared with the
-scene the prompt names, and the evaluator segmenter counts the images in which it finds no face.
+same seeds) in three encodings: as typed through the plain tokenizer, where every unknown word becomes
+<unk>; with those words dropped (`tokenizer.known_text`); and as the world's own tokenizer encodes it
+(`tokenizer.with_subject`: dropped, and "a person" first when no kept word names the subject). The
+evaluator CLIP's zero-shot scene class is compared with the scene the prompt names, and the evaluator
+segmenter counts the images in which it finds no face.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ NATURAL_PROMPTS: tuple[tuple[str, str], ...] = (
     ("a painter sitting in a field of lavender at dusk, impressionist mood", "lavender field"),
 )
 MODES = (NONE, UNIFORM, SPATIAL)
-ENCODINGS = ("as typed", "unknown words dropped")
+ENCODINGS = ("as typed", "unknown words dropped", "dropped, subject added")
 SEED_OFFSET = 700_000  # seeds of their own: never those of the gates' pairs
 
 
@@ -83,10 +85,18 @@ def plain_tokenizers(pipe: Any) -> Iterator[None]:
         pipe.flux.tokenizer, pipe.flux.tokenizer_2 = saved
 
 
-def _images(pipe: Any, feats: Any, chunk: list[tuple[int, int, int]]) -> dict[str, Tensor]:
+def encode(text: str, encoding: str) -> str:
+    """The prompt as each encoding passes it to the world (whose tokenizer leaves known words alone)."""
+    from idgen.world.tokenizer import known_text, with_subject
+
+    return {ENCODINGS[0]: text, ENCODINGS[1]: known_text(text), ENCODINGS[2]: with_subject(text)}[encoding]
+
+
+def _images(pipe: Any, feats: Any, chunk: list[tuple[int, int, int]], encoding: str) -> dict[str, Tensor]:
     from idgen.world.gates import generate, identity_tokens, policies
 
-    prompts, seeds = [NATURAL_PROMPTS[p][0] for p, _, _ in chunk], [s for _, _, s in chunk]
+    prompts = [encode(NATURAL_PROMPTS[p][0], encoding) for p, _, _ in chunk]
+    seeds = [s for _, _, s in chunk]
     tokens, uncond = identity_tokens(pipe, feats, [who for _, who, _ in chunk])
     modes = policies(pipe)
     out = {NONE: generate(pipe, prompts, seeds, None, None)}
@@ -107,7 +117,7 @@ def _rows(ev: Any, chunk: list[tuple[int, int, int]], images: dict[str, Tensor])
     return rows
 
 
-def run(per_prompt: int = 4, batch: int = 48) -> dict[str, Any]:
+def run(per_prompt: int = 4, batch: int = 48, encodings: tuple[str, ...] = ENCODINGS) -> dict[str, Any]:
     """Rows and summary of every natural pair, for both encodings."""
     from idgen.world.bundle import load_world
     from idgen.world.gates import references
@@ -116,13 +126,13 @@ def run(per_prompt: int = 4, batch: int = 48) -> dict[str, Any]:
     evaluators, feats = references(pipe, "test")
     todo = natural_pairs(per_prompt)
     result: dict[str, Any] = {"pairs": len(todo), "rows": {}, "summary": {}}
-    for encoding in ENCODINGS:
+    for encoding in encodings:
         rows: list[dict[str, Any]] = []
         with warnings.catch_warnings(), plain_tokenizers(pipe) if encoding == ENCODINGS[0] else nullcontext():
             warnings.filterwarnings("ignore", message="dropped, not in the demo world's vocabulary")
             for start in range(0, len(todo), batch):
                 chunk = todo[start : start + batch]
-                rows += _rows(evaluators, chunk, _images(pipe, feats, chunk))
+                rows += _rows(evaluators, chunk, _images(pipe, feats, chunk, encoding))
         result["rows"][encoding] = rows
         result["summary"][encoding] = summarise(rows)
     return result
@@ -143,7 +153,7 @@ def table(result: dict[str, Any]) -> str:
         "| prompt words | mode | scene accuracy | images without a face |",
         "|---|---|---|---|",
     ]
-    for encoding in ENCODINGS:
+    for encoding in result["summary"]:
         for mode in MODES:
             s = result["summary"][encoding][mode]
             acc = s["scene_accuracy"]
@@ -160,13 +170,14 @@ def main() -> None:
     )
     parser.add_argument("--per-prompt", type=int, default=4, help="held-out identities per prompt")
     parser.add_argument("--json", help="write the rows and the summary here")
+    parser.add_argument("--encoding", choices=ENCODINGS, action="append", help="only these (default: all)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from idgen.world.bundle import quiet_prompt_truncation
 
     quiet_prompt_truncation()
-    result = run(args.per_prompt)
+    result = run(args.per_prompt, encodings=tuple(args.encoding or ENCODINGS))
     print(table(result))
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=1))

@@ -29,6 +29,7 @@ PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, UNK, BOS)  # ids 0..3
 # Longest grammar caption is 32 tokens + </s>; a little headroom for user prompts (longer ones truncate).
 MODEL_MAX_LENGTH = 40
+SUBJECT, SUBJECT_WORD = "a person", "person"  # the subject of every caption the world was trained on
 MAX_NAMED_WORDS = 20  # words a dropped-words warning lists; the rest are counted
 
 
@@ -117,32 +118,48 @@ def known_text(text: str) -> str:
     return " ".join(word for word in pieces if word in _known())
 
 
-def dropped_message(words: list[str]) -> str:
-    """One line naming the dropped words: at most MAX_NAMED_WORDS, each shown safely, then a count."""
+def with_subject(text: str) -> str:
+    """`known_text(text)`, with the world's one subject, "a person", put first when words were dropped and
+    none left names it: natural prompts name their subject with words the world does not know ("a young
+    woman", "an explorer"), and every caption it was trained on has one."""
+    kept = known_text(text)
+    if kept == text or SUBJECT_WORD in _pieces(kept):
+        return kept
+    return f"{SUBJECT} {kept}".strip()
+
+
+def dropped_message(words: list[str], subject_added: bool = False) -> str:
+    """One line naming the dropped words: at most MAX_NAMED_WORDS, each shown safely, then a count; and
+    whether the world's subject was put first."""
     named = ", ".join(shown(w, 40) for w in words[:MAX_NAMED_WORDS])
-    more = len(words) - MAX_NAMED_WORDS
-    return shown(
-        "dropped, not in the demo world's vocabulary: " + named + (f" (and {more} more)" if more > 0 else ""),
-        400,
-    )
+    more = f" (and {len(words) - MAX_NAMED_WORDS} more)" if len(words) > MAX_NAMED_WORDS else ""
+    subject = f"; {SUBJECT!r} put first" if subject_added else ""
+    return shown(f"dropped, not in the demo world's vocabulary: {named}{more}{subject}", 400)
 
 
 _WARNED: set[tuple[str, ...]] = set()  # word lists already named in this process
+
+
+def dropped_note(text: str) -> str | None:
+    """The one-line note on what the world drops from `text` (and whether it adds the subject), or None."""
+    words = unknown_words(text)
+    return dropped_message(words, with_subject(text) != known_text(text)) if words else None
 
 
 def warn_unknown(text: str) -> None:
     """Warn (once per process for each list of words) that `text`'s unknown words are dropped. The warning
     is attributed to this module, so the CLI's filter on library warnings lets it through."""
     words = tuple(unknown_words(text))
-    if words and words not in _WARNED:
+    note = dropped_note(text)
+    if note is not None and words not in _WARNED:
         _WARNED.add(words)
-        warnings.warn(dropped_message(list(words)), UserWarning, stacklevel=1)
+        warnings.warn(note, UserWarning, stacklevel=1)
 
 
 def drop_unknown(text: str) -> str:
-    """`known_text(text)`, warning about what it drops (`warn_unknown`)."""
+    """What the world encodes of `text` (`with_subject`), warning about what it drops (`warn_unknown`)."""
     warn_unknown(text)
-    return known_text(text)
+    return with_subject(text)
 
 
 def words_past(text: str, max_tokens: int) -> list[str]:
