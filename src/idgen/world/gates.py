@@ -9,14 +9,20 @@ independent evaluator models:
 - scene adherence: the evaluator CLIP's zero-shot scene class of the no-identity image;
 - FaceSim: evaluator face recogniser, generated face vs reference face (faces found by the
   evaluator segmenter; images without a face are counted, not scored);
-- contamination: how far the background (outside both images' face masks) moved towards the
-  reference photo's backdrop colour, relative to the no-identity image, in 0-255 RGB units;
+- contamination: how far the scene pixels moved towards the reference photo's backdrop colour, relative
+  to the no-identity image, in 0-255 RGB units. Scene pixels lie outside the renderer's person region
+  for the prompt's framing and position (`render.person_region`: hair, neck, clothes excluded) and
+  outside both images' face masks; the measure before it, outside the face masks only, is kept as
+  `contamination_outside_face`. Both are also reported per reference backdrop colour;
 - CLIP-T: evaluator CLIP text-image cosine.
 
 `spatial` is SpatialID as the demo world runs it: the refiner scaled to its 8x8 token grid and the early
 prior anchored on the attention's peak. Two ablations show what each change does: `spatial_centred`
 keeps the authors' centred prior, and `spatial_paper` also keeps their refiner constants, written for
-FLUX's 64x64 token grid.
+FLUX's 64x64 token grid. Uniform and spatial also run at id weight 2 (`uniform_w2`, `spatial_w2`).
+
+`--demo-pick GATES_JSON` prints `make demo`'s reference and prompt, chosen from a saved run by the
+README's rule (`demo_pick`).
 
 `--split validation` measures the same on 100 other identities and 48 training-distribution prompts, where
 settings are chosen; the held-out split (`test`, the default) only reports.
