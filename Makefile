@@ -24,13 +24,15 @@ setup-pulid: setup
 	$(PIP) install -q -e ".[pulid]"
 	$(PIP) install -q --no-deps $(PULID_NO_DEPS)
 
+# The reference and prompt follow the README's rule (`python -m idgen.world.gates --demo-pick
+# docs/world-gates.json`; a test keeps them equal).
 demo: setup
-	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_000.png \
-		--prompt "a person in a snowy forest at night, wearing a red shirt" \
-		--mode spatial --out outputs/demo.png --overwrite
+	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_001.png \
+		--prompt "a half-body photo of a person in a forest in warm light, wearing a grey shirt, on the right" \
+		--mode spatial --compare-id-weight 2 --out outputs/demo.png --overwrite
 
 world-gates: setup
-	$(PY) -m idgen.world.gates --json outputs/world-gates.json
+	$(PY) -m idgen.world.gates --json docs/world-gates.json
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest

@@ -70,6 +70,7 @@ class GenerationRequest:
     seed: int = 42  # always explicit, so a request repeats (the pipeline's own default draws fresh noise)
     max_sequence_length: int | None = None
     compare: bool = False  # also generate the reference | none | uniform | spatial strip
+    compare_id_weights: tuple[float, ...] = ()  # more strip panels: uniform and spatial at each of these
     record_masks: bool = False  # keep the mean mask of every step (spatial mode only)
     parameters: dict[str, Any] = field(default_factory=dict)  # the caller's own record, kept in the sidecar
     # Several people (docs/multi-identity.md): one tuple of photos per person, replacing id_image, and
@@ -297,7 +298,24 @@ def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_
             panels[mode] = pipe(
                 request.prompt, request.id_image, mode=mode, id_features=id_features, **call
             ).images[0]
+    if request.compare_id_weights:  # every identity panel labelled with its weight, then the other weights
+        at = f" w={request.id_weight:g}"
+        panels = {k if k in ("reference", NONE) else k + at: v for k, v in panels.items()}
+        for weight in request.compare_id_weights:
+            panels |= _panels_at_weight(pipe, dataclasses.replace(request, id_weight=weight), id_features)
     return side_by_side(panels, size=image.size)
+
+
+def _panels_at_weight(pipe: Any, request: GenerationRequest, id_features: Any) -> dict[str, Any]:
+    """Uniform and spatial at the request's id weight; the request's own mode with its own mask policy."""
+    out = {}
+    for mode in (UNIFORM, SPATIAL):
+        policy = build_policy(mode, request.mask, pipe.spatial)[0] if mode == request.mode else None
+        out[f"{mode} w={request.id_weight:g}"] = pipe(
+            request.prompt, request.id_image, mode=mode, policy=policy, id_features=id_features,
+            **request.sampling(),
+        ).images[0]  # fmt: skip
+    return out
 
 
 def _request_record(request: GenerationRequest) -> dict[str, Any]:

@@ -55,9 +55,10 @@ def test_out_of_vocabulary_words_and_non_faces_warn_but_run(tmp_path, capsys):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert main(argv) == 0
-    err = capsys.readouterr().err
-    assert "not in the demo world's vocabulary: giraffe" in err
-    assert any("no face found" in str(w.message) for w in caught)
+    messages = [str(w.message) for w in caught]
+    # Named once, though the prompt is encoded by two tokenizers, twice each: the word is dropped.
+    assert messages.count("dropped, not in the demo world's vocabulary: giraffe") == 1
+    assert any("no face found" in m for m in messages)
     assert (tmp_path / "o.png").exists()
 
 
@@ -92,3 +93,52 @@ def test_world_train_stages(tmp_path, capsys):
     stages = "identity, evaluators, base, adapter, wplus, pidiff"
     assert err == f"idgen: error: unknown stage 'vae' (stages: {stages})"
     assert not any(tmp_path.iterdir())
+
+
+@shipped
+def test_every_demo_world_loader_drops_unknown_words():
+    from idgen.world.bundle import load_world
+    from idgen.world.pidiff import load_pidiff_world
+    from idgen.world.tokenizer import build_tokenizer
+
+    plain = build_tokenizer()
+    text = "a person on a beach holding an umbrella"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for load in (load_world, load_pidiff_world):
+            flux = load().flux
+            for tok in (flux.tokenizer, flux.tokenizer_2):
+                assert tok(text)["input_ids"] == plain("a person on a beach an")["input_ids"]
+
+
+@shipped
+def test_the_compare_strip_adds_uniform_and_spatial_at_more_id_weights(tmp_path):
+    out = tmp_path / "w.png"
+    argv = ["generate", "--id-image", str(reference_photos()[0]), "--prompt", "a person in a library"]
+    argv += ["--steps", "4", "--no-mask-strip", "--out", str(out), "--compare-id-weight", "2"]
+    assert main(argv) == 0
+    strip = Image.open(tmp_path / "w.compare.png").convert("RGB")
+    side = strip.height - 12
+    assert strip.width == 6 * side  # reference | none | uniform w=1 | spatial w=1 | uniform w=2 | spatial w=2
+    tiles = [strip.crop((i * side, 12, (i + 1) * side, strip.height)).tobytes() for i in range(6)]
+    assert tiles[3] == Image.open(out).convert("RGB").resize((side, side), Image.Resampling.NEAREST).tobytes()
+    assert tiles[4] != tiles[2] and tiles[5] != tiles[3]  # a stronger identity changes the picture
+    sidecar = json.loads((tmp_path / "w.json").read_text())
+    assert sidecar["parameters"]["compare_id_weight"] == [2.0]
+    assert main([*argv[:-1], "-1", "--overwrite"]) == 1  # a negative weight is refused
+
+
+@shipped
+@pytest.mark.slow
+def test_the_w_plus_branch_trains_with_pulids_id_term_when_asked(tmp_path):
+    from idgen.world.pidiff import QUICK_BRANCH, train_pidiff_branch
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    for part in ("flux", "identity", "wplus"):
+        (assets / part).symlink_to(ASSETS / part, target_is_directory=True)
+    plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=QUICK_BRANCH)
+    assert set(plain) == {"loss", "denoise", "disentangle", "preserve"}  # PIDiff's losses alone
+    report = train_pidiff_branch(tmp_path / "id", assets, recipe=QUICK_BRANCH._replace(id_loss_weight=1.0))
+    assert set(report) == {"loss", "denoise", "disentangle", "preserve", "id"} and 0 < report["id"] <= 2
+    assert (assets / "pidiff" / "model.safetensors").is_file()

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
+import idgen.world.tokenizer as tokenizer_module
 from idgen.world.captions import DEMO_PROMPT, VOCABULARY, train_captions, words
-from idgen.world.tokenizer import build_tokenizer, save_tokenizer, unknown_words, words_past
+from idgen.world.tokenizer import (
+    build_tokenizer,
+    dropped_message,
+    dropped_note,
+    known_text,
+    load_tokenizers,
+    save_tokenizer,
+    unknown_words,
+    with_subject,
+    words_past,
+)
 
 
 def test_round_trip_through_auto_tokenizer(tmp_path: Path) -> None:
@@ -57,16 +69,85 @@ def test_words_past_the_encoder_window_match_truncation() -> None:
     assert tok.convert_ids_to_tokens(kept) == ["a", "person", "on", "</s>"]
 
 
-def test_demo_prompt_warnings_name_the_unknown_and_the_dropped_words(capsys) -> None:
+def test_demo_prompt_warnings_name_the_dropped_words_and_those_past_the_window(capsys) -> None:
     from idgen.cli.generate import warn_demo_prompt
 
     # 24 tokens ("close-up" is three) + </s>: the demo world's 24-token T5 window drops the last word.
     long = (
         "a close-up photo of a person in a night city in rosy light, wearing an orange shirt, in the centre"
     )
-    warn_demo_prompt(long)
-    assert capsys.readouterr().err == (
-        "idgen: warning: the demo world's T5 reads 24 tokens; only CLIP sees: centre\n"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warn_demo_prompt(long)
+        assert capsys.readouterr().err == (
+            "idgen: warning: the demo world's T5 reads 24 tokens; only CLIP sees: centre\n"
+        )
+        assert caught == []
+        # Unknown words are dropped before the window is counted: "fluffy" pushes no other word out.
+        warn_demo_prompt(long.replace("orange", "fluffy orange"))
+        assert capsys.readouterr().err.endswith("only CLIP sees: centre\n")
+        warn_demo_prompt("a person on a beach with a platypus")
+        assert capsys.readouterr().err == ""
+    assert [str(w.message) for w in caught] == [
+        "dropped, not in the demo world's vocabulary: fluffy",
+        "dropped, not in the demo world's vocabulary: platypus",
+    ]
+    assert {w.filename for w in caught} == {tokenizer_module.__file__}  # not a library's: the CLI shows it
+
+
+def test_known_text_drops_exactly_the_unknown_tokens() -> None:
+    assert known_text(DEMO_PROMPT) == DEMO_PROMPT  # nothing unknown: the text itself
+    assert known_text("A Close-Up photo of a person") == "A Close-Up photo of a person"
+    text = "A young woman in a red dress on a city street at night, cinematic lighting."
+    assert known_text(text) == "a in a red on a city at night ,"
+    tok = build_tokenizer()
+    ids = tok(text)["input_ids"]
+    assert tok(known_text(text))["input_ids"] == [i for i in ids if i != tok.unk_token_id]
+    assert known_text("zebra giraffe") == ""
+
+
+def test_the_subject_goes_first_only_when_dropped_words_took_it() -> None:
+    text = "A young woman in a red dress on a city street at night, cinematic lighting."
+    assert with_subject(text) == "a person a in a red on a city at night ,"
+    assert with_subject("a man on a beach") == "a person a on a beach"
+    assert with_subject("a happy person on a beach") == "a person on a beach"  # it has one
+    assert with_subject("on a beach") == "on a beach"  # nothing dropped: as typed
+    assert with_subject("zebra") == "a person"
+    assert dropped_note("a man on a beach") == (
+        "dropped, not in the demo world's vocabulary: man; 'a person' put first"
     )
-    warn_demo_prompt("a person on a beach with a giraffe")
-    assert capsys.readouterr().err == "idgen: warning: not in the demo world's vocabulary: giraffe\n"
+    assert dropped_note("a happy person") == "dropped, not in the demo world's vocabulary: happy"
+    assert dropped_note(DEMO_PROMPT) is None
+
+
+def test_the_world_tokenizer_drops_unknown_words_and_warns_once(tmp_path: Path) -> None:
+    folder = tmp_path / "flux"
+    for name in ("tokenizer", "tokenizer_2"):
+        save_tokenizer(folder / name)
+    loaded = load_tokenizers(folder)
+    plain = build_tokenizer()
+    text = "a person on a beach holding a surfboard"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for tok in loaded.values():
+            assert tok(text)["input_ids"] == plain("a person on a beach a")["input_ids"]
+            assert tok("a surfer on a beach")["input_ids"] == plain("a person a on a beach")["input_ids"]
+            batch = tok([text, DEMO_PROMPT], padding="max_length", max_length=24)["input_ids"]
+            assert (
+                batch
+                == plain(["a person on a beach a", DEMO_PROMPT], padding="max_length", max_length=24)[
+                    "input_ids"
+                ]
+            )
+    assert [str(w.message) for w in caught] == [
+        "dropped, not in the demo world's vocabulary: holding, surfboard",
+        "dropped, not in the demo world's vocabulary: surfer; 'a person' put first",
+    ]
+
+
+def test_a_dropped_words_warning_is_one_short_line() -> None:
+    words = [f"w{i}\x1b[2J" for i in range(4096)]
+    message = dropped_message(words)
+    assert "\n" not in message and "\x1b" not in message and len(message) < 600
+    assert message.startswith("dropped, not in the demo world's vocabulary: w0\\x1b[2J, w1\\x1b[2J, ")
+    assert message.endswith(", w19\\x1b[2J (and 4076 more)")

@@ -46,13 +46,13 @@ def demo_examples() -> list[Any]:
 
 def demo_warnings(prompt: str) -> list[str]:
     from idgen.world.bundle import MAX_TEXT_TOKENS
-    from idgen.world.tokenizer import unknown_words, words_past
+    from idgen.world.tokenizer import dropped_note, with_subject, words_past
 
     out = []
-    unknown = unknown_words(prompt)
-    if unknown:
-        out.append(f"not in the demo world's vocabulary: {listed(unknown)}")
-    dropped = words_past(prompt, MAX_TEXT_TOKENS)
+    note = dropped_note(prompt)
+    if note:
+        out.append(note)
+    dropped = words_past(with_subject(prompt), MAX_TEXT_TOKENS)
     if dropped:
         out.append(
             f"the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: {listed(dropped, ' ')}"

@@ -147,6 +147,10 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         help="also write <out>.compare.png: reference | none | uniform | spatial (default: demo world)",
     )
+    p.add_argument(
+        "--compare-id-weight", type=float, action="append", default=[], metavar="W",
+        help="add uniform and spatial at this id weight to the compare strip (repeatable)",
+    )  # fmt: skip
 
 
 def parse_id_box(text: str) -> tuple[float, float, float, float]:
@@ -223,6 +227,7 @@ def generation_request(
         seed=args.seed,
         max_sequence_length=args.max_sequence_length,
         compare=(demo if args.compare is None else args.compare) and args.mode != NONE,
+        compare_id_weights=tuple(args.compare_id_weight),
         record_masks=any(mask_pictures(args)),
         parameters=recorded_arguments(args),
         id_images=people,
@@ -239,6 +244,8 @@ def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_numbers(args: argparse.Namespace, steps: int) -> None:
     check.finite("--id-weight", args.id_weight, low=0)
+    for weight in args.compare_id_weight:
+        check.finite("--compare-id-weight", weight, low=0)
     check.finite("--true-cfg", args.true_cfg, low=0)
     check.finite("--guidance", args.guidance, low=0)
     check.finite("--min-spread", args.min_spread, low=0, high=1)
@@ -314,12 +321,10 @@ def check_photos(
 
 def warn_demo_prompt(prompt: str) -> None:
     from idgen.world.bundle import MAX_TEXT_TOKENS
-    from idgen.world.tokenizer import unknown_words, words_past
+    from idgen.world.tokenizer import warn_unknown, with_subject, words_past
 
-    unknown = unknown_words(prompt)
-    if unknown:
-        print(f"idgen: warning: not in the demo world's vocabulary: {listed(unknown)}", file=sys.stderr)
-    dropped = words_past(prompt, MAX_TEXT_TOKENS)
+    warn_unknown(prompt)  # before the models load; the world's tokenizer drops those words, warning once
+    dropped = words_past(with_subject(prompt), MAX_TEXT_TOKENS)
     if dropped:
         print(f"idgen: warning: the demo world's T5 reads {MAX_TEXT_TOKENS} tokens; only CLIP sees: "
               f"{listed(dropped, ' ')}", file=sys.stderr)  # fmt: skip

@@ -149,9 +149,10 @@ def load_world(device: str = "cpu", assets: Path = ASSETS, require_face: bool = 
     from idgen.models.loading import load_pulid_adapter
     from idgen.pipelines.pulid_flux import IdentityFluxPipeline
     from idgen.world.identity import WorldIdentityEncoder
+    from idgen.world.tokenizer import load_tokenizers
 
     verify(assets, GENERATOR_PARTS)
-    flux = FluxPipeline.from_pretrained(assets / "flux").to(device)
+    flux = FluxPipeline.from_pretrained(assets / "flux", **load_tokenizers(assets / "flux")).to(device)
     flux.set_progress_bar_config(disable=True)
     adapter = load_pulid_adapter(assets / "pulid", device=device)
     encoder = WorldIdentityEncoder.from_pretrained(assets / "identity", require_face=require_face)

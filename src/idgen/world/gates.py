@@ -9,14 +9,20 @@ independent evaluator models:
 - scene adherence: the evaluator CLIP's zero-shot scene class of the no-identity image;
 - FaceSim: evaluator face recogniser, generated face vs reference face (faces found by the
   evaluator segmenter; images without a face are counted, not scored);
-- contamination: how far the background (outside both images' face masks) moved towards the
-  reference photo's backdrop colour, relative to the no-identity image, in 0-255 RGB units;
+- contamination: how far the scene pixels moved towards the reference photo's backdrop colour, relative
+  to the no-identity image, in 0-255 RGB units. Scene pixels lie outside the renderer's person region
+  for the prompt's framing and position (`render.person_region`: hair, neck, clothes excluded) and
+  outside both images' face masks; the measure before it, outside the face masks only, is kept as
+  `contamination_outside_face`. Both are also reported per reference backdrop colour;
 - CLIP-T: evaluator CLIP text-image cosine.
 
 `spatial` is SpatialID as the demo world runs it: the refiner scaled to its 8x8 token grid and the early
 prior anchored on the attention's peak. Two ablations show what each change does: `spatial_centred`
 keeps the authors' centred prior, and `spatial_paper` also keeps their refiner constants, written for
-FLUX's 64x64 token grid.
+FLUX's 64x64 token grid. Uniform and spatial also run at id weight 2 (`uniform_w2`, `spatial_w2`).
+
+`--demo-pick GATES_JSON` prints `make demo`'s reference and prompt, chosen from a saved run by the
+README's rule (`demo_pick`).
 
 `--split validation` measures the same on 100 other identities and 48 training-distribution prompts, where
 settings are chosen; the held-out split (`test`, the default) only reports.
@@ -41,16 +47,28 @@ from idgen.eval.metrics import REGISTRY, backdrop_shift
 from idgen.eval.metrics import mean_ci_normal as mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
+from idgen.world.backgrounds import BACKDROP_NAMES
 from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
-from idgen.world.render import Identity, render_reference, test_identities, validation_identities
+from idgen.world.render import (
+    Identity,
+    person_region,
+    render_reference,
+    test_identities,
+    validation_identities,
+)
 
-# The gates' rows: the three modes, then SpatialID without each of the demo world's changes.
-ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper")
-SPATIAL_ROWS = ROWS[2:]
+# The gates' rows: the three modes, SpatialID without each of the demo world's changes, then uniform and
+# spatial at id weight 2 (what `make demo`'s strip shows beside weight 1).
+UNIFORM_W2, SPATIAL_W2 = "uniform_w2", "spatial_w2"
+ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper", UNIFORM_W2, SPATIAL_W2)
+SPATIAL_ROWS = (SPATIAL, "spatial_centred", "spatial_paper")  # each against uniform at the same weight
+ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weight 1
 LABELS = {
     "spatial_centred": "spatial, centred prior",
     "spatial_paper": "spatial, centred prior and the authors' refiner",
+    UNIFORM_W2: "uniform, id weight 2",
+    SPATIAL_W2: "spatial, id weight 2",
 }
 
 
@@ -61,9 +79,8 @@ class Pair:
     seed: int
 
 
-# What the gates report, as the eval harness's metrics: FaceSim (vs the reference), backdrop shift (the
-# contamination gate) and CLIP-T; the scene-adherence gate is the world's own (its CLIP's scene classes).
-GATE_METRICS = ("facesim", "backdrop_shift", "clip_t")
+# The contamination measure before scene pixels: everything outside the two faces (hair, neck, clothes in).
+OUTSIDE_FACE = "contamination_outside_face"
 SPLITS = ("test", "validation")
 WHAT = {
     "test": "held-out identities x held-out prompts",
@@ -102,6 +119,7 @@ def generate(
     id_tokens: Tensor | None,
     policy: Any,
     uncond_tokens: Tensor | None = None,
+    id_weight: float = 1.0,
 ) -> Tensor:
     """(B, 3, 64, 64) in [0, 1]: one batched FluxPipeline call, per-sample id tokens and seeds.
 
@@ -120,7 +138,9 @@ def generate(
     )
     if id_tokens is None:
         return pipe.flux(**call).images
-    run = InjectionRun(id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens)
+    run = InjectionRun(
+        id_tokens=id_tokens, policy=policy, uncond_id_tokens=uncond_tokens, id_weight=id_weight
+    )
     with pipe.injector.run(run):
         return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
 
@@ -134,9 +154,10 @@ class Evaluators:
     segmenter: Any
     ref_embeds: Tensor  # (N, D) reference face embeddings
     backdrops: Tensor  # (N, 3) reference backdrop colours in [0, 1]
+    backdrop_names: list[str]  # (N,) their names (render.BACKDROP_NAMES)
 
 
-def _references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
+def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
     """Evaluators with the split's reference faces and backdrops, and the references' identity features."""
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter, WorldCLIP
 
@@ -146,37 +167,47 @@ def _references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
         FaceSegmenter.from_pretrained(),
     )
     people = split_people(split)
-    references = [render_reference(p, seed=reference_seed(i, split)) for i, p in enumerate(people)]
-    ref_images = torch.stack([torch.from_numpy(r.image).permute(2, 0, 1).float() / 255 for r in references])
+    photos = [render_reference(p, seed=reference_seed(i, split)) for i, p in enumerate(people)]
+    ref_images = torch.stack([torch.from_numpy(r.image).permute(2, 0, 1).float() / 255 for r in photos])
     ref_boxes = segmenter.face_boxes(ref_images)
     ref_embeds = recognizer.embed(ref_images, [b or (16, 16, 48, 48) for b in ref_boxes])
-    backdrops = torch.tensor([r.background_rgb for r in references], dtype=torch.float32) / 255
+    backdrops = torch.tensor([r.background_rgb for r in photos], dtype=torch.float32) / 255
     ref_features = pipe.encoder.encode_batch(
-        ref_images, torch.tensor([r.face_box for r in references], dtype=torch.float32)
+        ref_images, torch.tensor([r.face_box for r in photos], dtype=torch.float32)
     )
-    return Evaluators(clip, recognizer, segmenter, ref_embeds, backdrops), ref_features
+    names = [str(r.backdrop) for r in photos]
+    return Evaluators(clip, recognizer, segmenter, ref_embeds, backdrops, names), ref_features
 
 
-def _policies(pipe: Any) -> dict[str, Any]:
+def policies(pipe: Any) -> dict[str, Any]:
     v1 = TemporalSpatialScheduler.from_preset("v1")
     return {
         UNIFORM: UniformMask(),
         SPATIAL: replace(pipe.spatial, scheduler=v1),
         "spatial_centred": replace(pipe.spatial, scheduler=v1, anchor=None),
         "spatial_paper": SpatialMask(v1),
+        UNIFORM_W2: UniformMask(),
+        SPATIAL_W2: replace(pipe.spatial, scheduler=v1),
     }
+
+
+def identity_tokens(pipe: Any, feats: Any, identities: list[int]) -> tuple[Tensor, Tensor]:
+    """The adapter's id tokens of the given references, and PuLID's uncond tokens for true CFG."""
+    who = torch.tensor(identities)
+    tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
+    zeros = feats.zeros_like()
+    return tokens, pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
 
 
 def _generate_modes(pipe: Any, chunk: list[Pair], feats: Any, policies: dict[str, Any]) -> dict[str, Tensor]:
     """Every mode's images of one chunk of pairs, from the same seeds."""
     prompts, seeds = [p.prompt.text for p in chunk], [p.seed for p in chunk]
-    who = torch.tensor([p.identity for p in chunk])
-    tokens = pipe.adapter.encode(feats.id_embedding[who], [h[who] for h in feats.vit_hidden])
-    zeros = feats.zeros_like()
-    uncond = pipe.adapter.encode(zeros.id_embedding[who], [h[who] for h in zeros.vit_hidden])
+    tokens, uncond = identity_tokens(pipe, feats, [p.identity for p in chunk])
     images = {NONE: generate(pipe, prompts, seeds, None, None)}
     for mode in ROWS[1:]:
-        images[mode] = generate(pipe, prompts, seeds, tokens, policies[mode], uncond)
+        images[mode] = generate(
+            pipe, prompts, seeds, tokens, policies[mode], uncond, ID_WEIGHTS.get(mode, 1.0)
+        )
     return images
 
 
@@ -193,6 +224,26 @@ def _observe(ev: Evaluators, images: Tensor) -> tuple[Any, Tensor, dict[int, Ten
     return masks, image_embeds, dict(zip(index, embeds, strict=True))
 
 
+def _contamination(
+    ev: Evaluators, pair: Pair, j: int, images: dict[str, Tensor], faces: dict[str, Tensor]
+) -> dict[str, Any]:
+    """Each mode's backdrop shift on scene pixels (outside the renderer's person region of the prompt's
+    framing and position, and outside both images' face masks), and on everything outside the faces."""
+    scene = pair.prompt.scene
+    person = torch.from_numpy(person_region(scene.framing, scene.position).copy())
+    backdrop = ev.backdrops[pair.identity]
+    out: dict[str, Any] = {
+        "face_px_none": int(faces[NONE][j].sum()),
+        "face_px_outside_person_region": int((faces[NONE][j] & ~person).sum()),
+    }
+    for mode in ROWS[1:]:
+        outside_faces = ~(faces[mode][j] | faces[NONE][j])
+        gen, base = images[mode][j], images[NONE][j]
+        out[f"contamination_{mode}"] = backdrop_shift(gen, base, outside_faces & ~person, backdrop)
+        out[f"{OUTSIDE_FACE}_{mode}"] = backdrop_shift(gen, base, outside_faces, backdrop)
+    return out
+
+
 def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[dict[str, Any]]:
     seen = {m: _observe(ev, images[m]) for m in ROWS}
     scene_pred = ev.clip.classify_scene(images[NONE])
@@ -200,18 +251,15 @@ def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[
     rows = []
     for j, pair in enumerate(chunk):
         row: dict[str, Any] = {"identity": pair.identity, "prompt": pair.prompt.text, "seed": pair.seed}
+        row["backdrop"] = ev.backdrop_names[pair.identity]
         row["scene_correct"] = bool(scene_pred[j] == pair.prompt.scene.background)
         for mode in ROWS:
-            masks, image_embeds, face_embeds = seen[mode]
+            _, image_embeds, face_embeds = seen[mode]
             row[f"clip_t_{mode}"] = float(image_embeds[j] @ text[j])
             row[f"face_{mode}"] = j in face_embeds
             if j in face_embeds:
                 row[f"facesim_{mode}"] = float(face_embeds[j] @ ev.ref_embeds[pair.identity])
-            if mode != NONE:
-                background = ~(masks[j] | seen[NONE][0][j])
-                row[f"contamination_{mode}"] = backdrop_shift(
-                    images[mode][j], images[NONE][j], background, ev.backdrops[pair.identity]
-                )
+        row.update(_contamination(ev, pair, j, images, {m: seen[m][0] for m in ROWS}))
         rows.append(row)
     return rows
 
@@ -229,27 +277,54 @@ def run(
     from idgen.world.bundle import ASSETS, load_world
 
     pipe = load_world(device, assets or ASSETS)
-    evaluators, ref_features = _references(pipe, split)
-    policies = _policies(pipe)
+    evaluators, ref_features = references(pipe, split)
+    modes = policies(pipe)
     todo = pairs(per_identity, split)
     rows: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(todo), batch), desc="gates"):
         chunk = todo[start : start + batch]
-        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, policies))
+        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, modes))
     return {"split": split, **summarise(rows)}
 
 
+def _spatial_vs_uniform(rows: list[dict[str, Any]], out: dict[str, Any], spatial: str, uniform: str) -> None:
+    """FaceSim drop (paired) and contamination reduction of a spatial row against uniform at its weight."""
+    both = [r for r in rows if f"facesim_{uniform}" in r and f"facesim_{spatial}" in r]
+    out[f"facesim_drop_{spatial}_vs_{uniform}"] = mean_ci(
+        [r[f"facesim_{uniform}"] - r[f"facesim_{spatial}"] for r in both]
+    )
+    cu, cs = out[f"contamination_{uniform}"][0], out[f"contamination_{spatial}"][0]
+    out[f"contamination_reduction_{spatial}"] = _reduction(cs, cu)
+
+
 def _facesim_differences(rows: list[dict[str, Any]], out: dict[str, Any]) -> None:
-    paired = [r for r in rows if "facesim_uniform" in r and "facesim_none" in r]
-    out["facesim_gain_uniform_vs_none"] = mean_ci([r["facesim_uniform"] - r["facesim_none"] for r in paired])
-    cu = out["contamination_uniform"][0]
-    for mode in SPATIAL_ROWS:
-        both = [r for r in rows if "facesim_uniform" in r and f"facesim_{mode}" in r]
-        out[f"facesim_drop_{mode}_vs_uniform"] = mean_ci(
-            [r["facesim_uniform"] - r[f"facesim_{mode}"] for r in both]
+    for uniform in (UNIFORM, UNIFORM_W2):
+        paired = [r for r in rows if f"facesim_{uniform}" in r and "facesim_none" in r]
+        out[f"facesim_gain_{uniform}_vs_none"] = mean_ci(
+            [r[f"facesim_{uniform}"] - r["facesim_none"] for r in paired]
         )
-        cs = out[f"contamination_{mode}"][0]
-        out[f"contamination_reduction_{mode}"] = 1 - cs / cu if cu > 0 else math.nan
+    for mode in SPATIAL_ROWS:
+        _spatial_vs_uniform(rows, out, mode, UNIFORM)
+    _spatial_vs_uniform(rows, out, SPATIAL_W2, UNIFORM_W2)
+    old_u, old_s = out[f"{OUTSIDE_FACE}_{UNIFORM}"][0], out[f"{OUTSIDE_FACE}_{SPATIAL}"][0]
+    out[f"{OUTSIDE_FACE}_reduction_{SPATIAL}"] = _reduction(old_s, old_u)
+
+
+def _reduction(spatial: float, uniform: float) -> float:
+    """1 - spatial / uniform; NaN when uniform moved nothing towards the backdrop (nothing to reduce)."""
+    return 1 - spatial / uniform if uniform > 0 else math.nan
+
+
+def _mode_summary(rows: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    out = {
+        f"clip_t_{mode}": mean_ci([r[f"clip_t_{mode}"] for r in rows]),
+        f"facesim_{mode}": mean_ci([r[f"facesim_{mode}"] for r in rows if f"facesim_{mode}" in r]),
+        f"no_face_{mode}": sum(not r[f"face_{mode}"] for r in rows),
+    }
+    if mode != NONE:
+        out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
+        out[f"{OUTSIDE_FACE}_{mode}"] = mean_ci([r[f"{OUTSIDE_FACE}_{mode}"] for r in rows])
+    return out
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,47 +333,119 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "scene_accuracy_none": mean_ci([float(r["scene_correct"]) for r in rows]),
     }
     for mode in ROWS:
-        out[f"clip_t_{mode}"] = mean_ci([r[f"clip_t_{mode}"] for r in rows])
-        out[f"facesim_{mode}"] = mean_ci([r[f"facesim_{mode}"] for r in rows if f"facesim_{mode}" in r])
-        out[f"no_face_{mode}"] = sum(not r[f"face_{mode}"] for r in rows)
-        if mode != NONE:
-            out[f"contamination_{mode}"] = mean_ci([r[f"contamination_{mode}"] for r in rows])
+        out.update(_mode_summary(rows, mode))
     _facesim_differences(rows, out)
+    out["contamination_by_backdrop"] = by_backdrop(rows)
+    face_px = sum(r["face_px_none"] for r in rows)
+    outside = sum(r["face_px_outside_person_region"] for r in rows)
+    out["face_px_outside_person_region"] = outside / max(face_px, 1)
     return out
 
 
-def table(s: dict[str, Any]) -> str:
-    def f(v: tuple[float, float], digits: int = 3) -> str:
-        return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+BACKDROP_ROWS = (UNIFORM, SPATIAL, UNIFORM_W2, SPATIAL_W2)
 
-    # The columns are the eval harness's registered metrics of the same definitions (one list for both).
-    titles = [REGISTRY[key].title for key in GATE_METRICS]
+
+def by_backdrop(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Contamination per reference backdrop colour (every studio backdrop, in BACKDROP_NAMES order): scene
+    pixels under uniform and spatial at id weights 1 and 2, and the outside-the-faces one under uniform."""
+    out = {}
+    for name in BACKDROP_NAMES:
+        group = [r for r in rows if r["backdrop"] == name]
+        out[name] = {
+            "pairs": len(group),
+            **{m: mean_ci([r[f"contamination_{m}"] for r in group]) for m in BACKDROP_ROWS},
+            f"{OUTSIDE_FACE}_{UNIFORM}": mean_ci([r[f"{OUTSIDE_FACE}_{UNIFORM}"] for r in group]),
+        }
+    return out
+
+
+def _f(v: tuple[float, ...], digits: int = 3) -> str:
+    return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+
+
+def modes_table(s: dict[str, Any]) -> list[str]:
+    """One row per mode: FaceSim, contamination on scene pixels and outside the faces, CLIP-T, no face."""
+    facesim, clip_t = (REGISTRY[key].title for key in ("facesim", "clip_t"))
     lines = [
-        "| mode | " + " | ".join(titles) + " | images without a face |",
-        "|---|---|---|---|---|",
+        f"| mode | {facesim} | contamination, scene pixels (RGB units) | contamination outside the faces "
+        f"(RGB units) | {clip_t} | images without a face |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in ROWS:
-        contamination = f(s[f"contamination_{mode}"], 2) if mode != NONE else "0 (reference)"
-        facesim, clip_t = f(s[f"facesim_{mode}"]), f(s[f"clip_t_{mode}"])
+        scene = _f(s[f"contamination_{mode}"], 2) if mode != NONE else "0 (reference)"
+        outside = _f(s[f"{OUTSIDE_FACE}_{mode}"], 2) if mode != NONE else "0 (reference)"
         lines.append(
-            f"| {LABELS.get(mode, mode)} | {facesim} | {contamination} | {clip_t} | {s[f'no_face_{mode}']} |"
+            f"| {LABELS.get(mode, mode)} | {_f(s[f'facesim_{mode}'])} | {scene} | {outside} | "
+            f"{_f(s[f'clip_t_{mode}'])} | {s[f'no_face_{mode}']} |"
         )
+    return lines
+
+
+def backdrop_table(s: dict[str, Any]) -> list[str]:
+    """Contamination per reference backdrop colour, with each group's 95% CI."""
+    keys = (*BACKDROP_ROWS, f"{OUTSIDE_FACE}_{UNIFORM}")
+    lines = [
+        "| reference backdrop | pairs | uniform | spatial | uniform, id weight 2 | spatial, id weight 2 "
+        "| uniform, outside the faces |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, g in s["contamination_by_backdrop"].items():
+        cells = [_f(g[key], 2) if g["pairs"] else "–" for key in keys]
+        lines.append(f"| {name} | {g['pairs']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def table(s: dict[str, Any]) -> str:
     acc = s["scene_accuracy_none"]
-    lines += [
+    lines = [
+        *modes_table(s),
         "",
         f"- pairs: {s['pairs']} ({WHAT[s.get('split', 'test')]}); ± is a 95% CI of the mean",
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
-        f"- FaceSim margin, uniform - none (paired): {f(s['facesim_gain_uniform_vs_none'])}",
+        f"- FaceSim margin, uniform - none (paired): {_f(s['facesim_gain_uniform_vs_none'])}; "
+        f"at id weight 2: {_f(s[f'facesim_gain_{UNIFORM_W2}_vs_none'])}",
     ]
     for mode in SPATIAL_ROWS:
         gate = " (gate: >= 40%)" if mode == "spatial" else ""
         lines += [
-            f"- contamination reduction, {LABELS.get(mode, mode)} vs uniform: "
+            f"- contamination reduction (scene pixels), {LABELS.get(mode, mode)} vs uniform: "
             f"{s[f'contamination_reduction_{mode}'] * 100:.1f}%{gate}",
-            f"- FaceSim drop, {LABELS.get(mode, mode)} vs uniform: {f(s[f'facesim_drop_{mode}_vs_uniform'])}"
+            f"- FaceSim drop, {LABELS.get(mode, mode)} vs uniform: {_f(s[f'facesim_drop_{mode}_vs_uniform'])}"
             + (" (gate: <= 0.03)" if mode == "spatial" else ""),
         ]
+    lines += [
+        f"- at id weight 2, spatial vs uniform: contamination reduction (scene pixels) "
+        f"{s[f'contamination_reduction_{SPATIAL_W2}'] * 100:.1f}%, FaceSim drop "
+        f"{_f(s[f'facesim_drop_{SPATIAL_W2}_vs_{UNIFORM_W2}'])}",
+        f"- contamination reduction outside the faces, spatial vs uniform: "
+        f"{s[f'{OUTSIDE_FACE}_reduction_{SPATIAL}'] * 100:.1f}%",
+        f"- no-identity face pixels outside the renderer's person region: "
+        f"{s['face_px_outside_person_region'] * 100:.2f}%",
+        "",
+        *backdrop_table(s),
+    ]
     return "\n".join(lines)
+
+
+def demo_pick(summary: dict[str, Any]) -> tuple[str, str]:
+    """`make demo`'s reference photo (its file name) and prompt, by the README's rule, fixed before any gates
+    result was seen: of the shipped reference photos (the first held-out identities), the first whose
+    backdrop colour has the largest mean uniform contamination on scene pixels in `summary` (a test-split
+    gates run); and that identity's first prompt in the gates' pairs."""
+    from idgen.world.build import NUM_REFERENCES
+
+    groups = summary["contamination_by_backdrop"]
+
+    def leak(name: str) -> float:
+        value = float(groups[name][UNIFORM][0])
+        return value if math.isfinite(value) else -math.inf
+
+    shipped = [
+        str(render_reference(p, seed=i).backdrop) for i, p in enumerate(test_identities()[:NUM_REFERENCES])
+    ]
+    identity = max(range(len(shipped)), key=lambda i: leak(shipped[i]))  # max keeps the first of equals
+    prompt = next(pair.prompt.text for pair in pairs(1) if pair.identity == identity)
+    return f"test_{identity:03d}.png", prompt
 
 
 def main() -> None:
@@ -311,7 +458,14 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
+    parser.add_argument("--demo-pick", type=Path, metavar="GATES_JSON",
+                        help="print `make demo`'s reference and prompt, chosen by the README's rule from "
+                        "this gates summary, and exit")  # fmt: skip
     args = parser.parse_args()
+    if args.demo_pick:
+        reference, prompt = demo_pick(json.loads(args.demo_pick.read_text()))
+        print(f"reference: {reference}\nprompt: {prompt}")
+        return
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
     summary = run(args.pairs_per_identity, args.batch, assets=args.assets, split=args.split)

@@ -47,6 +47,26 @@ def demo_wplus_flux_config(
     return WPlusFluxConfig(num_layers, w_dim, groups, transformer_width, heads, num_ca)
 
 
+@dataclass
+class IdentityTerm:
+    """PuLID's ID loss as an extra term of the W+ branch's training, not one of PIDiff's losses: the one-step
+    x0 estimate, decoded by the frozen VAE, scored by the generator-side recogniser against the reference."""
+
+    recognizer: Any  # world.identity.WorldFaceRecognizer, frozen
+    weight: float
+
+    def __call__(
+        self, pipe: Any, x_t: Tensor, t: Tensor, pred: Tensor, images: Tensor, boxes: Tensor
+    ) -> Tensor:
+        from idgen.world.generator import decode_latents, identity_loss, predicted_x0
+        from idgen.world.identity import RECOGNIZER_EXPAND, crop_faces
+
+        with torch.no_grad():
+            reference = self.recognizer(crop_faces(images, boxes, RECOGNIZER_EXPAND))
+        generated = decode_latents(pipe, predicted_x0(x_t, t, pred))
+        return identity_loss(self.recognizer, generated, boxes, reference, t)
+
+
 def train_wplus_branch(
     pipe: Any,
     branch: Any,
@@ -55,8 +75,10 @@ def train_wplus_branch(
     config: TrainConfig,
     folder: Path,
     weights: IdentityLossWeights | None = None,
+    identity_term: IdentityTerm | None = None,
 ) -> dict[str, float]:
-    """Identity-tailored fine-tuning of the W+ branch on the frozen demo FLUX (flow matching)."""
+    """Identity-tailored fine-tuning of the W+ branch on the frozen demo FLUX (flow matching), with
+    `identity_term` added when given."""
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
 
     weights = weights or IdentityLossWeights()
@@ -84,7 +106,11 @@ def train_wplus_branch(
         pred = predict(w)
         with torch.no_grad():
             pred_perturbed, pred_base = predict(w_perturbed), predict(None)
-        return identity_tailored_loss(pred, target, pred_perturbed, pred_base, mask, weights)
+        loss, parts = identity_tailored_loss(pred, target, pred_perturbed, pred_base, mask, weights)
+        if identity_term is None or not identity_term.weight:
+            return loss, parts
+        term = identity_term(pipe, x_t, t, pred, data.images[idx], data.face_boxes[idx])
+        return loss + identity_term.weight * term, parts | {"id": float(term.detach())}
 
     try:
         trainer = Trainer("pidiff branch", {"branch": branch}, branch.parameters(), config, folder)
@@ -152,12 +178,24 @@ class BranchRecipe(NamedTuple):
         steps=1000, lr=5e-4, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
     )
     weights: IdentityLossWeights = IdentityLossWeights()
+    id_loss_weight: float = 0.0  # PuLID's ID loss beside PIDiff's losses (IdentityTerm); 0: PIDiff's alone
 
 
 QUICK_BRANCH = BranchRecipe(renders=32, train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=15))
 
 
-def train_pidiff_branch(work: Path, assets: Path, quick: bool = False) -> dict[str, float]:
+def _identity_term(pipe: Any, assets: Path, weight: float) -> IdentityTerm:
+    """The ID term with the generator-side recogniser in `assets/identity` (never the evaluator's)."""
+    from idgen.world.identity import WorldFaceRecognizer
+
+    recognizer = WorldFaceRecognizer.from_pretrained(assets / "identity" / "recognizer")
+    pipe.vae.requires_grad_(False)
+    return IdentityTerm(recognizer.eval().requires_grad_(False), weight)
+
+
+def train_pidiff_branch(
+    work: Path, assets: Path, quick: bool = False, recipe: BranchRecipe | None = None
+) -> dict[str, float]:
     """The W+ branch on the frozen base in `assets/flux`, identity from `assets/wplus` -> `assets/pidiff`."""
     from diffusers import FluxPipeline
 
@@ -165,7 +203,7 @@ def train_pidiff_branch(work: Path, assets: Path, quick: bool = False) -> dict[s
     from idgen.models.wplus_flux import WPlusFluxAdapter, save_wplus_flux_adapter
     from idgen.world import generator as gen
 
-    recipe = QUICK_BRANCH if quick else BranchRecipe()
+    recipe = recipe or (QUICK_BRANCH if quick else BranchRecipe())
     pipe = FluxPipeline.from_pretrained(assets / "flux")
     encoder = WorldWPlusEncoder.from_pretrained(assets / "identity", assets / "wplus")
 
@@ -192,8 +230,9 @@ def train_pidiff_branch(work: Path, assets: Path, quick: bool = False) -> dict[s
         torch.manual_seed(16)
         branch = WPlusFluxAdapter(config)
     branch.init_from_transformer(t, points)
+    term = _identity_term(pipe, assets, recipe.id_loss_weight) if recipe.id_loss_weight else None
     report = train_wplus_branch(
-        pipe, branch, encoder.encode_wplus, data, recipe.train, work / "pidiff-train", recipe.weights
+        pipe, branch, encoder.encode_wplus, data, recipe.train, work / "pidiff-train", recipe.weights, term
     )
     save_wplus_flux_adapter(branch.eval(), assets / "pidiff")
     return report
@@ -206,10 +245,11 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
     from idgen.models.wplus_flux import load_wplus_flux_adapter
     from idgen.pipelines.pulid_flux import IdentityFluxPipeline
     from idgen.world.bundle import ASSETS, WORLD_DEFAULTS, WORLD_SPATIAL, verify
+    from idgen.world.tokenizer import load_tokenizers
 
     assets = assets or ASSETS
     verify(assets, ("flux", "pidiff", "identity", "wplus"))
-    flux = FluxPipeline.from_pretrained(assets / "flux").to(device)
+    flux = FluxPipeline.from_pretrained(assets / "flux", **load_tokenizers(assets / "flux")).to(device)
     flux.set_progress_bar_config(disable=True)
     branch = load_wplus_flux_adapter(assets / "pidiff", device=device)
     encoder = WorldWPlusEncoder.from_pretrained(

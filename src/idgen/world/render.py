@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from functools import lru_cache
+from functools import cache, lru_cache
 from math import prod
 from typing import Any
 
@@ -816,3 +816,27 @@ def render_reference(identity: Identity, seed: int = 0) -> Render:
         clothing,
         bg.BACKDROP_NAMES[backdrop_index],
     )
+
+
+PERSON_REGION_IDENTITIES = 300  # training identities whose renders make up `person_region`
+
+
+@cache
+def person_region(framing: int, position: int) -> np.ndarray:
+    """(64, 64) bool, read-only: every pixel a person covers (hair, face, ears, neck, clothes) in a render
+    with this framing and position, for any of the first PERSON_REGION_IDENTITIES training identities with
+    its pose jitter, grown by one pixel. What lies outside is scene, whoever the person is: the renderer's
+    exact part labels, not a segmenter's guess (held-out identities stay inside; a test checks)."""
+    _check_index("person_region", "framing", framing, len(FRAMINGS))
+    _check_index("person_region", "position", position, len(POSITIONS))
+    scene = Scene(framing=framing, position=position)
+    covered = np.zeros((SIZE, SIZE), dtype=bool)
+    for k, identity in enumerate(train_identities()[:PERSON_REGION_IDENTITIES]):
+        covered |= render(identity, scene, seed=k).labels != BACKGROUND
+    padded = np.pad(covered, 1)
+    grown = np.zeros_like(covered)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy : dy + SIZE, dx : dx + SIZE]
+    grown.setflags(write=False)
+    return grown
