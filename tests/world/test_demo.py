@@ -142,3 +142,20 @@ def test_the_w_plus_branch_trains_with_pulids_id_term_when_asked(tmp_path):
     report = train_pidiff_branch(tmp_path / "id", assets, recipe=QUICK_BRANCH._replace(id_loss_weight=1.0))
     assert set(report) == {"loss", "denoise", "disentangle", "preserve", "id"} and 0 < report["id"] <= 2
     assert (assets / "pidiff" / "model.safetensors").is_file()
+
+
+@shipped
+@pytest.mark.slow
+def test_a_fresh_process_prints_no_chatter_from_optional_packages(tmp_path):
+    """transformers imports torchao when it is installed (the lowvram extra); its kernel-loading notes and
+    torch's deprecation note must not reach a newcomer's terminal."""
+    import subprocess
+    import sys
+
+    reference = reference_photos()[0]
+    argv = [sys.executable, "-m", "idgen.cli", "generate", "--id-image", str(reference)]
+    argv += ["--prompt", "a person in a forest", "--steps", "2", "--out", str(tmp_path / "o.png")]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if "Failed to load" in line or "_pytree" in line], lines

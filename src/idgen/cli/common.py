@@ -137,14 +137,23 @@ def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+# Import-time chatter of optional packages that transformers imports when they are installed (torchao's
+# kernels for other GPUs, torch's deprecation note on torchao's enums): nothing a user acts on.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
 def quiet_loading() -> None:
     """diffusers' and transformers' per-component loading bars say nothing a user acts on; the sampling
     bar (diffusers' pipeline's own) stays."""
+    import logging
+
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def load_pipeline(args: argparse.Namespace, device: str) -> Any:
