@@ -161,12 +161,13 @@ class WPlusSD15Pipeline:
         scheduler: TemporalSpatialScheduler | None = None,
         id_weight: float = 1.0,
         start_step: int | None = None,
-        seed: int | list[int] | None = 42,
+        seed: int | list[int] | None = None,
         recorder: Recorder | None = None,
         **sampling: Any,
     ) -> IdentityPipelineOutput:
-        """Generate; sampling settings left out (or None) come from `self.defaults`. Other keyword
-        arguments go to the StableDiffusionPipeline; None ones (FLUX's settings left unset) are dropped."""
+        """Generate; sampling settings left out (or None) come from `self.defaults`; `seed` None draws fresh
+        noise (diffusers' behaviour). Other keyword arguments go to the StableDiffusionPipeline; None ones
+        (FLUX's settings left unset) are dropped."""
         sampling = {name: value for name, value in sampling.items() if value is not None}
         names = ("height", "width", "num_inference_steps", "guidance_scale", "negative_prompt")
         s = with_defaults(self.defaults, **{name: sampling.pop(name, None) for name in names})
