@@ -454,4 +454,33 @@ def test_cli_one_id_image_keeps_its_sidecar_as_it_was(tmp_path):
     (a,) = save_photos(tmp_path, 1)
     assert cli(tmp_path, "--id-image", a) == 0
     parameters = json.loads((tmp_path / "out" / "two.json").read_text())["parameters"]
-    assert parameters["id_image"] == a and "id_box" not in parameters
+    assert parameters["id_image"] == a and "id_box" not in parameters and "combine" not in parameters
+
+
+def test_cli_combine_picks_the_rule_that_joins_one_persons_photos(tmp_path):
+    import json
+
+    from idgen.pipelines.multi import COMBINATIONS
+    from idgen.pipelines.names import DEFAULT_PHOTO_COMBINATION, PHOTO_COMBINATIONS
+
+    assert set(PHOTO_COMBINATIONS) == set(COMBINATIONS) and DEFAULT_PHOTO_COMBINATION in COMBINATIONS
+    a1, a2 = save_photos(tmp_path, 2)
+    images = {}
+    for rule in (None, *PHOTO_COMBINATIONS):
+        extra = [] if rule is None else ["--combine", rule]
+        assert cli(tmp_path, "--id-image", f"{a1},{a2}", "--seed", "3", "--overwrite", *extra) == 0
+        images[rule] = Image.open(tmp_path / "out" / "two.png").tobytes()
+        sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
+        assert sidecar["parameters"].get("combine") == rule
+    assert images[None] == images[DEFAULT_PHOTO_COMBINATION]  # the default is that rule
+    assert images["mean-all"] != images["mean-embedding-concat-tokens"]  # the flag reaches the pipeline
+
+
+def test_cli_combine_without_several_photos_of_one_person_is_one_line(tmp_path, capsys):
+    a, b = save_photos(tmp_path, 2)
+    assert cli(tmp_path, "--id-image", a, "--id-image", b, "--combine", "mean-all") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "idgen: error: --combine joins several photos of one person (--id-image a1.jpg,a2.jpg): none given"
+    ]
+    assert not list((tmp_path / "out").iterdir())

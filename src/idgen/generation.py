@@ -77,6 +77,7 @@ class GenerationRequest:
     # optionally one (left, top, right, bottom) box in [0, 1] per person.
     id_images: tuple[tuple[str, ...], ...] | None = None
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
@@ -249,14 +250,16 @@ def _generate_several(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any, started: float
 ) -> GenerationResult:
     """Several people in one image: per-person masks compete; the strip colours each person's mask."""
+    from idgen.pipelines.multi import COMBINATIONS, DEFAULT_COMBINATION
     from idgen.recording import IdentityMaskRecorder
 
     assert request.id_images is not None
     recorder = IdentityMaskRecorder() if request.record_masks and request.mode == SPATIAL else None
     boxes = None if request.boxes is None else list(request.boxes)
+    combine = COMBINATIONS[request.combine or DEFAULT_COMBINATION]
     output = pipe(
         request.prompt, id_images=[list(photos) for photos in request.id_images], boxes=boxes,
-        mode=request.mode, policy=policy, recorder=recorder, **request.sampling(),
+        mode=request.mode, policy=policy, recorder=recorder, combine=combine, **request.sampling(),
     )  # fmt: skip
     sidecar = _sidecar(pipe, request, policy, scheduler, model)
     sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
@@ -321,7 +324,7 @@ def _panels_at_weight(pipe: Any, request: GenerationRequest, id_features: Any) -
 def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
-    for several in ("id_images", "boxes"):  # one person's record stays as it was
+    for several in ("id_images", "boxes", "combine"):  # one person's record stays as it was
         if record[several] is None:
             record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)

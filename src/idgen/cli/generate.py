@@ -20,7 +20,7 @@ from idgen.cli.common import (
 )
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
-from idgen.pipelines.names import MODES, NONE, SPATIAL
+from idgen.pipelines.names import DEFAULT_PHOTO_COMBINATION, MODES, NONE, PHOTO_COMBINATIONS, SPATIAL
 
 MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are counted
 MAX_IMAGES = 1000  # per command
@@ -70,6 +70,12 @@ def add_generate(sub: Any) -> None:
         action="append",
         type=parse_id_box,
         help="where the person of the same --id-image goes: l,t,r,b in [0,1]; give one per --id-image",
+    )
+    p.add_argument(
+        "--combine",
+        choices=PHOTO_COMBINATIONS,
+        help=f"how several photos of one person are joined (default: {DEFAULT_PHOTO_COMBINATION}; "
+        "docs/multi-identity.md)",
     )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
@@ -175,9 +181,18 @@ def identity_photos(args: argparse.Namespace) -> tuple[tuple[str, ...], ...] | N
     values = [given] if isinstance(given, str) else list(given or [])
     args.id_image = values[0] if len(values) == 1 else (values or None)
     people = tuple(person_photos(v) for v in values)
+    check_combine(args, people)
     if len(people) > 1 or any(len(p) > 1 for p in people) or getattr(args, "id_box", None):
         return people
     return None
+
+
+def check_combine(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
+    """--combine only where one person has several photos."""
+    if getattr(args, "combine", None) and not any(len(p) > 1 for p in people):
+        raise IdgenError(
+            "--combine joins several photos of one person (--id-image a1.jpg,a2.jpg): none given"
+        )
 
 
 def check_identities(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
@@ -232,14 +247,15 @@ def generation_request(
         parameters=recorded_arguments(args),
         id_images=people,
         boxes=None if people is None or not args.id_box else tuple(args.id_box),
+        combine=args.combine,
     )
 
 
 def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
     it was before several people existed."""
-    skipped = ("func", "debug") if getattr(args, "id_box", None) else ("func", "debug", "id_box")
-    return {k: v for k, v in vars(args).items() if k not in skipped}
+    unset = [k for k in ("id_box", "combine") if not getattr(args, k, None)]
+    return {k: v for k, v in vars(args).items() if k not in ("func", "debug", *unset)}
 
 
 def check_numbers(args: argparse.Namespace, steps: int) -> None:

@@ -33,7 +33,7 @@ from idgen.core.multi import (
 from idgen.errors import IdgenError, NoFaceError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.pipelines.base import PhotoInput, encode_photo
-from idgen.pipelines.names import UNIFORM
+from idgen.pipelines.names import DEFAULT_PHOTO_COMBINATION, UNIFORM
 
 MIN_TOKENS_PER_IDENTITY = 4  # a 2x2-token face (32x32 pixels on FLUX): fewer cannot hold a face
 MAX_IDENTITIES = 8
@@ -78,7 +78,7 @@ COMBINATIONS: dict[str, PhotoCombination] = {
     "mean-embedding-concat-tokens": MeanEmbeddingConcatTokens(),
     "mean-all": MeanAll(),
 }
-DEFAULT_COMBINATION = "mean-all"  # chosen on the demo world's validation split: docs/multi-identity.md
+DEFAULT_COMBINATION = DEFAULT_PHOTO_COMBINATION  # chosen on the demo world's validation split
 
 
 def combine_photos(features: Sequence[IdentityFeatures], rule: PhotoCombination) -> IdentityFeatures:

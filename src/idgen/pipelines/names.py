@@ -18,3 +18,8 @@ DEFAULT_BACKBONE = "flux-pulid"
 
 NO_OFFLOAD = "none"
 OFFLOADS = (NO_OFFLOAD, "model", "sequential", "group")  # diffusers' offload methods, by name
+
+# How several photos of one person are joined (idgen.pipelines.multi.COMBINATIONS); the default was chosen
+# on the demo world's validation split (docs/multi-identity.md).
+PHOTO_COMBINATIONS = ("mean-all", "mean-embedding-concat-tokens")
+DEFAULT_PHOTO_COMBINATION = "mean-all"
