@@ -1,0 +1,512 @@
+"""The demo world's several-identities gates: two held-out people in one image, held-out two-person prompts.
+
+    python -m idgen.world.multi_gates [--split test|validation] [--pairs 50] [--prompts-per-pair 2]
+                                      [--json docs/world-multi-gates.json] [--threads 1]
+
+People are paired in split order (0 with 1, 2 with 3, ...); the first of a pair is asked for on the left.
+Each pair gets `--prompts-per-pair` two-person prompts of the split and one fixed seed per prompt. From the
+same seed, every mode generates:
+
+- `none`: no identity;
+- `uniform`: both identities, every residual added to every token (PuLID run once per person): the naive
+  baseline;
+- `spatial`: SpatialID with competing masks (the demo world's SpatialMask, one early prior per person,
+  `ArgmaxAssignment`), each person boxed to their half of the image (`--id-box 0,0,0.5,1 --id-box
+  0.5,0,1,1`);
+- `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, no region);
+- `single`: each person alone, pointed at their own half as a user would do it (`--id-image A --id-box
+  0,0,0.5,1`: the prior centred on the box and the residual kept inside it), once per person.
+
+Scoring (the evaluator models of `idgen.world.gates`): within each person's side of the image the
+evaluator segmenter's largest face region is that person's face (none: a missing face, counted). The
+evaluator recogniser embeds it; FaceSim is its cosine to the person's own reference, bleed its cosine to
+the other person's reference, and the face is assigned correctly iff own > other. A `single` face is
+scored in that person's own run. Scene adherence: the evaluator CLIP's scene class and CLIP-T.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from idgen.backbones.run import InjectionRun
+from idgen.core.multi import Box, CompetingMasks
+from idgen.core.schedule import TemporalSpatialScheduler
+from idgen.eval.metrics.maths import mean_ci
+from idgen.io import atomic_write_text
+from idgen.pipelines.multi import competing_masks
+from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
+from idgen.world.evaluators import largest_region_boxes
+from idgen.world.gates import SPLITS, Evaluators, identity_tokens, references, split_people
+
+SEPARATED, SINGLE = "spatial_separated", "single"
+MODES = (NONE, UNIFORM, SPATIAL, SEPARATED, SINGLE)
+LABELS = {
+    NONE: "none (no identity)",
+    UNIFORM: "uniform, residuals summed",
+    SPATIAL: "spatial, boxes = halves",
+    SEPARATED: "spatial, no boxes",
+    SINGLE: "single person, its half",
+}
+SIDES = ("left", "right")
+HALVES: tuple[Box, Box] = ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))  # what a user passes as --id-box
+SIZE = 64
+# Seeds of the generations; validation's never coincide with the held-out ones.
+_SEED_OFFSET = {"test": 700_000, "validation": 800_000}
+WHAT = {
+    "test": "held-out identity pairs x held-out two-person prompts",
+    "validation": "validation identity pairs x validation two-person prompts",
+}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One generated image: two people of the split (indices into `split_people`), a prompt, a seed."""
+
+    left: int
+    right: int
+    prompt: Any  # a two-person Prompt of captions: .text and .scene
+    seed: int
+
+    @property
+    def people(self) -> tuple[int, int]:
+        return self.left, self.right
+
+
+def two_people_prompts(split: str) -> list[Any]:
+    from idgen.world.captions import two_people_test_prompts, two_people_validation_prompts
+
+    return two_people_test_prompts() if split == "test" else two_people_validation_prompts()
+
+
+def cases(pairs: int = 50, prompts_per_pair: int = 2, split: str = "test") -> list[Case]:
+    """`pairs` identity pairs (people 2k and 2k + 1 of the split), each with `prompts_per_pair` prompts."""
+    people = len(split_people(split))
+    if not 1 <= pairs <= people // 2:
+        raise ValueError(f"pairs must be in [1, {people // 2}], got {pairs}")
+    if prompts_per_pair < 1:
+        raise ValueError(f"prompts_per_pair must be >= 1, got {prompts_per_pair}")
+    prompts = two_people_prompts(split)
+    out = []
+    for k in range(pairs):
+        for r in range(prompts_per_pair):
+            prompt = prompts[(k * 7 + r * 23) % len(prompts)]
+            out.append(Case(2 * k, 2 * k + 1, prompt, seed=_SEED_OFFSET[split] + 1000 * k + r))
+    return out
+
+
+def side_regions() -> Tensor:
+    """(2, 64, 64) bool: where each person's face is looked for, the left and the right half."""
+    columns = torch.arange(SIZE)
+    left = (columns < SIZE // 2).expand(SIZE, SIZE)
+    return torch.stack([left, ~left])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation: one batched FLUX call per mode, each row with its own people and seed.
+# ---------------------------------------------------------------------------------------------------------
+def flux_call(pipe: Any, prompts: list[str], seeds: list[int]) -> dict[str, Any]:
+    """The FLUX pipeline's arguments with the demo world's sampling settings (as `gates.generate`)."""
+    d = pipe.defaults
+    return dict(
+        prompt=prompts,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        output_type="pt",
+        height=d["height"],
+        width=d["width"],
+        num_inference_steps=d["num_inference_steps"],
+        guidance_scale=d["guidance_scale"],
+        max_sequence_length=d["max_sequence_length"],
+        true_cfg_scale=d["true_cfg_scale"],
+        negative_prompt=[d["negative_prompt"] or ""] * len(prompts),
+    )
+
+
+@torch.no_grad()
+def sample(pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | None) -> Tensor:
+    """(B, 3, 64, 64) in [0, 1]; run None: no identity."""
+    call = flux_call(pipe, prompts, seeds)
+    if run is None:
+        return pipe.flux(**call).images
+    with pipe.injector.run(run):
+        return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
+
+
+def competing_run(
+    pipe: Any, feats: Any, people: Sequence[Sequence[int]], competition: CompetingMasks
+) -> InjectionRun:
+    """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
+    identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out."""
+    encoded = [identity_tokens(pipe, feats, list(who)) for who in people]
+    return InjectionRun(
+        id_tokens=torch.cat([tokens for tokens, _ in encoded]),
+        uncond_id_tokens=torch.cat([uncond for _, uncond in encoded]),
+        id_weight=1.0,
+        id_weights=(1.0,) * len(people),
+        competition=competition,
+        policy=competition.policies[0],
+        true_cfg_start_step=pipe.defaults["true_cfg_start_step"],
+    )
+
+
+def spatial_policy(pipe: Any) -> Any:
+    """The spatial mode's policy as the gates and `idgen generate` use it: the demo world's, preset v1."""
+    return replace(pipe.spatial, scheduler=TemporalSpatialScheduler.from_preset("v1"))
+
+
+def competitions(pipe: Any) -> dict[str, CompetingMasks]:
+    """Each mode's competition of the two people, built by the library as a several-people call does."""
+    policy = spatial_policy(pipe)
+    return {
+        UNIFORM: competing_masks(UNIFORM, policy, 2, None, None),
+        SPATIAL: competing_masks(SPATIAL, policy, 2, list(HALVES), None),
+        SEPARATED: competing_masks(SPATIAL, policy, 2, None, None),
+        "single_left": competing_masks(SPATIAL, policy, 1, [HALVES[0]], None),
+        "single_right": competing_masks(SPATIAL, policy, 1, [HALVES[1]], None),
+    }
+
+
+def generate_modes(
+    pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, CompetingMasks]
+) -> dict[str, Tensor]:
+    """Every mode's images of a chunk, from the same seeds; `single` is (2B, ...): left runs, right runs."""
+    prompts, seeds = [c.prompt.text for c in chunk], [c.seed for c in chunk]
+    pair = ([c.left for c in chunk], [c.right for c in chunk])
+    images = {NONE: sample(pipe, prompts, seeds, None)}
+    for mode in (UNIFORM, SPATIAL, SEPARATED):
+        images[mode] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode]))
+    singles = [
+        sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"]))
+        for who, side in zip(pair, SIDES, strict=True)
+    ]
+    images[SINGLE] = torch.cat(singles)
+    return images
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring.
+# ---------------------------------------------------------------------------------------------------------
+def side_faces(
+    segmenter: Any, images: Tensor, regions: Tensor
+) -> list[list[tuple[int, int, int, int] | None]]:
+    """Per image, per side: the box of the largest face region the segmenter finds inside that side, or
+    None. images (B, 3, 64, 64); regions (2, 64, 64) bool."""
+    masks = segmenter.masks(images)  # (B, 64, 64)
+    per_side = [
+        largest_region_boxes(masks & region, segmenter.config.min_pixels) for region in regions
+    ]  # 2 x B
+    return [list(boxes) for boxes in zip(*per_side, strict=True)]
+
+
+def face_scores(
+    ev: Evaluators, images: Tensor, owners: Sequence[tuple[int, int]], sides: Sequence[int]
+) -> list[dict[str, Any]]:
+    """Image b's face on side sides[b], scored against owners[b] = (own identity, other identity):
+    {"face": bool, and where found "own", "other" (cosines) and "correct" (own > other)}."""
+    found = side_faces(ev.segmenter, images, side_regions())
+    boxes = [found[b][s] for b, s in enumerate(sides)]
+    index = [b for b, box in enumerate(boxes) if box is not None]
+    out: list[dict[str, Any]] = [{"face": False} for _ in boxes]
+    if not index:
+        return out
+    embeds = ev.recognizer.embed(images[index], [boxes[b] for b in index])
+    for b, embed in zip(index, embeds, strict=True):
+        own, other = (float(embed @ ev.ref_embeds[who]) for who in owners[b])
+        out[b] = {"face": True, "own": own, "other": other, "correct": own > other}
+    return out
+
+
+def _both_sides(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict[str, dict[str, Any]]]:
+    """images (2B, ...): rows [0, B) are scored on the left face, rows [B, 2B) on the right one; per case
+    {"left": scores, "right": scores}."""
+    owners = [(c.left, c.right) for c in chunk] + [(c.right, c.left) for c in chunk]
+    sides = [0] * len(chunk) + [1] * len(chunk)
+    scores = face_scores(ev, images, owners, sides)
+    return [{"left": scores[j], "right": scores[len(chunk) + j]} for j in range(len(chunk))]
+
+
+def mode_faces(
+    ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]
+) -> list[dict[str, dict[str, Any]]]:
+    """Both people's faces of each case: in one image of the two, or (`single`) each in their own run."""
+    return _both_sides(ev, images if mode == SINGLE else torch.cat([images, images]), chunk)
+
+
+def scene_scores(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict[str, Any]]:
+    """Per image: CLIP-T (evaluator CLIP text-image cosine) and whether its scene class is the prompt's."""
+    text = ev.clip.text_embeds([c.prompt.text for c in chunk])
+    image_embeds = ev.clip.image_embeds(images)
+    scene = ev.clip.classify_scene(images)
+    return [
+        {
+            "clip_t": float(image_embeds[j] @ text[j]),
+            "scene_correct": bool(scene[j] == c.prompt.scene.background),
+        }
+        for j, c in enumerate(chunk)
+    ]
+
+
+def rows(ev: Evaluators, chunk: list[Case], images: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """One row per case: every mode's face scores per side and scene scores, flat keys."""
+    faces = {m: mode_faces(ev, m, images[m], chunk) for m in MODES}
+    n = len(chunk)
+    scenes = {m: scene_scores(ev, images[m], chunk) for m in MODES if m != SINGLE}
+    singles = [scene_scores(ev, images[SINGLE][k * n : (k + 1) * n], chunk) for k in range(2)]
+    scenes[SINGLE] = [
+        {
+            "clip_t": (a["clip_t"] + b["clip_t"]) / 2,
+            "scene_correct": a["scene_correct"] and b["scene_correct"],
+        }
+        for a, b in zip(*singles, strict=True)
+    ]
+    out = []
+    for j, c in enumerate(chunk):
+        row: dict[str, Any] = {"left": c.left, "right": c.right, "prompt": c.prompt.text, "seed": c.seed}
+        row["backdrops"] = [ev.backdrop_names[c.left], ev.backdrop_names[c.right]]
+        for mode in MODES:
+            row |= {f"{key}_{mode}": value for key, value in scenes[mode][j].items()}
+        for mode in MODES:
+            for side in SIDES:
+                row |= {f"{key}_{mode}_{side}": v for key, v in faces[mode][j][side].items()}
+        out.append(row)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summary: per mode, per side, per backdrop relation; the gates.
+# ---------------------------------------------------------------------------------------------------------
+ASSIGNMENT_GATE, FACESIM_MARGIN = 0.90, 0.05
+BACKDROP_GROUPS = ("same backdrop", "different backdrops")
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float, float, int]:
+    """(proportion, lower, upper, n): the Wilson score interval (95% for z = 1.96); NaNs when n = 0."""
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(centre - half, 0.0), min(centre + half, 1.0), n
+
+
+def backdrop_group(row: dict[str, Any]) -> str:
+    """Whether the two people's reference photos share their studio backdrop colour."""
+    return BACKDROP_GROUPS[0] if row["backdrops"][0] == row["backdrops"][1] else BACKDROP_GROUPS[1]
+
+
+def faces(rows: Sequence[dict[str, Any]], mode: str, sides: Sequence[str] = SIDES) -> list[dict[str, Any]]:
+    """Every face of `mode` on `sides`: {"face": found, and "own", "other", "correct" where found}."""
+    out = []
+    for r in rows:
+        for side in sides:
+            found = r[f"face_{mode}_{side}"]
+            keys = ("own", "other", "correct") if found else ()
+            out.append({"face": found, **{k: r[f"{k}_{mode}_{side}"] for k in keys}})
+    return out
+
+
+def face_summary(scored: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Assignment accuracy (Wilson interval; over found faces, and over all with a missing face counted
+    wrong), FaceSim to the own reference, bleed (to the other one) and their margin (t intervals)."""
+    found = [f for f in scored if f["face"]]
+    right = sum(f["correct"] for f in found)
+    return {
+        "faces": len(scored),
+        "missing_faces": len(scored) - len(found),
+        "assignment": wilson(right, len(found)),
+        "assignment_missing_wrong": wilson(right, len(scored)),
+        "facesim": mean_ci([f["own"] for f in found]),
+        "bleed": mean_ci([f["other"] for f in found]),
+        "margin": mean_ci([f["own"] - f["other"] for f in found]),
+    }
+
+
+def paired(rows: Sequence[dict[str, Any]], key: str, a: str, b: str) -> tuple[float, float, int]:
+    """Mean and 95% t interval of key(a) - key(b) over the faces found in both modes (paired by face)."""
+    diffs = [
+        r[f"{key}_{a}_{side}"] - r[f"{key}_{b}_{side}"]
+        for r in rows
+        for side in SIDES
+        if r[f"face_{a}_{side}"] and r[f"face_{b}_{side}"]
+    ]
+    return mean_ci(diffs)
+
+
+def mode_summary(rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
+    missing = sum(not (r[f"face_{mode}_left"] and r[f"face_{mode}_right"]) for r in rows)
+    return {
+        **face_summary(faces(rows, mode)),
+        "images_missing_a_face": missing,
+        "clip_t": mean_ci([r[f"clip_t_{mode}"] for r in rows]),
+        "scene_accuracy": wilson(sum(r[f"scene_correct_{mode}"] for r in rows), len(rows)),
+        "by_side": {side: face_summary(faces(rows, mode, [side])) for side in SIDES},
+        "by_backdrop": {
+            g: face_summary(faces([r for r in rows if backdrop_group(r) == g], mode)) for g in BACKDROP_GROUPS
+        },
+    }
+
+
+def gates(s: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's three gates, for SpatialID with boxes (and without, as `_separated`)."""
+    out: dict[str, Any] = {}
+    for mode, suffix in ((SPATIAL, ""), (SEPARATED, "_separated")):
+        facesim = paired(rows, "own", mode, SINGLE)
+        bleed = paired(rows, "other", mode, UNIFORM)
+        out |= {
+            f"assignment{suffix}": s[mode]["assignment"][0] >= ASSIGNMENT_GATE,
+            f"facesim_minus_single{suffix}": facesim,
+            f"facesim{suffix}": facesim[0] >= -FACESIM_MARGIN,
+            f"bleed_minus_uniform{suffix}": bleed,
+            f"bleed{suffix}": bleed[0] + bleed[1] < 0,
+        }
+    return out
+
+
+def summarise(rows: Sequence[dict[str, Any]], split: str = "test") -> dict[str, Any]:
+    modes = {mode: mode_summary(rows, mode) for mode in MODES}
+    images = len(rows)
+    return {
+        "split": split,
+        "images": images,
+        "identity_pairs": len({(r["left"], r["right"]) for r in rows}),
+        "modes": modes,
+        "gates": gates(modes, rows),
+        "rows": list(rows),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables.
+# ---------------------------------------------------------------------------------------------------------
+def _ci(v: Sequence[float], digits: int = 3) -> str:
+    return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}" if v[2] else "–"
+
+
+def _pct(v: Sequence[float]) -> str:
+    """A proportion with its interval: 96.0% [90.1, 98.4]."""
+    return f"{v[0] * 100:.1f}% [{v[1] * 100:.1f}, {v[2] * 100:.1f}]" if v[3] else "–"
+
+
+def modes_table(s: dict[str, Any]) -> list[str]:
+    lines = [
+        "| mode | assignment accuracy | FaceSim, own reference | bleed, other reference | own − other "
+        "| faces missing (images) | CLIP-T | scene class correct |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for mode in MODES:
+        m = s["modes"][mode]
+        lines.append(
+            f"| {LABELS[mode]} | {_pct(m['assignment'])} | {_ci(m['facesim'])} | {_ci(m['bleed'])} | "
+            f"{_ci(m['margin'])} | {m['missing_faces']} ({m['images_missing_a_face']}) | "
+            f"{_ci(m['clip_t'])} | {_pct(m['scene_accuracy'])} |"
+        )
+    return lines
+
+
+def groups_table(s: dict[str, Any], by: str, names: Sequence[str]) -> list[str]:
+    """Assignment accuracy, FaceSim and bleed of each mode within each group (by_side or by_backdrop)."""
+    head = " | ".join(f"{g}: assignment | {g}: FaceSim | {g}: bleed" for g in names)
+    lines = [f"| mode | {head} |", "|---" * (1 + 3 * len(names)) + "|"]
+    for mode in MODES:
+        cells = []
+        for g in names:
+            m = s["modes"][mode][by][g]
+            cells += [f"{_pct(m['assignment'])}", _ci(m["facesim"]), _ci(m["bleed"])]
+        lines.append(f"| {LABELS[mode]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def gate_lines(s: dict[str, Any]) -> list[str]:
+    g, modes = s["gates"], s["modes"]
+    lines = []
+    for mode, suffix in ((SPATIAL, ""), (SEPARATED, "_separated")):
+        lines += [
+            f"- assignment, {LABELS[mode]}: {_pct(modes[mode]['assignment'])} against uniform "
+            f"{_pct(modes[UNIFORM]['assignment'])} (gate: >= 90%; {_met(g[f'assignment{suffix}'])})",
+            f"- FaceSim, {LABELS[mode]} − single, paired per face: {_ci(g[f'facesim_minus_single{suffix}'])} "
+            f"(gate: >= −0.05; {_met(g[f'facesim{suffix}'])})",
+            f"- bleed, {LABELS[mode]} − uniform, paired per face: {_ci(g[f'bleed_minus_uniform{suffix}'])} "
+            f"(gate: below 0, interval included; {_met(g[f'bleed{suffix}'])})",
+        ]
+    return lines
+
+
+def table(s: dict[str, Any]) -> str:
+    faces = s["images"] * 2
+    return "\n".join(
+        [
+            *modes_table(s),
+            "",
+            f"- {s['images']} images of {s['identity_pairs']} identity pairs ({WHAT[s['split']]}), {faces} "
+            "faces per mode; accuracies with 95% Wilson intervals over the faces found, means ± 95% t "
+            "intervals",
+            *gate_lines(s),
+            "",
+            *groups_table(s, "by_side", SIDES),
+            "",
+            *groups_table(s, "by_backdrop", BACKDROP_GROUPS),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------------------------------------
+def run(
+    pairs: int = 50,
+    prompts_per_pair: int = 2,
+    split: str = "test",
+    batch: int = 50,
+    device: str = "cpu",
+    assets: Any = None,
+) -> dict[str, Any]:
+    """The gates of the generator in `assets` (default: the shipped one) with the shipped evaluators."""
+    from tqdm.auto import tqdm
+
+    from idgen.world.bundle import ASSETS, load_world
+
+    todo = cases(pairs, prompts_per_pair, split)  # checked before any model loads
+    pipe = load_world(device, assets or ASSETS)
+    evaluators, ref_features = references(pipe, split)
+    runs = competitions(pipe)
+    out: list[dict[str, Any]] = []
+    for start in tqdm(range(0, len(todo), batch), desc="multi-gates"):
+        chunk = todo[start : start + batch]
+        out += rows(evaluators, chunk, generate_modes(pipe, chunk, ref_features, runs))
+    return summarise(out, split)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--split", choices=SPLITS, default="test", help="held-out (test) or validation")
+    parser.add_argument("--pairs", type=int, default=50, help="identity pairs (at most 50)")
+    parser.add_argument("--prompts-per-pair", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--json", help="write the summary (with every image's row) here")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
+    args = parser.parse_args(argv)
+    from idgen.world.bundle import quiet_prompt_truncation
+
+    torch.set_num_threads(args.threads)
+    quiet_prompt_truncation()
+    summary = run(args.pairs, args.prompts_per_pair, args.split, args.batch)
+    print(table(summary))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
