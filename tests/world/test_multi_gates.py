@@ -1,0 +1,189 @@
+"""The several-identities gates: face scoring on ground-truth two-person renders, the summary and its table."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import pytest
+import torch
+
+from idgen.world.gates import Evaluators, reference_seed
+from idgen.world.multi_gates import (
+    BACKDROP_GROUPS,
+    LABELS,
+    MODES,
+    SIDES,
+    SINGLE,
+    SPATIAL,
+    UNIFORM,
+    Case,
+    mode_faces,
+    side_regions,
+    summarise,
+    table,
+    wilson,
+)
+from idgen.world.render import (
+    TwoPeopleScene,
+    render_reference,
+    render_two_people,
+    test_identities,
+    two_people_region,
+)
+
+PAIRS = 12
+
+
+@dataclass(frozen=True)
+class _Prompt:
+    text: str
+    scene: Any = None
+
+
+@cache
+def _evaluators() -> Evaluators:
+    """The shipped recogniser and segmenter with the test split's reference faces (no generator)."""
+    from idgen.world.evaluators import FaceRecognizer, FaceSegmenter
+
+    recognizer, segmenter = FaceRecognizer.from_pretrained(), FaceSegmenter.from_pretrained()
+    photos = [render_reference(p, seed=reference_seed(i)) for i, p in enumerate(test_identities())]
+    images = torch.stack([torch.from_numpy(r.image).permute(2, 0, 1).float() / 255 for r in photos])
+    embeds = recognizer.embed(images, [b or (16, 16, 48, 48) for b in segmenter.face_boxes(images)])
+    names = [str(r.backdrop) for r in photos]
+    return Evaluators(None, recognizer, segmenter, embeds, torch.zeros(len(photos), 3), names)
+
+
+def _ground_truth(chunk: list[Case]) -> torch.Tensor:
+    """Two-person renders of each case's people, used as if generated: (B, 3, 64, 64) in [0, 1]."""
+    people = test_identities()
+    images = []
+    for k, c in enumerate(chunk):
+        scene = TwoPeopleScene(
+            background=k % 12, lighting=k % 5, left_clothing=k % 11, right_clothing=(k + 3) % 11
+        )
+        image = render_two_people(people[c.left], people[c.right], scene, seed=k).image
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    return torch.stack(images)
+
+
+def _cases(swap: bool = False) -> list[Case]:
+    pairs = [(2 * k, 2 * k + 1) for k in range(PAIRS)]
+    return [Case(*(pair[::-1] if swap else pair), _Prompt(""), seed=k) for k, pair in enumerate(pairs)]
+
+
+def test_the_halves_hold_each_rendered_person() -> None:
+    regions = side_regions()
+    assert regions.shape == (2, 64, 64) and regions.dtype == torch.bool
+    assert int(regions[0].sum()) == int(regions[1].sum()) == 64 * 32 and not (regions[0] & regions[1]).any()
+    for side in range(2):
+        assert not (torch.from_numpy(two_people_region(side).copy()) & ~regions[side]).any()
+
+
+def test_ground_truth_faces_are_assigned_to_their_own_reference() -> None:
+    ev, chunk = _evaluators(), _cases()
+    scores = mode_faces(ev, UNIFORM, _ground_truth(chunk), chunk)
+    faces = [s[side] for s in scores for side in SIDES]
+    assert all(f["face"] for f in faces)  # the segmenter finds both people's faces in every render
+    assert sum(f["correct"] for f in faces) == 2 * PAIRS  # every face is closer to its own reference
+    own, other = (sum(f[k] for f in faces) / len(faces) for k in ("own", "other"))
+    assert (own, other) == pytest.approx((0.7806, 0.0226), abs=1e-3)  # bleed far below FaceSim
+
+
+def test_swapping_the_references_flips_every_assignment() -> None:
+    ev, chunk, swapped = _evaluators(), _cases(), _cases(swap=True)
+    images = _ground_truth(chunk)
+    straight = mode_faces(ev, UNIFORM, images, chunk)
+    flipped = mode_faces(ev, UNIFORM, images, [Case(c.left, c.right, c.prompt, c.seed) for c in swapped])
+    for a, b in zip(straight, flipped, strict=True):
+        for side in SIDES:
+            assert b[side]["correct"] is not a[side]["correct"]
+            assert (b[side]["own"], b[side]["other"]) == (a[side]["other"], a[side]["own"])
+
+
+def test_single_mode_scores_each_person_in_their_own_image() -> None:
+    ev, chunk = _evaluators(), _cases()
+    images = _ground_truth(chunk)
+    both = mode_faces(ev, UNIFORM, images, chunk)
+    # left runs, then right runs: here the same renders twice, so the scores equal the two-person ones
+    single = mode_faces(ev, SINGLE, torch.cat([images, images]), chunk)
+    assert single == both
+    blank = mode_faces(ev, SINGLE, torch.cat([images, torch.zeros_like(images)]), chunk)
+    assert all(
+        s["left"] == b["left"] and s["right"] == {"face": False} for s, b in zip(blank, both, strict=True)
+    )
+
+
+def test_wilson_interval() -> None:
+    p, lo, hi, n = wilson(9, 10)
+    assert (p, n) == (0.9, 10)
+    assert (lo, hi) == pytest.approx((0.59585, 0.98212), abs=1e-5)
+    assert wilson(0, 4)[:3] == (0.0, 0.0, pytest.approx(0.48990, abs=1e-5))
+    assert all(math.isnan(v) for v in wilson(0, 0)[:3])
+
+
+def _row(k: int, backdrops: list[str], faces: dict[str, tuple[float, float] | None]) -> dict[str, Any]:
+    """A result row: each mode's (own, other) per face (None: missing), the same on both sides."""
+    row: dict[str, Any] = {
+        "left": 2 * k,
+        "right": 2 * k + 1,
+        "prompt": "p",
+        "seed": k,
+        "backdrops": backdrops,
+    }
+    for mode in MODES:
+        row |= {f"clip_t_{mode}": 0.5 + 0.1 * k, f"scene_correct_{mode}": k != 1}
+        for side in SIDES:
+            score = faces.get(mode, (0.2, 0.1))
+            if score is None:
+                row[f"face_{mode}_{side}"] = False
+                continue
+            own, other = score
+            row |= {
+                f"face_{mode}_{side}": True,
+                f"own_{mode}_{side}": own,
+                f"other_{mode}_{side}": other,
+                f"correct_{mode}_{side}": own > other,
+            }
+    return row
+
+
+def test_summary_gates_and_table() -> None:
+    rows = [
+        _row(0, ["cyan", "cyan"], {SPATIAL: (0.5, 0.1), SINGLE: (0.52, 0.1), UNIFORM: (0.3, 0.4)}),
+        _row(1, ["cyan", "lime"], {SPATIAL: (0.4, 0.2), SINGLE: (0.5, 0.1), UNIFORM: (0.3, 0.3)}),
+        _row(2, ["lime", "cyan"], {SPATIAL: None, SINGLE: (0.6, 0.0), UNIFORM: (0.2, 0.3)}),
+    ]
+    s = summarise(rows, "test")
+    assert (s["images"], s["identity_pairs"], s["split"]) == (3, 3, "test")
+    spatial, uniform = s["modes"][SPATIAL], s["modes"][UNIFORM]
+    assert spatial["faces"] == 6 and spatial["missing_faces"] == 2 and spatial["images_missing_a_face"] == 1
+    assert spatial["assignment"][0] == 1.0 and spatial["assignment"][3] == 4
+    assert spatial["assignment_missing_wrong"][0] == pytest.approx(4 / 6)
+    assert uniform["assignment"][:2] == (0.0, 0.0) and uniform["assignment"][3] == 6
+    assert spatial["facesim"][0] == pytest.approx(0.45) and spatial["bleed"][0] == pytest.approx(0.15)
+    assert spatial["clip_t"][0] == pytest.approx(0.6) and spatial["scene_accuracy"][0] == pytest.approx(2 / 3)
+    assert spatial["by_side"]["left"]["facesim"][0] == pytest.approx(0.45)
+    assert spatial["by_backdrop"][BACKDROP_GROUPS[0]]["faces"] == 2
+    assert spatial["by_backdrop"][BACKDROP_GROUPS[1]]["assignment"][3] == 2
+    g = s["gates"]
+    # FaceSim spatial - single on the 4 faces found in both: -0.02 twice, -0.1 twice
+    assert g["facesim_minus_single"][0] == pytest.approx(-0.06) and g["facesim_minus_single"][2] == 4
+    assert g["facesim"] is False  # -0.06 < -0.05
+    # bleed spatial - uniform: -0.3 twice, -0.1 twice; its 95% t interval ends below 0
+    assert g["bleed_minus_uniform"][0] == pytest.approx(-0.2) and g["bleed"] is True
+    assert g["bleed_minus_uniform"][1] == pytest.approx(3.1824 * math.sqrt(0.04 / 3) / 2, abs=1e-4)
+    assert g["assignment"] is True and g["assignment_separated"] is True  # separated: (0.2, 0.1) everywhere
+    assert g["facesim_minus_single_separated"][0] == pytest.approx(-0.34) and g["facesim_separated"] is False
+    text = table(s)
+    lines = text.splitlines()
+    assert lines[0].startswith("| mode | assignment accuracy |") and len(lines[2:7]) == len(MODES)
+    assert lines[2 + MODES.index(SPATIAL)].startswith(
+        f"| {LABELS[SPATIAL]} | 100.0% [51.0, 100.0] | 0.450 ± "
+    )
+    assert "| 2 (1) |" in lines[2 + MODES.index(SPATIAL)]
+    assert "(gate: >= −0.05; **not met**)" in text and "(gate: >= 90%; met)" in text
+    assert json.loads(json.dumps(s))["modes"][SPATIAL]["missing_faces"] == 2
