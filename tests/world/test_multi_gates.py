@@ -1,4 +1,4 @@
-"""The several-identities gates: face scoring on ground-truth two-person renders, the summary and its table."""
+"""The several-identities gates: face scoring on ground-truth two-person renders, the summary, the table."""
 
 from __future__ import annotations
 
