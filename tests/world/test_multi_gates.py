@@ -11,17 +11,25 @@ from typing import Any
 import pytest
 import torch
 
+from idgen.identity.base import IdentityFeatures
 from idgen.world.gates import Evaluators, reference_seed
 from idgen.world.multi_gates import (
     BACKDROP_GROUPS,
+    HALVES,
     LABELS,
     MODES,
+    NONE,
+    SEPARATED,
     SIDES,
     SINGLE,
     SPATIAL,
     UNIFORM,
     Case,
+    cases,
+    competitions,
+    generate_modes,
     mode_faces,
+    rows,
     side_regions,
     summarise,
     table,
@@ -187,3 +195,57 @@ def test_summary_gates_and_table() -> None:
     assert "| 2 (1) |" in lines[2 + MODES.index(SPATIAL)]
     assert "(gate: >= −0.05; **not met**)" in text and "(gate: >= 90%; met)" in text
     assert json.loads(json.dumps(s))["modes"][SPATIAL]["missing_faces"] == 2
+
+
+def _person(feats: IdentityFeatures, i: int) -> IdentityFeatures:
+    return IdentityFeatures(feats.id_embedding[i : i + 1], [h[i : i + 1] for h in feats.vit_hidden])
+
+
+@pytest.mark.slow
+def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None:
+    """Each mode's batched generation equals the several-people call a user makes (same people, boxes and
+    seed), and one pair with one prompt goes through scoring, summary and table."""
+    from idgen.world.bundle import load_world
+    from idgen.world.gates import references
+
+    pipe = load_world()
+    ev, feats = references(pipe, "test")
+    chunk = cases(1, 1)
+    images = generate_modes(pipe, chunk, feats, competitions(pipe))
+    c = chunk[0]
+    a, b = _person(feats, c.left), _person(feats, c.right)
+
+    def call(people: list[IdentityFeatures], mode: str, boxes: list[Any] | None = None) -> torch.Tensor:
+        out = pipe(c.prompt.text, id_features=people, mode=mode, boxes=boxes, seed=c.seed, output_type="pt")
+        return out.images
+
+    expected = {
+        NONE: pipe(c.prompt.text, mode=NONE, seed=c.seed, output_type="pt").images,
+        UNIFORM: call([a, b], UNIFORM),
+        SPATIAL: call([a, b], SPATIAL, list(HALVES)),
+        SEPARATED: call([a, b], SPATIAL),
+        SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
+    }
+    for mode in MODES:
+        torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
+    assert not torch.allclose(images[SPATIAL], images[UNIFORM], atol=1e-2)
+
+    s = summarise(rows(ev, chunk, images), "test")
+    assert (s["images"], s["identity_pairs"]) == (1, 1) and set(s["modes"]) == set(MODES)
+    assert all(s["modes"][m]["faces"] == 2 for m in MODES)
+    assert set(s["rows"][0]) >= {f"face_{m}_{side}" for m in MODES for side in SIDES}
+    assert len(table(s).splitlines()) == 2 + len(MODES) + 1 + 1 + 6 + 1 + 2 + len(MODES) + 1 + 2 + len(MODES)
+
+
+def test_cases_are_fixed_and_checked() -> None:
+    todo = cases(50, 2)
+    assert len(todo) == 100 and len({c.seed for c in todo}) == 100
+    assert [(c.left, c.right) for c in todo[:4]] == [(0, 1), (0, 1), (2, 3), (2, 3)]
+    assert todo[0].prompt != todo[1].prompt and cases(50, 2) == todo
+    validation = cases(3, 1, "validation")
+    assert not {c.seed for c in validation} & {c.seed for c in todo}
+    for bad in (0, 51):
+        with pytest.raises(ValueError, match="pairs must be in"):
+            cases(bad, 1)
+    with pytest.raises(ValueError, match="prompts_per_pair"):
+        cases(1, 0)

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from idgen.backbones.run import InjectionRun
+from idgen.core.gate import MaskPolicy, UniformMask
 from idgen.core.multi import Box, CompetingMasks
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.eval.metrics.maths import mean_ci
@@ -139,11 +140,10 @@ def sample(pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | 
         return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
 
 
-def competing_run(
-    pipe: Any, feats: Any, people: Sequence[Sequence[int]], competition: CompetingMasks
-) -> InjectionRun:
+def competing_run(pipe: Any, feats: Any, people: Sequence[Sequence[int]], mode: Mode) -> InjectionRun:
     """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
     identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out."""
+    policy, competition = mode
     encoded = [identity_tokens(pipe, feats, list(who)) for who in people]
     return InjectionRun(
         id_tokens=torch.cat([tokens for tokens, _ in encoded]),
@@ -151,7 +151,7 @@ def competing_run(
         id_weight=1.0,
         id_weights=(1.0,) * len(people),
         competition=competition,
-        policy=competition.policies[0],
+        policy=policy,
         true_cfg_start_step=pipe.defaults["true_cfg_start_step"],
     )
 
@@ -161,21 +161,23 @@ def spatial_policy(pipe: Any) -> Any:
     return replace(pipe.spatial, scheduler=TemporalSpatialScheduler.from_preset("v1"))
 
 
-def competitions(pipe: Any) -> dict[str, CompetingMasks]:
-    """Each mode's competition of the two people, built by the library as a several-people call does."""
-    policy = spatial_policy(pipe)
+Mode = tuple[MaskPolicy, CompetingMasks]  # a call's policy and its people's competition
+
+
+def competitions(pipe: Any) -> dict[str, Mode]:
+    """Each mode's policy and competition of the people, built by the library as a several-people call
+    (`pipe(..., id_images=..., boxes=..., mode=...)`) builds them."""
+    spatial, uniform = spatial_policy(pipe), UniformMask()
     return {
-        UNIFORM: competing_masks(UNIFORM, policy, 2, None, None),
-        SPATIAL: competing_masks(SPATIAL, policy, 2, list(HALVES), None),
-        SEPARATED: competing_masks(SPATIAL, policy, 2, None, None),
-        "single_left": competing_masks(SPATIAL, policy, 1, [HALVES[0]], None),
-        "single_right": competing_masks(SPATIAL, policy, 1, [HALVES[1]], None),
+        UNIFORM: (uniform, competing_masks(UNIFORM, uniform, 2, None, None)),
+        SPATIAL: (spatial, competing_masks(SPATIAL, spatial, 2, list(HALVES), None)),
+        SEPARATED: (spatial, competing_masks(SPATIAL, spatial, 2, None, None)),
+        "single_left": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[0]], None)),
+        "single_right": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[1]], None)),
     }
 
 
-def generate_modes(
-    pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, CompetingMasks]
-) -> dict[str, Tensor]:
+def generate_modes(pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mode]) -> dict[str, Tensor]:
     """Every mode's images of a chunk, from the same seeds; `single` is (2B, ...): left runs, right runs."""
     prompts, seeds = [c.prompt.text for c in chunk], [c.seed for c in chunk]
     pair = ([c.left for c in chunk], [c.right for c in chunk])
@@ -253,26 +255,32 @@ def scene_scores(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict
     ]
 
 
-def rows(ev: Evaluators, chunk: list[Case], images: dict[str, Tensor]) -> list[dict[str, Any]]:
-    """One row per case: every mode's face scores per side and scene scores, flat keys."""
-    faces = {m: mode_faces(ev, m, images[m], chunk) for m in MODES}
+def mode_scenes(ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]) -> list[dict[str, Any]]:
+    """Scene scores per case; for `single` (left runs, then right runs) the mean CLIP-T of the two images,
+    and the scene class correct only if it is in both."""
+    if mode != SINGLE:
+        return scene_scores(ev, images, chunk)
     n = len(chunk)
-    scenes = {m: scene_scores(ev, images[m], chunk) for m in MODES if m != SINGLE}
-    singles = [scene_scores(ev, images[SINGLE][k * n : (k + 1) * n], chunk) for k in range(2)]
-    scenes[SINGLE] = [
+    left, right = (scene_scores(ev, images[k * n : (k + 1) * n], chunk) for k in range(2))
+    return [
         {
             "clip_t": (a["clip_t"] + b["clip_t"]) / 2,
             "scene_correct": a["scene_correct"] and b["scene_correct"],
         }
-        for a, b in zip(*singles, strict=True)
+        for a, b in zip(left, right, strict=True)
     ]
+
+
+def rows(ev: Evaluators, chunk: list[Case], images: dict[str, Tensor]) -> list[dict[str, Any]]:
+    """One row per case: every mode's scene scores and face scores per side, flat keys."""
+    faces = {m: mode_faces(ev, m, images[m], chunk) for m in MODES}
+    scenes = {m: mode_scenes(ev, m, images[m], chunk) for m in MODES}
     out = []
     for j, c in enumerate(chunk):
         row: dict[str, Any] = {"left": c.left, "right": c.right, "prompt": c.prompt.text, "seed": c.seed}
         row["backdrops"] = [ev.backdrop_names[c.left], ev.backdrop_names[c.right]]
         for mode in MODES:
             row |= {f"{key}_{mode}": value for key, value in scenes[mode][j].items()}
-        for mode in MODES:
             for side in SIDES:
                 row |= {f"{key}_{mode}_{side}": v for key, v in faces[mode][j][side].items()}
         out.append(row)
