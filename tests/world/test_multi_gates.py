@@ -26,6 +26,8 @@ from idgen.world.multi_gates import (
     UNIFORM,
     Case,
     cases,
+    clothes_regions,
+    clothing_colours,
     competitions,
     generate_modes,
     mode_faces,
@@ -125,6 +127,22 @@ def test_single_mode_scores_each_person_in_their_own_image() -> None:
     )
 
 
+def test_clothing_colours_of_ground_truth_renders_are_the_scenes() -> None:
+    people, images, scenes = test_identities(), [], []
+    for k in range(24):  # every lighting, every clothing colour on both sides
+        scene = TwoPeopleScene(
+            background=k % 12, lighting=k % 5, left_clothing=k % 11, right_clothing=(k + 5) % 11
+        )
+        image = render_two_people(people[k], people[k + 50], scene, seed=k).image
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+        scenes.append(scene)
+    found = clothing_colours(torch.stack(images), [s.lighting for s in scenes])
+    assert found == [s.clothing for s in scenes]
+    regions = clothes_regions()
+    assert regions.shape == (2, 64, 64) and regions[0].any() and regions[1].any()
+    assert not regions[0][:, 32:].any() and not regions[1][:, :32].any()
+
+
 def test_wilson_interval() -> None:
     p, lo, hi, n = wilson(9, 10)
     assert (p, n) == (0.9, 10)
@@ -144,6 +162,7 @@ def _row(k: int, backdrops: list[str], faces: dict[str, tuple[float, float] | No
     }
     for mode in MODES:
         row |= {f"clip_t_{mode}": 0.5 + 0.1 * k, f"scene_correct_{mode}": k != 1}
+        row |= {f"clothing_correct_{mode}_left": True, f"clothing_correct_{mode}_right": k == 0}
         for side in SIDES:
             score = faces.get(mode, (0.2, 0.1))
             if score is None:
@@ -174,6 +193,7 @@ def test_summary_gates_and_table() -> None:
     assert uniform["assignment"][:2] == (0.0, 0.0) and uniform["assignment"][3] == 6
     assert spatial["facesim"][0] == pytest.approx(0.45) and spatial["bleed"][0] == pytest.approx(0.15)
     assert spatial["clip_t"][0] == pytest.approx(0.6) and spatial["scene_accuracy"][0] == pytest.approx(2 / 3)
+    assert spatial["clothing_accuracy"][0] == pytest.approx(4 / 6)
     assert spatial["by_side"]["left"]["facesim"][0] == pytest.approx(0.45)
     assert spatial["by_backdrop"][BACKDROP_GROUPS[0]]["faces"] == 2
     assert spatial["by_backdrop"][BACKDROP_GROUPS[1]]["assignment"][3] == 2

@@ -31,8 +31,10 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -46,6 +48,17 @@ from idgen.pipelines.multi import competing_masks
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
 from idgen.world.evaluators import largest_region_boxes
 from idgen.world.gates import SPLITS, Evaluators, identity_tokens, references, split_people
+from idgen.world.render import (
+    CLOTHES,
+    CLOTHING_COLOURS,
+    CLOTHING_NAMES,
+    LIGHTING_NAMES,
+    LIGHTINGS,
+    PERSON_REGION_IDENTITIES,
+    TwoPeopleScene,
+    render_two_people,
+    train_identities,
+)
 
 SEPARATED, SINGLE = "spatial_separated", "single"
 MODES = (NONE, UNIFORM, SPATIAL, SEPARATED, SINGLE)
@@ -57,6 +70,7 @@ LABELS = {
     SINGLE: "single person, its half",
 }
 SIDES = ("left", "right")
+_SIDES = tuple(enumerate(SIDES))
 HALVES: tuple[Box, Box] = ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))  # what a user passes as --id-box
 SIZE = 64
 # Seeds of the generations; validation's never coincide with the held-out ones.
@@ -241,15 +255,53 @@ def mode_faces(
     return _both_sides(ev, images if mode == SINGLE else torch.cat([images, images]), chunk)
 
 
+# A pixel is a side's clothes when it is that person's clothes in at least this share of two-person renders.
+CLOTHES_SHARE = 0.9
+
+
+@cache
+def clothes_regions() -> np.ndarray:
+    """(2, 64, 64) bool, per side: the pixels that are that person's clothes in >= CLOTHES_SHARE of the
+    renders of the first PERSON_REGION_IDENTITIES training identities (each once per side)."""
+    people = train_identities()[:PERSON_REGION_IDENTITIES]
+    count = np.zeros((2, SIZE, SIZE))
+    half = len(people) // 2
+    for k, person in enumerate(people):
+        r = render_two_people(person, people[(k + half) % len(people)], TwoPeopleScene(), seed=k)
+        for side in range(2):
+            count[side] += (r.labels == CLOTHES) & (r.person_index == side + 1)
+    return count >= CLOTHES_SHARE * len(people)
+
+
+def clothing_colours(images: Tensor, lightings: Sequence[int]) -> list[tuple[int, int]]:
+    """Per image, per side: the clothing colour (index into CLOTHING_NAMES) nearest to the median colour of
+    that side's clothes pixels, under the image's lighting tint. images (B, 3, 64, 64) in [0, 1]."""
+    pixels = (images.permute(0, 2, 3, 1) * 255).double().numpy()  # (B, 64, 64, 3)
+    palette = np.asarray([CLOTHING_COLOURS[c] for c in CLOTHING_NAMES], np.float64)  # (C, 3)
+    out = []
+    for image, lighting in zip(pixels, lightings, strict=True):
+        tinted = palette * np.asarray(LIGHTINGS[LIGHTING_NAMES[lighting]])
+        medians = [np.median(image[region], axis=0) for region in clothes_regions()]
+        nearest = [int(((tinted - m) ** 2).sum(axis=1).argmin()) for m in medians]
+        out.append((nearest[0], nearest[1]))
+    return out
+
+
 def scene_scores(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict[str, Any]]:
-    """Per image: CLIP-T (evaluator CLIP text-image cosine) and whether its scene class is the prompt's."""
+    """Per image: CLIP-T (evaluator CLIP text-image cosine), whether its scene class is the prompt's, and
+    whether each person's clothing colour is the prompt's."""
     text = ev.clip.text_embeds([c.prompt.text for c in chunk])
     image_embeds = ev.clip.image_embeds(images)
     scene = ev.clip.classify_scene(images)
+    clothing = clothing_colours(images, [c.prompt.scene.lighting for c in chunk])
     return [
         {
             "clip_t": float(image_embeds[j] @ text[j]),
             "scene_correct": bool(scene[j] == c.prompt.scene.background),
+            **{
+                f"clothing_correct_{side}": clothing[j][k] == c.prompt.scene.clothing[k]
+                for k, side in enumerate(SIDES)
+            },
         }
         for j, c in enumerate(chunk)
     ]
@@ -257,7 +309,7 @@ def scene_scores(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict
 
 def mode_scenes(ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]) -> list[dict[str, Any]]:
     """Scene scores per case; for `single` (left runs, then right runs) the mean CLIP-T of the two images,
-    and the scene class correct only if it is in both."""
+    the scene class correct only if it is in both, and each person's clothing in their own run."""
     if mode != SINGLE:
         return scene_scores(ev, images, chunk)
     n = len(chunk)
@@ -266,9 +318,19 @@ def mode_scenes(ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]) ->
         {
             "clip_t": (a["clip_t"] + b["clip_t"]) / 2,
             "scene_correct": a["scene_correct"] and b["scene_correct"],
+            "clothing_correct_left": a["clothing_correct_left"],
+            "clothing_correct_right": b["clothing_correct_right"],
         }
         for a, b in zip(left, right, strict=True)
     ]
+
+
+def _mode_key(key: str, mode: str) -> str:
+    """clip_t -> clip_t_<mode>; clothing_correct_<side> -> clothing_correct_<mode>_<side>."""
+    for side in SIDES:
+        if key.endswith(f"_{side}"):
+            return f"{key[: -len(side) - 1]}_{mode}_{side}"
+    return f"{key}_{mode}"
 
 
 def rows(ev: Evaluators, chunk: list[Case], images: dict[str, Tensor]) -> list[dict[str, Any]]:
@@ -280,7 +342,7 @@ def rows(ev: Evaluators, chunk: list[Case], images: dict[str, Tensor]) -> list[d
         row: dict[str, Any] = {"left": c.left, "right": c.right, "prompt": c.prompt.text, "seed": c.seed}
         row["backdrops"] = [ev.backdrop_names[c.left], ev.backdrop_names[c.right]]
         for mode in MODES:
-            row |= {f"{key}_{mode}": value for key, value in scenes[mode][j].items()}
+            row |= {_mode_key(key, mode): value for key, value in scenes[mode][j].items()}
             for side in SIDES:
                 row |= {f"{key}_{mode}_{side}": v for key, v in faces[mode][j][side].items()}
         out.append(row)
@@ -354,6 +416,9 @@ def mode_summary(rows: Sequence[dict[str, Any]], mode: str) -> dict[str, Any]:
         "images_missing_a_face": missing,
         "clip_t": mean_ci([r[f"clip_t_{mode}"] for r in rows]),
         "scene_accuracy": wilson(sum(r[f"scene_correct_{mode}"] for r in rows), len(rows)),
+        "clothing_accuracy": wilson(
+            sum(r[f"clothing_correct_{mode}_{side}"] for r in rows for side in SIDES), 2 * len(rows)
+        ),
         "by_side": {side: face_summary(faces(rows, mode, [side])) for side in SIDES},
         "by_backdrop": {
             g: face_summary(faces([r for r in rows if backdrop_group(r) == g], mode)) for g in BACKDROP_GROUPS
@@ -405,15 +470,15 @@ def _pct(v: Sequence[float]) -> str:
 def modes_table(s: dict[str, Any]) -> list[str]:
     lines = [
         "| mode | assignment accuracy | FaceSim, own reference | bleed, other reference | own − other "
-        "| faces missing (images) | CLIP-T | scene class correct |",
-        "|---|---|---|---|---|---|---|---|",
+        "| faces missing (images) | CLIP-T | scene class correct | clothing colour correct |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for mode in MODES:
         m = s["modes"][mode]
         lines.append(
             f"| {LABELS[mode]} | {_pct(m['assignment'])} | {_ci(m['facesim'])} | {_ci(m['bleed'])} | "
             f"{_ci(m['margin'])} | {m['missing_faces']} ({m['images_missing_a_face']}) | "
-            f"{_ci(m['clip_t'])} | {_pct(m['scene_accuracy'])} |"
+            f"{_ci(m['clip_t'])} | {_pct(m['scene_accuracy'])} | {_pct(m['clothing_accuracy'])} |"
         )
     return lines
 
