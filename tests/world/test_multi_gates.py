@@ -29,6 +29,7 @@ from idgen.world.multi_gates import (
     clothes_regions,
     clothing_colours,
     competitions,
+    example_arguments,
     generate_modes,
     mode_faces,
     rows,
@@ -269,3 +270,29 @@ def test_cases_are_fixed_and_checked() -> None:
             cases(bad, 1)
     with pytest.raises(ValueError, match="prompts_per_pair"):
         cases(1, 0)
+
+
+def test_the_readme_example_follows_its_rule() -> None:
+    from idgen.world.captions import two_people_test_prompts
+
+    args = example_arguments("outputs/two-people.png")
+    assert args == [
+        "generate",
+        "--prompt",
+        two_people_test_prompts()[0].text,
+        "--id-image",
+        "src/idgen/world/assets/references/test_000.png",
+        "--id-image",
+        "src/idgen/world/assets/references/test_001.png",
+        "--id-box",
+        "0,0,0.5,1",
+        "--id-box",
+        "0.5,0,1,1",
+        "--mode",
+        "spatial",
+        "--out",
+        "outputs/two-people.png",
+        "--overwrite",
+        "--mask-strip",
+    ]
+    assert "--mask-strip" not in example_arguments("u.png", UNIFORM)

@@ -32,6 +32,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -560,6 +561,70 @@ def run(
     return summarise(out, split)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# The README's two-person example.
+# ---------------------------------------------------------------------------------------------------------
+EXAMPLE = "two-people"
+EXAMPLE_STEPS = (0, 4, 8, 12, 16, 19)  # the mask strip's frames the README shows
+REFERENCES_FOLDER = "src/idgen/world/assets/references"
+
+
+def example_arguments(out: str, mode: str = SPATIAL, references: str = REFERENCES_FOLDER) -> list[str]:
+    """`idgen generate`'s arguments for the README example, by its rule: the first two shipped reference
+    photos (the first two held-out people), the first held-out two-person prompt, each person boxed to
+    their half, the CLI's default seed; the spatial run also writes the mask strip."""
+    from idgen.world.captions import two_people_test_prompts
+
+    args = ["generate", "--prompt", two_people_test_prompts()[0].text]
+    for k in range(2):
+        args += ["--id-image", f"{references}/test_{k:03d}.png"]
+    for box in HALVES:
+        args += ["--id-box", ",".join(f"{v:g}" for v in box)]
+    args += ["--mode", mode, "--out", out, "--overwrite"]
+    return args + (["--mask-strip"] if mode == SPATIAL else [])
+
+
+def readme_example(folder: Path, overwrite: bool = False) -> dict[str, str]:
+    """Write the README's two-person example into `folder`: two-people.png (the CLI's spatial image as it
+    wrote it), two-people.masks.png (EXAMPLE_STEPS of its mask strip) and two-people.compare.png (reference
+    A | uniform | spatial | reference B). Returns each file's sha256."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    from idgen.cli import main as idgen
+    from idgen.io import atomic_save_image
+    from idgen.viz import side_by_side
+    from idgen.world.bundle import ASSETS, sha256
+
+    names = [f"{EXAMPLE}.png", f"{EXAMPLE}.masks.png", f"{EXAMPLE}.compare.png"]
+    taken = [n for n in names if (folder / n).exists()]
+    if taken and not overwrite:
+        raise SystemExit(f"multi_gates: {folder / taken[0]} exists; pass --overwrite to replace it")
+    references = str(ASSETS / "references")
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in (SPATIAL, UNIFORM):
+            if idgen(example_arguments(f"{tmp}/{mode}.png", mode, references)) != 0:
+                raise SystemExit(f"multi_gates: idgen generate --mode {mode} failed")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f"{tmp}/{SPATIAL}.png", folder / names[0])
+        strip = Image.open(f"{tmp}/{SPATIAL}.masks.png")
+        width = strip.width // (EXAMPLE_STEPS[-1] + 1)
+        frames = Image.new("RGB", (width * len(EXAMPLE_STEPS), strip.height), "white")
+        for i, step in enumerate(EXAMPLE_STEPS):
+            frames.paste(strip.crop((step * width, 0, (step + 1) * width, strip.height)), (i * width, 0))
+        atomic_save_image(frames, folder / names[1], optimize=True)
+        photos = [Image.open(f"{references}/test_{k:03d}.png") for k in range(2)]
+        panels: dict[str, Image.Image] = {
+            "reference A": photos[0],
+            "uniform": Image.open(f"{tmp}/{UNIFORM}.png"),
+        }
+        panels |= {"spatial": Image.open(f"{tmp}/{SPATIAL}.png"), "reference B": photos[1]}
+        atomic_save_image(side_by_side(panels, (SIZE, SIZE)), folder / names[2], optimize=True)
+    return {n: sha256(folder / n) for n in names}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -570,7 +635,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=50)
     parser.add_argument("--json", help="write the summary (with every image's row) here")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
+    parser.add_argument("--readme-example", type=Path, metavar="FOLDER",
+                        help="write the README's two-person example images into FOLDER and exit")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="with --readme-example: replace its files")
     args = parser.parse_args(argv)
+    if args.readme_example:
+        for name, digest in readme_example(args.readme_example, args.overwrite).items():
+            print(f"{digest}  {args.readme_example / name}")
+        return
     from idgen.world.bundle import quiet_prompt_truncation
 
     torch.set_num_threads(args.threads)
