@@ -24,6 +24,7 @@ from idgen.world.multi_gates import (
     SINGLE,
     SPATIAL,
     UNIFORM,
+    UNIFORM_BOXES,
     Case,
     cases,
     clothes_regions,
@@ -209,7 +210,9 @@ def test_summary_gates_and_table() -> None:
     assert g["facesim_minus_single_separated"][0] == pytest.approx(-0.34) and g["facesim_separated"] is False
     text = table(s)
     lines = text.splitlines()
-    assert lines[0].startswith("| mode | assignment accuracy |") and len(lines[2:7]) == len(MODES)
+    assert lines[0].startswith("| mode | assignment accuracy |")
+    assert [line.split(" | ")[0] for line in lines[2 : 2 + len(MODES)]] == [f"| {LABELS[m]}" for m in MODES]
+    assert lines[2 + len(MODES)] == ""
     assert lines[2 + MODES.index(SPATIAL)].startswith(
         f"| {LABELS[SPATIAL]} | 100.0% [51.0, 100.0] | 0.450 ± "
     )
@@ -245,6 +248,7 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
         UNIFORM: call([a, b], UNIFORM),
         SPATIAL: call([a, b], SPATIAL, list(HALVES)),
         SEPARATED: call([a, b], SPATIAL),
+        UNIFORM_BOXES: call([a, b], UNIFORM, list(HALVES)),
         SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
     }
     for mode in MODES:

@@ -14,6 +14,8 @@ same seed, every mode generates:
   `ArgmaxAssignment`), each person boxed to their half of the image (`--id-box 0,0,0.5,1 --id-box
   0.5,0,1,1`);
 - `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, no region);
+- `uniform_boxes`: uniform with the same boxes, each residual kept inside its person's half: what the
+  boxes alone do, without SpatialID's masks;
 - `single`: each person alone, pointed at their own half as a user would do it (`--id-image A --id-box
   0,0,0.5,1`: the prior centred on the box and the residual kept inside it), once per person.
 
@@ -61,13 +63,15 @@ from idgen.world.render import (
     train_identities,
 )
 
-SEPARATED, SINGLE = "spatial_separated", "single"
-MODES = (NONE, UNIFORM, SPATIAL, SEPARATED, SINGLE)
+SEPARATED, SINGLE, UNIFORM_BOXES = "spatial_separated", "single", "uniform_boxes"
+MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE)
+TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
     SPATIAL: "spatial, boxes = halves",
     SEPARATED: "spatial, no boxes",
+    UNIFORM_BOXES: "uniform, boxes = halves",
     SINGLE: "single person, its half",
 }
 SIDES = ("left", "right")
@@ -187,6 +191,7 @@ def competitions(pipe: Any) -> dict[str, Mode]:
         UNIFORM: (uniform, competing_masks(UNIFORM, uniform, 2, None, None)),
         SPATIAL: (spatial, competing_masks(SPATIAL, spatial, 2, list(HALVES), None)),
         SEPARATED: (spatial, competing_masks(SPATIAL, spatial, 2, None, None)),
+        UNIFORM_BOXES: (uniform, competing_masks(UNIFORM, uniform, 2, list(HALVES), None)),
         "single_left": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[0]], None)),
         "single_right": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[1]], None)),
     }
@@ -197,7 +202,7 @@ def generate_modes(pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mod
     prompts, seeds = [c.prompt.text for c in chunk], [c.seed for c in chunk]
     pair = ([c.left for c in chunk], [c.right for c in chunk])
     images = {NONE: sample(pipe, prompts, seeds, None)}
-    for mode in (UNIFORM, SPATIAL, SEPARATED):
+    for mode in TWO_PEOPLE_MODES:
         images[mode] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode]))
     singles = [
         sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"]))
