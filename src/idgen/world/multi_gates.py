@@ -638,7 +638,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=50, help="identity pairs (at most 50)")
     parser.add_argument("--prompts-per-pair", type=int, default=2)
     parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--json", help="write the summary (with every image's row) here")
+    parser.add_argument("--json", help="write the summary here")
+    parser.add_argument("--rows", action="store_true", help="with --json: keep every image's scores in it")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
     parser.add_argument("--readme-example", type=Path, metavar="FOLDER",
                         help="write the README's two-person example images into FOLDER and exit")  # fmt: skip
@@ -655,7 +656,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = run(args.pairs, args.prompts_per_pair, args.split, args.batch)
     print(table(summary))
     if args.json:
-        atomic_write_text(args.json, json.dumps(summary, indent=1) + "\n")
+        kept = summary if args.rows else {k: v for k, v in summary.items() if k != "rows"}
+        atomic_write_text(args.json, json.dumps(kept, indent=1) + "\n")
 
 
 if __name__ == "__main__":
