@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from idgen.world.multi_gates import (
     example_arguments,
     generate_modes,
     mode_faces,
+    readme_example,
     rows,
     side_regions,
     summarise,
@@ -300,3 +302,10 @@ def test_the_readme_example_follows_its_rule() -> None:
         "--mask-strip",
     ]
     assert "--mask-strip" not in example_arguments("u.png", UNIFORM)
+
+
+def test_the_readme_example_keeps_existing_files(tmp_path: Path) -> None:
+    (tmp_path / "two-people.masks.png").write_bytes(b"mine")
+    with pytest.raises(SystemExit, match=r"two-people\.masks\.png exists; pass --overwrite"):
+        readme_example(tmp_path)
+    assert (tmp_path / "two-people.masks.png").read_bytes() == b"mine"
