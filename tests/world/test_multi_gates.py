@@ -20,6 +20,7 @@ from idgen.world.multi_gates import (
     LABELS,
     MODES,
     NONE,
+    RENDERS,
     SEPARATED,
     SIDES,
     SINGLE,
@@ -253,13 +254,15 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
         UNIFORM_BOXES: call([a, b], UNIFORM, list(HALVES)),
         SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
     }
-    for mode in MODES:
+    for mode in MODES[:-1]:
         torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
+    assert MODES[-1] == RENDERS and images[RENDERS].shape == (1, 3, 64, 64)
     assert not torch.allclose(images[SPATIAL], images[UNIFORM], atol=1e-2)
 
     s = summarise(rows(ev, chunk, images), "test")
     assert (s["images"], s["identity_pairs"]) == (1, 1) and set(s["modes"]) == set(MODES)
     assert all(s["modes"][m]["faces"] == 2 for m in MODES)
+    assert s["modes"][RENDERS]["assignment"][:1] == (1.0,) and s["modes"][RENDERS]["missing_faces"] == 0
     assert set(s["rows"][0]) >= {f"face_{m}_{side}" for m in MODES for side in SIDES}
     assert len(table(s).splitlines()) == 2 + len(MODES) + 1 + 1 + 6 + 1 + 2 + len(MODES) + 1 + 2 + len(MODES)
 

@@ -17,13 +17,17 @@ same seed, every mode generates:
 - `uniform_boxes`: uniform with the same boxes, each residual kept inside its person's half: what the
   boxes alone do, without SpatialID's masks;
 - `single`: each person alone, pointed at their own half as a user would do it (`--id-image A --id-box
-  0,0,0.5,1`: the prior centred on the box and the residual kept inside it), once per person.
+  0,0,0.5,1`: the prior centred on the box and the residual kept inside it), once per person;
+- `renders` (not generated): the renderer's own image of the two people in the prompt's scene, the
+  ceiling of what the evaluators can read off a two-person image.
 
 Scoring (the evaluator models of `idgen.world.gates`): within each person's side of the image the
 evaluator segmenter's largest face region is that person's face (none: a missing face, counted). The
 evaluator recogniser embeds it; FaceSim is its cosine to the person's own reference, bleed its cosine to
 the other person's reference, and the face is assigned correctly iff own > other. A `single` face is
-scored in that person's own run. Scene adherence: the evaluator CLIP's scene class and CLIP-T.
+scored in that person's own run. Scene adherence: the evaluator CLIP's scene class and CLIP-T, and each
+person's clothing colour (the median of the pixels that are that side's clothes in the renders, nearest
+to which colour under the prompt's lighting).
 """
 
 from __future__ import annotations
@@ -63,8 +67,8 @@ from idgen.world.render import (
     train_identities,
 )
 
-SEPARATED, SINGLE, UNIFORM_BOXES = "spatial_separated", "single", "uniform_boxes"
-MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE)
+SEPARATED, SINGLE, UNIFORM_BOXES, RENDERS = "spatial_separated", "single", "uniform_boxes", "renders"
+MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, RENDERS)
 TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
 LABELS = {
     NONE: "none (no identity)",
@@ -73,6 +77,7 @@ LABELS = {
     SEPARATED: "spatial, no boxes",
     UNIFORM_BOXES: "uniform, boxes = halves",
     SINGLE: "single person, its half",
+    RENDERS: "the renderer's image (ceiling)",
 }
 SIDES = ("left", "right")
 _SIDES = tuple(enumerate(SIDES))
@@ -94,10 +99,7 @@ class Case:
     right: int
     prompt: Any  # a two-person Prompt of captions: .text and .scene
     seed: int
-
-    @property
-    def people(self) -> tuple[int, int]:
-        return self.left, self.right
+    split: str = "test"
 
 
 def two_people_prompts(split: str) -> list[Any]:
@@ -118,7 +120,7 @@ def cases(pairs: int = 50, prompts_per_pair: int = 2, split: str = "test") -> li
     for k in range(pairs):
         for r in range(prompts_per_pair):
             prompt = prompts[(k * 7 + r * 23) % len(prompts)]
-            out.append(Case(2 * k, 2 * k + 1, prompt, seed=_SEED_OFFSET[split] + 1000 * k + r))
+            out.append(Case(2 * k, 2 * k + 1, prompt, _SEED_OFFSET[split] + 1000 * k + r, split))
     return out
 
 
@@ -209,7 +211,19 @@ def generate_modes(pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mod
         for who, side in zip(pair, SIDES, strict=True)
     ]
     images[SINGLE] = torch.cat(singles)
+    images[RENDERS] = ground_truth(chunk)
     return images
+
+
+def ground_truth(chunk: list[Case]) -> Tensor:
+    """The renderer's image of each case (its people in its prompt's scene, its seed), (B, 3, 64, 64) in
+    [0, 1]: what the evaluators make of a perfect two-person image."""
+    images = []
+    for c in chunk:
+        people = split_people(c.split)
+        image = render_two_people(people[c.left], people[c.right], c.prompt.scene, seed=c.seed).image
+        images.append(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    return torch.stack(images)
 
 
 # ---------------------------------------------------------------------------------------------------------
