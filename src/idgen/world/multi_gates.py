@@ -562,7 +562,7 @@ def run(
     split: str = "test",
     batch: int = 50,
     device: str = "cpu",
-    assets: Any = None,
+    assets: Path | None = None,
 ) -> dict[str, Any]:
     """The gates of the generator in `assets` (default: the shipped one) with the shipped evaluators."""
     from tqdm.auto import tqdm
@@ -652,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--pairs", type=int, default=50, help="identity pairs (at most 50)")
     parser.add_argument("--prompts-per-pair", type=int, default=2)
     parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--json", help="write the summary here")
     parser.add_argument("--rows", action="store_true", help="with --json: keep every image's scores in it")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
@@ -667,7 +668,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
-    summary = run(args.pairs, args.prompts_per_pair, args.split, args.batch)
+    summary = run(args.pairs, args.prompts_per_pair, args.split, args.batch, assets=args.assets)
     print(table(summary))
     if args.json:
         kept = summary if args.rows else {k: v for k, v in summary.items() if k != "rows"}
