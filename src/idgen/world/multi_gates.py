@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cache
@@ -543,7 +544,7 @@ def table(s: dict[str, Any]) -> str:
             "",
             f"- {s['images']} images of {s['identity_pairs']} identity pairs ({WHAT[s['split']]}), {faces} "
             "faces per mode; accuracies with 95% Wilson intervals over the faces found, means ± 95% t "
-            "intervals",
+            "intervals" + (f"; {s['seconds'] / 60:.1f} min" if "seconds" in s else ""),
             *gate_lines(s),
             "",
             *groups_table(s, "by_side", SIDES),
@@ -570,6 +571,7 @@ def run(
     from idgen.world.bundle import ASSETS, load_world
 
     todo = cases(pairs, prompts_per_pair, split)  # checked before any model loads
+    started = time.perf_counter()
     pipe = load_world(device, assets or ASSETS)
     evaluators, ref_features = references(pipe, split)
     runs = competitions(pipe)
@@ -577,7 +579,7 @@ def run(
     for start in tqdm(range(0, len(todo), batch), desc="multi-gates"):
         chunk = todo[start : start + batch]
         out += rows(evaluators, chunk, generate_modes(pipe, chunk, ref_features, runs))
-    return summarise(out, split)
+    return {**summarise(out, split), "seconds": round(time.perf_counter() - started, 1)}
 
 
 # ---------------------------------------------------------------------------------------------------------
