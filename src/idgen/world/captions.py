@@ -409,13 +409,15 @@ def two_people_test_prompts() -> list[TwoPeoplePrompt]:
 @lru_cache(maxsize=1)
 def _two_people_validation_prompts() -> tuple[TwoPeoplePrompt, ...]:
     rng = np.random.default_rng([0xBA1, 2, 48])
-    scenes = [random_train_two_people_scene(rng) for _ in range(48)]
+    scenes: dict[TwoPeopleScene, None] = {}
+    while len(scenes) < 48:
+        scenes.setdefault(random_train_two_people_scene(rng))
     return tuple(TwoPeoplePrompt(two_people_canonical_caption(s), s) for s in scenes)
 
 
 def two_people_validation_prompts() -> list[TwoPeoplePrompt]:
-    """48 fixed two-person prompts on training-distribution scenes (no held-out pair), canonical phrasing,
-    for choosing method settings without looking at the held-out prompts."""
+    """48 fixed, distinct two-person prompts on training-distribution scenes (no held-out pair), canonical
+    phrasing, for choosing method settings without looking at the held-out prompts."""
     return list(_two_people_validation_prompts())
 
 

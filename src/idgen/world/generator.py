@@ -75,10 +75,8 @@ def extended_embedding(embedding: torch.nn.Embedding, rows: int, std: float, see
     global RNG is untouched); the existing rows are copied unchanged."""
     g = torch.Generator().manual_seed(seed)
     new = torch.randn(rows, embedding.embedding_dim, generator=g, dtype=embedding.weight.dtype) * std
-    out = torch.nn.Embedding(embedding.num_embeddings + rows, embedding.embedding_dim, embedding.padding_idx)
-    with torch.no_grad():
-        out.weight.copy_(torch.cat([embedding.weight.detach(), new]))
-    return out.requires_grad_(False)
+    weight = torch.cat([embedding.weight.detach(), new])
+    return torch.nn.Embedding.from_pretrained(weight, freeze=True, padding_idx=embedding.padding_idx)
 
 
 def extend_text_encoders(pipe: Any, vocab_size: int, seed: int = SEED_TWO_PEOPLE_WORDS) -> None:
