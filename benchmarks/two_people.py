@@ -1,10 +1,12 @@
 """Scene adherence of the demo world's base model on single-person and two-person prompts (no identity).
 
-    python benchmarks/two_people.py [--assets FOLDER] [--seeds 4] [--json out.json] [--skip-single]
+    python benchmarks/two_people.py [--assets FOLDER] [--seeds 4] [--split test|validation] [--json out.json]
+        [--skip-single]
 
 - single: the gates' "scene adherence of the base model" (`idgen.world.gates`): the evaluator CLIP's
   zero-shot scene class of the no-identity image, on the gates' 300 held-out (identity, prompt, seed) pairs;
-- two people, on `two_people_test_prompts()` x `--seeds` seeds:
+- two people, on `two_people_test_prompts()` (or `--split validation`: `two_people_validation_prompts()`)
+  x `--seeds` seeds:
   - both present: the evaluator segmenter finds a face region (>= its `min_pixels`) inside each side's
     `two_people_region`;
   - clothing: per side, the median colour of the pixels that are clothes in >= 90% of that side's renders
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts
+from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
 from idgen.world.render import (
     CLOTHES,
     CLOTHING_COLOURS,
@@ -156,12 +158,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=48)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-single", action="store_true")
+    parser.add_argument("--split", choices=("test", "validation"), default="test", help="two-person prompts")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
     clip, segmenter = WorldCLIP.from_pretrained(), FaceSegmenter.from_pretrained()
-    prompts = two_people_test_prompts() * args.seeds
+    split = two_people_test_prompts if args.split == "test" else two_people_validation_prompts
+    prompts = split() * args.seeds
     out: dict[str, Any] = {"truth": summary(two_people_rows(truth_images(prompts), prompts, clip, segmenter))}
     print("renderer's own images:", out["truth"])
     pipe = load_world("cpu", args.assets)

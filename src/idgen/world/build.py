@@ -90,9 +90,19 @@ def save_pipeline(pipe: Any, folder: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    _drop_load_paths(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _drop_load_paths(folder: Path) -> None:
+    """Remove diffusers' `_name_or_path` (the folder a component was loaded from: a path on the machine
+    that trained it) from the saved configs; a pipeline built from scratch has none."""
+    for path in (folder / "model_index.json", *sorted(folder.glob("*/config.json"))):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class AdapterRecipe(NamedTuple):
@@ -187,13 +197,13 @@ def train_two_people(work: Path, assets: Path = ASSETS, quick: bool = False) -> 
     words and the frozen text encoders their embedding rows (old rows unchanged). The adapter and the W+
     branch, trained on the single-person base, are not retrained. Skipped when `assets/flux` already has the
     two-person vocabulary; resumes from its checkpoints after a kill."""
+    flux = assets / "flux"
+    if not (flux / "model_index.json").is_file():
+        raise IdgenError(f"stage two-people needs the base model in {flux} (run stage base first)")
     from diffusers import FluxPipeline
 
     from idgen.world.tokenizer import build_tokenizer
 
-    flux = assets / "flux"
-    if not (flux / "model_index.json").is_file():
-        raise IdgenError(f"stage two-people needs the base model in {flux} (run stage base first)")
     report_path = work / "two-people-report.json"
     tokenizer = build_tokenizer(two_people=True)
     pipe = FluxPipeline.from_pretrained(flux)
