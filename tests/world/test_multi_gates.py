@@ -24,7 +24,9 @@ from idgen.world.multi_gates import (
     SEPARATED,
     SIDES,
     SINGLE,
+    SINGLE_W2,
     SPATIAL,
+    SPATIAL_W2,
     UNIFORM,
     UNIFORM_BOXES,
     Case,
@@ -242,8 +244,18 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     c = chunk[0]
     a, b = _person(feats, c.left), _person(feats, c.right)
 
-    def call(people: list[IdentityFeatures], mode: str, boxes: list[Any] | None = None) -> torch.Tensor:
-        out = pipe(c.prompt.text, id_features=people, mode=mode, boxes=boxes, seed=c.seed, output_type="pt")
+    def call(
+        people: list[IdentityFeatures], mode: str, boxes: list[Any] | None = None, w: float = 1.0
+    ) -> Any:
+        out = pipe(
+            c.prompt.text,
+            id_features=people,
+            mode=mode,
+            boxes=boxes,
+            id_weight=w,
+            seed=c.seed,
+            output_type="pt",
+        )
         return out.images
 
     expected = {
@@ -253,6 +265,8 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
         SEPARATED: call([a, b], SPATIAL),
         UNIFORM_BOXES: call([a, b], UNIFORM, list(HALVES)),
         SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
+        SPATIAL_W2: call([a, b], SPATIAL, list(HALVES), 2.0),
+        SINGLE_W2: torch.cat([call([a], SPATIAL, [HALVES[0]], 2.0), call([b], SPATIAL, [HALVES[1]], 2.0)]),
     }
     for mode in MODES[:-1]:
         torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
@@ -264,7 +278,7 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     assert all(s["modes"][m]["faces"] == 2 for m in MODES)
     assert s["modes"][RENDERS]["assignment"][:1] == (1.0,) and s["modes"][RENDERS]["missing_faces"] == 0
     assert set(s["rows"][0]) >= {f"face_{m}_{side}" for m in MODES for side in SIDES}
-    assert len(table(s).splitlines()) == 2 + len(MODES) + 1 + 1 + 6 + 1 + 2 + len(MODES) + 1 + 2 + len(MODES)
+    assert len(table(s).splitlines()) == 2 + len(MODES) + 1 + 1 + 7 + 1 + 2 + len(MODES) + 1 + 2 + len(MODES)
 
 
 def test_cases_are_fixed_and_checked() -> None:

@@ -18,6 +18,7 @@ same seed, every mode generates:
   boxes alone do, without SpatialID's masks;
 - `single`: each person alone, pointed at their own half as a user would do it (`--id-image A --id-box
   0,0,0.5,1`: the prior centred on the box and the residual kept inside it), once per person;
+- `spatial_w2`, `single_w2`: `spatial` and `single` at id weight 2;
 - `renders` (not generated): the renderer's own image of the two people in the prompt's scene, the
   ceiling of what the evaluators can read off a two-person image.
 
@@ -69,7 +70,9 @@ from idgen.world.render import (
 )
 
 SEPARATED, SINGLE, UNIFORM_BOXES, RENDERS = "spatial_separated", "single", "uniform_boxes", "renders"
-MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, RENDERS)
+SPATIAL_W2, SINGLE_W2 = "spatial_w2", "single_w2"
+MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
+SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
 TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
 LABELS = {
     NONE: "none (no identity)",
@@ -78,6 +81,8 @@ LABELS = {
     SEPARATED: "spatial, no boxes",
     UNIFORM_BOXES: "uniform, boxes = halves",
     SINGLE: "single person, its half",
+    SPATIAL_W2: "spatial, boxes = halves, id weight 2",
+    SINGLE_W2: "single person, its half, id weight 2",
     RENDERS: "the renderer's image (ceiling)",
 }
 SIDES = ("left", "right")
@@ -162,7 +167,9 @@ def sample(pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | 
         return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
 
 
-def competing_run(pipe: Any, feats: Any, people: Sequence[Sequence[int]], mode: Mode) -> InjectionRun:
+def competing_run(
+    pipe: Any, feats: Any, people: Sequence[Sequence[int]], mode: Mode, weight: float = 1.0
+) -> InjectionRun:
     """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
     identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out."""
     policy, competition = mode
@@ -170,8 +177,8 @@ def competing_run(pipe: Any, feats: Any, people: Sequence[Sequence[int]], mode: 
     return InjectionRun(
         id_tokens=torch.cat([tokens for tokens, _ in encoded]),
         uncond_id_tokens=torch.cat([uncond for _, uncond in encoded]),
-        id_weight=1.0,
-        id_weights=(1.0,) * len(people),
+        id_weight=weight,
+        id_weights=(weight,) * len(people),
         competition=competition,
         policy=policy,
         true_cfg_start_step=pipe.defaults["true_cfg_start_step"],
@@ -207,11 +214,13 @@ def generate_modes(pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mod
     images = {NONE: sample(pipe, prompts, seeds, None)}
     for mode in TWO_PEOPLE_MODES:
         images[mode] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode]))
-    singles = [
-        sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"]))
-        for who, side in zip(pair, SIDES, strict=True)
-    ]
-    images[SINGLE] = torch.cat(singles)
+    images[SPATIAL_W2] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[SPATIAL], 2.0))
+    for mode, weight in ((SINGLE, 1.0), (SINGLE_W2, 2.0)):
+        singles = [
+            sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"], weight))
+            for who, side in zip(pair, SIDES, strict=True)
+        ]
+        images[mode] = torch.cat(singles)
     images[RENDERS] = ground_truth(chunk)
     return images
 
@@ -273,7 +282,7 @@ def mode_faces(
     ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]
 ) -> list[dict[str, dict[str, Any]]]:
     """Both people's faces of each case: in one image of the two, or (`single`) each in their own run."""
-    return _both_sides(ev, images if mode == SINGLE else torch.cat([images, images]), chunk)
+    return _both_sides(ev, images if mode in SINGLE_RUNS else torch.cat([images, images]), chunk)
 
 
 # A pixel is a side's clothes when it is that person's clothes in at least this share of two-person renders.
@@ -331,7 +340,7 @@ def scene_scores(ev: Evaluators, images: Tensor, chunk: list[Case]) -> list[dict
 def mode_scenes(ev: Evaluators, mode: str, images: Tensor, chunk: list[Case]) -> list[dict[str, Any]]:
     """Scene scores per case; for `single` (left runs, then right runs) the mean CLIP-T of the two images,
     the scene class correct only if it is in both, and each person's clothing in their own run."""
-    if mode != SINGLE:
+    if mode not in SINGLE_RUNS:
         return scene_scores(ev, images, chunk)
     n = len(chunk)
     left, right = (scene_scores(ev, images[k * n : (k + 1) * n], chunk) for k in range(2))
@@ -460,6 +469,7 @@ def gates(s: dict[str, Any], rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             f"bleed_minus_uniform{suffix}": bleed,
             f"bleed{suffix}": bleed[0] + bleed[1] < 0,
         }
+    out["facesim_minus_single_w2"] = paired(rows, "own", SPATIAL_W2, SINGLE_W2)  # reported, not a gate
     return out
 
 
@@ -527,13 +537,19 @@ def gate_lines(s: dict[str, Any]) -> list[str]:
     for mode, suffix in ((SPATIAL, ""), (SEPARATED, "_separated")):
         lines += [
             f"- assignment, {LABELS[mode]}: {_pct(modes[mode]['assignment'])} against uniform "
-            f"{_pct(modes[UNIFORM]['assignment'])} (gate: >= 90%; {_met(g[f'assignment{suffix}'])})",
+            f"{_pct(modes[UNIFORM]['assignment'])} and single {_pct(modes[SINGLE]['assignment'])} "
+            f"(gate: >= 90%; {_met(g[f'assignment{suffix}'])})",
             f"- FaceSim, {LABELS[mode]} − single, paired per face: {_ci(g[f'facesim_minus_single{suffix}'])} "
             f"(gate: >= −0.05; {_met(g[f'facesim{suffix}'])})",
             f"- bleed, {LABELS[mode]} − uniform, paired per face: {_ci(g[f'bleed_minus_uniform{suffix}'])} "
             f"(gate: below 0, interval included; {_met(g[f'bleed{suffix}'])})",
         ]
-    return lines
+    return [
+        *lines,
+        f"- at id weight 2: assignment, spatial {_pct(modes[SPATIAL_W2]['assignment'])}, single "
+        f"{_pct(modes[SINGLE_W2]['assignment'])}; FaceSim, spatial − single, paired per face: "
+        f"{_ci(g['facesim_minus_single_w2'])}",
+    ]
 
 
 def table(s: dict[str, Any]) -> str:
