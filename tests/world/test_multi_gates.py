@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -326,3 +327,13 @@ def test_the_readme_example_keeps_existing_files(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=r"two-people\.masks\.png exists; pass --overwrite"):
         readme_example(tmp_path)
     assert (tmp_path / "two-people.masks.png").read_bytes() == b"mine"
+
+
+def test_the_documented_example_is_the_rule_s() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "multi-identity.md").read_text()
+    block = docs.split("### Example\n\n```\n", 1)[1].split("```", 1)[0]
+    documented = shlex.split(block.replace("\\\n", " "))
+    args = example_arguments("outputs/two-people.png")
+    # the same arguments (the documented order reads better; --overwrite is the script's own)
+    assert sorted(documented) == sorted(["idgen", *(a for a in args if a != "--overwrite")])
+    assert documented[:3] == ["idgen", "generate", "--prompt"]
