@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from idgen.identity.base import IdentityFeatures
+from idgen.world.captions import TwoPeoplePrompt
 from idgen.world.gates import Evaluators, reference_seed
 from idgen.world.multi_gates import (
     BACKDROP_GROUPS,
@@ -56,10 +56,7 @@ from idgen.world.render import (
 PAIRS = 12
 
 
-@dataclass(frozen=True)
-class _Prompt:
-    text: str
-    scene: Any = None
+_PROMPT = TwoPeoplePrompt("", TwoPeopleScene())
 
 
 @cache
@@ -90,7 +87,7 @@ def _ground_truth(chunk: list[Case]) -> torch.Tensor:
 
 def _cases(swap: bool = False) -> list[Case]:
     pairs = [(2 * k, 2 * k + 1) for k in range(PAIRS)]
-    return [Case(*(pair[::-1] if swap else pair), _Prompt(""), seed=k) for k, pair in enumerate(pairs)]
+    return [Case(*(pair[::-1] if swap else pair), _PROMPT, seed=k) for k, pair in enumerate(pairs)]
 
 
 def test_the_halves_hold_each_rendered_person() -> None:

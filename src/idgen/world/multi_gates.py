@@ -55,6 +55,7 @@ from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.multi import competing_masks
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
+from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
 from idgen.world.evaluators import largest_region_boxes
 from idgen.world.gates import SPLITS, Evaluators, identity_tokens, references, split_people
 from idgen.world.render import (
@@ -103,14 +104,12 @@ class Case:
 
     left: int
     right: int
-    prompt: Any  # a two-person Prompt of captions: .text and .scene
+    prompt: TwoPeoplePrompt
     seed: int
     split: str = "test"
 
 
-def two_people_prompts(split: str) -> list[Any]:
-    from idgen.world.captions import two_people_test_prompts, two_people_validation_prompts
-
+def two_people_prompts(split: str) -> list[TwoPeoplePrompt]:
     return two_people_test_prompts() if split == "test" else two_people_validation_prompts()
 
 
@@ -610,8 +609,6 @@ def example_arguments(out: str, mode: str = SPATIAL, references: str = REFERENCE
     """`idgen generate`'s arguments for the README example, by its rule: the first two shipped reference
     photos (the first two held-out people), the first held-out two-person prompt, each person boxed to
     their half, the CLI's default seed; the spatial run also writes the mask strip."""
-    from idgen.world.captions import two_people_test_prompts
-
     args = ["generate", "--prompt", two_people_test_prompts()[0].text]
     for k in range(2):
         args += ["--id-image", f"{references}/test_{k:03d}.png"]
