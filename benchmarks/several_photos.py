@@ -1,15 +1,18 @@
 """Several photos of one person on the demo world: FaceSim with 3 photos against 1, per combination rule.
 
-Each person of the split is photographed three times: in different scenes (--photos scenes, the default:
-close-up, centre, a different background, clothing colour and lighting each, and the renderer's pose
-jitter), or as studio portraits (--photos studio: a different backdrop and clothing each, neutral light).
+Each person of the split is photographed three times: as casual photos (--photos varied, the default:
+close-up on a studio backdrop, each with its own backdrop, clothing, pose, expression and lighting, drawn
+by `render_photo` at --strength), in different scenes (--photos scenes: close-up, centre, a different
+background, clothing colour and lighting each, and the renderer's pose jitter), or as studio portraits
+(--photos studio: a different backdrop and clothing each, neutral light; the varied photos at strength 0).
 FaceSim is measured against the person's studio reference photo, which is never given to the model. The
 1-photo run uses the first of the three photos, so every difference is paired (same person, prompt, seed).
 
     python benchmarks/several_photos.py --split validation            # choose the default rule
     python benchmarks/several_photos.py --split test --rules mean-all  # report it on held-out people
 
-Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval).
+Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval), then
+the same difference per subgroup: by how the single photo varies, and by the prompt's framing and position.
 """
 
 from __future__ import annotations
@@ -30,24 +33,35 @@ from idgen.pipelines.multi import COMBINATIONS, combine_photos
 PHOTOS = 3
 CHUNK = 25
 STUDIO_SEED = 900_000  # far from the gates' reference seeds (split offset + person index)
+STRENGTH = 1.0  # varied photos: chosen on the validation split
 
 
-def conditioning_photos(identity: Any, index: int, split: str, kind: str) -> list[Image.Image]:
-    """PHOTOS renders of one person: studio portraits (each its own backdrop, clothing and pose jitter; never
-    the FaceSim reference's seed), or close-up scenes (each its own background, clothing and lighting)."""
-    from idgen.world.render import (
-        BACKGROUNDS,
-        CLOTHING_NAMES,
-        LIGHTING_NAMES,
-        Scene,
-        render,
-        render_reference,
-    )
+def photo_seed(index: int, k: int) -> int:
+    """Seed of photo k of person `index`: never a FaceSim reference's seed."""
+    return STUDIO_SEED + 1000 * index + k
+
+
+def conditioning_photos(
+    identity: Any, index: int, split: str, kind: str, strength: float
+) -> list[Image.Image]:
+    """PHOTOS renders of one person: casual photos (varied pose, expression and lighting at `strength`),
+    studio portraits (each its own backdrop, clothing and pose jitter), or close-up scenes (each its own
+    background, clothing and lighting). Varied and studio photos never use a FaceSim reference's seed."""
+    from idgen.world.render import render_photo, render_reference
+
+    seeds = [photo_seed(index, k) for k in range(PHOTOS)]
+    if kind == "varied":
+        return [Image.fromarray(render_photo(identity, s, strength=strength).image) for s in seeds]
+    if kind == "studio":
+        return [Image.fromarray(render_reference(identity, seed=s).image) for s in seeds]
+    return scene_photos(identity, index, split)
+
+
+def scene_photos(identity: Any, index: int, split: str) -> list[Image.Image]:
+    """PHOTOS close-up, centred scene renders of one person, each its own background, clothing, lighting."""
+    from idgen.world.render import BACKGROUNDS, CLOTHING_NAMES, LIGHTING_NAMES, Scene, render
 
     rng = np.random.default_rng([index, 0x5EE, len(split)])
-    if kind == "studio":
-        seeds = [STUDIO_SEED + 1000 * index + k for k in range(PHOTOS)]
-        return [Image.fromarray(render_reference(identity, seed=s).image) for s in seeds]
     first_light = int(rng.integers(len(LIGHTING_NAMES)))
     photos = []
     for k in range(PHOTOS):
@@ -122,7 +136,8 @@ def paired(a: list[float], b: list[float]) -> dict[str, float]:
     return {"mean": float(d.mean()) if n else math.nan, "ci95": half, "n": n}
 
 
-def measure(split: str, people: int, rules: list[str], kind: str) -> dict[str, Any]:
+def measure(split: str, people: int, rules: list[str], kind: str, strength: float) -> dict[str, Any]:
+    from idgen.pipelines.multi import encode_person
     from idgen.world.bundle import load_world, quiet_prompt_truncation
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter
     from idgen.world.gates import pairs, split_people
@@ -130,25 +145,73 @@ def measure(split: str, people: int, rules: list[str], kind: str) -> dict[str, A
     quiet_prompt_truncation()
     pipe = load_world("cpu")
     chosen = split_people(split)[:people]
-    ev = {"recognizer": FaceRecognizer.from_pretrained(), "segmenter": FaceSegmenter.from_pretrained()}
+    ev: dict[str, Any] = {"recognizer": FaceRecognizer.from_pretrained()}
+    ev["segmenter"] = FaceSegmenter.from_pretrained()
     ev["references"] = reference_embeddings(chosen, split, ev["recognizer"], ev["segmenter"])
     todo = pairs(1, split)[:people]
     prompts, seeds = [p.prompt.text for p in todo], [p.seed for p in todo]
-    photos = [conditioning_photos(person, i, split, kind) for i, person in enumerate(chosen)]
-    feats = [
-        [pipe.encoder(im, what=f"photo {k} of person {i}") for k, im in enumerate(ph)]
-        for i, ph in enumerate(photos)
-    ]
+    photos = [conditioning_photos(person, i, split, kind, strength) for i, person in enumerate(chosen)]
+    feats = [encode_person(pipe.encoder, ph, i) for i, ph in enumerate(photos)]  # skips faceless photos
     sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), prompts, seeds)}
     for rule in rules:
         combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
         sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), prompts, seeds)
-    return {**summarise(sims, split, people), "photos_kind": kind}
+    result = summarise(sims, split, people)
+    groups = subgroup_labels([p.prompt.scene for p in todo], kind, strength)
+    result["subgroups"] = subgroups(sims, groups)
+    photos_used = sum(len(f) for f in feats)
+    return {
+        **result,
+        "photos_kind": kind,
+        "strength": strength,
+        "photos_without_face": PHOTOS * people - photos_used,
+    }
+
+
+def subgroup_labels(scenes: list[Any], kind: str, strength: float) -> dict[str, list[bool]]:
+    """Per person, membership of each subgroup: how the single photo varies (varied photos only; a factor
+    counts as strong in the upper half of its range), and the prompt's framing and position."""
+    from idgen.world.render import FRAMINGS, POSITIONS, photo_variation
+
+    groups = {f"prompt {name}": [s.framing == k for s in scenes] for k, name in enumerate(FRAMINGS)}
+    groups |= {f"prompt {name}": [s.position == k for s in scenes] for k, name in enumerate(POSITIONS)}
+    if kind != "varied" or strength <= 0:
+        return groups
+    single = [photo_variation(photo_seed(i, 0), strength) for i in range(len(scenes))]
+    factors = {
+        "head turned > half range": [abs(v.turn) > 0.25 * strength for v in single],
+        "camera rolled > half range": [abs(v.tilt) > 0.1 * strength for v in single],
+        "eyes narrowed": [v.eye_open < 1.0 for v in single],
+        "side light > half range": [abs(v.light_slope) > 0.175 * strength for v in single],
+    }
+    for name, member in factors.items():
+        groups[f"single photo: {name}"] = member
+        groups[f"single photo: not {name.split(' >')[0]}"] = [not m for m in member]
+    return groups
+
+
+def subgroups(sims: dict[str, list[float]], groups: dict[str, list[bool]]) -> dict[str, Any]:
+    """1-photo FaceSim and each rule's paired 3-minus-1 difference within each subgroup."""
+    out: dict[str, Any] = {}
+    for group, member in groups.items():
+        picked = {
+            name: [v for v, m in zip(values, member, strict=True) if m] for name, values in sims.items()
+        }
+        base = picked["1 photo"]
+        row: dict[str, Any] = {"people": sum(member), "1 photo": _nanmean(base)}
+        row |= {name: paired(base, values) for name, values in picked.items() if name != "1 photo"}
+        out[group] = row
+    return out
+
+
+def _nanmean(values: list[float]) -> float:
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else math.nan
 
 
 def summarise(sims: dict[str, list[float]], split: str, people: int) -> dict[str, Any]:
     base = sims["1 photo"]
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name, values in sims.items():
         kept = [v for v in values if not math.isnan(v)]
         rows[name] = {"facesim": float(np.mean(kept)), "faces": len(kept)}
@@ -157,18 +220,31 @@ def summarise(sims: dict[str, list[float]], split: str, people: int) -> dict[str
     return {"split": split, "people": people, "photos": PHOTOS, "rows": rows, "per_person": sims}
 
 
+def _difference(diff: dict[str, float]) -> str:
+    return f"{diff['mean']:+.4f} ± {diff['ci95']:.4f} (n={diff['n']})"
+
+
 def table(result: dict[str, Any]) -> str:
+    kind = result["photos_kind"] + (
+        f" (strength {result['strength']:g})" if result["photos_kind"] == "varied" else ""
+    )
     lines = [
-        f"Demo world, {result['split']} split, {result['people']} people, {result['photos_kind']} photos, "
-        "one prompt and seed each:",
+        f"Demo world, {result['split']} split, {result['people']} people, {kind} photos "
+        f"({result['photos_without_face']} without a face, skipped), one prompt and seed each:",
         "",
         "| condition | FaceSim | faces found | 3 photos - 1 photo (paired, 95% CI) |",
         "|---|---|---|---|",
     ]
     for name, row in result["rows"].items():
         diff = row.get("minus_1_photo")
-        shown = "" if diff is None else f"{diff['mean']:+.4f} ± {diff['ci95']:.4f} (n={diff['n']})"
+        shown = "" if diff is None else _difference(diff)
         lines.append(f"| {name} | {row['facesim']:.4f} | {row['faces']} | {shown} |")
+    rules = [name for name in result["rows"] if name != "1 photo"]
+    lines += ["", "| subgroup | people | 1 photo | " + " | ".join(f"{r} - 1 photo" for r in rules) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(rules))
+    for group, row in result["subgroups"].items():
+        cells = [_difference(row[r]) for r in rules]
+        lines.append(f"| {group} | {row['people']} | {row['1 photo']:.4f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -176,7 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=["validation", "test"], default="validation")
     p.add_argument("--people", type=int, default=100)
-    p.add_argument("--photos", choices=["scenes", "studio"], default="scenes", help="what the 3 photos are")
+    p.add_argument(
+        "--photos", choices=["varied", "scenes", "studio"], default="varied", help="what the 3 photos are"
+    )
+    p.add_argument(
+        "--strength", type=float, default=STRENGTH, help="how much varied photos vary, in [0, 1.5]"
+    )
     p.add_argument(
         "--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}"
     )
@@ -184,15 +265,21 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
     unknown = [r for r in rules if r not in COMBINATIONS]
-    if unknown or not 1 <= args.people <= 100:
-        print(
-            f"several_photos: unknown rule {unknown[0]!r}" if unknown else "--people must be in [1, 100]",
-            file=sys.stderr,
-        )
+    problem = (
+        f"unknown rule {unknown[0]!r}"
+        if unknown
+        else "--people must be in [1, 100]"
+        if not 1 <= args.people <= 100
+        else "--strength must be in [0, 1.5]"
+        if not 0.0 <= args.strength <= 1.5
+        else None
+    )
+    if problem:
+        print(f"several_photos: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    result = measure(args.split, args.people, rules, args.photos)
+    result = measure(args.split, args.people, rules, args.photos, args.strength)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(table(result))
     if args.json:

@@ -981,6 +981,11 @@ def _side_light(image: np.ndarray, slope: float) -> np.ndarray:
     return np.clip(np.rint(image * gain[None, :, None]), 0, 255).astype(np.uint8)
 
 
+def photo_variation(seed: int, strength: float = 1.0) -> PhotoVariation:
+    """The variation `render_photo(identity, seed, strength=strength)` draws."""
+    return PhotoVariation.random(np.random.default_rng([int(seed), 0x9407]), strength)
+
+
 def render_photo(
     identity: Identity, seed: int = 0, variation: PhotoVariation | None = None, strength: float = 1.0
 ) -> Render:
@@ -989,7 +994,7 @@ def render_photo(
     `seed`). With `PhotoVariation()` it is exactly `render_reference(identity, seed)`. Ground truth (face
     mask, labels, box) follows the pose; `background_rgb` is the backdrop's mean times the tint."""
     if variation is None:
-        variation = PhotoVariation.random(np.random.default_rng([int(seed), 0x9407]), strength)
+        variation = photo_variation(seed, strength)
     backdrop_index, clothing = reference_choice(seed)
     rng = np.random.default_rng([int(seed), 0x8EF, 1])
     background, background_rgb = bg.backdrop(backdrop_index)
