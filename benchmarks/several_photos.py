@@ -225,12 +225,13 @@ def _difference(diff: dict[str, float]) -> str:
 
 
 def table(result: dict[str, Any]) -> str:
-    kind = result["photos_kind"] + (
-        f" (strength {result['strength']:g})" if result["photos_kind"] == "varied" else ""
-    )
+    kind = result["photos_kind"]
+    if kind == "varied":
+        kind += f" (strength {result['strength']:g})"
+    skipped = result.get("photos_without_face", 0)
     lines = [
         f"Demo world, {result['split']} split, {result['people']} people, {kind} photos "
-        f"({result['photos_without_face']} without a face, skipped), one prompt and seed each:",
+        f"({skipped} without a face, skipped), one prompt and seed each:",
         "",
         "| condition | FaceSim | faces found | 3 photos - 1 photo (paired, 95% CI) |",
         "|---|---|---|---|",
@@ -239,13 +240,21 @@ def table(result: dict[str, Any]) -> str:
         diff = row.get("minus_1_photo")
         shown = "" if diff is None else _difference(diff)
         lines.append(f"| {name} | {row['facesim']:.4f} | {row['faces']} | {shown} |")
+    return "\n".join(lines + subgroup_table(result))
+
+
+def subgroup_table(result: dict[str, Any]) -> list[str]:
+    """Markdown rows of the per-subgroup differences (none when the result has no subgroups)."""
     rules = [name for name in result["rows"] if name != "1 photo"]
-    lines += ["", "| subgroup | people | 1 photo | " + " | ".join(f"{r} - 1 photo" for r in rules) + " |"]
+    groups = result.get("subgroups", {})
+    if not groups:
+        return []
+    lines = ["", "| subgroup | people | 1 photo | " + " | ".join(f"{r} - 1 photo" for r in rules) + " |"]
     lines.append("|---|---|---|" + "---|" * len(rules))
-    for group, row in result["subgroups"].items():
+    for group, row in groups.items():
         cells = [_difference(row[r]) for r in rules]
         lines.append(f"| {group} | {row['people']} | {row['1 photo']:.4f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
