@@ -11,8 +11,9 @@ FaceSim is measured against the person's studio reference photo, which is never 
     python benchmarks/several_photos.py --split validation            # choose the default rule
     python benchmarks/several_photos.py --split test --rules mean-all  # report it on held-out people
 
-Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval), then
-the same difference per subgroup: by how the single photo varies, and by the prompt's framing and position.
+Prints a Markdown table (mean FaceSim, and the paired 3-minus-1 difference with its 95% t interval over
+people, each person's --prompts prompts averaged first), then the same difference per subgroup: by how
+the single photo varies, and by the prompt's framing and position.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from idgen.pipelines.multi import COMBINATIONS, combine_photos
 PHOTOS = 3
 CHUNK = 25
 STUDIO_SEED = 900_000  # far from the gates' reference seeds (split offset + person index)
-STRENGTH = 1.0  # varied photos: chosen on the validation split
+STRENGTH = 1.0  # varied photos: the largest variation at which the detector finds >= 99% of faces
+PROMPTS = 3  # per person: averages out the generation noise of one prompt and seed
 
 
 def photo_seed(index: int, k: int) -> int:
@@ -107,10 +109,9 @@ def face_sims(ev: dict[str, Any], images: torch.Tensor, people: list[int]) -> li
     return out
 
 
-def run_condition(
-    pipe: Any, ev: dict[str, Any], tokens: Any, prompts: list[str], seeds: list[int]
-) -> list[float]:
-    """FaceSim of one condition over all people, generated in chunks (spatial mode, the model's policy)."""
+def run_condition(pipe: Any, ev: dict[str, Any], tokens: Any, todo: list[Any]) -> list[float]:
+    """FaceSim of one condition over all (person, prompt, seed) pairs, generated in chunks (spatial mode,
+    the model's policy); each pair gets its person's id tokens and is compared with its person's reference."""
     from dataclasses import replace
 
     from idgen.core.schedule import TemporalSpatialScheduler
@@ -119,24 +120,35 @@ def run_condition(
     policy = replace(pipe.spatial, scheduler=TemporalSpatialScheduler.from_preset("v1"))
     cond, uncond = tokens
     sims: list[float] = []
-    for start in range(0, len(prompts), CHUNK):
-        part = slice(start, start + CHUNK)
-        images = generate(pipe, prompts[part], seeds[part], cond[part], policy, uncond[part])
-        sims += face_sims(ev, images, list(range(start, start + len(images))))
+    for start in range(0, len(todo), CHUNK):
+        part = todo[start : start + CHUNK]
+        who = [pair.identity for pair in part]
+        prompts, seeds = [pair.prompt.text for pair in part], [pair.seed for pair in part]
+        images = generate(pipe, prompts, seeds, cond[who], policy, uncond[who])
+        sims += face_sims(ev, images, who)
     return sims
 
 
-def paired(a: list[float], b: list[float]) -> dict[str, float]:
-    """Mean of b - a over the people with a face in both, with its 95% t interval."""
+def paired(a: list[float], b: list[float], people: list[int] | None = None) -> dict[str, float]:
+    """Mean of b - a with its 95% t interval over people: each person's differences (over the pairs with a
+    face in both) are averaged first, as the person's photos are shared by all their prompts. Without
+    `people` every pair is its own person."""
     from scipy import stats
 
-    d = np.array([y - x for x, y in zip(a, b, strict=True) if not (math.isnan(x) or math.isnan(y))])
+    people = list(range(len(a))) if people is None else people
+    per: dict[int, list[float]] = {}
+    for x, y, who in zip(a, b, people, strict=True):
+        if not (math.isnan(x) or math.isnan(y)):
+            per.setdefault(who, []).append(y - x)
+    d = np.array([np.mean(v) for v in per.values()])
     n = len(d)
     half = float(stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
     return {"mean": float(d.mean()) if n else math.nan, "ci95": half, "n": n}
 
 
-def measure(split: str, people: int, rules: list[str], kind: str, strength: float) -> dict[str, Any]:
+def measure(
+    split: str, people: int, rules: list[str], kind: str, strength: float, prompts: int = 1
+) -> dict[str, Any]:
     from idgen.pipelines.multi import encode_person
     from idgen.world.bundle import load_world, quiet_prompt_truncation
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter
@@ -148,58 +160,59 @@ def measure(split: str, people: int, rules: list[str], kind: str, strength: floa
     ev: dict[str, Any] = {"recognizer": FaceRecognizer.from_pretrained()}
     ev["segmenter"] = FaceSegmenter.from_pretrained()
     ev["references"] = reference_embeddings(chosen, split, ev["recognizer"], ev["segmenter"])
-    todo = pairs(1, split)[:people]
-    prompts, seeds = [p.prompt.text for p in todo], [p.seed for p in todo]
+    todo = pairs(prompts, split)[: people * prompts]
     photos = [conditioning_photos(person, i, split, kind, strength) for i, person in enumerate(chosen)]
     feats = [encode_person(pipe.encoder, ph, i) for i, ph in enumerate(photos)]  # skips faceless photos
-    sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), prompts, seeds)}
+    sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), todo)}
     for rule in rules:
         combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
-        sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), prompts, seeds)
-    result = summarise(sims, split, people)
-    groups = subgroup_labels([p.prompt.scene for p in todo], kind, strength)
-    result["subgroups"] = subgroups(sims, groups)
-    photos_used = sum(len(f) for f in feats)
-    return {
-        **result,
-        "photos_kind": kind,
-        "strength": strength,
-        "photos_without_face": PHOTOS * people - photos_used,
-    }
+        sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), todo)
+    who = [pair.identity for pair in todo]
+    result = summarise(sims, split, people, who)
+    groups = subgroup_labels([p.prompt.scene for p in todo], who, kind, strength)
+    result["subgroups"] = subgroups(sims, groups, who)
+    used = sum(len(f) for f in feats)
+    extra = {"photos_kind": kind, "strength": strength, "prompts_per_person": prompts}
+    return {**result, **extra, "photos_without_face": PHOTOS * people - used}
 
 
-def subgroup_labels(scenes: list[Any], kind: str, strength: float) -> dict[str, list[bool]]:
-    """Per person, membership of each subgroup: how the single photo varies (varied photos only; a factor
-    counts as strong in the upper half of its range), and the prompt's framing and position."""
+def subgroup_labels(scenes: list[Any], who: list[int], kind: str, strength: float) -> dict[str, list[bool]]:
+    """Per (person, prompt) pair, membership of each subgroup: the prompt's framing and position, and how
+    the person's single photo varies (varied photos only; a factor counts as strong in the upper half of
+    its range)."""
     from idgen.world.render import FRAMINGS, POSITIONS, photo_variation
 
     groups = {f"prompt {name}": [s.framing == k for s in scenes] for k, name in enumerate(FRAMINGS)}
     groups |= {f"prompt {name}": [s.position == k for s in scenes] for k, name in enumerate(POSITIONS)}
     if kind != "varied" or strength <= 0:
         return groups
-    single = [photo_variation(photo_seed(i, 0), strength) for i in range(len(scenes))]
+    single = {i: photo_variation(photo_seed(i, 0), strength) for i in sorted(set(who))}
     factors = {
-        "head turned > half range": [abs(v.turn) > 0.25 * strength for v in single],
-        "camera rolled > half range": [abs(v.tilt) > 0.1 * strength for v in single],
-        "eyes narrowed": [v.eye_open < 1.0 for v in single],
-        "side light > half range": [abs(v.light_slope) > 0.175 * strength for v in single],
+        "head turned > half range": {i: abs(v.turn) > 0.25 * strength for i, v in single.items()},
+        "camera rolled > half range": {i: abs(v.tilt) > 0.1 * strength for i, v in single.items()},
+        "eyes narrowed": {i: v.eye_open < 1.0 for i, v in single.items()},
+        "side light > half range": {i: abs(v.light_slope) > 0.175 * strength for i, v in single.items()},
     }
     for name, member in factors.items():
-        groups[f"single photo: {name}"] = member
-        groups[f"single photo: not {name.split(' >')[0]}"] = [not m for m in member]
+        groups[f"single photo: {name}"] = [member[i] for i in who]
+        groups[f"single photo: not {name.split(' >')[0]}"] = [not member[i] for i in who]
     return groups
 
 
-def subgroups(sims: dict[str, list[float]], groups: dict[str, list[bool]]) -> dict[str, Any]:
-    """1-photo FaceSim and each rule's paired 3-minus-1 difference within each subgroup."""
+def subgroups(
+    sims: dict[str, list[float]], groups: dict[str, list[bool]], who: list[int] | None = None
+) -> dict[str, Any]:
+    """1-photo FaceSim and each rule's paired 3-minus-1 difference (per person) within each subgroup."""
+    who = list(range(len(sims["1 photo"]))) if who is None else who
     out: dict[str, Any] = {}
     for group, member in groups.items():
         picked = {
             name: [v for v, m in zip(values, member, strict=True) if m] for name, values in sims.items()
         }
+        people = [w for w, m in zip(who, member, strict=True) if m]
         base = picked["1 photo"]
-        row: dict[str, Any] = {"people": sum(member), "1 photo": _nanmean(base)}
-        row |= {name: paired(base, values) for name, values in picked.items() if name != "1 photo"}
+        row: dict[str, Any] = {"people": len(set(people)), "1 photo": _nanmean(base)}
+        row |= {name: paired(base, v, people) for name, v in picked.items() if name != "1 photo"}
         out[group] = row
     return out
 
@@ -209,15 +222,17 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(kept)) if kept else math.nan
 
 
-def summarise(sims: dict[str, list[float]], split: str, people: int) -> dict[str, Any]:
+def summarise(
+    sims: dict[str, list[float]], split: str, people: int, who: list[int] | None = None
+) -> dict[str, Any]:
     base = sims["1 photo"]
     rows: dict[str, dict[str, Any]] = {}
     for name, values in sims.items():
         kept = [v for v in values if not math.isnan(v)]
         rows[name] = {"facesim": float(np.mean(kept)), "faces": len(kept)}
         if name != "1 photo":
-            rows[name]["minus_1_photo"] = paired(base, values)
-    return {"split": split, "people": people, "photos": PHOTOS, "rows": rows, "per_person": sims}
+            rows[name]["minus_1_photo"] = paired(base, values, who)
+    return {"split": split, "people": people, "photos": PHOTOS, "rows": rows, "per_pair": sims, "person": who}
 
 
 def _difference(diff: dict[str, float]) -> str:
@@ -231,7 +246,8 @@ def table(result: dict[str, Any]) -> str:
     skipped = result.get("photos_without_face", 0)
     lines = [
         f"Demo world, {result['split']} split, {result['people']} people, {kind} photos "
-        f"({skipped} without a face, skipped), one prompt and seed each:",
+        f"({skipped} without a face, skipped), {result.get('prompts_per_person', 1)} prompt(s) and seed(s) "
+        "each; n counts people:",
         "",
         "| condition | FaceSim | faces found | 3 photos - 1 photo (paired, 95% CI) |",
         "|---|---|---|---|",
@@ -270,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rules", default=",".join(COMBINATIONS), help=f"comma-separated: {', '.join(COMBINATIONS)}"
     )
+    p.add_argument(
+        "--prompts", type=int, default=PROMPTS, help="prompts (each with its seed) per person, in [1, 10]"
+    )
     p.add_argument("--json", help="also write the numbers (and per-person FaceSim) to this file")
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
@@ -281,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 1 <= args.people <= 100
         else "--strength must be in [0, 1.5]"
         if not 0.0 <= args.strength <= 1.5
+        else "--prompts must be in [1, 10]"
+        if not 1 <= args.prompts <= 10
         else None
     )
     if problem:
@@ -288,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    result = measure(args.split, args.people, rules, args.photos, args.strength)
+    result = measure(args.split, args.people, rules, args.photos, args.strength, args.prompts)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(table(result))
     if args.json:
