@@ -203,10 +203,26 @@ def test_benchmark_varied_photos_and_subgroups():
     shown = bench.table({**result, "subgroups": rows, "photos_without_face": 0})
     assert "varied (strength 1) photos (0 without a face, skipped)" in shown
     assert "| odd | 2 | 0.2000 | +0.1500 ± " in shown
-    scenes = [p.prompt.scene for p in pairs(1, "validation")[:8]]
-    labels = bench.subgroup_labels(scenes, "varied", 1.0)
+    todo = pairs(1, "validation")[:8]
+    scenes, who = [p.prompt.scene for p in todo], [p.identity for p in todo]
+    labels = bench.subgroup_labels(scenes, who, "varied", 1.0)
     turned = [abs(photo_variation(900_000 + 1000 * i, 1.0).turn) > 0.25 for i in range(8)]
     assert labels["single photo: head turned > half range"] == turned
     assert labels["single photo: not head turned"] == [not t for t in turned]
     assert sum(labels["prompt left"]) + sum(labels["prompt centre"]) + sum(labels["prompt right"]) == 8
-    assert "single photo: eyes narrowed" not in bench.subgroup_labels(scenes, "studio", 1.0)
+    assert "single photo: eyes narrowed" not in bench.subgroup_labels(scenes, who, "studio", 1.0)
+
+
+def test_benchmark_averages_each_persons_prompts_before_the_interval():
+    bench = _benchmark()
+    # person 0: differences 0.1 and 0.3 (mean 0.2); person 1: 0.4 and a pair without a face; person 2: 0.0
+    one = [0.1, 0.2, 0.3, math.nan, 0.5, 0.5]
+    three = [0.2, 0.5, 0.7, 0.9, 0.5, 0.5]
+    diff = bench.paired(one, three, [0, 0, 1, 1, 2, 2])
+    assert diff["n"] == 3 and diff["mean"] == pytest.approx(0.2)
+    # t(0.975, 2 dof) = 4.302653; sample std of (0.2, 0.4, 0.0) = 0.2
+    assert diff["ci95"] == pytest.approx(4.3026527 * 0.2 / math.sqrt(3), rel=1e-6)
+    assert bench.paired(one, three)["n"] == 5  # without people, every pair is its own person
+    result = bench.summarise({"1 photo": one, "3 photos, mean-all": three}, "test", 3, [0, 0, 1, 1, 2, 2])
+    assert result["rows"]["3 photos, mean-all"]["minus_1_photo"] == diff
+    assert result["rows"]["1 photo"] == {"facesim": pytest.approx(0.32), "faces": 5}
