@@ -186,17 +186,21 @@ def subgroup_labels(scenes: list[Any], who: list[int], kind: str, strength: floa
     groups |= {f"prompt {name}": [s.position == k for s in scenes] for k, name in enumerate(POSITIONS)}
     if kind != "varied" or strength <= 0:
         return groups
-    single = {i: photo_variation(photo_seed(i, 0), strength) for i in sorted(set(who))}
-    factors = {
-        "head turned > half range": {i: abs(v.turn) > 0.25 * strength for i, v in single.items()},
-        "camera rolled > half range": {i: abs(v.tilt) > 0.1 * strength for i, v in single.items()},
-        "eyes narrowed": {i: v.eye_open < 1.0 for i, v in single.items()},
-        "side light > half range": {i: abs(v.light_slope) > 0.175 * strength for i, v in single.items()},
-    }
-    for name, member in factors.items():
-        groups[f"single photo: {name}"] = [member[i] for i in who]
-        groups[f"single photo: not {name.split(' >')[0]}"] = [not member[i] for i in who]
+    single = {i: strong_factors(photo_variation(photo_seed(i, 0), strength), strength) for i in set(who)}
+    for name in single[who[0]]:
+        groups[f"single photo: {name}"] = [single[i][name] for i in who]
+        groups[f"single photo: not {name.split(' >')[0]}"] = [not single[i][name] for i in who]
     return groups
+
+
+def strong_factors(v: Any, strength: float) -> dict[str, bool]:
+    """Which factors of a PhotoVariation drawn at `strength` lie in the upper half of their range."""
+    return {
+        "head turned > half range": abs(v.turn) > 0.25 * strength,
+        "camera rolled > half range": abs(v.tilt) > 0.1 * strength,
+        "eyes narrowed": v.eye_open < 1.0,
+        "side light > half range": abs(v.light_slope) > 0.175 * strength,
+    }
 
 
 def subgroups(
