@@ -6,7 +6,8 @@ by `render_photo` at --strength), in different scenes (--photos scenes: close-up
 background, clothing colour and lighting each, and the renderer's pose jitter), or as studio portraits
 (--photos studio: a different backdrop and clothing each, neutral light; the varied photos at strength 0).
 FaceSim is measured against the person's studio reference photo, which is never given to the model. The
-1-photo run uses the first of the three photos, so every difference is paired (same person, prompt, seed).
+1-photo runs use each of the three photos in turn (--singles each, the default) or the first only
+(--singles first); every difference is paired (same person, prompt, seed).
 
     python benchmarks/several_photos.py --split validation            # choose the default rule
     python benchmarks/several_photos.py --split test --rules mean-all  # report it on held-out people
@@ -147,8 +148,17 @@ def paired(a: list[float], b: list[float], people: list[int] | None = None) -> d
 
 
 def measure(
-    split: str, people: int, rules: list[str], kind: str, strength: float, prompts: int = 1
+    split: str,
+    people: int,
+    rules: list[str],
+    kind: str,
+    strength: float,
+    prompts: int = 1,
+    singles: int = 1,
 ) -> dict[str, Any]:
+    """FaceSim per condition. The 1-photo baseline is generated from each of the first `singles` photos in
+    turn; every 3-minus-1 difference is taken against each of them, so with singles = PHOTOS it is
+    3 photos against the average single photo."""
     from idgen.pipelines.multi import encode_person
     from idgen.world.bundle import load_world, quiet_prompt_truncation
     from idgen.world.evaluators import FaceRecognizer, FaceSegmenter
@@ -163,33 +173,56 @@ def measure(
     todo = pairs(prompts, split)[: people * prompts]
     photos = [conditioning_photos(person, i, split, kind, strength) for i, person in enumerate(chosen)]
     feats = [encode_person(pipe.encoder, ph, i) for i, ph in enumerate(photos)]  # skips faceless photos
-    sims = {"1 photo": run_condition(pipe, ev, id_tokens(pipe, [f[0] for f in feats]), todo)}
-    for rule in rules:
-        combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
-        sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), todo)
-    who = [pair.identity for pair in todo]
+    sims = run_conditions(pipe, ev, feats, todo, rules, singles)
+    who = [pair.identity for pair in todo] * singles
     result = summarise(sims, split, people, who)
-    groups = subgroup_labels([p.prompt.scene for p in todo], who, kind, strength)
+    for name, row in result["rows"].items():
+        row["faces"] = row["faces"] if name == "1 photo" else row["faces"] // singles  # each once
+    groups = subgroup_labels([p.prompt.scene for p in todo], who, kind, strength, singles)
     result["subgroups"] = subgroups(sims, groups, who)
     used = sum(len(f) for f in feats)
-    extra = {"photos_kind": kind, "strength": strength, "prompts_per_person": prompts}
+    extra = {"photos_kind": kind, "strength": strength, "prompts_per_person": prompts, "singles": singles}
     return {**result, **extra, "photos_without_face": PHOTOS * people - used}
 
 
-def subgroup_labels(scenes: list[Any], who: list[int], kind: str, strength: float) -> dict[str, list[bool]]:
-    """Per (person, prompt) pair, membership of each subgroup: the prompt's framing and position, and how
-    the person's single photo varies (varied photos only; a factor counts as strong in the upper half of
-    its range)."""
+def run_conditions(
+    pipe: Any, ev: dict[str, Any], feats: list[Any], todo: list[Any], rules: list[str], singles: int
+) -> dict[str, list[float]]:
+    """FaceSim per condition, aligned: "1 photo" holds photo 1's pairs, then photo 2's, ...; each rule's
+    3-photo values are repeated to match."""
+    one = []
+    for k in range(singles):
+        one += run_condition(pipe, ev, id_tokens(pipe, [f[k % len(f)] for f in feats]), todo)
+    sims = {"1 photo": one}
+    for rule in rules:
+        combined = [combine_photos(f, COMBINATIONS[rule]) for f in feats]
+        sims[f"{PHOTOS} photos, {rule}"] = run_condition(pipe, ev, id_tokens(pipe, combined), todo) * singles
+    return sims
+
+
+def subgroup_labels(
+    scenes: list[Any], who: list[int], kind: str, strength: float, singles: int = 1
+) -> dict[str, list[bool]]:
+    """Per entry of `who` (the (person, prompt) pairs with photo 1 as the single photo, then with photo 2,
+    ...), membership of each subgroup: the prompt's framing and position, and how that single photo varies
+    (varied photos only; a factor counts as strong in the upper half of its range)."""
     from idgen.world.render import FRAMINGS, POSITIONS, photo_variation
 
+    scenes = scenes * singles
     groups = {f"prompt {name}": [s.framing == k for s in scenes] for k, name in enumerate(FRAMINGS)}
     groups |= {f"prompt {name}": [s.position == k for s in scenes] for k, name in enumerate(POSITIONS)}
     if kind != "varied" or strength <= 0:
         return groups
-    single = {i: strong_factors(photo_variation(photo_seed(i, 0), strength), strength) for i in set(who)}
-    for name in single[who[0]]:
-        groups[f"single photo: {name}"] = [single[i][name] for i in who]
-        groups[f"single photo: not {name.split(' >')[0]}"] = [not single[i][name] for i in who]
+    per_photo = len(who) // singles
+    photo = [j // per_photo for j in range(len(who))]  # which of the person's photos is the single one
+    strong = {
+        (i, k): strong_factors(photo_variation(photo_seed(i, k), strength), strength)
+        for i, k in set(zip(who, photo, strict=True))
+    }
+    for name in strong[who[0], 0]:
+        member = [strong[i, k][name] for i, k in zip(who, photo, strict=True)]
+        groups[f"single photo: {name}"] = member
+        groups[f"single photo: not {name.split(' >')[0]}"] = [not m for m in member]
     return groups
 
 
@@ -293,6 +326,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--prompts", type=int, default=PROMPTS, help="prompts (each with its seed) per person, in [1, 10]"
     )
+    p.add_argument(
+        "--singles",
+        choices=["each", "first"],
+        default="each",
+        help="the 1-photo baseline: each of the 3 photos in turn (averaged), or the first only",
+    )
     p.add_argument("--json", help="also write the numbers (and per-person FaceSim) to this file")
     args = p.parse_args(argv)
     rules = [r for r in args.rules.split(",") if r]
@@ -313,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.perf_counter()
-    result = measure(args.split, args.people, rules, args.photos, args.strength, args.prompts)
+    singles = PHOTOS if args.singles == "each" else 1
+    result = measure(args.split, args.people, rules, args.photos, args.strength, args.prompts, singles)
     result["seconds"] = round(time.perf_counter() - started, 1)
     print(table(result))
     if args.json:
