@@ -178,7 +178,7 @@ def measure(
     result = summarise(sims, split, people, who)
     for name, row in result["rows"].items():
         row["faces"] = row["faces"] if name == "1 photo" else row["faces"] // singles  # each once
-    groups = subgroup_labels([p.prompt.scene for p in todo], who, kind, strength, singles)
+    groups = subgroup_labels([p.prompt.scene for p in todo] * singles, who, kind, strength, singles)
     result["subgroups"] = subgroups(sims, groups, who)
     used = sum(len(f) for f in feats)
     extra = {"photos_kind": kind, "strength": strength, "prompts_per_person": prompts, "singles": singles}
@@ -203,12 +203,11 @@ def run_conditions(
 def subgroup_labels(
     scenes: list[Any], who: list[int], kind: str, strength: float, singles: int = 1
 ) -> dict[str, list[bool]]:
-    """Per entry of `who` (the (person, prompt) pairs with photo 1 as the single photo, then with photo 2,
-    ...), membership of each subgroup: the prompt's framing and position, and how that single photo varies
-    (varied photos only; a factor counts as strong in the upper half of its range)."""
+    """Per entry of `scenes` and `who` (the (person, prompt) pairs with photo 1 as the single photo, then
+    with photo 2, ...), membership of each subgroup: the prompt's framing and position, and how that
+    single photo varies (varied photos only; a factor counts as strong in the upper half of its range)."""
     from idgen.world.render import FRAMINGS, POSITIONS, photo_variation
 
-    scenes = scenes * singles
     groups = {f"prompt {name}": [s.framing == k for s in scenes] for k, name in enumerate(FRAMINGS)}
     groups |= {f"prompt {name}": [s.position == k for s in scenes] for k, name in enumerate(POSITIONS)}
     if kind != "varied" or strength <= 0:

@@ -211,6 +211,13 @@ def test_benchmark_varied_photos_and_subgroups():
     assert labels["single photo: not head turned"] == [not t for t in turned]
     assert sum(labels["prompt left"]) + sum(labels["prompt centre"]) + sum(labels["prompt right"]) == 8
     assert "single photo: eyes narrowed" not in bench.subgroup_labels(scenes, who, "studio", 1.0)
+    # With each photo as the single one in turn: entries are photo 1's pairs, then photo 2's, then photo 3's
+    each = bench.subgroup_labels(scenes * 3, who * 3, "varied", 1.0, singles=3)
+    expected = [
+        abs(photo_variation(900_000 + 1000 * i + k, 1.0).turn) > 0.25 for k in range(3) for i in range(8)
+    ]
+    assert each["single photo: head turned > half range"] == expected
+    assert each["prompt left"] == labels["prompt left"] * 3
 
 
 def test_benchmark_averages_each_persons_prompts_before_the_interval():
