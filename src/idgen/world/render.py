@@ -831,11 +831,11 @@ class PhotoVariation:
     Pose: offset (x, y) moves the person by that many pixels; scale resizes them; turn (radians, + = to the
     image right) slides the eyes, brows, nose, mouth and facial hair sideways by TURN_SHIFT * sin(turn)
     face units and narrows them by cos(turn) (the hairline slides half as far), inside a face outline that
-    stays;
-    tilt (radians, + = clockwise) rolls the camera about the face centre. Expression: brow_raise lifts (+)
-    or lowers (-) the brows, in face units; eye_open < 1 narrows the eyes with lids (1 = open). The mouth
-    is not varied: its shape is an identity attribute here. Lighting: tint multiplies the colours (each
-    <= 1); light_slope darkens one side, by up to |light_slope| at the far edge (+ = light from the right).
+    stays; tilt (radians, + = clockwise) rolls the camera about the face centre.
+    Expression: brow_raise lifts (+) or lowers (-) the brows, in face units; eye_open < 1 narrows the eyes
+    with lids (1 = open). The mouth is not varied: its shape is an identity attribute here.
+    Lighting: tint multiplies the colours (each <= 1); light_slope darkens one side, by up to |light_slope|
+    at the far edge (+ = light from the right).
     """
 
     offset: tuple[float, float] = (0.0, 0.0)
@@ -859,13 +859,9 @@ class PhotoVariation:
         +-3 px, +-10% size, +-29 degree turn, +-11 degree tilt, brows -0.05..+0.1, half the photos with eyes
         narrowed to 50-100%, up to 60% of a lighting tint, one side up to 35% darker)."""
         u = rng.uniform(-1.0, 1.0, size=6)
-        squint, narrow, light, amount = (
-            rng.random(),
-            rng.random(),
-            int(rng.integers(1, len(LIGHTINGS))),
-            rng.random(),
-        )
-        tint = LIGHTINGS[LIGHTING_NAMES[light]]
+        squint, narrow = rng.random(), rng.random()
+        tint = LIGHTINGS[LIGHTING_NAMES[int(rng.integers(1, len(LIGHTINGS)))]]  # any but neutral
+        amount = rng.random()
         return cls(
             offset=(3.0 * strength * float(u[0]), 3.0 * strength * float(u[1])),
             scale=1.0 + 0.1 * strength * float(u[2]),
