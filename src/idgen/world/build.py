@@ -90,9 +90,19 @@ def save_pipeline(pipe: Any, folder: Path) -> None:
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    _drop_load_paths(tmp)
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _drop_load_paths(folder: Path) -> None:
+    """Remove diffusers' `_name_or_path` (the folder a component was loaded from: a path on the machine
+    that trained it) from the saved configs; a pipeline built from scratch has none."""
+    for path in (folder / "model_index.json", *sorted(folder.glob("*/config.json"))):
+        config = json.loads(path.read_text())
+        if config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 class AdapterRecipe(NamedTuple):
@@ -144,6 +154,74 @@ def train_adapter(work: Path, assets: Path = ASSETS, quick: bool = False) -> dic
     return report
 
 
+class TwoPeopleRecipe(NamedTuple):
+    two_people_renders: int = 6144
+    single_renders: int = 4096
+    train: TrainConfig = TrainConfig(
+        steps=2400, lr=2e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
+    )
+
+
+QUICK_TWO_PEOPLE = TwoPeopleRecipe(
+    two_people_renders=16,
+    single_renders=16,
+    train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=15),
+)
+
+
+def _two_people_data(pipe: Any, work: Path, recipe: TwoPeopleRecipe) -> list[gen.EncodedSet]:
+    """Encoded two-person renders and single-person renders (their own seeds, not the base's), cached."""
+
+    def encoded(images: torch.Tensor, captions: list[str]) -> dict[str, Any]:
+        t5, pooled = gen.encode_texts(pipe, captions)
+        empty_t5, empty_pooled = gen.encode_texts(pipe, [""])
+        latents = gen.encode_latents(pipe, images)
+        return dict(latents=latents, t5=t5, pooled=pooled, empty_t5=empty_t5, empty_pooled=empty_pooled)
+
+    def two() -> dict[str, Any]:
+        return encoded(*gen.two_people_render_set(recipe.two_people_renders, seed=4))
+
+    def one() -> dict[str, Any]:
+        data = gen.render_set(recipe.single_renders, seed=5)
+        return encoded(data.images, data.captions)
+
+    return [
+        gen.EncodedSet(**gen.cached(work / "two-people-encoded.pt", two)),
+        gen.EncodedSet(**gen.cached(work / "single-encoded.pt", one)),
+    ]
+
+
+def train_two_people(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+    """The base FLUX in `assets/flux` fine-tuned on two-person captions, half of every batch ordinary
+    single-person renders (so single-person scenes keep their quality); the tokenizers gain the two-person
+    words and the frozen text encoders their embedding rows (old rows unchanged). The adapter and the W+
+    branch, trained on the single-person base, are not retrained. Skipped when `assets/flux` already has the
+    two-person vocabulary; resumes from its checkpoints after a kill."""
+    flux = assets / "flux"
+    if not (flux / "model_index.json").is_file():
+        raise IdgenError(f"stage two-people needs the base model in {flux} (run stage base first)")
+    from diffusers import FluxPipeline
+
+    from idgen.world.tokenizer import build_tokenizer
+
+    report_path = work / "two-people-report.json"
+    tokenizer = build_tokenizer(two_people=True)
+    pipe = FluxPipeline.from_pretrained(flux)
+    if len(pipe.tokenizer) == len(tokenizer):
+        return json.loads(report_path.read_text()) if report_path.is_file() else {"skipped": "already done"}
+    recipe = QUICK_TWO_PEOPLE if quick else TwoPeopleRecipe()
+    work.mkdir(parents=True, exist_ok=True)
+    gen.extend_text_encoders(pipe, len(tokenizer))
+    pipe.tokenizer, pipe.tokenizer_2 = tokenizer, build_tokenizer(two_people=True)
+    pipe.vae.eval().requires_grad_(False)
+    parts = _two_people_data(pipe, work, recipe)
+    report = {"transformer": gen.train_transformer_mix(pipe, parts, recipe.train, work / "two-people-train")}
+    pipe.transformer.eval().requires_grad_(False)
+    save_pipeline(pipe, flux)
+    report_path.write_text(json.dumps(report, indent=2))
+    return report
+
+
 NUM_REFERENCES = 8
 
 
@@ -165,8 +243,9 @@ def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list
 
 
 # In dependency order: the adapter trains on the base and the identity encoder, the W+ branch on the base,
-# the identity encoder and the style codec.
-STAGES = ("identity", "evaluators", "base", "adapter", "wplus", "pidiff")
+# the identity encoder and the style codec; two-people fine-tunes the base last, after both were trained on
+# it (they are not retrained).
+STAGES = ("identity", "evaluators", "base", "adapter", "wplus", "pidiff", "two-people")
 
 
 def train_all(
@@ -190,6 +269,7 @@ def train_all(
         "adapter": lambda: train_adapter(work / "generator", assets, quick=quick),
         "wplus": lambda: train_wplus_codec(work / "wplus", assets / "wplus", quick=quick),
         "pidiff": lambda: train_pidiff_branch(work / "generator", assets, quick=quick),
+        "two-people": lambda: train_two_people(work / "generator", assets, quick=quick),
     }
     report = {name: runs[name]() for name in STAGES if name in stages}
     write_references(assets)

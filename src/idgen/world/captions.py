@@ -36,6 +36,7 @@ from idgen.world.render import (
     LIGHTING_NAMES,
     POSITIONS,
     Scene,
+    TwoPeopleScene,
 )
 
 DEMO_PROMPT = "a person in a snowy forest at night, wearing a red shirt"
@@ -260,3 +261,164 @@ def validation_prompts() -> list[Prompt]:
 
 # Not a test: keeps pytest from collecting it in test modules that import it by name.
 test_prompts.__test__ = False  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two people in one image (`render.TwoPeopleScene`): "two people in a garden in warm light, the left one
+# wearing red, the right one wearing blue". The left person is always named first.
+# ---------------------------------------------------------------------------------------------------------
+TWO_PEOPLE_SUBJECTS: tuple[str, ...] = ("two people", "a photo of two people", "a picture of two people")
+# One person's part: {side} is "left" or "right", {clothing} a clothing phrase. First = canonical.
+TWO_PEOPLE_SIDE_TEMPLATES: tuple[str, ...] = (
+    "the {side} one {clothing}",
+    "the one on the {side} {clothing}",
+    "the person on the {side} {clothing}",
+)
+TWO_PEOPLE_CLOTHING_TEMPLATES: tuple[str, ...] = (
+    "wearing {c}",
+    "in {c}",
+    "dressed in {c}",
+    "wearing {a} {c} shirt",
+    "in {a} {c} shirt",
+    "wearing {a} {c} sweater",
+)
+# Groups as in TEMPLATES; parts: S subject, B background, L lighting, 0 left person, 1 right person.
+TWO_PEOPLE_TEMPLATES: tuple[tuple[tuple[str, ...], ...], ...] = (
+    (("S", "B", "L"), ("0",), ("1",)),
+    (("S", "B"), ("0",), ("1",), ("L",)),
+)
+TWO_PEOPLE_MAX_WORDS = 23  # the T5 window (bundle.MAX_TEXT_TOKENS = 24) less the closing </s>
+
+
+def _two_people_phrases() -> list[str]:
+    clothing = [
+        clothing_phrase(t, w) for t in TWO_PEOPLE_CLOTHING_TEMPLATES for w in _phrases(CLOTHING_WORDS)
+    ]
+    sides = [t.format(side=s, clothing="") for t in TWO_PEOPLE_SIDE_TEMPLATES for s in ("left", "right")]
+    return [*TWO_PEOPLE_SUBJECTS, *clothing, *sides]
+
+
+TWO_PEOPLE_VOCABULARY: tuple[str, ...] = tuple(
+    sorted({w for p in _two_people_phrases() for w in words(p)} - set(VOCABULARY))
+)
+"""The words two-person captions add to `VOCABULARY`, sorted; the tokenizer appends them after it, so every
+existing token id stays as it was."""
+
+
+def _person_phrase(side: str, colour: str, rng: np.random.Generator) -> str:
+    clothing = clothing_phrase(pick(TWO_PEOPLE_CLOTHING_TEMPLATES, rng), pick(CLOTHING_WORDS[colour], rng))
+    return pick(TWO_PEOPLE_SIDE_TEMPLATES, rng).format(side=side, clothing=clothing)
+
+
+def _two_people_parts(scene: TwoPeopleScene, rng: np.random.Generator, omit: bool) -> dict[str, str | None]:
+    n = scene.names()
+    parts: dict[str, str | None] = {
+        "S": pick(TWO_PEOPLE_SUBJECTS, rng),
+        "B": pick(BACKGROUND_PHRASES[n["background"]], rng),
+        "L": pick(LIGHTING_PHRASES[n["lighting"]], rng),
+        "0": _person_phrase("left", n["left_clothing"], rng),
+        "1": _person_phrase("right", n["right_clothing"], rng),
+    }
+    if omit and n["lighting"] == "neutral" and rng.random() < P_OMIT_LIGHTING:
+        parts["L"] = None
+    return parts
+
+
+def two_people_caption(scene: TwoPeopleScene, rng: np.random.Generator, omit: bool = True) -> str:
+    """A random caption of a two-person scene (random template and synonyms; with `omit`, neutral lighting
+    is left out with probability P_OMIT_LIGHTING). Drawn again until it fits TWO_PEOPLE_MAX_WORDS words;
+    the canonical caption, which always fits, after 20 tries."""
+    for _ in range(20):
+        template = TWO_PEOPLE_TEMPLATES[int(rng.integers(len(TWO_PEOPLE_TEMPLATES)))]
+        text = assemble(template, _two_people_parts(scene, rng, omit))
+        if len(words(text)) <= TWO_PEOPLE_MAX_WORDS:
+            return text
+    return two_people_canonical_caption(scene)  # pragma: no cover - a short draw comes first in practice
+
+
+def two_people_canonical_caption(scene: TwoPeopleScene) -> str:
+    """The deterministic caption of a two-person scene: canonical phrases, the first template, lighting
+    always named; at most TWO_PEOPLE_MAX_WORDS words for every scene (a test checks all of them)."""
+    n = scene.names()
+
+    def person(side: str, colour: str) -> str:
+        clothing = clothing_phrase(TWO_PEOPLE_CLOTHING_TEMPLATES[0], CLOTHING_WORDS[colour][0])
+        return TWO_PEOPLE_SIDE_TEMPLATES[0].format(side=side, clothing=clothing)
+
+    parts: dict[str, str | None] = {
+        "S": TWO_PEOPLE_SUBJECTS[0],
+        "B": BACKGROUND_PHRASES[n["background"]][0],
+        "L": LIGHTING_PHRASES[n["lighting"]][0],
+        "0": person("left", n["left_clothing"]),
+        "1": person("right", n["right_clothing"]),
+    }
+    return assemble(TWO_PEOPLE_TEMPLATES[0], parts)
+
+
+def is_two_people_held_out(scene: TwoPeopleScene) -> bool:
+    """True when either person's (background, clothing colour) pair is reserved for evaluation."""
+    return any((scene.background, c) in HELD_OUT_PAIRS for c in scene.clothing)
+
+
+def random_train_two_people_scene(rng: np.random.Generator) -> TwoPeopleScene:
+    """A random two-person scene (`TwoPeopleScene.random`) with no held-out pair on either person."""
+    while True:
+        scene = TwoPeopleScene.random(rng)
+        if not is_two_people_held_out(scene):
+            return scene
+
+
+def two_people_train_captions(n: int, seed: int = 0) -> list[tuple[TwoPeopleScene, str]]:
+    """`n` (two-person scene, caption) pairs for training, deterministic in `seed`; never a held-out pair."""
+    rng = np.random.default_rng([int(seed), 0x2CA7])
+    out = []
+    for _ in range(n):
+        scene = random_train_two_people_scene(rng)
+        out.append((scene, two_people_caption(scene, rng)))
+    return out
+
+
+@dataclass(frozen=True)
+class TwoPeoplePrompt:
+    """An evaluation prompt and the two-person scene it asks for."""
+
+    text: str
+    scene: TwoPeopleScene
+
+
+@lru_cache(maxsize=1)
+def _two_people_test_prompts() -> tuple[TwoPeoplePrompt, ...]:
+    # Per background its two held-out colours, once in each order, each in two lightings.
+    prompts = []
+    for b in range(len(BACKGROUNDS)):
+        first, second = sorted(c for bb, c in HELD_OUT_PAIRS if bb == b)
+        for k, (left, right) in enumerate(((first, second), (second, first))):
+            for j in range(2):
+                lighting = (b + 2 * k + 3 * j) % len(LIGHTING_NAMES)
+                scene = TwoPeopleScene(b, lighting, left, right)
+                prompts.append(TwoPeoplePrompt(two_people_canonical_caption(scene), scene))
+    return tuple(prompts)
+
+
+def two_people_test_prompts() -> list[TwoPeoplePrompt]:
+    """48 fixed held-out two-person prompts: both people wear a colour held out with the background
+    (`HELD_OUT_PAIRS`); canonical phrasing."""
+    return list(_two_people_test_prompts())
+
+
+@lru_cache(maxsize=1)
+def _two_people_validation_prompts() -> tuple[TwoPeoplePrompt, ...]:
+    rng = np.random.default_rng([0xBA1, 2, 48])
+    scenes: dict[TwoPeopleScene, None] = {}
+    while len(scenes) < 48:
+        scenes.setdefault(random_train_two_people_scene(rng))
+    return tuple(TwoPeoplePrompt(two_people_canonical_caption(s), s) for s in scenes)
+
+
+def two_people_validation_prompts() -> list[TwoPeoplePrompt]:
+    """48 fixed, distinct two-person prompts on training-distribution scenes (no held-out pair), canonical
+    phrasing, for choosing method settings without looking at the held-out prompts."""
+    return list(_two_people_validation_prompts())
+
+
+two_people_test_prompts.__test__ = False  # type: ignore[attr-defined]

@@ -20,8 +20,13 @@ from torch import Tensor
 from idgen.io import atomic_output
 from idgen.training import TrainConfig, Trainer
 from idgen.world.bundle import MAX_TEXT_TOKENS
-from idgen.world.captions import caption, random_train_scene
-from idgen.world.render import render, train_identities
+from idgen.world.captions import (
+    caption,
+    random_train_scene,
+    random_train_two_people_scene,
+    two_people_caption,
+)
+from idgen.world.render import render, render_two_people, train_identities
 
 SEED_COMPONENTS = 20_261_123
 
@@ -60,6 +65,36 @@ def text_encoders(vocab_size: int) -> tuple[Any, Any]:
         torch.manual_seed(SEED_COMPONENTS)
         clip, t5 = small_text_encoders(vocab_size, width=64, ff=128, max_positions=40)
     return clip.eval().requires_grad_(False), t5.eval().requires_grad_(False)
+
+
+SEED_TWO_PEOPLE_WORDS = 20_261_203  # the new embedding rows of the two-person words
+
+
+def extended_embedding(embedding: torch.nn.Embedding, rows: int, std: float, seed: int) -> torch.nn.Embedding:
+    """`embedding` with `rows` rows appended, drawn from N(0, std^2) by a generator seeded with `seed` (the
+    global RNG is untouched); the existing rows are copied unchanged."""
+    g = torch.Generator().manual_seed(seed)
+    new = torch.randn(rows, embedding.embedding_dim, generator=g, dtype=embedding.weight.dtype) * std
+    weight = torch.cat([embedding.weight.detach(), new])
+    return torch.nn.Embedding.from_pretrained(weight, freeze=True, padding_idx=embedding.padding_idx)
+
+
+def extend_text_encoders(pipe: Any, vocab_size: int, seed: int = SEED_TWO_PEOPLE_WORDS) -> None:
+    """Grow both frozen text encoders' token embeddings to `vocab_size` rows, each new row drawn from its
+    model's own initialisation (CLIP: N(0, initializer_range^2); T5: N(0, initializer_factor^2)). Old rows,
+    and so every encoding of text made of old tokens, stay bit-identical."""
+    clip, t5 = pipe.text_encoder, pipe.text_encoder_2
+    for k, (model, std) in enumerate(
+        (
+            (clip, clip.config.initializer_range * clip.config.initializer_factor),
+            (t5, t5.config.initializer_factor * 1.0),
+        )
+    ):
+        old = model.get_input_embeddings()
+        if vocab_size < old.num_embeddings:
+            raise ValueError(f"cannot shrink a text encoder from {old.num_embeddings} to {vocab_size} tokens")
+        model.set_input_embeddings(extended_embedding(old, vocab_size - old.num_embeddings, std, seed + k))
+        model.config.vocab_size = vocab_size
 
 
 def new_pipeline(seed: int = SEED_COMPONENTS) -> Any:
@@ -133,6 +168,24 @@ def render_set(n: int, seed: int) -> RenderSet:
         identities=torch.tensor(ids),
         captions=texts,
     )
+
+
+def two_people_render_set(n: int, seed: int) -> tuple[Tensor, list[str]]:
+    """n two-person renders, two different training identities each, in random training scenes (no
+    held-out pair on either person), deterministic in seed: images (N, 3, 64, 64) in [0, 1] and captions."""
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng([seed, 0x2BE7])
+    people = train_identities()
+    images, texts = [], []
+    for i in tqdm(range(n), desc="render two people", leave=False, mininterval=2):
+        left = int(rng.integers(len(people)))
+        right = (left + 1 + int(rng.integers(len(people) - 1))) % len(people)
+        scene = random_train_two_people_scene(rng)
+        r = render_two_people(people[left], people[right], scene, seed=int(rng.integers(2**31)) + i)
+        images.append(r.image)
+        texts.append(two_people_caption(scene, rng))
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0, texts
 
 
 @torch.no_grad()
@@ -261,6 +314,32 @@ def train_transformer(
     return Trainer("transformer", {"transformer": transformer}, transformer.parameters(), config, folder).fit(
         step
     )
+
+
+def train_transformer_mix(
+    pipe: Any, parts: list[EncodedSet], config: TrainConfig, folder: Path, caption_dropout: float = 0.1
+) -> dict[str, float]:
+    """`train_transformer` on several sets at once: every batch takes an equal share from each part (the
+    batch size must divide evenly), then drops captions as the base recipe does (true CFG)."""
+    if config.batch_size % len(parts):
+        raise ValueError(f"batch size {config.batch_size} does not split into {len(parts)} equal parts")
+    transformer = pipe.transformer
+    img_ids = latent_ids(pipe)
+    share = config.batch_size // len(parts)
+    empty_t5, empty_pooled = parts[0].empty_t5, parts[0].empty_pooled
+
+    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        picks = [(part, torch.randint(len(part.latents), (share,), generator=g)) for part in parts]
+        latents = torch.cat([part.latents[idx] for part, idx in picks])
+        t5 = torch.cat([part.t5[idx] for part, idx in picks])
+        pooled = torch.cat([part.pooled[idx] for part, idx in picks])
+        drop = torch.rand(config.batch_size, generator=g) < caption_dropout
+        t5 = torch.where(drop[:, None, None], empty_t5, t5)
+        pooled = torch.where(drop[:, None], empty_pooled, pooled)
+        return flow_matching_loss(transformer, latents, t5, pooled, img_ids, g), {}
+
+    trainer = Trainer("transformer", {"transformer": transformer}, transformer.parameters(), config, folder)
+    return trainer.fit(step)
 
 
 def demo_pulid_config(transformer_width: int, id_dim: int, vit_dim: int) -> Any:

@@ -19,6 +19,10 @@ face; framing sets the scale (close-up 15 px/unit, face 24-30 px wide; half-body
 14-18 px wide) and position the horizontal placement ("left" = image left). Per-image jitter from the
 `seed`: a sub-pixel-to-one-pixel offset of the person, a +-3% scale change and the phase of the
 background pattern; nothing else is random.
+
+Two people: `render_two_people(left, right, TwoPeopleScene(...), seed)` paints two people side by side in one
+scene (layout and ground truth at `TwoPeopleScene`/`TwoPeopleRender`); `two_people_region(side)` is the
+two-person analogue of `person_region`.
 """
 
 from __future__ import annotations
@@ -694,18 +698,31 @@ def _draw_person(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The person painted over `background`: planar (3, HI, HI) uint8 colour and (HI, HI) part labels."""
+    layout = (_CENTRE_X[framing][position], _CENTRE_Y[framing], _SCALE[framing])
+    return _paint_person(background, ident, clothes, layout, framing == 1, rng)
+
+
+def _paint_person(
+    background: np.ndarray,
+    ident: Identity,
+    clothes: RGB,
+    layout: tuple[float, float, float],
+    half_body: bool,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_draw_person` at an explicit layout: face centre x, y (final pixels) and pixels per face unit."""
     # Jitter: up to +-1 final pixel of offset (in supersamples) and +-3% scale.
     dx, dy = (int(v) for v in rng.integers(-SS, SS + 1, size=2))
-    scale = _SCALE[framing] * SS * float(rng.uniform(0.97, 1.03))
-    cx = _CENTRE_X[framing][position] * SS + dx
-    cy = _CENTRE_Y[framing] * SS + dy
+    scale = layout[2] * SS * float(rng.uniform(0.97, 1.03))
+    cx = layout[0] * SS + dx
+    cy = layout[1] * SS + dy
     p = _Painter(cx, cy, scale)
     a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
     skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
     hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
     style = ATTRIBUTES["hair_style"][ident.hair_style]
 
-    _draw_torso(p, np.asarray(clothes, np.float32), skin, half_body=framing == 1)
+    _draw_torso(p, np.asarray(clothes, np.float32), skin, half_body=half_body)
     _hair_back(p, style, a, b, hair)
     res = p.box(-0.4, 0.3, 0.4, 1.6)
     assert res is not None
@@ -1020,6 +1037,195 @@ def person_region(framing: int, position: int) -> np.ndarray:
     covered = np.zeros((SIZE, SIZE), dtype=bool)
     for k, identity in enumerate(train_identities()[:PERSON_REGION_IDENTITIES]):
         covered |= render(identity, scene, seed=k).labels != BACKGROUND
+    padded = np.pad(covered, 1)
+    grown = np.zeros_like(covered)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy : dy + SIZE, dx : dx + SIZE]
+    grown.setflags(write=False)
+    return grown
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Two people in one scene.
+# ---------------------------------------------------------------------------------------------------------
+# Layout: faces at x = 15 and 49 px, 8 px per face unit (faces 12-16 px wide, a little smaller than a
+# single half-body person's 9 px/unit), with the close-up torso, which does not widen downwards. The widest
+# part of a person is that torso, 1.85 units to each side: with the +-3% scale and +-1 px offset jitter a
+# person spans at most 15 + 16.3 = 31.3 px to the right (left person) and from 49 - 16.3 = 32.7 px (right
+# person), so the two never touch and a gap of at least one pixel column separates them.
+TWO_PEOPLE_CENTRE_X: tuple[float, float] = (15.0, 49.0)
+TWO_PEOPLE_CENTRE_Y = 20.0
+TWO_PEOPLE_SCALE = 8.0
+SIDES: tuple[str, ...] = ("left", "right")  # side index 0 / 1; person index in TwoPeopleRender = side + 1
+
+
+@dataclass(frozen=True)
+class TwoPeopleScene:
+    """The non-identity factors of a two-person image (indices into BACKGROUNDS, LIGHTING_NAMES and
+    CLOTHING_NAMES): one background and lighting, and each person's clothing colour."""
+
+    background: int = 0
+    lighting: int = 0
+    left_clothing: int = 0
+    right_clothing: int = 1
+
+    def __post_init__(self) -> None:
+        sizes = {
+            "background": len(BACKGROUNDS),
+            "lighting": len(LIGHTING_NAMES),
+            "left_clothing": len(CLOTHING_NAMES),
+            "right_clothing": len(CLOTHING_NAMES),
+        }
+        for name, n in sizes.items():
+            _check_index("TwoPeopleScene", name, getattr(self, name), n)
+
+    @classmethod
+    def random(cls, rng: np.random.Generator) -> TwoPeopleScene:
+        """Background and lighting uniform; two different clothing colours, uniform over ordered pairs."""
+        background = int(rng.integers(len(BACKGROUNDS)))
+        lighting = int(rng.integers(len(LIGHTING_NAMES)))
+        left = int(rng.integers(len(CLOTHING_NAMES)))
+        right = (left + 1 + int(rng.integers(len(CLOTHING_NAMES) - 1))) % len(CLOTHING_NAMES)
+        return cls(background=background, lighting=lighting, left_clothing=left, right_clothing=right)
+
+    @classmethod
+    def from_names(
+        cls,
+        background: str = "beach",
+        lighting: str = "neutral",
+        left_clothing: str = "red",
+        right_clothing: str = "blue",
+    ) -> TwoPeopleScene:
+        return cls(
+            background=BACKGROUNDS.index(background),
+            lighting=LIGHTING_NAMES.index(lighting),
+            left_clothing=CLOTHING_NAMES.index(left_clothing),
+            right_clothing=CLOTHING_NAMES.index(right_clothing),
+        )
+
+    @property
+    def clothing(self) -> tuple[int, int]:
+        """Clothing colour index per side (left, right)."""
+        return self.left_clothing, self.right_clothing
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+    def names(self) -> dict[str, str]:
+        return {
+            "background": BACKGROUNDS[self.background],
+            "lighting": LIGHTING_NAMES[self.lighting],
+            "left_clothing": CLOTHING_NAMES[self.left_clothing],
+            "right_clothing": CLOTHING_NAMES[self.right_clothing],
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class TwoPeopleRender:
+    """One rendered two-person image with its ground truth; per-side tuples are (left, right).
+
+    image: (64, 64, 3) uint8 RGB. labels: (64, 64) uint8 part labels of both people over the scene.
+    person_index: (64, 64) uint8, 0 = scene, 1 = left person, 2 = right person (the person whose
+    supersamples a pixel holds; 0 where labels is background). face_masks: per side, (64, 64) bool, the
+    single-person face mask definition applied to that person alone; inside person_index == side + 1.
+    face_boxes: per side, the tight box of its face mask (left, top, right, bottom), right/bottom exclusive.
+    background_rgb: mean colour of the background layer (tint included).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    person_index: np.ndarray
+    face_masks: tuple[np.ndarray, np.ndarray]
+    face_boxes: tuple[tuple[int, int, int, int], tuple[int, int, int, int]]
+    identities: tuple[Identity, Identity]
+    scene: TwoPeopleScene
+    background_rgb: tuple[float, float, float]
+
+
+def _block_counts(lab: np.ndarray) -> np.ndarray:
+    """(SIZE * SIZE, labels) counts of each part label among a pixel's supersamples."""
+    return np.bincount(_BLOCK * _NL + lab.ravel(), minlength=SIZE * SIZE * _NL).reshape(SIZE * SIZE, _NL)
+
+
+def _face_mask_and_box(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    # The same rule as `_finish`: a pixel is face when at least half of its supersamples are face.
+    mask = (_block_counts(lab)[:, SKIN:].sum(axis=1) * 2 >= SS * SS).reshape(SIZE, SIZE)
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.size else (0, 0, 0, 0)
+    return mask, box
+
+
+def two_people_layers(
+    left: Identity, right: Identity, scene: TwoPeopleScene, seed: int = 0
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The supersampled canvas of `render_two_people` before downsampling and tint: planar (3, 256, 256)
+    uint8 colour, each person's own (256, 256) part labels (left, right), and the background's mean colour."""
+    rng = np.random.default_rng([int(seed), 0x2BE0])
+    background, background_rgb = bg.scene_crop(scene.background, rng)
+    canvas, labs = background, []
+    for side, (ident, clothing) in enumerate(zip((left, right), scene.clothing, strict=True)):
+        clothes = CLOTHING_COLOURS[CLOTHING_NAMES[clothing]]
+        layout = (TWO_PEOPLE_CENTRE_X[side], TWO_PEOPLE_CENTRE_Y, TWO_PEOPLE_SCALE)
+        canvas, lab = _paint_person(canvas, ident, clothes, layout, False, rng)
+        labs.append(lab)
+    return canvas, (labs[0], labs[1]), background_rgb
+
+
+def render_two_people(
+    left: Identity, right: Identity, scene: TwoPeopleScene, seed: int = 0
+) -> TwoPeopleRender:
+    """Render `left` and `right` side by side in `scene`. Deterministic in (identities, scene, seed); `seed`
+    jitters each person's pose (<= 1 px offset, +-3% scale) and the background pattern's phase. The right
+    person is painted onto the left one's canvas; the layout keeps them apart (see TWO_PEOPLE_SCALE)."""
+    rgb, (lab_left, lab_right), background_rgb = two_people_layers(left, right, scene, seed)
+    t = np.asarray(LIGHTINGS[LIGHTING_NAMES[scene.lighting]], np.float32)
+    image = np.clip(np.rint(_downsample(rgb) * t), 0, 255).astype(np.uint8)
+    lab = np.where(lab_right != BACKGROUND, lab_right, lab_left)
+    counts = _block_counts(lab)
+    face = counts[:, SKIN:].sum(axis=1) * 2 >= SS * SS
+    labels = np.where(face, counts[:, SKIN:].argmax(axis=1) + SKIN, counts[:, :SKIN].argmax(axis=1))
+    labels = labels.reshape(SIZE, SIZE).astype(np.uint8)
+    # A pixel belongs to the person with more of its supersamples (the layout leaves no pixel shared).
+    on_left = _block_counts(lab_left)[:, BACKGROUND] < _block_counts(lab_right)[:, BACKGROUND]
+    person = np.where(on_left.reshape(SIZE, SIZE), 1, 2).astype(np.uint8)
+    person[labels == BACKGROUND] = 0
+    (mask_left, box_left), (mask_right, box_right) = (
+        _face_mask_and_box(lab_left),
+        _face_mask_and_box(lab_right),
+    )
+    bg_mean = tuple(float(c) for c in background_rgb * t)
+    return TwoPeopleRender(
+        image=image,
+        labels=labels,
+        person_index=person,
+        face_masks=(mask_left, mask_right),
+        face_boxes=(box_left, box_right),
+        identities=(left, right),
+        scene=scene,
+        background_rgb=(bg_mean[0], bg_mean[1], bg_mean[2]),
+    )
+
+
+@cache
+def _two_people_regions() -> np.ndarray:
+    # Renders of pairs of the first PERSON_REGION_IDENTITIES training identities, each on both sides.
+    ids = train_identities()[:PERSON_REGION_IDENTITIES]
+    covered = np.zeros((2, SIZE, SIZE), dtype=bool)
+    for k, identity in enumerate(ids):
+        other = ids[(k + PERSON_REGION_IDENTITIES // 2) % len(ids)]
+        person = render_two_people(identity, other, TwoPeopleScene(), seed=k).person_index
+        covered[0] |= person == 1
+        covered[1] |= person == 2
+    return covered
+
+
+def two_people_region(side: int) -> np.ndarray:
+    """(64, 64) bool, read-only: every pixel the person on `side` (0 = left, 1 = right) covers in a
+    two-person render, for any of the first PERSON_REGION_IDENTITIES training identities with its pose
+    jitter, grown by one pixel (as `person_region`). The two regions are disjoint."""
+    _check_index("two_people_region", "side", side, len(SIDES))
+    covered = _two_people_regions()[side]
     padded = np.pad(covered, 1)
     grown = np.zeros_like(covered)
     for dy in range(3):

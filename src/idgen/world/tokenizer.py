@@ -1,6 +1,8 @@
 """Word-level tokenizer of the demo world, saved as a standard `tokenizer.json` that transformers loads.
 
-Ids: <pad>=0, </s>=1, <unk>=2, <s>=3, then `VOCABULARY` in sorted order. Text is lower-cased, split on
+Ids: <pad>=0, </s>=1, <unk>=2, <s>=3, then `VOCABULARY` in sorted order; the two-person tokenizer (the
+demo FLUX's, `two_people=True`) appends `TWO_PEOPLE_VOCABULARY` after those, so every id of the single-person
+vocabulary is the same in both. Text is lower-cased, split on
 whitespace and into words / single punctuation marks ("close-up" -> "close", "-", "up"), and "</s>" is
 appended (T5-style; no <s>). Both tiny text encoders (CLIP-text and T5 stand-ins) share it.
 
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from idgen.validation import shown
-from idgen.world.captions import VOCABULARY
+from idgen.world.captions import TWO_PEOPLE_VOCABULARY, VOCABULARY
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -29,14 +31,21 @@ PAD, EOS, UNK, BOS = "<pad>", "</s>", "<unk>", "<s>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, EOS, UNK, BOS)  # ids 0..3
 # Longest grammar caption is 32 tokens + </s>; a little headroom for user prompts (longer ones truncate).
 MODEL_MAX_LENGTH = 40
-SUBJECT, SUBJECT_WORD = "a person", "person"  # the subject of every caption the world was trained on
+SUBJECT, SUBJECT_WORD = "a person", "person"  # the subject of the single-person captions
+SUBJECT_WORDS = frozenset({SUBJECT_WORD, "people"})  # a kept word naming the subject: nothing is put first
 MAX_NAMED_WORDS = 20  # words a dropped-words warning lists; the rest are counted
 
 
-def build_backend() -> Tokenizer:
-    """The raw `tokenizers.Tokenizer` (no transformers import needed)."""
+def vocabulary(two_people: bool = False) -> tuple[str, ...]:
+    """The words after the special tokens, in id order: `VOCABULARY`, then (`two_people`) the new words."""
+    return (*VOCABULARY, *TWO_PEOPLE_VOCABULARY) if two_people else VOCABULARY
+
+
+def build_backend(two_people: bool = False) -> Tokenizer:
+    """The raw `tokenizers.Tokenizer` (no transformers import needed); `two_people` appends the two-person
+    words (the demo FLUX's tokenizer; the evaluator CLIP's keeps the single-person vocabulary)."""
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in VOCABULARY:
+    for word in vocabulary(two_people):
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
@@ -51,12 +60,12 @@ def build_backend() -> Tokenizer:
     return tok
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(two_people: bool = False) -> PreTrainedTokenizerFast:
     """The tokenizer as a transformers fast tokenizer (pads right with <pad>, truncates at 40)."""
     from transformers import PreTrainedTokenizerFast
 
     return PreTrainedTokenizerFast(
-        tokenizer_object=build_backend(),
+        tokenizer_object=build_backend(two_people),
         pad_token=PAD,
         eos_token=EOS,
         unk_token=UNK,
@@ -66,12 +75,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def save_tokenizer(folder: str | Path) -> Path:
+def save_tokenizer(folder: str | Path, two_people: bool = False) -> Path:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `folder` (created), so
     `AutoTokenizer.from_pretrained(folder)` loads it offline. Returns the folder."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    build_tokenizer().save_pretrained(str(folder))
+    build_tokenizer(two_people).save_pretrained(str(folder))
     # Portability: transformers 5 writes its own class name ("TokenizersBackend") and no special-tokens map;
     # transformers 4 needs "PreTrainedTokenizerFast", which 5 also accepts.
     config_path = folder / "tokenizer_config.json"
@@ -85,12 +94,13 @@ def save_tokenizer(folder: str | Path) -> Path:
 
 @lru_cache(maxsize=1)
 def _backend() -> Tokenizer:
-    return build_backend()
+    return build_backend(two_people=True)
 
 
 @lru_cache(maxsize=1)
 def _known() -> frozenset[str]:
-    return frozenset(VOCABULARY)
+    # The demo FLUX's vocabulary (two-person words included): what `WorldTokenizer` keeps.
+    return frozenset(vocabulary(two_people=True))
 
 
 def _pieces(text: str) -> list[str]:
@@ -119,11 +129,12 @@ def known_text(text: str) -> str:
 
 
 def with_subject(text: str) -> str:
-    """`known_text(text)`, with the world's one subject, "a person", put first when words were dropped and
-    none left names it: natural prompts name their subject with words the world does not know ("a young
-    woman", "an explorer"), and every caption it was trained on has one."""
+    """`known_text(text)`, with the world's single subject, "a person", put first when words were dropped and
+    none left names a subject ("person", or "people" of "two people"): natural prompts name their subject
+    with words the world does not know ("a young woman", "an explorer"), and every caption it was trained
+    on has one."""
     kept = known_text(text)
-    if kept == text or SUBJECT_WORD in _pieces(kept):
+    if kept == text or SUBJECT_WORDS & set(_pieces(kept)):
         return kept
     return f"{SUBJECT} {kept}".strip()
 
