@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import cache, lru_cache
 from math import prod
 from typing import Any
@@ -832,6 +832,193 @@ def render_reference(identity: Identity, seed: int = 0) -> Render:
         None,
         clothing,
         bg.BACKDROP_NAMES[backdrop_index],
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Casual photos of one person: varied pose, expression and lighting (several photos per identity).
+# ---------------------------------------------------------------------------------------------------------
+TURN_SHIFT = 0.8  # face units the features slide sideways per unit sin(turn): they sit in front of the axis
+
+
+@dataclass(frozen=True)
+class PhotoVariation:
+    """How one casual photo of a person differs from a studio reference photo; the defaults change nothing.
+
+    Pose: offset (x, y) moves the person by that many pixels; scale resizes them; turn (radians, + = to the
+    image right) slides the eyes, brows, nose, mouth and facial hair sideways by TURN_SHIFT * sin(turn)
+    face units and narrows them by cos(turn) (the hairline slides half as far), inside a face outline that
+    stays; tilt (radians, + = clockwise) rolls the camera about the face centre.
+    Expression: brow_raise lifts (+) or lowers (-) the brows, in face units; eye_open < 1 narrows the eyes
+    with lids (1 = open). The mouth is not varied: its shape is an identity attribute here.
+    Lighting: tint multiplies the colours (each <= 1); light_slope darkens one side, by up to |light_slope|
+    at the far edge (+ = light from the right).
+    """
+
+    offset: tuple[float, float] = (0.0, 0.0)
+    scale: float = 1.0
+    turn: float = 0.0
+    tilt: float = 0.0
+    brow_raise: float = 0.0
+    eye_open: float = 1.0
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    light_slope: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.5 <= self.scale <= 1.5 or not 0.2 <= self.eye_open <= 1.0 or abs(self.light_slope) > 0.8:
+            raise ValueError(f"PhotoVariation out of range: {self}")
+        if abs(self.turn) > 0.8 or abs(self.tilt) > 0.5 or not all(0.2 <= c <= 1.0 for c in self.tint):
+            raise ValueError(f"PhotoVariation out of range: {self}")
+
+    @classmethod
+    def random(cls, rng: np.random.Generator, strength: float = 1.0) -> PhotoVariation:
+        """Every factor uniform in its range times `strength` (0 = none, 1 = the largest casual variation:
+        +-3 px, +-10% size, +-29 degree turn, +-11 degree tilt, brows -0.05..+0.1, half the photos with eyes
+        narrowed to 50-100%, up to 60% of a lighting tint, one side up to 35% darker)."""
+        u = rng.uniform(-1.0, 1.0, size=6)
+        squint, narrow = rng.random(), rng.random()
+        tint = LIGHTINGS[LIGHTING_NAMES[int(rng.integers(1, len(LIGHTINGS)))]]  # any but neutral
+        amount = rng.random()
+        return cls(
+            offset=(3.0 * strength * float(u[0]), 3.0 * strength * float(u[1])),
+            scale=1.0 + 0.1 * strength * float(u[2]),
+            turn=0.5 * strength * float(u[3]),
+            tilt=0.2 * strength * float(u[4]),
+            brow_raise=strength * (0.025 + 0.075 * float(u[5])),
+            eye_open=1.0 - 0.5 * strength * narrow if squint < 0.5 else 1.0,
+            tint=tuple(1.0 - 0.6 * strength * amount * (1.0 - c) for c in tint),  # type: ignore[arg-type]
+            light_slope=0.35 * strength * float(rng.uniform(-1.0, 1.0)),
+        )
+
+
+class _PosedPainter(_Painter):
+    """A painter whose shapes can be slid sideways (shift), narrowed (narrow) and lifted (lift), in face
+    units: a shape drawn at (x, y) lands at (shift + narrow * x, y - lift). The identity at (0, 1, 0)."""
+
+    def __init__(self, cx: float, cy: float, s: float) -> None:
+        super().__init__(cx, cy, s)
+        self.shift, self.narrow, self.lift = 0.0, 1.0, 0.0
+
+    def box(self, x0: float, y0: float, x1: float, y1: float) -> _Box | None:
+        res = super().box(
+            self.shift + self.narrow * x0, y0 - self.lift, self.shift + self.narrow * x1, y1 - self.lift
+        )
+        if res is None:
+            return None
+        sl, u, v = res
+        return sl, (u - self.shift) / self.narrow, v + self.lift
+
+
+def _draw_lids(p: _Painter, box: _Box, d: float, eye_open: float, skin: np.ndarray) -> None:
+    # Narrowed eyes: upper and lower lids cover the eye beyond eye_open of its half-height.
+    if eye_open >= 1.0:
+        return
+    sl, u, v = box
+    for sx in (-d, d):
+        eye = _ellipse(u, v, sx, _EYE_Y, 0.21, 0.13)
+        lid = eye & (np.abs(v - _EYE_Y) > 0.12 * eye_open)
+        p.fill(sl, p.on_face(sl, lid), skin * 0.9, SKIN)
+
+
+def _draw_varied_face(p: _PosedPainter, ident: Identity, variation: PhotoVariation) -> None:
+    """`_draw_face` with the head turned and an expression; the same shapes at PhotoVariation()."""
+    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
+    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
+    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
+    n = ident.names()
+    _draw_ears(p, a, skin)
+    _draw_skin(p, ident.face_shape, a, b, skin)
+    p.shift, p.narrow = TURN_SHIFT * float(np.sin(variation.turn)), float(np.cos(variation.turn))
+    _draw_facial_hair(p, n["facial_hair"], a, b, hair * 0.92)
+    _draw_nose(p, n["nose"], skin)
+    _draw_mouth(p, n["mouth"], skin)
+    d = _EYE_SPACING[ident.eye_spacing] * a
+    eyes = p.box(-d - 0.35, -0.55, d + 0.35, 0.2)
+    assert eyes is not None
+    _draw_eyes(p, eyes, d, EYE_RGB[ident.eye_colour])
+    _draw_lids(p, eyes, d, variation.eye_open, skin)
+    p.lift = variation.brow_raise
+    brows = p.box(-d - 0.35, -0.55, d + 0.35, 0.2)
+    assert brows is not None
+    _draw_brows(p, brows, d, n["brows"], hair * 0.72)
+    p.lift = 0.0
+    _draw_glasses(p, eyes, d, n["glasses"])
+    p.shift, p.narrow = p.shift * 0.5, 1.0  # the hairline sits further back on the head than the nose
+    _hair_front(p, n["hair_style"], a, b, hair)
+
+
+def _roll(
+    planar: np.ndarray, labels: np.ndarray, cx: float, cy: float, angle: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The canvas rolled clockwise by `angle` about (cx, cy) in supersamples: nearest supersample, edges
+    repeated."""
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = _PIX[None, :] - cx, _PIX[:, None] - cy  # supersample centres, relative to the face
+    src_x = np.clip(np.floor(cx + c * x + s * y), 0, HI - 1).astype(np.intp)
+    src_y = np.clip(np.floor(cy - s * x + c * y), 0, HI - 1).astype(np.intp)
+    return planar[:, src_y, src_x], labels[src_y, src_x]
+
+
+def _draw_varied_person(
+    background: np.ndarray, ident: Identity, clothes: RGB, variation: PhotoVariation, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """`_draw_person` at close-up, centre, with `variation`; the same draws and canvas at PhotoVariation()."""
+    dx, dy = (int(v) for v in rng.integers(-SS, SS + 1, size=2))
+    scale = _SCALE[0] * SS * float(rng.uniform(0.97, 1.03)) * variation.scale
+    cx = _CENTRE_X[0][1] * SS + dx + variation.offset[0] * SS
+    cy = _CENTRE_Y[0] * SS + dy + variation.offset[1] * SS
+    p = _PosedPainter(cx, cy, scale)
+    a, b, _, _ = _FACE_GEOMETRY[ident.face_shape]
+    skin = np.asarray(SKIN_RGB[ident.skin_tone], np.float32)
+    hair = np.asarray(HAIR_RGB[ident.hair_colour], np.float32)
+    _draw_torso(p, np.asarray(clothes, np.float32), skin, half_body=False)
+    _hair_back(p, ATTRIBUTES["hair_style"][ident.hair_style], a, b, hair)
+    res = p.box(-0.4, 0.3, 0.4, 1.6)
+    assert res is not None
+    sl, u, v = res
+    p.fill(sl, (np.abs(u) < 0.36) & (v > 0.3) & (v < 1.6), skin * 0.86, NECK)
+    _draw_varied_face(p, ident, variation)
+    rgb, lab = p.composite(background)
+    if variation.tilt:
+        rgb, lab = _roll(rgb, lab, cx, cy, variation.tilt)
+    return rgb, lab
+
+
+def _side_light(image: np.ndarray, slope: float) -> np.ndarray:
+    # Brightness 1 on the lit side, falling linearly to 1 - |slope| at the other edge.
+    if not slope:
+        return image
+    x = (np.arange(SIZE, dtype=np.float32) + 0.5) / SIZE  # 0 at the left edge, 1 at the right
+    lit = x if slope > 0 else 1.0 - x
+    gain = 1.0 - abs(slope) * (1.0 - lit)
+    return np.clip(np.rint(image * gain[None, :, None]), 0, 255).astype(np.uint8)
+
+
+def photo_variation(seed: int, strength: float = 1.0) -> PhotoVariation:
+    """The variation `render_photo(identity, seed, strength=strength)` draws."""
+    return PhotoVariation.random(np.random.default_rng([int(seed), 0x9407]), strength)
+
+
+def render_photo(
+    identity: Identity, seed: int = 0, variation: PhotoVariation | None = None, strength: float = 1.0
+) -> Render:
+    """A casual photo of `identity`: close-up, on a studio backdrop in clothing drawn from `seed` as in
+    `render_reference`, with `variation` (by default `PhotoVariation.random` of `strength`, also drawn from
+    `seed`). With `PhotoVariation()` it is exactly `render_reference(identity, seed)`. Ground truth (face
+    mask, labels, box) follows the pose; `background_rgb` is the backdrop's mean times the tint."""
+    if variation is None:
+        variation = photo_variation(seed, strength)
+    backdrop_index, clothing = reference_choice(seed)
+    rng = np.random.default_rng([int(seed), 0x8EF, 1])
+    background, background_rgb = bg.backdrop(backdrop_index)
+    clothes = CLOTHING_COLOURS[CLOTHING_NAMES[clothing]]
+    rgb, lab = _draw_varied_person(background, identity, clothes, variation, rng)
+    name = bg.BACKDROP_NAMES[backdrop_index]
+    out = _finish(rgb, lab, variation.tint, background_rgb, identity, None, clothing, name)
+    return (
+        out
+        if not variation.light_slope
+        else replace(out, image=_side_light(out.image, variation.light_slope))
     )
 
 
