@@ -757,7 +757,7 @@ class Plan:
         default_factory=lambda: TrainConfig(steps=800, lr=3e-3, batch_size=24, warmup=20, weight_decay=1e-4)
     )
     attributes: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=600, lr=3e-3, batch_size=64, warmup=25, weight_decay=5e-4)
+        default_factory=lambda: TrainConfig(steps=500, lr=3e-3, batch_size=64, warmup=25, weight_decay=5e-4)
     )
 
 
