@@ -1,9 +1,8 @@
-"""The evaluator attribute classifier (strict save/load, accuracy of the shipped weights on held-out identities)
-and the gates' attribute-transfer pass (ground-truth renders as the generated images)."""
+"""The evaluator attribute classifier (strict save/load, training beside the other evaluators, accuracy of
+the shipped weights on held-out identities) and the gates' attribute-transfer pass and table."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -79,6 +78,44 @@ def test_labels_are_the_renderers_ground_truth() -> None:
     assert labels[7, list(ATTRIBUTES).index("glasses")] == person.glasses
 
 
+def _tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_the_evaluators_stage_trains_it_last_and_leaves_the_others_as_they_were(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_it = train_evaluators(tmp_path / "w1", tmp_path / "a1", quick=True, progress=False)
+    assert 0.0 <= with_it["attribute_glasses_accuracy_seg_box"] <= 1.0
+    assert with_it["attribute_glasses_chance"] == 1 / 3
+    monkeypatch.setattr(ev_module, "_attribute_stage", lambda *args: {})
+    without = train_evaluators(tmp_path / "w2", tmp_path / "a2", quick=True, progress=False)
+    monkeypatch.undo()
+    for name in ("clip", "face", SEGMENTER_DIR):
+        a, b = _tensors(tmp_path / "a1" / name), _tensors(tmp_path / "a2" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    timing = ("wall_seconds", "cpu_seconds")
+    same = {k: v for k, v in with_it.items() if not k.startswith(("attribute_", *timing))}
+    assert same == {k: v for k, v in without.items() if not k.startswith(timing)}
+    assert not (tmp_path / "a2" / ATTRIBUTES_DIR).exists()
+    # The classifier alone, beside evaluators already trained: the same weights; validation.json merged.
+    alone = train_attribute_evaluator(tmp_path / "w2", tmp_path / "a2", quick=True, progress=False)
+    a, b = _tensors(tmp_path / "a1" / ATTRIBUTES_DIR), _tensors(tmp_path / "a2" / ATTRIBUTES_DIR)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    written = json.loads((tmp_path / "a2" / "validation.json").read_text())
+    assert written == alone and written["face_auc_gt_box"] == without["face_auc_gt_box"]
+    assert alone["attribute_glasses_accuracy_seg_box"] == with_it["attribute_glasses_accuracy_seg_box"]
+
+
+def test_alone_it_needs_the_segmenter(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no evaluator segmenter"):
+        train_attribute_evaluator(tmp_path / "w", tmp_path / "empty", quick=True, progress=False)
+    assert not (tmp_path / "w").exists()
+
+
 # --- The shipped weights ---------------------------------------------------------------------------------
 # Accuracy on un-augmented renders of the 100 held-out identities (2 scenes each, both framings), around the
 # segmenter's boxes. Measured (2-core x86_64 CPU): see ACCURACY_MEASURED; the thresholds sit 3 points lower
@@ -134,7 +171,9 @@ def _renders_of(chunk: list, shift: int) -> torch.Tensor:
     """The renderer's image of each pair (its scene and seed) of identity (pair identity + shift) mod 100."""
     people = test_identities()
     return to_tensor(
-        np.stack([render(people[(p.identity + shift) % 100], p.prompt.scene, seed=p.seed).image for p in chunk])
+        np.stack(
+            [render(people[(p.identity + shift) % 100], p.prompt.scene, seed=p.seed).image for p in chunk]
+        )
     )
 
 
