@@ -495,14 +495,14 @@ class AttributeClassifierConfig:
     options: tuple[int, ...] = tuple(len(v) for v in ATTRIBUTES.values())
     channels: tuple[int, ...] = (16, 32, 64, 96)
     hidden: int = 128
-    crop_size: int = 48
+    crop_size: int = 40
     margin: float = 0.4  # wider than the recogniser's: hair, ears and glasses frames lie around the face box
     mean: float = 0.5
     std: float = 0.25
 
 
 class AttributeClassifier(_Saved):
-    """Small CNN on a wide square face crop (48x48) -> 4 stages (48, 24, 12, 6 px) -> 128-d -> one logit
+    """Small CNN on a wide square face crop (40x40) -> 4 stages (40, 20, 10, 5 px) -> 128-d -> one logit
     vector per identity attribute (`render.ATTRIBUTES`): what a person would name when judging a likeness."""
 
     model_type, what, config_class, folder_name = (
@@ -757,7 +757,7 @@ class Plan:
         default_factory=lambda: TrainConfig(steps=800, lr=3e-3, batch_size=24, warmup=20, weight_decay=1e-4)
     )
     attributes: TrainConfig = field(
-        default_factory=lambda: TrainConfig(steps=500, lr=3e-3, batch_size=64, warmup=25, weight_decay=5e-4)
+        default_factory=lambda: TrainConfig(steps=1000, lr=4e-3, batch_size=64, warmup=25, weight_decay=5e-4)
     )
 
 
