@@ -33,6 +33,7 @@ from idgen.world.gates import (
     ROWS,
     Evaluators,
     _rows,
+    attribute_hits,
     attribute_table,
     pairs,
     split_people,
@@ -215,8 +216,24 @@ def test_gates_attribute_pass_on_ground_truth_renders() -> None:
 
 # --- The table ---------------------------------------------------------------------------------------------
 def _hits(likeness: int, others: bool = False) -> dict[str, bool]:
-    """The first `likeness` of the five LIKENESS attributes hit; the other attributes all `others`."""
-    return {n: (LIKENESS.index(n) < likeness if n in LIKENESS else others) for n in ATTRIBUTES}
+    """The first `likeness` of the five LIKENESS attributes hit; the other attributes all `others`; the
+    coarse reads as their attribute."""
+    hits = {n: (LIKENESS.index(n) < likeness if n in LIKENESS else others) for n in ATTRIBUTES}
+    return hits | {"glasses_worn": hits["glasses"], "skin_tone_within_one": hits["skin_tone"]}
+
+
+def test_attribute_hits_and_coarse_reads() -> None:
+    truth = torch.tensor(test_identities()[0].as_tuple())
+    glasses, skin = list(ATTRIBUTES).index("glasses"), list(ATTRIBUTES).index("skin_tone")
+    options = truth.clone()
+    assert all(attribute_hits(options, truth).values())
+    options[glasses], options[skin] = 1 + truth[glasses] % 2, (truth[skin] + 1) % 8  # other frames, next tone
+    hits = attribute_hits(options, truth)
+    assert not hits["glasses"] and not hits["skin_tone"] and hits["hair_style"]
+    assert hits["glasses_worn"] == bool(truth[glasses] > 0)
+    assert hits["skin_tone_within_one"] == bool(truth[skin] < 7)
+    options[skin] = (truth[skin] + 2) % 8
+    assert not attribute_hits(options, truth)["skin_tone_within_one"]
 
 
 def test_attribute_transfer_summary_and_table() -> None:
@@ -239,9 +256,14 @@ def test_attribute_transfer_summary_and_table() -> None:
     assert (t["uniform"]["identities_at_chance"], t["uniform"]["identities"]) == (1, 3)
     assert t[NONE]["identities_at_chance"] == 2 and t[RENDERED]["identities_at_chance"] == 0
     lines = attribute_table({"attribute_transfer": t})
-    assert len(lines) == 3 + len(ROWS) + 1 and all(line.count("|") == 16 for line in lines)
-    assert lines[0].startswith("| mode | hair colour | hair style | skin tone | glasses | facial hair |")
-    assert lines[2].startswith("| chance (1 / options) | 12.5 | 11.1 | 12.5 | 33.3 | 25.0 | 18.9 |")
+    assert len(lines) == 3 + len(ROWS) + 1 and all(line.count("|") == 18 for line in lines)
+    assert lines[0].startswith(
+        "| mode | hair colour | hair style | skin tone | glasses | facial hair | mean of the five "
+        "| glasses worn | skin tone ±1 | face shape |"
+    )
+    assert lines[2].startswith(
+        "| chance (uniform guesses) | 12.5 | 11.1 | 12.5 | 33.3 | 25.0 | 18.9 | 55.6 | 34.4 |"
+    )
     assert lines[3].startswith("| rendered identity (the classifier's ceiling) | 100.0 ± 0.0 |")
     assert lines[3].endswith("| 0 of 3 | 3 |")
     assert "Attribute transfer" in table(summarise(rows))

@@ -72,6 +72,10 @@ ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weigh
 RENDERED = "rendered"
 ATTRIBUTE_ROWS = (RENDERED, *ROWS)
 LIKENESS = ("hair_colour", "hair_style", "skin_tone", "glasses", "facial_hair")
+# Coarser reads of two of them, as a person judges at a glance: glasses worn or not (whatever their shape),
+# and the skin tone within one step of the 8 (a lightness); with their chance for uniform guesses.
+COARSE = {"glasses_worn": 5 / 9, "skin_tone_within_one": 22 / 64}
+_GLASSES, _SKIN = list(ATTRIBUTES).index("glasses"), list(ATTRIBUTES).index("skin_tone")
 LABELS = {
     RENDERED: "rendered identity (the classifier's ceiling)",
     "spatial_centred": "spatial, centred prior",
@@ -285,9 +289,17 @@ def _attribute_hits(
     rows: list[dict[str, Any]] = [{} for _ in chunk]
     for mode, by_image in classified.items():
         for j, options in by_image.items():
-            hits = options == ev.truth[chunk[j].identity]
-            rows[j][f"attributes_{mode}"] = {name: bool(h) for name, h in zip(ATTRIBUTES, hits, strict=True)}
+            rows[j][f"attributes_{mode}"] = attribute_hits(options, ev.truth[chunk[j].identity])
     return rows
+
+
+def attribute_hits(options: Tensor, truth: Tensor) -> dict[str, bool]:
+    """Classified options (11,) against the true ones (11,), both in render.ATTRIBUTES order: a hit per
+    attribute, and the `COARSE` reads."""
+    hits = {name: bool(h) for name, h in zip(ATTRIBUTES, options == truth, strict=True)}
+    hits["glasses_worn"] = bool((options[_GLASSES] > 0) == (truth[_GLASSES] > 0))  # option 0: "none"
+    hits["skin_tone_within_one"] = bool((options[_SKIN] - truth[_SKIN]).abs() <= 1)
+    return hits
 
 
 def _contamination(
@@ -428,7 +440,7 @@ def attribute_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         scored = [r[f"attributes_{mode}"] for r in rows if f"attributes_{mode}" in r]
         if not scored:
             continue
-        group: dict[str, Any] = {name: mean_ci([float(h[name]) for h in scored]) for name in ATTRIBUTES}
+        group: dict[str, Any] = {n: mean_ci([float(h[n]) for h in scored]) for n in (*ATTRIBUTES, *COARSE)}
         group["transferred"] = mean_ci([_likeness(h) for h in scored])
         group["faces"] = len(scored)
         out[mode] = group
@@ -504,6 +516,11 @@ def backdrop_table(s: dict[str, Any]) -> list[str]:
 
 
 _OTHER_ATTRIBUTES = tuple(name for name in ATTRIBUTES if name not in LIKENESS)
+_HEADS = {
+    "transferred": "mean of the five",
+    "glasses_worn": "glasses worn",
+    "skin_tone_within_one": "skin tone ±1",
+}
 
 
 def _pct(v: tuple[float, ...] | list[float]) -> str:
@@ -511,17 +528,19 @@ def _pct(v: tuple[float, ...] | list[float]) -> str:
 
 
 def attribute_table(s: dict[str, Any]) -> list[str]:
-    """Attribute transfer per mode (%, 95% CI): the five likeness attributes, their mean, identities at
-    chance, the other attributes; a chance row (1 / options) and the rendered identity's row first."""
-    names = [*LIKENESS, "transferred", *_OTHER_ATTRIBUTES]
-    head = [n.replace("_", " ") if n != "transferred" else "mean of the five" for n in names]
+    """Attribute transfer per mode (%, 95% CI): the five likeness attributes, their mean, the coarse reads,
+    the other attributes, identities at chance; a chance row (uniform guesses) and the rendered identity's row
+    first."""
+    names = [*LIKENESS, "transferred", *COARSE, *_OTHER_ATTRIBUTES]
+    head = [_HEADS.get(n, n.replace("_", " ")) for n in names]
     lines = [
         "| mode | " + " | ".join(head) + " | identities at chance | faces |",
         "|---|" + "---|" * (len(names) + 2),
     ]
     chance = {n: [1 / len(ATTRIBUTES[n]), math.nan] for n in ATTRIBUTES}
     chance["transferred"] = [sum(1 / len(ATTRIBUTES[n]) for n in LIKENESS) / len(LIKENESS), math.nan]
-    lines.append("| chance (1 / options) | " + " | ".join(_pct(chance[n]) for n in names) + " | – | – |")
+    chance.update({n: [v, math.nan] for n, v in COARSE.items()})
+    lines.append("| chance (uniform guesses) | " + " | ".join(_pct(chance[n]) for n in names) + " | – | – |")
     for mode, g in s["attribute_transfer"].items():
         cells = " | ".join(_pct(g[n]) for n in names)
         at_chance = f"{g['identities_at_chance']} of {g['identities']}" if "identities" in g else "–"
