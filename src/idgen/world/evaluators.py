@@ -1,4 +1,5 @@
-"""Evaluator models of the demo world: a tiny CLIP, a face recogniser and a face segmenter.
+"""Evaluator models of the demo world: a tiny CLIP, a face recogniser, a face segmenter and an attribute
+classifier.
 
 They stand in for CLIP ViT-L/14 (CLIP-T, CLIP-I, scene classification), antelopev2 (FaceSim) and the face
 detector (face regions) when the harness runs offline on the demo world. They are independent of the
@@ -11,12 +12,17 @@ generator: their own seeds, their own architectures, trained only on rendered im
   an ArcFace margin over the 1,000 training identities.
 - `FaceSegmenter`: a small U-Net, 64x64 image -> 64x64 face logits, trained with BCE + Dice on the
   renderer's exact face masks, plus face-free images (scene backgrounds and studio backdrops).
+- `AttributeClassifier`: a small CNN on a wider square face crop (40x40, hair and glasses in), one head per
+  identity attribute of `render.ATTRIBUTES`, trained with cross-entropy on the renderer's ground truth of the
+  training identities. It reads the likeness a person would name (hair colour, hairstyle, skin tone, glasses,
+  facial hair); brows and nose are a pixel or two at 64 px and stay near chance.
 
 Images everywhere are float tensors (B, 3, 64, 64) in [0, 1]; boxes are (left, top, right, bottom) pixels,
-right/bottom exclusive, like `Render.face_box`. `train_evaluators` trains all three (resumable, through
+right/bottom exclusive, like `Render.face_box`. `train_evaluators` trains all four (resumable, through
 `idgen.training.Trainer`) with augmentation (blur, down/up-sampling, noise, colour jitter, +-2 px shifts) so
 they hold up on a small diffusion model's blurrier images, and returns validation numbers measured on the
-100 held-out test identities.
+100 held-out test identities. The attribute classifier trains last, from its own seed in a forked RNG, so the
+other three come out exactly as they did before it existed.
 """
 
 from __future__ import annotations

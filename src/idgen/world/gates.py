@@ -14,7 +14,11 @@ independent evaluator models:
   for the prompt's framing and position (`render.person_region`: hair, neck, clothes excluded) and
   outside both images' face masks; the measure before it, outside the face masks only, is kept as
   `contamination_outside_face`. Both are also reported per reference backdrop colour;
-- CLIP-T: evaluator CLIP text-image cosine.
+- CLIP-T: evaluator CLIP text-image cosine;
+- attribute transfer: of the images with a face, the share whose identity attributes, read by the evaluator
+  attribute classifier, equal the reference identity's true ones (renderer ground truth), per attribute;
+  `none` is the chance-like baseline, and the classifier on the renderer's own image of each pair (`rendered`)
+  is the ceiling any mode can reach on this measure.
 
 `spatial` is SpatialID as the demo world runs it: the refiner scaled to its 8x8 token grid and the early
 prior anchored on the attention's peak. Two ablations show what each change does: `spatial_centred`
