@@ -248,7 +248,10 @@ def test_attribute_transfer_summary_and_table() -> None:
         row |= {f"attributes_{m}": _hits(uniform, True) for m in ROWS[1:]}
         rows.append(row | {f"attributes_{RENDERED}": _hits(5, True)})
     rows.append({**base, "identity": 3, f"face_{NONE}": False})  # no face: not scored
-    t = summarise(rows)["attribute_transfer"]
+    summary = summarise(rows)
+    t, gains = summary["attribute_transfer"], summary["likeness_gains"]
+    assert gains["uniform_vs_none"][0] == pytest.approx((4 + 3 - 1) / 15)  # paired, faces in both only
+    assert gains["uniform_vs_none"][2] == 3 and gains["uniform_w2_vs_uniform"][:2] == (0.0, 0.0)
     assert t[NONE]["faces"] == 3 and t[NONE]["transferred"][0] == pytest.approx(4 / 15)
     assert t["uniform"]["transferred"][0] == pytest.approx(10 / 15)
     assert t["uniform"]["hair_colour"][:1] == (1.0,) and t["uniform"]["glasses"][0] == pytest.approx(2 / 3)
@@ -266,5 +269,7 @@ def test_attribute_transfer_summary_and_table() -> None:
     )
     assert lines[3].startswith("| rendered identity (the classifier's ceiling) | 100.0 ± 0.0 |")
     assert lines[3].endswith("| 0 of 3 | 3 |")
-    assert "Attribute transfer" in table(summarise(rows))
+    assert "- mean of the five, paired differences (percentage points): uniform - none 40.0 ± " in table(
+        summary
+    )
     assert "Attribute transfer" not in table(summarise([base | {"identity": 0}]))  # rows of before

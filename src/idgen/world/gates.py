@@ -427,6 +427,22 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["face_px_outside_person_region"] = outside / max(face_px, 1)
     if any(key.startswith("attributes_") for r in rows for key in r):
         out["attribute_transfer"] = attribute_transfer(rows)
+        out["likeness_gains"] = likeness_gains(rows)
+    return out
+
+
+# (mode, against): paired differences of the mean-of-five likeness share.
+LIKENESS_PAIRS = ((UNIFORM, NONE), (SPATIAL, NONE), (UNIFORM_W2, UNIFORM), (SPATIAL_W2, SPATIAL))
+
+
+def likeness_gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per `LIKENESS_PAIRS`, the paired mean difference (95% CI) of the share of the five likeness attributes
+    transferred, over the pairs where both images have a face: what identity, or id weight 2, adds."""
+    out = {}
+    for mode, base in LIKENESS_PAIRS:
+        both = [r for r in rows if f"attributes_{mode}" in r and f"attributes_{base}" in r]
+        gains = [_likeness(r[f"attributes_{mode}"]) - _likeness(r[f"attributes_{base}"]) for r in both]
+        out[f"{mode}_vs_{base}"] = mean_ci(gains)
     return out
 
 
@@ -588,6 +604,12 @@ def table(s: dict[str, Any]) -> str:
             "attribute classifier, equals the reference identity's true one.",
             "",
             *attribute_table(s),
+            "",
+            "- mean of the five, paired differences (percentage points): "
+            + "; ".join(
+                f"{LABELS.get(m, m)} - {b} {_pct(s['likeness_gains'][f'{m}_vs_{b}'])}"
+                for m, b in LIKENESS_PAIRS
+            ),
         ]
     return "\n".join(lines)
 
