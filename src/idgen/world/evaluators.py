@@ -1,4 +1,5 @@
-"""Evaluator models of the demo world: a tiny CLIP, a face recogniser and a face segmenter.
+"""Evaluator models of the demo world: a tiny CLIP, a face recogniser, a face segmenter and an attribute
+classifier.
 
 They stand in for CLIP ViT-L/14 (CLIP-T, CLIP-I, scene classification), antelopev2 (FaceSim) and the face
 detector (face regions) when the harness runs offline on the demo world. They are independent of the
@@ -11,12 +12,17 @@ generator: their own seeds, their own architectures, trained only on rendered im
   an ArcFace margin over the 1,000 training identities.
 - `FaceSegmenter`: a small U-Net, 64x64 image -> 64x64 face logits, trained with BCE + Dice on the
   renderer's exact face masks, plus face-free images (scene backgrounds and studio backdrops).
+- `AttributeClassifier`: a small CNN on a wider square face crop (40x40, hair and glasses in), one head per
+  identity attribute of `render.ATTRIBUTES`, trained with cross-entropy on the renderer's ground truth of the
+  training identities. It reads the likeness a person would name (hair colour, hairstyle, skin tone, glasses,
+  facial hair); brows and nose are a pixel or two at 64 px and stay near chance.
 
 Images everywhere are float tensors (B, 3, 64, 64) in [0, 1]; boxes are (left, top, right, bottom) pixels,
-right/bottom exclusive, like `Render.face_box`. `train_evaluators` trains all three (resumable, through
+right/bottom exclusive, like `Render.face_box`. `train_evaluators` trains all four (resumable, through
 `idgen.training.Trainer`) with augmentation (blur, down/up-sampling, noise, colour jitter, +-2 px shifts) so
 they hold up on a small diffusion model's blurrier images, and returns validation numbers measured on the
-100 held-out test identities.
+100 held-out test identities. The attribute classifier trains last, from its own seed in a forked RNG, so the
+other three come out exactly as they did before it existed.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ from idgen.world.captions import (
     pick,
 )
 from idgen.world.render import (
+    ATTRIBUTES,
     BACKGROUNDS,
     CLOTHING_NAMES,
     FRAMINGS,
@@ -74,7 +81,7 @@ if TYPE_CHECKING:
     from transformers import CLIPModel, PreTrainedTokenizerFast
 
 ASSETS_DIR = Path(__file__).parent / "assets" / "evaluators"
-CLIP_DIR, FACE_DIR, SEGMENTER_DIR = "clip", "face", "segmenter"
+CLIP_DIR, FACE_DIR, SEGMENTER_DIR, ATTRIBUTES_DIR = "clip", "face", "segmenter", "attributes"
 WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 
 # The zero-shot scene prompts: "a photo of a person" + the canonical phrase of each scene.
@@ -484,6 +491,72 @@ class FaceSegmenter(_Saved):
         return masks, largest_region_boxes(masks, self.config.min_pixels)
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Attribute classifier.
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AttributeClassifierConfig:
+    # One head per identity attribute, in render.ATTRIBUTES order, with its number of options.
+    attributes: tuple[str, ...] = tuple(ATTRIBUTES)
+    options: tuple[int, ...] = tuple(len(v) for v in ATTRIBUTES.values())
+    channels: tuple[int, ...] = (16, 32, 64, 96)
+    hidden: int = 128
+    crop_size: int = 40
+    margin: float = 0.4  # wider than the recogniser's: hair, ears and glasses frames lie around the face box
+    mean: float = 0.5
+    std: float = 0.25
+
+
+class AttributeClassifier(_Saved):
+    """Small CNN on a wide square face crop (40x40) -> 4 stages (40, 20, 10, 5 px) -> 128-d -> one logit
+    vector per identity attribute (`render.ATTRIBUTES`): what a person would name when judging a likeness."""
+
+    model_type, what, config_class, folder_name = (
+        "idgen-world-attribute-classifier",
+        "attribute classifier",
+        AttributeClassifierConfig,
+        ATTRIBUTES_DIR,
+    )
+
+    def __init__(self, config: AttributeClassifierConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or AttributeClassifierConfig()
+        if len(c.attributes) != len(c.options):
+            raise CheckpointError(
+                f"attribute classifier: {len(c.attributes)} attributes, {len(c.options)} sizes"
+            )
+        ch = c.channels
+        self.stem = _conv_bn(3, ch[0])
+        self.stages = nn.Sequential(*[_Block(ch[i - 1], ch[i], 2) for i in range(1, len(ch))])
+        side = c.crop_size // 2 ** (len(ch) - 1)
+        # Flatten, not pooling: where a colour sits (above the face: hair; around the eyes: glasses) matters.
+        self.trunk = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.1), nn.Linear(ch[-1] * side * side, c.hidden), nn.ReLU(inplace=True)
+        )
+        self.heads = nn.ModuleDict(
+            {a: nn.Linear(c.hidden, n) for a, n in zip(c.attributes, c.options, strict=True)}
+        )
+
+    def forward(self, crops: Tensor) -> dict[str, Tensor]:
+        """Logits (B, options) per attribute of face crops (B, 3, crop, crop) in [0, 1]."""
+        x = (crops - self.config.mean) / self.config.std
+        features = self.trunk(self.stages(self.stem(x)))
+        return {name: head(features) for name, head in self.heads.items()}
+
+    def crops(self, images: Tensor, boxes: Tensor) -> Tensor:
+        return crop_faces(images, boxes, self.config.crop_size, self.config.margin)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor, boxes: Tensor | list[tuple[int, int, int, int]]) -> dict[str, Tensor]:
+        """The most likely option (LongTensor (B,), an index into `render.ATTRIBUTES[name]`) per attribute,
+        of the faces in `boxes` (one box per image)."""
+        boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if boxes_t.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {boxes_t.shape[0]} boxes")
+        logits = self(self.crops(_as_batch(images), boxes_t))
+        return {name: v.argmax(dim=-1) for name, v in logits.items()}
+
+
 def largest_region_boxes(masks: Tensor, min_pixels: int = 1) -> list[tuple[int, int, int, int] | None]:
     """Bounding box (l, t, r, b; exclusive) of the largest 8-connected region of each (H, W) bool mask;
     None where the largest region has fewer than `min_pixels` pixels."""
@@ -689,6 +762,9 @@ class Plan:
     segmenter: TrainConfig = field(
         default_factory=lambda: TrainConfig(steps=800, lr=3e-3, batch_size=24, warmup=20, weight_decay=1e-4)
     )
+    attributes: TrainConfig = field(
+        default_factory=lambda: TrainConfig(steps=1000, lr=4e-3, batch_size=64, warmup=25, weight_decay=5e-4)
+    )
 
 
 FULL_PLAN = Plan()
@@ -701,9 +777,11 @@ QUICK_PLAN = Plan(
     clip=TrainConfig(steps=3, batch_size=8, log_every=1),
     face=TrainConfig(steps=3, batch_size=8, log_every=1),
     segmenter=TrainConfig(steps=3, batch_size=4, log_every=1),
+    attributes=TrainConfig(steps=3, batch_size=8, log_every=1),
 )
 # Seeds of this module's runs (the generator's models use others).
 POOL_SEED, CLIP_SEED, FACE_SEED, SEGMENTER_SEED = 0xE7A1, 7101, 7202, 7303
+ATTRIBUTE_SEED = 7404
 
 
 def _with_seed(config: TrainConfig, seed: int) -> TrainConfig:
@@ -798,6 +876,46 @@ def train_segmenter(pool: Pool, config: TrainConfig, folder: Path, progress: boo
     Trainer("evaluator segmenter", {"segmenter": model}, model.parameters(), config, folder).fit(
         step, progress
     )
+    return model.eval()
+
+
+def attribute_labels(test: bool = False) -> Tensor:
+    """(N, 11) renderer ground truth: row i holds the option indices of train (or test) identity i, in
+    `render.ATTRIBUTES` order."""
+    people = test_identities() if test else train_identities()
+    return torch.tensor([p.as_tuple() for p in people])
+
+
+def attribute_loss(logits: dict[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy over the heads, and each head's accuracy (n_heads,); labels (B, n_heads)."""
+    losses = [F.cross_entropy(v, labels[:, k]) for k, v in enumerate(logits.values())]
+    hits = [(v.argmax(1) == labels[:, k]).float().mean() for k, v in enumerate(logits.values())]
+    return torch.stack(losses).mean(), torch.stack(hits)
+
+
+def train_attributes(
+    pool: Pool, config: TrainConfig, folder: Path, progress: bool = True
+) -> AttributeClassifier:
+    """Cross-entropy per attribute on wide crops of augmented renders around jittered face boxes, labels
+    from the renderer. Its own seed, in a forked RNG: training it leaves no trace on the other evaluators."""
+    labels = attribute_labels(test=False)
+    people = pool.identity >= 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = AttributeClassifier()
+
+        def step(_step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+            batch = _sample(pool, config.batch_size, g, people)
+            images, _, boxes = augment(to_tensor(batch.images), g, boxes=torch.as_tensor(batch.boxes))
+            assert boxes is not None
+            # The harness crops around the segmenter's boxes: up to 8% jitter per side, as for the recogniser.
+            size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+            boxes = boxes + 0.08 * size * (2 * torch.rand(boxes.shape, generator=g) - 1)
+            loss, hits = attribute_loss(model(model.crops(images, boxes)), labels[batch.identity])
+            return loss, {"acc": float(hits.mean())}
+
+        name = "evaluator attributes"
+        Trainer(name, {"attributes": model}, model.parameters(), config, folder).fit(step, progress)
     return model.eval()
 
 
@@ -908,6 +1026,39 @@ def validate(clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, po
     return out
 
 
+def attribute_hits(
+    classifier: AttributeClassifier, images: Tensor, boxes: Tensor | list, labels: Tensor
+) -> dict[str, Tensor]:
+    """Per attribute, bool (B,): the classified option equals `labels` (B, n_heads), in batches of 256."""
+    preds = [classifier.predict(images[i : i + 256], boxes[i : i + 256]) for i in range(0, len(images), 256)]
+    return {
+        name: torch.cat([p[name] for p in preds]) == labels[:, k]
+        for k, name in enumerate(classifier.config.attributes)
+    }
+
+
+@torch.no_grad()
+def validate_attributes(
+    classifier: AttributeClassifier, segmenter: FaceSegmenter, pool: Pool
+) -> dict[str, float]:
+    """Per-attribute accuracy on the augmented renders of `pool` (test split), around exact face boxes and
+    around the segmenter's (the harness path; exact ones where it finds none), and chance (1 / options)."""
+    g = torch.Generator().manual_seed(54321)
+    people = np.flatnonzero(pool.identity >= 0)
+    images, _, boxes = augment(to_tensor(pool.images[people]), g, boxes=torch.as_tensor(pool.boxes[people]))
+    assert boxes is not None
+    found = _batched(segmenter.face_boxes, images)
+    seg_boxes = torch.stack([torch.tensor(b) if b else boxes[i] for i, b in enumerate(found)]).float()
+    labels = attribute_labels(test=True)[pool.identity[people]]
+    out: dict[str, float] = {}
+    for kind, bx in (("gt_box", boxes), ("seg_box", seg_boxes)):
+        hits = attribute_hits(classifier, images, bx, labels)
+        out.update({f"attribute_{name}_accuracy_{kind}": float(h.float().mean()) for name, h in hits.items()})
+    for name, n in zip(classifier.config.attributes, classifier.config.options, strict=True):
+        out[f"attribute_{name}_chance"] = 1 / n
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Entry point.
 # ---------------------------------------------------------------------------------------------------------
@@ -988,9 +1139,51 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def _attribute_stage(
+    plan: Plan, pools: tuple[Pool, Pool], run_dir: Path, assets_dir: Path, progress: bool
+) -> dict:
+    """Train the attribute classifier (after the other evaluators, from its own seed), write it to
+    `assets_dir`/attributes and validate what was written, with the segmenter in `assets_dir`."""
+    config = _with_seed(plan.attributes, ATTRIBUTE_SEED)
+    model = train_attributes(pools[0], config, run_dir / ATTRIBUTES_DIR, progress)
+    model.save_pretrained(assets_dir / ATTRIBUTES_DIR)
+    return validate_attributes(
+        AttributeClassifier.from_pretrained(assets_dir / ATTRIBUTES_DIR),
+        FaceSegmenter.from_pretrained(assets_dir / SEGMENTER_DIR),
+        pools[1],
+    )
+
+
+def train_attribute_evaluator(
+    work_dir: Path, assets_dir: Path, quick: bool = False, progress: bool = True
+) -> dict:
+    """The attribute classifier alone (the last part of `train_evaluators`, same pools, seed and result),
+    beside evaluators already in `assets_dir`: its numbers are merged into validation.json, others kept."""
+    plan = QUICK_PLAN if quick else FULL_PLAN
+    run_dir, assets_dir = Path(work_dir) / ("quick" if quick else "full"), Path(assets_dir)
+    if not (assets_dir / SEGMENTER_DIR / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"no evaluator segmenter in {assets_dir / SEGMENTER_DIR}: train the evaluators first"
+        )
+    with _one_thread():
+        timings: dict[str, float] = {}
+        clock = _Clock(timings)
+        pools = _pools(plan, run_dir)
+        clock("render")
+        metrics = _attribute_stage(plan, pools, run_dir, assets_dir, progress)
+        clock("attributes")
+    path = assets_dir / "validation.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.update({**metrics, "wall_seconds_attributes": timings["wall_seconds_attributes"],
+                   "cpu_seconds_attributes": timings["cpu_seconds_attributes"]})  # fmt: skip
+    atomic_write_text(path, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
 def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, progress: bool = True) -> dict:
-    """Train the three evaluators (resumable: checkpoints under `work_dir`), write them to `assets_dir`
-    (clip/, face/, segmenter/, validation.json) and return the validation numbers and timings.
+    """Train the evaluators (resumable: checkpoints under `work_dir`), write them to `assets_dir`
+    (clip/, face/, segmenter/, attributes/, validation.json) and return the validation numbers and timings.
+    The attribute classifier trains last, from its own seed, so the other three are as they were without it.
 
     quick: a few steps on a few renders, same code path (CI smoke run, seconds)."""
     plan = QUICK_PLAN if quick else FULL_PLAN
@@ -1013,6 +1206,8 @@ def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, prog
         clock("export")
         metrics = _validate_exported(assets_dir, val_pool)
         clock("validate")
+        metrics.update(_attribute_stage(plan, (pool, val_pool), run_dir, assets_dir, progress))
+        clock("attributes")
         result = {**metrics, **timings, "quick": quick}
         atomic_write_text(assets_dir / "validation.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
         return result

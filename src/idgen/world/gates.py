@@ -14,7 +14,11 @@ independent evaluator models:
   for the prompt's framing and position (`render.person_region`: hair, neck, clothes excluded) and
   outside both images' face masks; the measure before it, outside the face masks only, is kept as
   `contamination_outside_face`. Both are also reported per reference backdrop colour;
-- CLIP-T: evaluator CLIP text-image cosine.
+- CLIP-T: evaluator CLIP text-image cosine;
+- attribute transfer: of the images with a face, the share whose identity attributes, read by the evaluator
+  attribute classifier, equal the reference identity's true ones (renderer ground truth), per attribute;
+  `none` is the chance-like baseline, and the classifier on the renderer's own image of each pair (`rendered`)
+  is the ceiling any mode can reach on this measure.
 
 `spatial` is SpatialID as the demo world runs it: the refiner scaled to its 8x8 token grid and the early
 prior anchored on the attention's peak. Two ablations show what each change does: `spatial_centred`
@@ -51,8 +55,10 @@ from idgen.world.backgrounds import BACKDROP_NAMES
 from idgen.world.bundle import quiet_prompt_truncation
 from idgen.world.captions import Prompt, test_prompts, validation_prompts
 from idgen.world.render import (
+    ATTRIBUTES,
     Identity,
     person_region,
+    render,
     render_reference,
     test_identities,
     validation_identities,
@@ -64,7 +70,18 @@ UNIFORM_W2, SPATIAL_W2 = "uniform_w2", "spatial_w2"
 ROWS = (NONE, UNIFORM, SPATIAL, "spatial_centred", "spatial_paper", UNIFORM_W2, SPATIAL_W2)
 SPATIAL_ROWS = (SPATIAL, "spatial_centred", "spatial_paper")  # each against uniform at the same weight
 ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weight 1
+# The attribute table's extra row: the classifier on the renderer's own image of each pair (a perfect
+# likeness), the ceiling of every mode's transfer. The five attributes a person names first when judging a
+# likeness, summarised together as "transferred".
+RENDERED = "rendered"
+ATTRIBUTE_ROWS = (RENDERED, *ROWS)
+LIKENESS = ("hair_colour", "hair_style", "skin_tone", "glasses", "facial_hair")
+# Coarser reads of two of them, as a person judges at a glance: glasses worn or not (whatever their shape),
+# and the skin tone within one step of the 8 (a lightness); with their chance for uniform guesses.
+COARSE = {"glasses_worn": 5 / 9, "skin_tone_within_one": 22 / 64}
+_GLASSES, _SKIN = list(ATTRIBUTES).index("glasses"), list(ATTRIBUTES).index("skin_tone")
 LABELS = {
+    RENDERED: "rendered identity (the classifier's ceiling)",
     "spatial_centred": "spatial, centred prior",
     "spatial_paper": "spatial, centred prior and the authors' refiner",
     UNIFORM_W2: "uniform, id weight 2",
@@ -155,11 +172,13 @@ class Evaluators:
     ref_embeds: Tensor  # (N, D) reference face embeddings
     backdrops: Tensor  # (N, 3) reference backdrop colours in [0, 1]
     backdrop_names: list[str]  # (N,) their names (render.BACKDROP_NAMES)
+    attributes: Any = None  # the attribute classifier
+    truth: Tensor | None = None  # (N, 11) the references' true attributes, render.ATTRIBUTES order
 
 
 def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
     """Evaluators with the split's reference faces and backdrops, and the references' identity features."""
-    from idgen.world.evaluators import FaceRecognizer, FaceSegmenter, WorldCLIP
+    from idgen.world.evaluators import AttributeClassifier, FaceRecognizer, FaceSegmenter, WorldCLIP
 
     clip, recognizer, segmenter = (
         WorldCLIP.from_pretrained(),
@@ -176,7 +195,18 @@ def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
         ref_images, torch.tensor([r.face_box for r in photos], dtype=torch.float32)
     )
     names = [str(r.backdrop) for r in photos]
-    return Evaluators(clip, recognizer, segmenter, ref_embeds, backdrops, names), ref_features
+    truth = torch.tensor([p.as_tuple() for p in people])
+    evaluators = Evaluators(
+        clip,
+        recognizer,
+        segmenter,
+        ref_embeds,
+        backdrops,
+        names,
+        AttributeClassifier.from_pretrained(),
+        truth,
+    )
+    return evaluators, ref_features
 
 
 def policies(pipe: Any) -> dict[str, Any]:
@@ -211,17 +241,69 @@ def _generate_modes(pipe: Any, chunk: list[Pair], feats: Any, policies: dict[str
     return images
 
 
-def _observe(ev: Evaluators, images: Tensor) -> tuple[Any, Tensor, dict[int, Tensor]]:
-    """One segmenter pass, one CLIP pass and one recogniser pass: face masks, image embeddings, and the
-    face embedding of each image with a face (by index)."""
+def _observe(ev: Evaluators, images: Tensor) -> tuple[Any, Tensor, dict[int, Tensor], dict[int, Tensor]]:
+    """One segmenter pass, one CLIP pass, one recogniser pass and one attribute pass: face masks, image
+    embeddings, and the face embedding and classified attributes of each image with a face (by index)."""
     masks, boxes = ev.segmenter.detect(images)
     image_embeds = ev.clip.image_embeds(images)
     found = [(j, box) for j, box in enumerate(boxes) if box is not None]
     if not found:
-        return masks, image_embeds, {}
+        return masks, image_embeds, {}, {}
     index = [j for j, _ in found]
     embeds = ev.recognizer.embed(images[index], [box for _, box in found])
-    return masks, image_embeds, dict(zip(index, embeds, strict=True))
+    return masks, image_embeds, dict(zip(index, embeds, strict=True)), _classify(ev, images[index], found)
+
+
+def _classify(ev: Evaluators, images: Tensor, found: list[tuple[int, Any]]) -> dict[int, Tensor]:
+    """The classified option of every attribute (render.ATTRIBUTES order) per found face, by image index."""
+    if ev.attributes is None:
+        return {}
+    pred = ev.attributes.predict(images, [box for _, box in found])
+    stacked = torch.stack([pred[name] for name in ATTRIBUTES], dim=1)  # (F, 11)
+    return {j: stacked[k] for k, (j, _) in enumerate(found)}
+
+
+def _rendered(ev: Evaluators, chunk: list[Pair], people: list[Identity]) -> dict[int, Tensor]:
+    """The attribute classifier on the renderer's own image of each pair (its identity in its prompt's scene,
+    its seed): what the classifier reads when the likeness is perfect."""
+    images = torch.stack(
+        [torch.from_numpy(render(people[p.identity], p.prompt.scene, seed=p.seed).image) for p in chunk]
+    )
+    images = images.permute(0, 3, 1, 2).float() / 255
+    found = [(j, box) for j, box in enumerate(ev.segmenter.face_boxes(images)) if box is not None]
+    return _classify(ev, images[[j for j, _ in found]], found) if found else {}
+
+
+def _attribute_pass(
+    ev: Evaluators, chunk: list[Pair], classified: dict[str, dict[int, Tensor]], people: list[Identity] | None
+) -> list[dict[str, Any]]:
+    """`_attribute_hits` of every mode, and of the rendered identity when `people` are given."""
+    if ev.attributes is None:
+        return [{} for _ in chunk]
+    if people is not None:
+        classified = {RENDERED: _rendered(ev, chunk, people), **classified}
+    return _attribute_hits(ev, chunk, classified)
+
+
+def _attribute_hits(
+    ev: Evaluators, chunk: list[Pair], classified: dict[str, dict[int, Tensor]]
+) -> list[dict]:
+    """Per pair, per mode with a face: {attribute: classified option == the reference's true option}."""
+    assert ev.truth is not None
+    rows: list[dict[str, Any]] = [{} for _ in chunk]
+    for mode, by_image in classified.items():
+        for j, options in by_image.items():
+            rows[j][f"attributes_{mode}"] = attribute_hits(options, ev.truth[chunk[j].identity])
+    return rows
+
+
+def attribute_hits(options: Tensor, truth: Tensor) -> dict[str, bool]:
+    """Classified options (11,) against the true ones (11,), both in render.ATTRIBUTES order: a hit per
+    attribute, and the `COARSE` reads."""
+    hits = {name: bool(h) for name, h in zip(ATTRIBUTES, options == truth, strict=True)}
+    hits["glasses_worn"] = bool((options[_GLASSES] > 0) == (truth[_GLASSES] > 0))  # option 0: "none"
+    hits["skin_tone_within_one"] = bool((options[_SKIN] - truth[_SKIN]).abs() <= 1)
+    return hits
 
 
 def _contamination(
@@ -244,8 +326,11 @@ def _contamination(
     return out
 
 
-def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[dict[str, Any]]:
+def _rows(
+    ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor], people: list[Identity] | None = None
+) -> list[dict[str, Any]]:
     seen = {m: _observe(ev, images[m]) for m in ROWS}
+    hits = _attribute_pass(ev, chunk, {m: seen[m][3] for m in ROWS}, people)
     scene_pred = ev.clip.classify_scene(images[NONE])
     text = ev.clip.text_embeds([p.prompt.text for p in chunk])
     rows = []
@@ -254,12 +339,13 @@ def _rows(ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor]) -> list[
         row["backdrop"] = ev.backdrop_names[pair.identity]
         row["scene_correct"] = bool(scene_pred[j] == pair.prompt.scene.background)
         for mode in ROWS:
-            _, image_embeds, face_embeds = seen[mode]
+            _, image_embeds, face_embeds, _ = seen[mode]
             row[f"clip_t_{mode}"] = float(image_embeds[j] @ text[j])
             row[f"face_{mode}"] = j in face_embeds
             if j in face_embeds:
                 row[f"facesim_{mode}"] = float(face_embeds[j] @ ev.ref_embeds[pair.identity])
         row.update(_contamination(ev, pair, j, images, {m: seen[m][0] for m in ROWS}))
+        row.update(hits[j])
         rows.append(row)
     return rows
 
@@ -279,11 +365,11 @@ def run(
     pipe = load_world(device, assets or ASSETS)
     evaluators, ref_features = references(pipe, split)
     modes = policies(pipe)
-    todo = pairs(per_identity, split)
+    todo, people = pairs(per_identity, split), split_people(split)
     rows: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(todo), batch), desc="gates"):
         chunk = todo[start : start + batch]
-        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, modes))
+        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, modes), people)
     return {"split": split, **summarise(rows)}
 
 
@@ -339,7 +425,61 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     face_px = sum(r["face_px_none"] for r in rows)
     outside = sum(r["face_px_outside_person_region"] for r in rows)
     out["face_px_outside_person_region"] = outside / max(face_px, 1)
+    if any(key.startswith("attributes_") for r in rows for key in r):
+        out["attribute_transfer"] = attribute_transfer(rows)
+        out["likeness_gains"] = likeness_gains(rows)
     return out
+
+
+# (mode, against): paired differences of the mean-of-five likeness share.
+LIKENESS_PAIRS = ((UNIFORM, NONE), (SPATIAL, NONE), (UNIFORM_W2, UNIFORM), (SPATIAL_W2, SPATIAL))
+
+
+def likeness_gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per `LIKENESS_PAIRS`, the paired mean difference (95% CI) of the share of the five likeness attributes
+    transferred, over the pairs where both images have a face: what identity, or id weight 2, adds."""
+    out = {}
+    for mode, base in LIKENESS_PAIRS:
+        both = [r for r in rows if f"attributes_{mode}" in r and f"attributes_{base}" in r]
+        gains = [_likeness(r[f"attributes_{mode}"]) - _likeness(r[f"attributes_{base}"]) for r in both]
+        out[f"{mode}_vs_{base}"] = mean_ci(gains)
+    return out
+
+
+def _likeness(hits: dict[str, bool]) -> float:
+    return sum(hits[name] for name in LIKENESS) / len(LIKENESS)
+
+
+def attribute_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per mode (and the rendered identity): of the images with a face, the share whose classified attribute
+    equals the reference identity's true one (renderer ground truth), per attribute, with a 95% CI;
+    `transferred`: the mean share over the five `LIKENESS` attributes; `faces`: images scored;
+    `identities_at_chance`: identities whose own `transferred` is no higher than `none`'s mean."""
+    out: dict[str, dict[str, Any]] = {}
+    for mode in ATTRIBUTE_ROWS:
+        scored = [r[f"attributes_{mode}"] for r in rows if f"attributes_{mode}" in r]
+        if not scored:
+            continue
+        group: dict[str, Any] = {n: mean_ci([float(h[n]) for h in scored]) for n in (*ATTRIBUTES, *COARSE)}
+        group["transferred"] = mean_ci([_likeness(h) for h in scored])
+        group["faces"] = len(scored)
+        out[mode] = group
+    if NONE in out:
+        for mode, group in out.items():
+            group.update(_identities_at_chance(rows, mode, out[NONE]["transferred"][0]))
+    return out
+
+
+def _identities_at_chance(rows: list[dict[str, Any]], mode: str, chance: float) -> dict[str, int]:
+    """Identities scored under `mode`, and those whose mean likeness share there is <= `chance`."""
+    people: dict[int, list[float]] = {}
+    for r in rows:
+        if f"attributes_{mode}" in r:
+            people.setdefault(r["identity"], []).append(_likeness(r[f"attributes_{mode}"]))
+    return {
+        "identities": len(people),
+        "identities_at_chance": sum(sum(v) / len(v) <= chance for v in people.values()),
+    }
 
 
 BACKDROP_ROWS = (UNIFORM, SPATIAL, UNIFORM_W2, SPATIAL_W2)
@@ -395,6 +535,39 @@ def backdrop_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+_OTHER_ATTRIBUTES = tuple(name for name in ATTRIBUTES if name not in LIKENESS)
+_HEADS = {
+    "transferred": "mean of the five",
+    "glasses_worn": "glasses worn",
+    "skin_tone_within_one": "skin tone ±1",
+}
+
+
+def _pct(v: tuple[float, ...] | list[float]) -> str:
+    return f"{v[0] * 100:.1f} ± {v[1] * 100:.1f}" if math.isfinite(v[1]) else f"{v[0] * 100:.1f}"
+
+
+def attribute_table(s: dict[str, Any]) -> list[str]:
+    """Attribute transfer per mode (%, 95% CI): the five likeness attributes, their mean, the coarse reads,
+    the other attributes, identities at chance; a chance row (uniform guesses) and the rendered identity's row
+    first."""
+    names = [*LIKENESS, "transferred", *COARSE, *_OTHER_ATTRIBUTES]
+    head = [_HEADS.get(n, n.replace("_", " ")) for n in names]
+    lines = [
+        "| mode | " + " | ".join(head) + " | identities at chance | faces |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
+    chance = {n: [1 / len(ATTRIBUTES[n]), math.nan] for n in ATTRIBUTES}
+    chance["transferred"] = [sum(1 / len(ATTRIBUTES[n]) for n in LIKENESS) / len(LIKENESS), math.nan]
+    chance.update({n: [v, math.nan] for n, v in COARSE.items()})
+    lines.append("| chance (uniform guesses) | " + " | ".join(_pct(chance[n]) for n in names) + " | – | – |")
+    for mode, g in s["attribute_transfer"].items():
+        cells = " | ".join(_pct(g[n]) for n in names)
+        at_chance = f"{g['identities_at_chance']} of {g['identities']}" if "identities" in g else "–"
+        lines.append(f"| {LABELS.get(mode, mode)} | {cells} | {at_chance} | {g['faces']} |")
+    return lines
+
+
 def table(s: dict[str, Any]) -> str:
     acc = s["scene_accuracy_none"]
     lines = [
@@ -424,6 +597,20 @@ def table(s: dict[str, Any]) -> str:
         "",
         *backdrop_table(s),
     ]
+    if "attribute_transfer" in s:
+        lines += [
+            "",
+            "Attribute transfer: the share (%) of generated faces whose attribute, read by the evaluator "
+            "attribute classifier, equals the reference identity's true one.",
+            "",
+            *attribute_table(s),
+            "",
+            "- mean of the five, paired differences (percentage points): "
+            + "; ".join(
+                f"{LABELS.get(m, m)} - {b} {_pct(s['likeness_gains'][f'{m}_vs_{b}'])}"
+                for m, b in LIKENESS_PAIRS
+            ),
+        ]
     return "\n".join(lines)
 
 
