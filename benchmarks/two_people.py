@@ -9,8 +9,8 @@
   x `--seeds` seeds:
   - both present: the evaluator segmenter finds a face region (>= its `min_pixels`) inside each side's
     `two_people_region`;
-  - clothing: per side, the median colour of the pixels that are clothes in >= 90% of that side's renders
-    (`clothes_core`), nearest to which clothing colour under the prompt's lighting tint;
+  - clothing: per side, the clothing colour the multi-identity gates read (`multi_gates.clothing_colours`:
+    the nearest, under the prompt's lighting tint, to the median colour of that side's clothes pixels);
   - scene: the evaluator CLIP's scene class.
   The same measures on the renderer's own images of the prompts' scenes (`--truth`) show what they read
   when the picture is exactly right.
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,42 +28,14 @@ import torch
 from torch import Tensor
 
 from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
+from idgen.world.multi_gates import clothing_colours
 from idgen.world.render import (
-    CLOTHES,
-    CLOTHING_COLOURS,
-    CLOTHING_NAMES,
-    LIGHTING_NAMES,
-    LIGHTINGS,
-    PERSON_REGION_IDENTITIES,
-    TwoPeopleScene,
     render_two_people,
     test_identities,
-    train_identities,
     two_people_region,
 )
 
 SEED_BASE = 7_000_000
-
-
-@cache
-def clothes_core(side: int) -> np.ndarray:
-    """(64, 64) bool: pixels that are clothes of the person on `side` in >= 90% of two-person renders."""
-    ids = train_identities()[:PERSON_REGION_IDENTITIES]
-    count = np.zeros((64, 64))
-    for k, identity in enumerate(ids):
-        other = ids[(k + 1) % len(ids)]
-        pair = (identity, other) if side == 0 else (other, identity)
-        r = render_two_people(*pair, TwoPeopleScene(), seed=k)
-        count += (r.labels == CLOTHES) & (r.person_index == side + 1)
-    return count >= 0.9 * len(ids)
-
-
-def nearest_clothing(image: np.ndarray, side: int, lighting: int) -> int:
-    """Clothing colour index nearest to the median colour of `clothes_core(side)`; image (64, 64, 3) 0-255."""
-    median = np.median(image[clothes_core(side)].astype(np.float64), axis=0)
-    tint = np.asarray(LIGHTINGS[LIGHTING_NAMES[lighting]])
-    palette = np.asarray([CLOTHING_COLOURS[c] for c in CLOTHING_NAMES], np.float64) * tint
-    return int(np.argmin(((palette - median) ** 2).sum(axis=1)))
 
 
 def two_people_rows(images: Tensor, prompts: list[TwoPeoplePrompt], clip: Any, segmenter: Any) -> list[dict]:
@@ -72,7 +43,7 @@ def two_people_rows(images: Tensor, prompts: list[TwoPeoplePrompt], clip: Any, s
 
     masks, _ = segmenter.detect(images)
     scenes = clip.classify_scene(images)
-    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round()
+    colours = clothing_colours(images, [prompt.scene.lighting for prompt in prompts])
     rows = []
     for j, prompt in enumerate(prompts):
         row: dict[str, Any] = {
@@ -83,8 +54,7 @@ def two_people_rows(images: Tensor, prompts: list[TwoPeoplePrompt], clip: Any, s
             region = torch.from_numpy(two_people_region(side).copy())
             box = largest_region_boxes((masks[j] & region)[None], segmenter.config.min_pixels)[0]
             row[f"face_{name}"] = box is not None
-            colour = nearest_clothing(pixels[j], side, prompt.scene.lighting)
-            row[f"clothing_{name}_correct"] = colour == prompt.scene.clothing[side]
+            row[f"clothing_{name}_correct"] = colours[j][side] == prompt.scene.clothing[side]
         rows.append(row)
     return rows
 
