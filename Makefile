@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-pulid demo test lint typecheck bench world-gates clean
+.PHONY: setup setup-pulid demo test lint typecheck bench world-gates world-multi-gates clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ demo: setup
 
 world-gates: setup
 	$(PY) -m idgen.world.gates --json docs/world-gates.json
+
+world-multi-gates: setup
+	$(PY) -m idgen.world.multi_gates --json docs/world-multi-gates.json
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest
