@@ -22,10 +22,10 @@ background/clothing *words* are all seen in training, only their combinations ar
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -211,14 +211,27 @@ def random_train_scene(rng: np.random.Generator) -> Scene:
             return scene
 
 
+_S = TypeVar("_S")
+
+
+def _captioned(
+    n: int,
+    rng: np.random.Generator,
+    draw: Callable[[np.random.Generator], _S],
+    describe: Callable[[_S, np.random.Generator], str],
+) -> list[tuple[_S, str]]:
+    """`n` scenes from `draw`, each followed by its caption from `describe`, both drawing from `rng`."""
+    out = []
+    for _ in range(n):
+        scene = draw(rng)
+        out.append((scene, describe(scene, rng)))
+    return out
+
+
 def train_captions(n: int, seed: int = 0) -> list[tuple[Scene, str]]:
     """`n` (scene, caption) pairs for training, deterministic in `seed`; never a held-out pair."""
     rng = np.random.default_rng([int(seed), 0xCA7])
-    out = []
-    for _ in range(n):
-        scene = random_train_scene(rng)
-        out.append((scene, caption(scene, rng)))
-    return out
+    return _captioned(n, rng, random_train_scene, caption)
 
 
 @dataclass(frozen=True)
@@ -371,11 +384,7 @@ def random_train_two_people_scene(rng: np.random.Generator) -> TwoPeopleScene:
 def two_people_train_captions(n: int, seed: int = 0) -> list[tuple[TwoPeopleScene, str]]:
     """`n` (two-person scene, caption) pairs for training, deterministic in `seed`; never a held-out pair."""
     rng = np.random.default_rng([int(seed), 0x2CA7])
-    out = []
-    for _ in range(n):
-        scene = random_train_two_people_scene(rng)
-        out.append((scene, two_people_caption(scene, rng)))
-    return out
+    return _captioned(n, rng, random_train_two_people_scene, two_people_caption)
 
 
 @dataclass(frozen=True)

@@ -363,7 +363,21 @@ def crop_faces(images: Tensor, boxes: Tensor, size: int, margin: float) -> Tenso
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-class FaceRecognizer(_Saved):
+class _FaceCropModel(_Saved):
+    """A model that reads square crops around face boxes (its config has crop_size and margin)."""
+
+    def crops(self, images: Tensor, boxes: Tensor) -> Tensor:
+        return crop_faces(images, boxes, self.config.crop_size, self.config.margin)
+
+    def boxed_crops(self, images: Tensor, boxes: Tensor | list[tuple[int, int, int, int]]) -> Tensor:
+        """Crops of (B, 3, H, W) `images` around one box (l, t, r, b) per image."""
+        boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+        if boxes_t.shape[0] != images.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {boxes_t.shape[0]} boxes")
+        return self.crops(images, boxes_t)
+
+
+class FaceRecognizer(_FaceCropModel):
     """ResNet-style face embedder: 32x32 crop -> 4 stages (32, 16, 8, 4 px) -> flatten -> 64-d."""
 
     model_type, what, config_class, folder_name = (
@@ -395,16 +409,10 @@ class FaceRecognizer(_Saved):
         x = (crops - self.config.mean) / self.config.std
         return self.head(self.stages(self.stem(x)))
 
-    def crops(self, images: Tensor, boxes: Tensor) -> Tensor:
-        return crop_faces(images, boxes, self.config.crop_size, self.config.margin)
-
     @torch.inference_mode()
     def embed(self, images: Tensor, boxes: Tensor | list[tuple[int, int, int, int]]) -> Tensor:
         """(B, 64) L2-normalised identity embeddings of the faces in `boxes` (one box per image)."""
-        boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        if boxes_t.shape[0] != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {boxes_t.shape[0]} boxes")
-        return F.normalize(self(self.crops(images, boxes_t)), dim=-1)
+        return F.normalize(self(self.boxed_crops(images, boxes)), dim=-1)
 
 
 class ArcFaceHead(nn.Module):
@@ -507,7 +515,7 @@ class AttributeClassifierConfig:
     std: float = 0.25
 
 
-class AttributeClassifier(_Saved):
+class AttributeClassifier(_FaceCropModel):
     """Small CNN on a wide square face crop (40x40) -> 4 stages (40, 20, 10, 5 px) -> 128-d -> one logit
     vector per identity attribute (`render.ATTRIBUTES`): what a person would name when judging a likeness."""
 
@@ -543,17 +551,11 @@ class AttributeClassifier(_Saved):
         features = self.trunk(self.stages(self.stem(x)))
         return {name: head(features) for name, head in self.heads.items()}
 
-    def crops(self, images: Tensor, boxes: Tensor) -> Tensor:
-        return crop_faces(images, boxes, self.config.crop_size, self.config.margin)
-
     @torch.inference_mode()
     def predict(self, images: Tensor, boxes: Tensor | list[tuple[int, int, int, int]]) -> dict[str, Tensor]:
         """The most likely option (LongTensor (B,), an index into `render.ATTRIBUTES[name]`) per attribute,
         of the faces in `boxes` (one box per image)."""
-        boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
-        if boxes_t.shape[0] != images.shape[0]:
-            raise ValueError(f"{images.shape[0]} images but {boxes_t.shape[0]} boxes")
-        logits = self(self.crops(_as_batch(images), boxes_t))
+        logits = self(self.boxed_crops(_as_batch(images), boxes))
         return {name: v.argmax(dim=-1) for name, v in logits.items()}
 
 

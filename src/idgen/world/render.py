@@ -159,6 +159,12 @@ def _check_index(kind: str, name: str, value: int, n: int) -> None:
         raise ValueError(f"{kind}.{name} must be an int in [0, {n}), got {value!r}")
 
 
+def _check_indices(owner: Any, **sizes: int) -> None:
+    """`_check_index` for each named field of `owner` against its number of options."""
+    for name, n in sizes.items():
+        _check_index(type(owner).__name__, name, getattr(owner, name), n)
+
+
 @dataclass(frozen=True)
 class Identity:
     """A person of the demo world: one index per attribute of `ATTRIBUTES` (same order as the fields)."""
@@ -296,15 +302,14 @@ class Scene:
     position: int = 1
 
     def __post_init__(self) -> None:
-        sizes = {
-            "background": len(BACKGROUNDS),
-            "clothing_colour": len(CLOTHING_NAMES),
-            "lighting": len(LIGHTING_NAMES),
-            "framing": len(FRAMINGS),
-            "position": len(POSITIONS),
-        }
-        for name, n in sizes.items():
-            _check_index("Scene", name, getattr(self, name), n)
+        _check_indices(
+            self,
+            background=len(BACKGROUNDS),
+            clothing_colour=len(CLOTHING_NAMES),
+            lighting=len(LIGHTING_NAMES),
+            framing=len(FRAMINGS),
+            position=len(POSITIONS),
+        )
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> Scene:
@@ -752,6 +757,38 @@ def _downsample(planar: np.ndarray) -> np.ndarray:
     return out.transpose(1, 2, 0).astype(np.float32) * np.float32(1.0 / (SS * SS))
 
 
+def _block_counts(lab: np.ndarray) -> np.ndarray:
+    """(SIZE * SIZE, labels) counts of each part label among a pixel's supersamples."""
+    return np.bincount(_BLOCK * _NL + lab.ravel(), minlength=SIZE * SIZE * _NL).reshape(SIZE * SIZE, _NL)
+
+
+def _pixel_labels(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(SIZE, SIZE) uint8 part labels and bool face mask of supersampled labels `lab`: a pixel is face when
+    at least half of its supersamples are; it then carries its most frequent face part, else its most
+    frequent non-face part."""
+    counts = _block_counts(lab)
+    face = counts[:, SKIN:].sum(axis=1) * 2 >= SS * SS
+    labels = np.where(face, counts[:, SKIN:].argmax(axis=1) + SKIN, counts[:, :SKIN].argmax(axis=1))
+    return labels.reshape(SIZE, SIZE).astype(np.uint8), face.reshape(SIZE, SIZE)
+
+
+def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a (SIZE, SIZE) bool mask, right/bottom exclusive; zeros when empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    return (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.size else (0, 0, 0, 0)
+
+
+def _grown(covered: np.ndarray) -> np.ndarray:
+    """`covered` (SIZE, SIZE) bool grown by one pixel in all 8 directions, read-only."""
+    padded = np.pad(covered, 1)
+    grown = np.zeros_like(covered)
+    for dy in range(3):
+        for dx in range(3):
+            grown |= padded[dy : dy + SIZE, dx : dx + SIZE]
+    grown.setflags(write=False)
+    return grown
+
+
 def _finish(
     rgb: np.ndarray,
     lab: np.ndarray,
@@ -762,22 +799,15 @@ def _finish(
     clothing_colour: int,
     backdrop: str | None,
 ) -> Render:
-    low = _downsample(rgb)
     t = np.asarray(tint, np.float32)
-    image = np.clip(np.rint(low * t), 0, 255).astype(np.uint8)
-    counts = np.bincount(_BLOCK * _NL + lab.ravel(), minlength=SIZE * SIZE * _NL).reshape(SIZE * SIZE, _NL)
-    face_counts = counts[:, SKIN:]
-    mask = face_counts.sum(axis=1) * 2 >= SS * SS  # coverage >= 0.5
-    labels = np.where(mask, face_counts.argmax(axis=1) + SKIN, counts[:, :SKIN].argmax(axis=1))
-    face_mask = mask.reshape(SIZE, SIZE)
-    rows, cols = np.flatnonzero(face_mask.any(axis=1)), np.flatnonzero(face_mask.any(axis=0))
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.size else (0, 0, 0, 0)
+    image = np.clip(np.rint(_downsample(rgb) * t), 0, 255).astype(np.uint8)
+    labels, face_mask = _pixel_labels(lab)
     bg_mean = tuple(float(c) for c in background_rgb * t)
     return Render(
         image=image,
         face_mask=face_mask,
-        labels=labels.reshape(SIZE, SIZE).astype(np.uint8),
-        face_box=box,
+        labels=labels,
+        face_box=_tight_box(face_mask),
         identity=identity,
         scene=scene,
         background_rgb=(bg_mean[0], bg_mean[1], bg_mean[2]),
@@ -1037,13 +1067,7 @@ def person_region(framing: int, position: int) -> np.ndarray:
     covered = np.zeros((SIZE, SIZE), dtype=bool)
     for k, identity in enumerate(train_identities()[:PERSON_REGION_IDENTITIES]):
         covered |= render(identity, scene, seed=k).labels != BACKGROUND
-    padded = np.pad(covered, 1)
-    grown = np.zeros_like(covered)
-    for dy in range(3):
-        for dx in range(3):
-            grown |= padded[dy : dy + SIZE, dx : dx + SIZE]
-    grown.setflags(write=False)
-    return grown
+    return _grown(covered)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1071,14 +1095,13 @@ class TwoPeopleScene:
     right_clothing: int = 1
 
     def __post_init__(self) -> None:
-        sizes = {
-            "background": len(BACKGROUNDS),
-            "lighting": len(LIGHTING_NAMES),
-            "left_clothing": len(CLOTHING_NAMES),
-            "right_clothing": len(CLOTHING_NAMES),
-        }
-        for name, n in sizes.items():
-            _check_index("TwoPeopleScene", name, getattr(self, name), n)
+        _check_indices(
+            self,
+            background=len(BACKGROUNDS),
+            lighting=len(LIGHTING_NAMES),
+            left_clothing=len(CLOTHING_NAMES),
+            right_clothing=len(CLOTHING_NAMES),
+        )
 
     @classmethod
     def random(cls, rng: np.random.Generator) -> TwoPeopleScene:
@@ -1143,19 +1166,6 @@ class TwoPeopleRender:
     background_rgb: tuple[float, float, float]
 
 
-def _block_counts(lab: np.ndarray) -> np.ndarray:
-    """(SIZE * SIZE, labels) counts of each part label among a pixel's supersamples."""
-    return np.bincount(_BLOCK * _NL + lab.ravel(), minlength=SIZE * SIZE * _NL).reshape(SIZE * SIZE, _NL)
-
-
-def _face_mask_and_box(lab: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    # The same rule as `_finish`: a pixel is face when at least half of its supersamples are face.
-    mask = (_block_counts(lab)[:, SKIN:].sum(axis=1) * 2 >= SS * SS).reshape(SIZE, SIZE)
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1) if rows.size else (0, 0, 0, 0)
-    return mask, box
-
-
 def two_people_layers(
     left: Identity, right: Identity, scene: TwoPeopleScene, seed: int = 0
 ) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -1181,26 +1191,20 @@ def render_two_people(
     rgb, (lab_left, lab_right), background_rgb = two_people_layers(left, right, scene, seed)
     t = np.asarray(LIGHTINGS[LIGHTING_NAMES[scene.lighting]], np.float32)
     image = np.clip(np.rint(_downsample(rgb) * t), 0, 255).astype(np.uint8)
-    lab = np.where(lab_right != BACKGROUND, lab_right, lab_left)
-    counts = _block_counts(lab)
-    face = counts[:, SKIN:].sum(axis=1) * 2 >= SS * SS
-    labels = np.where(face, counts[:, SKIN:].argmax(axis=1) + SKIN, counts[:, :SKIN].argmax(axis=1))
-    labels = labels.reshape(SIZE, SIZE).astype(np.uint8)
+    labels, _ = _pixel_labels(np.where(lab_right != BACKGROUND, lab_right, lab_left))
     # A pixel belongs to the person with more of its supersamples (the layout leaves no pixel shared).
     on_left = _block_counts(lab_left)[:, BACKGROUND] < _block_counts(lab_right)[:, BACKGROUND]
     person = np.where(on_left.reshape(SIZE, SIZE), 1, 2).astype(np.uint8)
     person[labels == BACKGROUND] = 0
-    (mask_left, box_left), (mask_right, box_right) = (
-        _face_mask_and_box(lab_left),
-        _face_mask_and_box(lab_right),
-    )
+    # Each person's face mask by the one-person rule, from that person's own labels.
+    mask_left, mask_right = _pixel_labels(lab_left)[1], _pixel_labels(lab_right)[1]
     bg_mean = tuple(float(c) for c in background_rgb * t)
     return TwoPeopleRender(
         image=image,
         labels=labels,
         person_index=person,
         face_masks=(mask_left, mask_right),
-        face_boxes=(box_left, box_right),
+        face_boxes=(_tight_box(mask_left), _tight_box(mask_right)),
         identities=(left, right),
         scene=scene,
         background_rgb=(bg_mean[0], bg_mean[1], bg_mean[2]),
@@ -1226,10 +1230,4 @@ def two_people_region(side: int) -> np.ndarray:
     jitter, grown by one pixel (as `person_region`). The two regions are disjoint."""
     _check_index("two_people_region", "side", side, len(SIDES))
     covered = _two_people_regions()[side]
-    padded = np.pad(covered, 1)
-    grown = np.zeros_like(covered)
-    for dy in range(3):
-        for dx in range(3):
-            grown |= padded[dy : dy + SIZE, dx : dx + SIZE]
-    grown.setflags(write=False)
-    return grown
+    return _grown(covered)
