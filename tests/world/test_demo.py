@@ -90,7 +90,7 @@ def test_world_train_stages(tmp_path, capsys):
     argv = ["world", "train", "--quick", "--work", str(tmp_path), "--stage", "base", "vae"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    stages = "identity, evaluators, base, adapter, wplus, pidiff, two-people"
+    stages = "identity, evaluators, base, wplus, pidiff, two-people, adapter"
     assert err == f"idgen: error: unknown stage 'vae' (stages: {stages})"
     assert not any(tmp_path.iterdir())
 

@@ -1,5 +1,5 @@
 """The two-people stage of `idgen world train`: fine-tunes a base FluxPipeline folder in place, grows its
-tokenizers and text encoders, resumes/skips, and is the last stage of the recipe."""
+tokenizers and text encoders, resumes/skips, and comes before the adapter, which trains on its result."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from idgen.errors import IdgenError
 from idgen.world import build
 
 
-def test_two_people_is_the_last_stage() -> None:
+def test_two_people_fine_tunes_the_base_before_the_adapter_trains_on_it() -> None:
     from idgen.cli.world import WORLD_STAGES
 
-    assert build.STAGES[-1] == "two-people" and WORLD_STAGES == build.STAGES
+    assert build.STAGES[-2:] == ("two-people", "adapter") and WORLD_STAGES == build.STAGES
 
 
 def test_the_stage_needs_a_base_model(tmp_path: Path) -> None:

@@ -111,6 +111,11 @@ class AdapterRecipe(NamedTuple):
         steps=2000, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
     id_loss_weight: float = 1.0
+    backdrop_share: float = 0.5  # pairs whose target scene takes the reference's backdrop colour ...
+    backdrop_blend: float = 0.5  # ... this far
+    face_loss_weight: float = 0.0  # extra diffusion-loss weight on the target's face tokens
+    data_seed: int = 2
+    init_seed: int = 14
 
 
 QUICK_ADAPTER = AdapterRecipe(
@@ -118,38 +123,43 @@ QUICK_ADAPTER = AdapterRecipe(
 )
 
 
-def train_adapter(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
-    """The PuLID adapter on the frozen base, reading the base and identity encoder from `assets`."""
+def train_adapter(
+    work: Path, assets: Path = ASSETS, quick: bool = False, recipe: AdapterRecipe | None = None
+) -> dict[str, Any]:
+    """The PuLID adapter on the frozen base, reading the base and identity encoder from `assets`, trained on
+    pairs of a scene render and a studio photo of the same person."""
     from diffusers import FluxPipeline
 
     from idgen.models.loading import save_pulid_adapter
     from idgen.models.pulid import PuLIDAdapter
     from idgen.world.identity import WorldIdentityEncoder
 
-    recipe = QUICK_ADAPTER if quick else AdapterRecipe()
+    recipe = recipe or (QUICK_ADAPTER if quick else AdapterRecipe())
     pipe = FluxPipeline.from_pretrained(assets / "flux")
     encoder = WorldIdentityEncoder.from_pretrained(assets / "identity")
 
-    def renders() -> dict[str, Any]:
-        data = gen.render_set(recipe.renders, seed=2)
-        t5, pooled = gen.encode_texts(pipe, data.captions)
-        latents = gen.encode_latents(pipe, data.images)
+    def pairs() -> dict[str, Any]:
+        data = gen.pair_set(recipe.renders, recipe.data_seed, recipe.backdrop_share, recipe.backdrop_blend)
+        t5, pooled = gen.encode_texts(pipe, data.targets.captions)
+        latents = gen.encode_latents(pipe, data.targets.images)
         return {
             "latents": latents,
             "t5": t5,
             "pooled": pooled,
-            "images": data.images,
-            "face_boxes": data.face_boxes,
+            "face_boxes": data.targets.face_boxes,
+            "references": data.references,
+            "reference_boxes": data.reference_boxes,
         }
 
-    data = gen.AdapterSet(**gen.cached(work / "adapter-data.pt", renders))
+    data = gen.AdapterSet(**gen.cached(work / "adapter-pairs.pt", pairs))
     config = gen.demo_pulid_config(pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(14)
+        torch.manual_seed(recipe.init_seed)
         adapter = PuLIDAdapter(config)
     report = gen.train_adapter(
-        pipe, adapter, encoder, data, recipe.train, work / "adapter-train", recipe.id_loss_weight
-    )
+        pipe, adapter, encoder, data, recipe.train, work / "adapter-train",
+        recipe.id_loss_weight, recipe.face_loss_weight,
+    )  # fmt: skip
     save_pulid_adapter(adapter.eval(), assets / "pulid")
     return report
 
@@ -194,9 +204,9 @@ def _two_people_data(pipe: Any, work: Path, recipe: TwoPeopleRecipe) -> list[gen
 def train_two_people(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
     """The base FLUX in `assets/flux` fine-tuned on two-person captions, half of every batch ordinary
     single-person renders (so single-person scenes keep their quality); the tokenizers gain the two-person
-    words and the frozen text encoders their embedding rows (old rows unchanged). The adapter and the W+
-    branch, trained on the single-person base, are not retrained. Skipped when `assets/flux` already has the
-    two-person vocabulary; resumes from its checkpoints after a kill."""
+    words and the frozen text encoders their embedding rows (old rows unchanged). The W+ branch, trained on
+    the single-person base, is not retrained; the adapter stage trains on this base afterwards. Skipped when
+    `assets/flux` already has the two-person vocabulary; resumes from its checkpoints after a kill."""
     flux = assets / "flux"
     if not (flux / "model_index.json").is_file():
         raise IdgenError(f"stage two-people needs the base model in {flux} (run stage base first)")
@@ -242,10 +252,10 @@ def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list
     return paths
 
 
-# In dependency order: the adapter trains on the base and the identity encoder, the W+ branch on the base,
-# the identity encoder and the style codec; two-people fine-tunes the base last, after both were trained on
-# it (they are not retrained).
-STAGES = ("identity", "evaluators", "base", "adapter", "wplus", "pidiff", "two-people")
+# In dependency order: the W+ branch trains on the single-person base, the identity encoder and the style
+# codec; two-people then fine-tunes the base (the W+ branch is not retrained); the adapter trains last, on
+# the final base and the identity encoder.
+STAGES = ("identity", "evaluators", "base", "wplus", "pidiff", "two-people", "adapter")
 
 
 def train_all(

@@ -355,11 +355,85 @@ def demo_pulid_config(transformer_width: int, id_dim: int, vit_dim: int) -> Any:
 
 @dataclass
 class AdapterSet:
-    latents: Tensor  # (N, 64, 16)
+    latents: Tensor  # (N, 64, 16): the targets
     t5: Tensor  # (N, L, 64)
     pooled: Tensor  # (N, 64)
-    images: Tensor  # (N, 3, 64, 64): the reference is cut from the target itself, surroundings included
-    face_boxes: Tensor  # (N, 4)
+    face_boxes: Tensor  # (N, 4): the targets' face boxes, for the ID loss
+    references: Tensor  # (N, 3, 64, 64): another photo of the target's person
+    reference_boxes: Tensor  # (N, 4)
+
+
+@dataclass
+class PairSet:
+    """Training pairs for the identity adapter: a scene render (the target) and a studio photo of the same
+    person (the reference), as paired identity data is. In a share of the pairs the target's scene pixels
+    take on the reference's backdrop colour, as two photos from one sitting share their surroundings."""
+
+    targets: RenderSet
+    references: Tensor  # (N, 3, 64, 64) float in [0, 1]
+    reference_boxes: Tensor  # (N, 4) pixel l, t, r, b
+    backdrops: Tensor  # (N, 3) the references' backdrop colours, 0-255
+    shared_backdrop: Tensor  # (N,) bool
+
+
+def pair_set(n: int, seed: int, backdrop_share: float, backdrop_blend: float) -> PairSet:
+    """n pairs of training identities in random training scenes, deterministic in seed. A pair shares the
+    backdrop with probability `backdrop_share`: its target's scene pixels move `backdrop_blend` of the way to
+    the reference's backdrop colour (person and face untouched)."""
+    from tqdm.auto import tqdm
+
+    from idgen.world.render import BACKGROUND, render_reference
+
+    rng = np.random.default_rng([seed, 0xA1F])
+    people = train_identities()
+    images, masks, boxes, ids, texts, refs, ref_boxes, backdrops, shared = ([] for _ in range(9))
+    for i in tqdm(range(n), desc="render pairs", leave=False, mininterval=2):
+        who = int(rng.integers(len(people)))
+        scene = random_train_scene(rng)
+        target = render(people[who], scene, seed=int(rng.integers(2**31)) + i)
+        reference = render_reference(people[who], seed=int(rng.integers(2**31)))
+        image = target.image.astype(np.float32)
+        backdrop = np.asarray(reference.background_rgb, np.float32)
+        share = bool(rng.random() < backdrop_share)
+        if share:
+            scene_pixels = target.labels == BACKGROUND
+            image[scene_pixels] += backdrop_blend * (backdrop - image[scene_pixels])
+        images.append(np.rint(image).astype(np.uint8))
+        masks.append(target.face_mask)
+        boxes.append(target.face_box)
+        ids.append(who)
+        texts.append(caption(scene, rng))
+        refs.append(reference.image)
+        ref_boxes.append(reference.face_box)
+        backdrops.append(backdrop)
+        shared.append(share)
+    targets = RenderSet(
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
+        face_masks=torch.from_numpy(np.stack(masks)),
+        face_boxes=torch.tensor(boxes, dtype=torch.float32),
+        identities=torch.tensor(ids),
+        captions=texts,
+    )
+    return PairSet(
+        targets=targets,
+        references=torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2).float() / 255.0,
+        reference_boxes=torch.tensor(ref_boxes, dtype=torch.float32),
+        backdrops=torch.from_numpy(np.stack(backdrops)),
+        shared_backdrop=torch.tensor(shared),
+    )
+
+
+def face_token_weights(boxes: Tensor, weight: float, grid: int = 8, cell: int = 8) -> Tensor:
+    """(B, grid * grid) per-token loss weights: 1 + weight x the share of each packed token's cell x cell
+    pixels inside the (B, 4) face box, so the few face tokens count for more than the many scene tokens."""
+    edges = torch.arange(grid, dtype=torch.float32) * cell  # (grid,) left/top pixel of each cell
+    left, top, right, bottom = boxes.unbind(-1)  # (B,) each
+
+    def overlap(lo: Tensor, hi: Tensor) -> Tensor:  # (B, grid) share of each cell inside [lo, hi)
+        return ((torch.minimum(edges + cell, hi[:, None]) - torch.maximum(edges, lo[:, None])) / cell).clamp(0, 1)
+
+    share = overlap(top, bottom)[:, :, None] * overlap(left, right)[:, None, :]  # (B, grid, grid)
+    return 1 + weight * share.flatten(1)
 
 
 def identity_loss(recognizer: Any, images: Tensor, boxes: Tensor, reference: Tensor, t: Tensor) -> Tensor:
@@ -379,13 +453,15 @@ def train_adapter(
     config: TrainConfig,
     folder: Path,
     id_loss_weight: float = 0.0,
+    face_loss_weight: float = 0.0,
 ) -> dict[str, float]:
     """PuLID-style identity adapter on a frozen base: flow-matching loss with uniform injection, plus
     PuLID's ID loss (`id_loss_weight`) through the frozen VAE decoder and identity recogniser.
 
-    The reference is the target image's own face crop with its surroundings (as PuLID and
-    IP-Adapter train), so the adapter also learns to carry background and clothing colour: the
-    contamination SpatialID is meant to remove.
+    The reference is another photo of the target's person (`pair_set`). Where a pair shares its backdrop,
+    the adapter learns to carry the reference's surroundings into the scene, as adapters trained on real
+    paired photos do: the contamination SpatialID is meant to remove. `face_loss_weight` > 0 weights the
+    diffusion loss towards the target's face tokens (`face_token_weights`), where the identity is.
     """
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
 
@@ -399,13 +475,14 @@ def train_adapter(
     def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
         with torch.no_grad():
-            features = encoder.encode_batch(data.images[idx], data.face_boxes[idx])
+            features = encoder.encode_batch(data.references[idx], data.reference_boxes[idx])
         id_tokens = adapter.encode(features.id_embedding, features.vit_hidden)
         latents = data.latents[idx]
         x_t, t, target = noised(latents, g)
         with injector.run(InjectionRun(id_tokens=id_tokens)):
             v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
-        diffusion = F.mse_loss(v, target)
+        weights = face_token_weights(data.face_boxes[idx], face_loss_weight)  # (B, 64)
+        diffusion = (weights[:, :, None] * (v - target) ** 2).mean() / weights.mean()
         if not id_loss_weight:
             return diffusion, {}
         images = decode_latents(pipe, predicted_x0(x_t, t, v))
