@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup setup-pulid demo test lint typecheck bench world-gates world-multi-gates clean
+.PHONY: setup setup-pulid demo test lint typecheck bench world-gates world-multi-gates world-readme clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,18 @@ demo: setup
 		--prompt "a half-body photo of a person in a forest in warm light, wearing a grey shirt, on the right" \
 		--mode spatial --compare-id-weight 2 --out outputs/demo.png --overwrite
 
+# Each gates run rewrites its summary, then the README blocks made from it (`world-readme`).
 world-gates: setup
 	$(PY) -m idgen.world.gates --json docs/world-gates.json
+	$(PY) -m idgen.world.readme --readme README.md
 
 world-multi-gates: setup
 	$(PY) -m idgen.world.multi_gates --json docs/world-multi-gates.json
+	$(PY) -m idgen.world.readme --readme README.md
+
+# The README's gates tables and lists, regenerated from docs/world-gates.json and docs/world-multi-gates.json.
+world-readme: setup
+	$(PY) -m idgen.world.readme --readme README.md
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest

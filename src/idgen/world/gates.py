@@ -568,11 +568,11 @@ def attribute_table(s: dict[str, Any]) -> list[str]:
     return lines
 
 
-def table(s: dict[str, Any]) -> str:
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The list under the modes table: pairs, scene adherence, FaceSim margins, each spatial row against
+    uniform (reduction and drop, with the gates), face pixels outside the person region."""
     acc = s["scene_accuracy_none"]
     lines = [
-        *modes_table(s),
-        "",
         f"- pairs: {s['pairs']} ({WHAT[s.get('split', 'test')]}); ± is a 95% CI of the mean",
         f"- scene adherence of the base model (no identity): {acc[0] * 100:.1f}% (gate: >= 90%)",
         f"- FaceSim margin, uniform - none (paired): {_f(s['facesim_gain_uniform_vs_none'])}; "
@@ -594,23 +594,29 @@ def table(s: dict[str, Any]) -> str:
         f"{s[f'{OUTSIDE_FACE}_reduction_{SPATIAL}'] * 100:.1f}%",
         f"- no-identity face pixels outside the renderer's person region: "
         f"{s['face_px_outside_person_region'] * 100:.2f}%",
-        "",
-        *backdrop_table(s),
     ]
+    return lines
+
+
+def attribute_lines(s: dict[str, Any]) -> list[str]:
+    """What the attribute table means, the table, and the paired likeness gains under it."""
+    return [
+        "Attribute transfer: the share (%) of generated faces whose attribute, read by the evaluator "
+        "attribute classifier, equals the reference identity's true one.",
+        "",
+        *attribute_table(s),
+        "",
+        "- mean of the five, paired differences (percentage points): "
+        + "; ".join(
+            f"{LABELS.get(m, m)} - {b} {_pct(s['likeness_gains'][f'{m}_vs_{b}'])}" for m, b in LIKENESS_PAIRS
+        ),
+    ]
+
+
+def table(s: dict[str, Any]) -> str:
+    lines = [*modes_table(s), "", *summary_lines(s), "", *backdrop_table(s)]
     if "attribute_transfer" in s:
-        lines += [
-            "",
-            "Attribute transfer: the share (%) of generated faces whose attribute, read by the evaluator "
-            "attribute classifier, equals the reference identity's true one.",
-            "",
-            *attribute_table(s),
-            "",
-            "- mean of the five, paired differences (percentage points): "
-            + "; ".join(
-                f"{LABELS.get(m, m)} - {b} {_pct(s['likeness_gains'][f'{m}_vs_{b}'])}"
-                for m, b in LIKENESS_PAIRS
-            ),
-        ]
+        lines += ["", *attribute_lines(s)]
     return "\n".join(lines)
 
 
