@@ -201,6 +201,7 @@ ROWS = [
     ("train threads 0", [*TRAIN, "--threads", "0"], 1, "--threads must be in [1, 1024], got 0"),
     ("train threads negative", [*TRAIN, "--threads", "-1"], 1, "--threads must be in [1, 1024], got -1"),
     ("train unknown stage", [*TRAIN, "--stage", "vae"], 1, "unknown stage 'vae'"),
+    ("train adapter seed -1", [*TRAIN, "--adapter-seed", "-1"], 1, "--adapter-seed must be in [0, 1000]"),
     ("train over the shipped assets", [*TRAIN, "--assets", str(ASSETS)], 1, "the package's shipped assets"),
     ("train work is a file", ["world", "train", "--work", "{d}/afile"], 1, "--work is a file, not a folder"),
     ("world without a command", ["world"], 2, "required: world_command"),

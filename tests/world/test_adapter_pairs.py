@@ -18,9 +18,9 @@ def test_face_token_weights_count_each_tokens_share_of_the_face_box() -> None:
 
 
 def test_shared_backdrop_moves_only_scene_pixels_towards_the_reference_backdrop() -> None:
-    plain = gen.pair_set(12, seed=3, backdrop_share=0.0, backdrop_blend=0.5)
-    shared = gen.pair_set(12, seed=3, backdrop_share=1.0, backdrop_blend=0.5)
-    assert not plain.shared_backdrop.any() and shared.shared_backdrop.all()
+    plain = gen.pair_set(12, seed=3, mix=gen.PairMix(backdrop_share=0.0, backdrop_blend=0.5))
+    shared = gen.pair_set(12, seed=3, mix=gen.PairMix(backdrop_share=1.0, backdrop_blend=0.5))
+    assert not plain.shared_backdrop.any() and shared.shared_backdrop.all() and not shared.own_crop.any()
     # Same people, scenes, captions and references: only the targets' scene pixels differ.
     assert plain.targets.captions == shared.targets.captions
     assert torch.equal(plain.targets.identities, shared.targets.identities)
@@ -35,9 +35,23 @@ def test_shared_backdrop_moves_only_scene_pixels_towards_the_reference_backdrop(
 
 
 def test_pairs_are_deterministic_and_the_share_is_drawn_per_pair() -> None:
-    a = gen.pair_set(40, seed=5, backdrop_share=0.5, backdrop_blend=0.5)
-    b = gen.pair_set(40, seed=5, backdrop_share=0.5, backdrop_blend=0.5)
+    mix = gen.PairMix(own_crop_share=0.5, backdrop_share=0.5, backdrop_blend=0.5)
+    a, b = gen.pair_set(40, seed=5, mix=mix), gen.pair_set(40, seed=5, mix=mix)
     assert torch.equal(a.targets.images, b.targets.images) and torch.equal(a.references, b.references)
-    assert 0 < int(a.shared_backdrop.sum()) < 40
-    # The reference is a studio photo (plain backdrop), never the target itself.
-    assert not any(torch.equal(t, r) for t, r in zip(a.targets.images, a.references, strict=True))
+    own, shared = a.own_crop, a.shared_backdrop
+    assert 0 < int(own.sum()) < 40 and 0 < int(shared.sum()) < int((~own).sum())
+    assert not (own & shared).any()  # an own-crop pair has no studio backdrop to share
+    # The reference is the target itself exactly in the own-crop pairs, with the target's face box.
+    same = [torch.equal(t, r) for t, r in zip(a.targets.images, a.references, strict=True)]
+    assert same == own.tolist()
+    assert torch.equal(a.reference_boxes[own], a.targets.face_boxes[own])
+
+
+def test_the_adapter_recipes_other_seeds_change_every_seed_and_nothing_else() -> None:
+    from idgen.world.build import AdapterRecipe
+
+    recipe = AdapterRecipe()
+    assert recipe.reseeded(0) == recipe
+    other = recipe.reseeded(1)
+    assert (other.train.seed, other.data_seed, other.init_seed) == (23, 3, 24)
+    assert other._replace(train=recipe.train, data_seed=2, init_seed=14) == recipe

@@ -36,6 +36,9 @@ def add_world(sub: Any) -> None:
         "--overwrite", action="store_true", help="allow --assets to be the package's shipped assets"
     )
     t.add_argument("--threads", type=int, default=1, help="CPU threads for training")
+    t.add_argument("--adapter-seed", type=int, default=0, metavar="K",
+                   help="train the identity adapter with its recipe's K-th other seeds (default 0: the "
+                   "shipped recipe's), to check that a conclusion is not one seed's luck")  # fmt: skip
     t.add_argument(
         "--stage",
         nargs="+",
@@ -100,6 +103,7 @@ def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
     from idgen.world.bundle import ASSETS
 
     check.integer("--threads", args.threads, low=1, high=1024)
+    check.integer("--adapter-seed", args.adapter_seed, low=0, high=1000)
     unknown = [s for s in args.stage or () if s not in WORLD_STAGES]
     if unknown:
         raise IdgenError(f"unknown stage {check.shown(unknown[0])!r} (stages: {', '.join(WORLD_STAGES)})")
@@ -124,6 +128,8 @@ def run_world_train(args: argparse.Namespace) -> int:
     work, assets = check_train(args)
     torch.set_num_threads(args.threads)
     with rebuilding(assets):
-        report = train_all(work, assets, quick=args.quick, stages=args.stage or STAGES)
+        report = train_all(
+            work, assets, quick=args.quick, stages=args.stage or STAGES, adapter_seed=args.adapter_seed
+        )
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -6,6 +6,7 @@ checkpoints under the work folder and resumes from it after a kill.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -108,14 +109,21 @@ def _drop_load_paths(folder: Path) -> None:
 class AdapterRecipe(NamedTuple):
     renders: int = 8192
     train: TrainConfig = TrainConfig(
-        steps=2000, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
+        steps=1600, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
     id_loss_weight: float = 1.0
-    backdrop_share: float = 0.5  # pairs whose target scene takes the reference's backdrop colour ...
-    backdrop_blend: float = 0.5  # ... this far
-    face_loss_weight: float = 0.0  # extra diffusion-loss weight on the target's face tokens
+    pairs: gen.PairMix = gen.PairMix(own_crop_share=0.5, backdrop_share=0.3, backdrop_blend=0.4)
+    face_loss_weight: float = 4.0  # extra diffusion-loss weight on the target's face tokens
     data_seed: int = 2
     init_seed: int = 14
+
+    def reseeded(self, k: int) -> AdapterRecipe:
+        """The same recipe with its k-th other seeds (pairs, initialisation, batches); k = 0 is this one."""
+        return self._replace(
+            train=dataclasses.replace(self.train, seed=self.train.seed + 10 * k),
+            data_seed=self.data_seed + k,
+            init_seed=self.init_seed + 10 * k,
+        )
 
 
 QUICK_ADAPTER = AdapterRecipe(
@@ -124,22 +132,23 @@ QUICK_ADAPTER = AdapterRecipe(
 
 
 def train_adapter(
-    work: Path, assets: Path = ASSETS, quick: bool = False, recipe: AdapterRecipe | None = None
+    work: Path, assets: Path = ASSETS, quick: bool = False, seed: int = 0, recipe: AdapterRecipe | None = None
 ) -> dict[str, Any]:
     """The PuLID adapter on the frozen base, reading the base and identity encoder from `assets`, trained on
-    pairs of a scene render and a studio photo of the same person."""
+    pairs of a scene render and a reference photo of the same person (`gen.PairMix`); `seed` k > 0 trains
+    with the recipe's k-th other seeds, caching under its own names."""
     from diffusers import FluxPipeline
 
     from idgen.models.loading import save_pulid_adapter
     from idgen.models.pulid import PuLIDAdapter
     from idgen.world.identity import WorldIdentityEncoder
 
-    recipe = recipe or (QUICK_ADAPTER if quick else AdapterRecipe())
+    recipe = (recipe or (QUICK_ADAPTER if quick else AdapterRecipe())).reseeded(seed)
     pipe = FluxPipeline.from_pretrained(assets / "flux")
     encoder = WorldIdentityEncoder.from_pretrained(assets / "identity")
 
     def pairs() -> dict[str, Any]:
-        data = gen.pair_set(recipe.renders, recipe.data_seed, recipe.backdrop_share, recipe.backdrop_blend)
+        data = gen.pair_set(recipe.renders, recipe.data_seed, recipe.pairs)
         t5, pooled = gen.encode_texts(pipe, data.targets.captions)
         latents = gen.encode_latents(pipe, data.targets.images)
         return {
@@ -151,13 +160,13 @@ def train_adapter(
             "reference_boxes": data.reference_boxes,
         }
 
-    data = gen.AdapterSet(**gen.cached(work / "adapter-pairs.pt", pairs))
+    data = gen.AdapterSet(**gen.cached(work / f"adapter-pairs-{recipe.data_seed}.pt", pairs))
     config = gen.demo_pulid_config(pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.init_seed)
         adapter = PuLIDAdapter(config)
     report = gen.train_adapter(
-        pipe, adapter, encoder, data, recipe.train, work / "adapter-train",
+        pipe, adapter, encoder, data, recipe.train, work / f"adapter-train-{recipe.train.seed}",
         recipe.id_loss_weight, recipe.face_loss_weight,
     )  # fmt: skip
     save_pulid_adapter(adapter.eval(), assets / "pulid")
@@ -259,10 +268,16 @@ STAGES = ("identity", "evaluators", "base", "wplus", "pidiff", "two-people", "ad
 
 
 def train_all(
-    work: Path, assets: Path = ASSETS, quick: bool = False, stages: Sequence[str] = STAGES
+    work: Path,
+    assets: Path = ASSETS,
+    quick: bool = False,
+    stages: Sequence[str] = STAGES,
+    adapter_seed: int = 0,
 ) -> dict[str, Any]:
     """Demo-world assets from scratch, `stages` in dependency order (a stage reads what earlier ones wrote
-    to `assets`); each stage resumes after a kill. The manifest is rewritten over every file."""
+    to `assets`); each stage resumes after a kill. The manifest is rewritten over every file. `adapter_seed`
+    k > 0 trains the adapter with its recipe's k-th other seeds (a retrain that checks a conclusion is not
+    one seed's luck)."""
     from idgen.world.bundle import write_manifest
     from idgen.world.evaluators import train_evaluators
     from idgen.world.identity import train_identity_models
@@ -276,7 +291,7 @@ def train_all(
         "identity": lambda: train_identity_models(work / "identity", assets / "identity", quick=quick),
         "evaluators": lambda: train_evaluators(work / "evaluators", assets / "evaluators", quick=quick),
         "base": lambda: train_base(work / "generator", assets, quick=quick),
-        "adapter": lambda: train_adapter(work / "generator", assets, quick=quick),
+        "adapter": lambda: train_adapter(work / "generator", assets, quick=quick, seed=adapter_seed),
         "wplus": lambda: train_wplus_codec(work / "wplus", assets / "wplus", quick=quick),
         "pidiff": lambda: train_pidiff_branch(work / "generator", assets, quick=quick),
         "two-people": lambda: train_two_people(work / "generator", assets, quick=quick),

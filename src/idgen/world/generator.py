@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -363,62 +363,75 @@ class AdapterSet:
     reference_boxes: Tensor  # (N, 4)
 
 
+class PairMix(NamedTuple):
+    """How the adapter's training pairs are drawn."""
+
+    own_crop_share: float = 0.0  # pairs whose reference is the target itself (as PuLID trains)
+    backdrop_share: float = 0.0  # of the others (a studio photo), those whose target takes its backdrop ...
+    backdrop_blend: float = 0.0  # ... this far, on the target's scene pixels
+
+
 @dataclass
 class PairSet:
-    """Training pairs for the identity adapter: a scene render (the target) and a studio photo of the same
-    person (the reference), as paired identity data is. In a share of the pairs the target's scene pixels
-    take on the reference's backdrop colour, as two photos from one sitting share their surroundings."""
+    """Training pairs for the identity adapter: a scene render (the target) and a reference photo of the same
+    person: either the target itself or a studio photo, as paired identity data is. In a share of the studio
+    pairs the target's scene pixels take on the reference's backdrop colour, as two photos from one sitting
+    share their surroundings."""
 
     targets: RenderSet
     references: Tensor  # (N, 3, 64, 64) float in [0, 1]
     reference_boxes: Tensor  # (N, 4) pixel l, t, r, b
-    backdrops: Tensor  # (N, 3) the references' backdrop colours, 0-255
+    backdrops: Tensor  # (N, 3) the studio photos' backdrop colours, 0-255 (drawn for own-crop pairs too)
+    own_crop: Tensor  # (N,) bool: the reference is the target
     shared_backdrop: Tensor  # (N,) bool
 
 
-def pair_set(n: int, seed: int, backdrop_share: float, backdrop_blend: float) -> PairSet:
-    """n pairs of training identities in random training scenes, deterministic in seed. A pair shares the
-    backdrop with probability `backdrop_share`: its target's scene pixels move `backdrop_blend` of the way to
-    the reference's backdrop colour (person and face untouched)."""
-    from tqdm.auto import tqdm
-
+def _pair(people: list[Any], rng: np.random.Generator, i: int, mix: PairMix) -> tuple[Any, ...]:
+    """One pair: (person index, target Render, target image uint8, caption, reference image, reference box,
+    backdrop, own crop, shared backdrop)."""
     from idgen.world.render import BACKGROUND, render_reference
+
+    who = int(rng.integers(len(people)))
+    scene = random_train_scene(rng)
+    target = render(people[who], scene, seed=int(rng.integers(2**31)) + i)
+    studio = render_reference(people[who], seed=int(rng.integers(2**31)))
+    own, share = bool(rng.random() < mix.own_crop_share), bool(rng.random() < mix.backdrop_share)
+    share = share and not own
+    image = target.image.astype(np.float32)
+    backdrop = np.asarray(studio.background_rgb, np.float32)
+    if share:
+        scene_pixels = target.labels == BACKGROUND
+        image[scene_pixels] += mix.backdrop_blend * (backdrop - image[scene_pixels])
+    image = np.rint(image).astype(np.uint8)
+    reference, box = (image, target.face_box) if own else (studio.image, studio.face_box)
+    return who, target, image, caption(scene, rng), reference, box, backdrop, own, share
+
+
+def pair_set(n: int, seed: int, mix: PairMix) -> PairSet:
+    """n pairs of training identities in random training scenes, deterministic in seed (`PairMix`)."""
+    from tqdm.auto import tqdm
 
     rng = np.random.default_rng([seed, 0xA1F])
     people = train_identities()
-    images, masks, boxes, ids, texts, refs, ref_boxes, backdrops, shared = ([] for _ in range(9))
-    for i in tqdm(range(n), desc="render pairs", leave=False, mininterval=2):
-        who = int(rng.integers(len(people)))
-        scene = random_train_scene(rng)
-        target = render(people[who], scene, seed=int(rng.integers(2**31)) + i)
-        reference = render_reference(people[who], seed=int(rng.integers(2**31)))
-        image = target.image.astype(np.float32)
-        backdrop = np.asarray(reference.background_rgb, np.float32)
-        share = bool(rng.random() < backdrop_share)
-        if share:
-            scene_pixels = target.labels == BACKGROUND
-            image[scene_pixels] += backdrop_blend * (backdrop - image[scene_pixels])
-        images.append(np.rint(image).astype(np.uint8))
-        masks.append(target.face_mask)
-        boxes.append(target.face_box)
-        ids.append(who)
-        texts.append(caption(scene, rng))
-        refs.append(reference.image)
-        ref_boxes.append(reference.face_box)
-        backdrops.append(backdrop)
-        shared.append(share)
-    targets = RenderSet(
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0,
-        face_masks=torch.from_numpy(np.stack(masks)),
-        face_boxes=torch.tensor(boxes, dtype=torch.float32),
-        identities=torch.tensor(ids),
-        captions=texts,
-    )
+    steps = tqdm(range(n), desc="render pairs", leave=False, mininterval=2)
+    pairs = [_pair(people, rng, i, mix) for i in steps]
+    who, targets, images, texts, refs, ref_boxes, backdrops, own, shared = zip(*pairs, strict=True)
+
+    def pixels(batch: tuple[np.ndarray, ...]) -> Tensor:  # (N, 64, 64, 3) uint8 -> (N, 3, 64, 64) in [0, 1]
+        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255.0
+
     return PairSet(
-        targets=targets,
-        references=torch.from_numpy(np.stack(refs)).permute(0, 3, 1, 2).float() / 255.0,
+        targets=RenderSet(
+            images=pixels(images),
+            face_masks=torch.from_numpy(np.stack([t.face_mask for t in targets])),
+            face_boxes=torch.tensor([t.face_box for t in targets], dtype=torch.float32),
+            identities=torch.tensor(who),
+            captions=list(texts),
+        ),
+        references=pixels(refs),
         reference_boxes=torch.tensor(ref_boxes, dtype=torch.float32),
         backdrops=torch.from_numpy(np.stack(backdrops)),
+        own_crop=torch.tensor(own),
         shared_backdrop=torch.tensor(shared),
     )
 
@@ -430,7 +443,8 @@ def face_token_weights(boxes: Tensor, weight: float, grid: int = 8, cell: int = 
     left, top, right, bottom = boxes.unbind(-1)  # (B,) each
 
     def overlap(lo: Tensor, hi: Tensor) -> Tensor:  # (B, grid) share of each cell inside [lo, hi)
-        return ((torch.minimum(edges + cell, hi[:, None]) - torch.maximum(edges, lo[:, None])) / cell).clamp(0, 1)
+        inside = torch.minimum(edges + cell, hi[:, None]) - torch.maximum(edges, lo[:, None])
+        return (inside / cell).clamp(0, 1)
 
     share = overlap(top, bottom)[:, :, None] * overlap(left, right)[:, None, :]  # (B, grid, grid)
     return 1 + weight * share.flatten(1)
@@ -458,10 +472,9 @@ def train_adapter(
     """PuLID-style identity adapter on a frozen base: flow-matching loss with uniform injection, plus
     PuLID's ID loss (`id_loss_weight`) through the frozen VAE decoder and identity recogniser.
 
-    The reference is another photo of the target's person (`pair_set`). Where a pair shares its backdrop,
-    the adapter learns to carry the reference's surroundings into the scene, as adapters trained on real
-    paired photos do: the contamination SpatialID is meant to remove. `face_loss_weight` > 0 weights the
-    diffusion loss towards the target's face tokens (`face_token_weights`), where the identity is.
+    The reference is the target's own crop or another photo of its person (`pair_set`). Where a pair shares
+    its surroundings, the adapter learns to carry them into the scene, as adapters trained on real photos
+    do: the contamination SpatialID removes. `face_loss_weight` favours the face tokens.
     """
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
 
