@@ -8,9 +8,9 @@ Every block sits between two marker lines,
     ...
     <!-- end generated -->
 
-and its text is a function of one summary alone: `docs/world-gates.json` (`make world-gates`) or
-`docs/world-multi-gates.json` (`make world-multi-gates`), found beside the README, not in the working
-directory. Each README block is named once; every name of `BLOCKS` must be there. Without `--check` the
+and its text is a function of one summary alone: `docs/world-gates.json` (`make world-gates`),
+`docs/world-gates-retrain.json` (`make world-gates-retrain`) or `docs/world-multi-gates.json` (`make
+world-multi-gates`), found beside the README, not in the working directory. Each README block is named once; every name of `BLOCKS` must be there. Without `--check` the
 stale blocks are rewritten in place (atomically); with it, the first stale block is named and the exit
 status is 1. Bad markers or a missing summary stop it before anything is written.
 """
@@ -32,7 +32,11 @@ from idgen.world import gates, multi_gates
 
 START = re.compile(r"<!-- generated: (?P<name>[a-z-]+(?: [a-z-]+)*) -->")
 END = "<!-- end generated -->"
-SUMMARIES = {"world-gates": "docs/world-gates.json", "world-multi-gates": "docs/world-multi-gates.json"}
+SUMMARIES = {
+    "world-gates": "docs/world-gates.json",
+    "world-gates-retrain": "docs/world-gates-retrain.json",  # the adapter retrained with other seeds
+    "world-multi-gates": "docs/world-multi-gates.json",
+}
 # The one-person gates (issue 16's targets), as `gates.summary_lines` states them.
 SCENE_GATE, REDUCTION_GATE, DROP_GATE = 0.90, 0.40, 0.03
 LIKENESS_TARGET = 0.80  # each of the five likeness attributes
@@ -144,6 +148,9 @@ BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "world-gates backdrops": ("world-gates", backdrop_lines),
     "world-gates attributes": ("world-gates", attribute_lines),
     "world-gates gates": ("world-gates", gate_table),
+    "world-gates-retrain gates": ("world-gates-retrain", gate_table),
+    "world-gates-retrain backdrops": ("world-gates-retrain", backdrop_lines),
+    "world-gates-retrain attributes": ("world-gates-retrain", attribute_lines),
     "world-multi-gates": (
         "world-multi-gates",
         lambda s: [
