@@ -10,9 +10,10 @@ Every block sits between two marker lines,
 
 and its text is a function of one summary alone: `docs/world-gates.json` (`make world-gates`),
 `docs/world-gates-retrain.json` (`make world-gates-retrain`) or `docs/world-multi-gates.json` (`make
-world-multi-gates`), found beside the README, not in the working directory. Each README block is named once; every name of `BLOCKS` must be there. Without `--check` the
-stale blocks are rewritten in place (atomically); with it, the first stale block is named and the exit
-status is 1. Bad markers or a missing summary stop it before anything is written.
+world-multi-gates`), found beside the README, not in the working directory. Each README block is named
+once; every name of `BLOCKS` must be there. Without `--check` the stale blocks are rewritten in place
+(atomically); with it, the first stale block is named and the exit status is 1. Bad markers or a missing
+summary stop it before anything is written.
 """
 
 from __future__ import annotations
