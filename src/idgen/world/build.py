@@ -112,7 +112,7 @@ class AdapterRecipe(NamedTuple):
         steps=1600, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
     id_loss_weight: float = 1.0
-    pairs: gen.PairMix = gen.PairMix(own_crop_share=0.5, backdrop_share=0.3, backdrop_blend=0.4)
+    pairs: gen.PairMix = gen.PairMix(own_crop_share=0.5, backdrop_share=0.6, backdrop_blend=0.4)
     face_loss_weight: float = 4.0  # extra diffusion-loss weight on the target's face tokens
     data_seed: int = 2
     init_seed: int = 14
