@@ -81,9 +81,9 @@ def test_gate_row_and_multi_table_follow_their_summaries(repo: Path) -> None:
     assert [new for _, new in changed] == [
         "- scene adherence of the base model (no identity): 50.0% (gate: >= 90%)",
         "| scene adherence of the base model | ≥ 90% | 50.0% | **not met** |",
-        "| spatial, boxes = halves | 50.0% [40.0, 60.0] | 0.149 ± 0.027 | -0.010 ± 0.027 |",
-        "- assignment, spatial, boxes = halves: 50.0% [40.0, 60.0] against uniform 52.7% [45.5, 59.9] and "
-        "single 73.3% [66.7, 79.0] (gate: >= 90%; **not met**)",
+        "| spatial, boxes = halves | 50.0% [40.0, 60.0] | 0.150 ± 0.029 | -0.019 ± 0.027 |",
+        "- assignment, spatial, boxes = halves: 50.0% [40.0, 60.0] against uniform 52.4% [45.3, 59.4] and "
+        "single 75.1% [68.6, 80.6] (gate: >= 90%; **not met**)",
     ]
 
 
