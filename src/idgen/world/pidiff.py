@@ -258,25 +258,67 @@ def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_f
     return IdentityFluxPipeline(flux, branch, encoder, defaults=WORLD_DEFAULTS, spatial=WORLD_SPATIAL)
 
 
-def compare(out: Path, benchmark: str = "demo", threads: int = 1) -> str:
-    """PIDiff's W+ branch against PuLID's adapter and no identity, on the same held-out pairs and seeds,
-    through the eval harness; then the style codec's level edits against the renderer's ground truth."""
+COMPARE_BRANCHES = {"pulid": "PuLID adapter", "pidiff": "PIDiff W+ branch"}  # --world-adapter name -> row
+
+
+def compare_settings(adapter: str, assets: Path) -> dict[str, Any]:
+    """What compare's plan keys generation on, shaped like `idgen eval`'s for the demo world: the identity
+    branch and the sha256 of `assets`' MANIFEST.json (the loaders check every file against it), so a
+    retrained branch or adapter is never resumed over."""
+    from idgen.errors import IdgenError
+    from idgen.eval.protocols import source_key
+    from idgen.world.bundle import MANIFEST_NAME, WORLD_DEFAULTS
+
+    if adapter not in COMPARE_BRANCHES:
+        raise IdgenError(f"unknown identity branch {adapter!r} (known: {', '.join(COMPARE_BRANCHES)})")
+    manifest = Path(assets) / MANIFEST_NAME
+    if not manifest.is_file():
+        raise IdgenError(f"demo-world assets have no {MANIFEST_NAME}: {manifest}")
+    return {
+        "protocol": None,
+        "sampling": dict(WORLD_DEFAULTS),
+        "explicit": [],
+        "models": {"world": adapter, "assets": source_key(str(manifest))},
+        "metric_models": "demo-world evaluators",
+    }
+
+
+def _branch_summaries(out: Path, benchmark: str, assets: Path, methods: list[Any]) -> dict[str, Any]:
+    """Each branch through the eval harness into out/<branch>; a changed plan there is refused."""
     from idgen.eval.harness import evaluate
-    from idgen.eval.runner import FluxEvalGenerator, Method
-    from idgen.world.bundle import ASSETS, load_world
+    from idgen.eval.runner import FluxEvalGenerator
+    from idgen.world.bundle import load_world
     from idgen.world.eval_plugin import builtin, world_metric_models
+
+    loaders = {"pulid": load_world, "pidiff": load_pidiff_world}
+    settings = {adapter: compare_settings(adapter, assets) for adapter in COMPARE_BRANCHES}  # validate first
+    summaries = {}
+    for adapter, name in COMPARE_BRANCHES.items():
+        folder = out / adapter
+        bench = builtin(benchmark, folder / "references")
+
+        def generator(load: Any = loaders[adapter]) -> FluxEvalGenerator:
+            return FluxEvalGenerator(load(assets=assets))
+
+        _, summaries[name] = evaluate(
+            folder, bench, methods, generator, world_metric_models, settings=settings[adapter]
+        )
+    return summaries
+
+
+def compare(out: Path, benchmark: str = "demo", threads: int = 1, assets: Path | None = None) -> str:
+    """PIDiff's W+ branch against PuLID's adapter and no identity, on the same held-out pairs and seeds,
+    through the eval harness; then the style codec's level edits against the renderer's ground truth.
+    `assets`: the demo world's assets folder (default: the shipped one), e.g. a retrained copy."""
+    from idgen.eval.runner import Method
+    from idgen.world.bundle import ASSETS
     from idgen.world.render import test_identities
     from idgen.world.wplus import WorldStyleCodec, measure_edits
 
+    assets = Path(assets or ASSETS)
     torch.set_num_threads(threads)
     methods = [Method("uniform"), Method("spatial")]
-    summaries = {}
-    for name, load in (("PuLID adapter", load_world), ("PIDiff W+ branch", load_pidiff_world)):
-        folder = out / ("pulid" if name.startswith("PuLID") else "pidiff")
-        bench = builtin(benchmark, folder / "references")
-        generator = FluxEvalGenerator(load())
-        _, summary = evaluate(folder, bench, methods, generator, world_metric_models)
-        summaries[name] = summary
+    summaries = _branch_summaries(out, benchmark, assets, methods)
     lines = [
         "| identity | mode | FaceSim | backdrop shift (0-255) | background change (0-255) | CLIP-T |",
         "|---|---|---|---|---|---|",
@@ -298,7 +340,7 @@ def compare(out: Path, benchmark: str = "demo", threads: int = 1) -> str:
                 f"| {name} | {m.name} | {cell(e, 'facesim')} | {cell(e, 'backdrop_shift')} | "
                 f"{cell(e, 'contamination_px')} | {cell(e, 'clip_t')} |"
             )
-    edits = measure_edits(WorldStyleCodec.from_pretrained(ASSETS / "wplus"), test_identities())
+    edits = measure_edits(WorldStyleCodec.from_pretrained(assets / "wplus"), test_identities())
     lines += ["", "Style-codec level edits on the 100 held-out identities (renderer ground truth):", ""]
     lines += ["```", json.dumps(edits, indent=1, default=str), "```"]
     return "\n".join(lines)
@@ -311,11 +353,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/eval/pidiff-vs-pulid"))
     parser.add_argument("--benchmark", default="demo", choices=["demo", "demo-quick"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--assets", type=Path, default=None,
+                        help="the demo world's assets folder (default: the shipped one)")  # fmt: skip
     args = parser.parse_args()
     from idgen.world.bundle import quiet_prompt_truncation
 
     quiet_prompt_truncation()
-    print(compare(args.out, args.benchmark, args.threads))
+    print(compare(args.out, args.benchmark, args.threads, args.assets))
 
 
 if __name__ == "__main__":
