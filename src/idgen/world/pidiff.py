@@ -356,10 +356,14 @@ def main() -> None:
     parser.add_argument("--assets", type=Path, default=None,
                         help="the demo world's assets folder (default: the shipped one)")  # fmt: skip
     args = parser.parse_args()
+    from idgen.errors import IdgenError
     from idgen.world.bundle import quiet_prompt_truncation
 
     quiet_prompt_truncation()
-    print(compare(args.out, args.benchmark, args.threads, args.assets))
+    try:
+        print(compare(args.out, args.benchmark, args.threads, args.assets))
+    except IdgenError as e:  # a refused plan or bad assets: one line, no traceback
+        raise SystemExit(f"python -m idgen.world.pidiff: error: {e}") from None
 
 
 if __name__ == "__main__":
