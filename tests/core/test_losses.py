@@ -3,6 +3,7 @@ import torch
 
 from idgen.core.losses import (
     IdentityLossWeights,
+    denoising_loss,
     disentanglement_loss,
     face_mask_on_grid,
     identity_tailored_loss,
@@ -34,6 +35,17 @@ def test_total_is_the_weighted_sum_of_the_parts():
     assert total.item() == pytest.approx(
         parts["denoise"] + 2.0 * parts["disentangle"] + 0.5 * parts["preserve"]
     )
+
+
+def test_token_weights_make_the_denoising_term_a_weighted_mean_over_tokens():
+    pred = torch.zeros(1, 2, 2)
+    target = torch.tensor([[[1.0, 1.0], [3.0, 3.0]]])  # squared errors 1 and 9 per channel
+    weights = torch.tensor([[1.0, 3.0]])
+    assert denoising_loss(pred, target, weights).item() == pytest.approx((1 * 1 + 3 * 9) / 4)
+    assert torch.equal(denoising_loss(pred, target), torch.nn.functional.mse_loss(pred, target))
+    no_face = torch.zeros(1, 2, 1)
+    _, parts = identity_tailored_loss(pred, target, pred, pred, no_face, IdentityLossWeights(), weights)
+    assert parts["denoise"] == pytest.approx(7.0)
 
 
 def test_face_mask_on_grid_erodes_then_averages():

@@ -90,7 +90,7 @@ def test_world_train_stages(tmp_path, capsys):
     argv = ["world", "train", "--quick", "--work", str(tmp_path), "--stage", "base", "vae"]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
-    stages = "identity, evaluators, base, wplus, pidiff, two-people, adapter"
+    stages = "identity, evaluators, base, two-people, wplus, pidiff, adapter"
     assert err == f"idgen: error: unknown stage 'vae' (stages: {stages})"
     assert not any(tmp_path.iterdir())
 
@@ -130,7 +130,10 @@ def test_the_compare_strip_adds_uniform_and_spatial_at_more_id_weights(tmp_path)
 
 @shipped
 @pytest.mark.slow
-def test_the_w_plus_branch_trains_with_pulids_id_term_when_asked(tmp_path):
+def test_the_w_plus_branch_trains_in_two_stages_and_with_pulids_id_term_when_asked(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
     from idgen.world.pidiff import QUICK_BRANCH, train_pidiff_branch
 
     assets = tmp_path / "assets"
@@ -139,9 +142,13 @@ def test_the_w_plus_branch_trains_with_pulids_id_term_when_asked(tmp_path):
         (assets / part).symlink_to(ASSETS / part, target_is_directory=True)
     plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=QUICK_BRANCH)
     assert set(plain) == {"loss", "denoise", "disentangle", "preserve"}  # PIDiff's losses alone
-    report = train_pidiff_branch(tmp_path / "id", assets, recipe=QUICK_BRANCH._replace(id_loss_weight=1.0))
+    after_align = torch.load(tmp_path / "plain" / "pidiff-stage-1" / "checkpoint.pt", weights_only=True)
+    shipped = load_file(assets / "pidiff" / "model.safetensors")
+    for name, value in after_align["modules"]["branch"].items():  # stage II leaves F_w as stage I left it
+        assert torch.equal(shipped[name], value) == name.startswith("w_proj."), name
+    with_id = QUICK_BRANCH._replace(stages=tuple(s._replace(id_loss_weight=1.0) for s in QUICK_BRANCH.stages))
+    report = train_pidiff_branch(tmp_path / "id", assets, recipe=with_id)
     assert set(report) == {"loss", "denoise", "disentangle", "preserve", "id"} and 0 < report["id"] <= 2
-    assert (assets / "pidiff" / "model.safetensors").is_file()
 
 
 @shipped

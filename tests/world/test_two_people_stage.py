@@ -12,10 +12,12 @@ from idgen.errors import IdgenError
 from idgen.world import build
 
 
-def test_two_people_fine_tunes_the_base_before_the_adapter_trains_on_it() -> None:
+def test_two_people_fine_tunes_the_base_before_either_identity_branch_trains_on_it() -> None:
     from idgen.cli.world import WORLD_STAGES
 
-    assert build.STAGES[-2:] == ("two-people", "adapter") and WORLD_STAGES == build.STAGES
+    order = build.STAGES.index
+    assert order("base") < order("two-people") < min(order("pidiff"), order("adapter"))
+    assert build.STAGES[-1] == "adapter" and WORLD_STAGES == build.STAGES
 
 
 def test_the_stage_needs_a_base_model(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from idgen.errors import IdgenError
 
 # `idgen.world.build.STAGES`, spelled here so that building the parser does not import torch (a test
 # keeps the two equal).
-WORLD_STAGES = ("identity", "evaluators", "base", "wplus", "pidiff", "two-people", "adapter")
+WORLD_STAGES = ("identity", "evaluators", "base", "two-people", "wplus", "pidiff", "adapter")
 
 
 def add_world(sub: Any) -> None:

@@ -25,8 +25,12 @@ class IdentityLossWeights:
     preserve: float = 1.0  # lambda_p
 
 
-def denoising_loss(pred: Tensor, target: Tensor) -> Tensor:
-    return F.mse_loss(pred, target)
+def denoising_loss(pred: Tensor, target: Tensor, token_weights: Tensor | None = None) -> Tensor:
+    """Mean squared error; with (B, N) `token_weights`, a weighted mean over the (B, N, C) tokens."""
+    if token_weights is None:
+        return F.mse_loss(pred, target)
+    w = token_weights[..., None]  # (B, N, 1)
+    return (w * (pred - target) ** 2).mean() / w.mean()
 
 
 def disentanglement_loss(pred: Tensor, pred_perturbed: Tensor, face_mask: Tensor) -> Tensor:
@@ -46,10 +50,11 @@ def identity_tailored_loss(
     pred_base: Tensor,
     face_mask: Tensor,
     weights: IdentityLossWeights,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """The total loss and its parts (as floats, for logging)."""
+    """The total loss and its parts (as floats, for logging); `token_weights` weigh the denoising term."""
     parts = {
-        "denoise": denoising_loss(pred, target),
+        "denoise": denoising_loss(pred, target, token_weights),
         "disentangle": disentanglement_loss(pred, pred_perturbed, face_mask),
         "preserve": preservation_loss(pred, pred_base),
     }

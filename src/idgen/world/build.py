@@ -261,10 +261,10 @@ def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list
     return paths
 
 
-# In dependency order: the W+ branch trains on the single-person base, the identity encoder and the style
-# codec; two-people then fine-tunes the base (the W+ branch is not retrained); the adapter trains last, on
-# the final base and the identity encoder.
-STAGES = ("identity", "evaluators", "base", "wplus", "pidiff", "two-people", "adapter")
+# In dependency order: two-people fine-tunes the base; both identity branches then train on that final
+# base, so each ships with the base it was trained on (the W+ branch on the style codec, the adapter on
+# the identity encoder).
+STAGES = ("identity", "evaluators", "base", "two-people", "wplus", "pidiff", "adapter")
 
 
 def train_all(

@@ -53,7 +53,6 @@ class IdentityTerm:
     x0 estimate, decoded by the frozen VAE, scored by the generator-side recogniser against the reference."""
 
     recognizer: Any  # world.identity.WorldFaceRecognizer, frozen
-    weight: float
 
     def __call__(
         self, pipe: Any, x_t: Tensor, t: Tensor, pred: Tensor, images: Tensor, boxes: Tensor
@@ -67,28 +66,43 @@ class IdentityTerm:
         return identity_loss(self.recognizer, generated, boxes, reference, t)
 
 
+class BranchStage(NamedTuple):
+    """One stage of the W+ branch's training: what trains, and with which losses. The W+ adapter trains in
+    two: stage I aligns W+ with the denoiser (F_w and the projections, the denoising loss alone); stage II
+    keeps F_w frozen and trains the projections with the disentanglement and preservation terms."""
+
+    train: TrainConfig
+    weights: IdentityLossWeights = IdentityLossWeights()  # lambda_d, lambda_p; both 0: denoising alone
+    mapping: bool = True  # F_w trains too; False: the identity cross-attentions alone
+    face_loss_weight: float = 0.0  # face tokens count 1 + this in the denoising term
+    id_loss_weight: float = 0.0  # PuLID's ID loss beside PIDiff's losses (IdentityTerm); 0: PIDiff's alone
+
+
 def train_wplus_branch(
     pipe: Any,
     branch: Any,
     encode_wplus: EncodeWPlus,
     data: WPlusSet,
-    config: TrainConfig,
+    stage: BranchStage,
     folder: Path,
-    weights: IdentityLossWeights | None = None,
     identity_term: IdentityTerm | None = None,
 ) -> dict[str, float]:
-    """Identity-tailored fine-tuning of the W+ branch on the frozen demo FLUX (flow matching), with
-    `identity_term` added when given."""
+    """One stage of the W+ branch's identity-tailored fine-tuning on the frozen demo FLUX (flow
+    matching), with `identity_term` (weighted by `stage.id_loss_weight`) added when given."""
     from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
+    from idgen.world.generator import face_token_weights
 
-    weights = weights or IdentityLossWeights()
     transformer = pipe.transformer.requires_grad_(False)
+    branch.requires_grad_(True)
+    branch.w_proj.requires_grad_(stage.mapping)
+    weights = stage.weights
+    tailored = bool(weights.disentangle or weights.preserve)
     injector = FluxIdentityInjector(transformer, branch)
     img_ids = latent_ids(pipe)
     rows = cols = int(data.latents.shape[1] ** 0.5)
 
     def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        idx = torch.randint(len(data.latents), (config.batch_size,), generator=g)
+        idx = torch.randint(len(data.latents), (stage.train.batch_size,), generator=g)
         with torch.no_grad():
             w = encode_wplus(data.images[idx], data.face_boxes[idx])  # (B, L, D)
         w_perturbed = perturb_codes(w, g)
@@ -104,19 +118,30 @@ def train_wplus_branch(
                 return velocity(transformer, x_t, t, t5, pooled, img_ids)
 
         pred = predict(w)
-        with torch.no_grad():
-            pred_perturbed, pred_base = predict(w_perturbed), predict(None)
-        loss, parts = identity_tailored_loss(pred, target, pred_perturbed, pred_base, mask, weights)
-        if identity_term is None or not identity_term.weight:
+        with torch.no_grad():  # without either term, e(w~) and e(0) are not needed
+            pred_perturbed = predict(w_perturbed) if tailored else pred.detach()
+            pred_base = predict(None) if tailored else pred.detach()
+        token_weights = (
+            face_token_weights(data.face_boxes[idx], stage.face_loss_weight, rows)
+            if stage.face_loss_weight
+            else None
+        )
+        loss, parts = identity_tailored_loss(
+            pred, target, pred_perturbed, pred_base, mask, weights, token_weights
+        )
+        if identity_term is None or not stage.id_loss_weight:
             return loss, parts
         term = identity_term(pipe, x_t, t, pred, data.images[idx], data.face_boxes[idx])
-        return loss + identity_term.weight * term, parts | {"id": float(term.detach())}
+        return loss + stage.id_loss_weight * term, parts | {"id": float(term.detach())}
 
     try:
-        trainer = Trainer("pidiff branch", {"branch": branch}, branch.parameters(), config, folder)
+        parameters = [p for p in branch.parameters() if p.requires_grad]
+        name = f"pidiff branch: {folder.name}"
+        trainer = Trainer(name, {"branch": branch}, parameters, stage.train, folder)
         return trainer.fit(step)
     finally:
         injector.remove()
+        branch.requires_grad_(True)
 
 
 class WorldWPlusEncoder:
@@ -172,25 +197,45 @@ class WorldWPlusEncoder:
         return features
 
 
+ALIGN = BranchStage(
+    TrainConfig(
+        steps=800, lr=5e-4, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
+    ),
+    IdentityLossWeights(disentangle=0.0, preserve=0.0),
+    mapping=True,
+    face_loss_weight=4.0,
+)
+TAILOR = BranchStage(
+    TrainConfig(
+        steps=600, lr=2e-4, batch_size=24, checkpoint_every=100, warmup=20, seed=17, weight_decay=0.01
+    ),
+    IdentityLossWeights(),
+    mapping=False,
+    face_loss_weight=4.0,
+)
+
+
 class BranchRecipe(NamedTuple):
     renders: int = 8192
-    train: TrainConfig = TrainConfig(
-        steps=1000, lr=5e-4, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
-    )
-    weights: IdentityLossWeights = IdentityLossWeights()
-    id_loss_weight: float = 0.0  # PuLID's ID loss beside PIDiff's losses (IdentityTerm); 0: PIDiff's alone
+    stages: tuple[BranchStage, ...] = (ALIGN, TAILOR)  # stage I, then stage II
 
 
-QUICK_BRANCH = BranchRecipe(renders=32, train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=15))
+QUICK_BRANCH = BranchRecipe(
+    renders=32,
+    stages=tuple(
+        s._replace(train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=s.train.seed))
+        for s in (ALIGN, TAILOR)
+    ),
+)
 
 
-def _identity_term(pipe: Any, assets: Path, weight: float) -> IdentityTerm:
+def _identity_term(pipe: Any, assets: Path) -> IdentityTerm:
     """The ID term with the generator-side recogniser in `assets/identity` (never the evaluator's)."""
     from idgen.world.identity import WorldFaceRecognizer
 
     recognizer = WorldFaceRecognizer.from_pretrained(assets / "identity" / "recognizer")
     pipe.vae.requires_grad_(False)
-    return IdentityTerm(recognizer.eval().requires_grad_(False), weight)
+    return IdentityTerm(recognizer.eval().requires_grad_(False))
 
 
 def train_pidiff_branch(
@@ -230,10 +275,12 @@ def train_pidiff_branch(
         torch.manual_seed(16)
         branch = WPlusFluxAdapter(config)
     branch.init_from_transformer(t, points)
-    term = _identity_term(pipe, assets, recipe.id_loss_weight) if recipe.id_loss_weight else None
-    report = train_wplus_branch(
-        pipe, branch, encoder.encode_wplus, data, recipe.train, work / "pidiff-train", recipe.weights, term
-    )
+    needs_term = any(stage.id_loss_weight for stage in recipe.stages)
+    term = _identity_term(pipe, assets) if needs_term else None
+    report: dict[str, float] = {}
+    for i, stage in enumerate(recipe.stages, start=1):
+        folder = work / f"pidiff-stage-{i}"
+        report = train_wplus_branch(pipe, branch, encoder.encode_wplus, data, stage, folder, term)
     save_wplus_flux_adapter(branch.eval(), assets / "pidiff")
     return report
 
