@@ -69,3 +69,21 @@ def test_compare_refuses_a_folder_of_other_weights_before_loading_them(tmp_path,
     with pytest.raises(IdgenError, match=r"holds results of a different plan: generation\.models\.assets"):
         compare(tmp_path / "out", "demo-quick", assets=assets)
     assert not (folder / "references").exists()  # refused before anything was written
+
+
+def test_the_built_in_benchmarks_follow_the_gates_pairs_on_their_split(tmp_path):
+    from idgen.world.eval_plugin import builtin
+    from idgen.world.gates import pairs, reference_seed
+
+    cases = (("demo", "test", 100), ("demo-quick", "test", 12), ("demo-validation", "validation", 100))
+    for name, split, count in cases:
+        bench = builtin(name, tmp_path / name)
+        chosen = pairs(1, split)[:count]
+        assert [p.id for p in bench.identities] == [f"{split}_{p.identity:03d}" for p in chosen]
+        assert [seed for _, _, seed in bench.pairs] == [p.seed for p in chosen]
+        assert [bench.prompts[i].text for _, i, _ in bench.pairs] == [p.prompt.text for p in chosen]
+    assert reference_seed(7, "validation") == 500_007 and reference_seed(7, "test") == 7
+    validation = builtin("demo-validation", tmp_path / "v")
+    test = builtin("demo", tmp_path / "t")
+    assert not {p.text for p in validation.prompts} & {p.text for p in test.prompts}  # held out
+    assert validation.identities[0].id == "validation_000" and test.identities[0].id == "test_000"

@@ -55,7 +55,11 @@ def add_eval(sub: Any) -> None:
 
 
 def _add_benchmark_flags(p: Any) -> None:
-    p.add_argument("--benchmark", help="built-in benchmark: demo (100 pairs) or demo-quick (12 pairs)")
+    p.add_argument(
+        "--benchmark",
+        help="built-in benchmark: demo (100 held-out pairs), demo-quick (12) or "
+        "demo-validation (100 validation pairs, for choosing settings)",
+    )
     p.add_argument("--photos", help="folder of identity photos (optional manifest.json with genders)")
     p.add_argument("--prompts", help="IBench prompts json (e.g. human_longer_template.json) or a .txt")
     p.add_argument("--limit-photos", type=int, help="only the first N photos (sorted by file name)")

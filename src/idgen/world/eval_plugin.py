@@ -100,32 +100,36 @@ def world_metric_models() -> MetricModels:
     return models
 
 
-# Built-in demo-world benchmarks: the same pairs and seeds as `python -m idgen.world.gates`.
-BUILTIN = {"demo": 100, "demo-quick": 12}
+# Built-in demo-world benchmarks: the same pairs and seeds as `python -m idgen.world.gates`; name ->
+# (split, pairs). Settings are chosen on `demo-validation`; `demo` and `demo-quick` only report.
+BUILTIN = {"demo": ("test", 100), "demo-quick": ("test", 12), "demo-validation": ("validation", 100)}
 FACE_MODEL = "demo-world evaluator recogniser (not comparable to ArcFace)"
 
 
 def builtin(name: str, cache: Path) -> Benchmark:
-    """`demo` (100 held-out identities, one held-out prompt each) or `demo-quick` (its first 12 pairs).
+    """`demo` (100 held-out identities, one held-out prompt each), `demo-quick` (its first 12 pairs) or
+    `demo-validation` (100 validation identities, one validation prompt each, for choosing settings).
 
     The reference photos are rendered into `cache` by `Benchmark.prepare` (deterministic, atomic), so a
     refused run writes nothing."""
-    from idgen.world.gates import pairs
-    from idgen.world.render import render_reference, test_identities
+    from idgen.world.gates import pairs, reference_seed, split_people
+    from idgen.world.render import render_reference
 
-    people = test_identities()
-    chosen = pairs(1)[: BUILTIN[name]]
+    split, count = BUILTIN[name]
+    people = split_people(split)
+    chosen = pairs(1, split)[:count]
     identities: list[IdentityPhoto] = []
     prompts: list[BenchPrompt] = []
     index: list[tuple[int, int, int]] = []
     prompt_ids: dict[str, int] = {}
     references = {}
     for k, pair in enumerate(chosen):
-        reference = render_reference(people[pair.identity], seed=pair.identity)
-        path = cache / f"test_{pair.identity:03d}.png"
+        reference = render_reference(people[pair.identity], seed=reference_seed(pair.identity, split))
+        label = f"{split}_{pair.identity:03d}"
+        path = cache / f"{label}.png"
         references[path] = reference.image
         rgb = tuple(c / 255 for c in reference.background_rgb)
-        identities.append(IdentityPhoto(f"test_{pair.identity:03d}", path, backdrop_rgb=rgb))  # type: ignore[arg-type]
+        identities.append(IdentityPhoto(label, path, backdrop_rgb=rgb))  # type: ignore[arg-type]
         if pair.prompt.text not in prompt_ids:
             prompt_ids[pair.prompt.text] = len(prompts)
             prompts.append(BenchPrompt(id=f"{len(prompts):03d}", text=pair.prompt.text))
