@@ -187,5 +187,7 @@ def test_demo_quick_is_the_first_gate_pairs_with_rendered_references(tmp_path):
     assert not (tmp_path / "references").exists()  # rendered only when a run has checked its plan
     bench.prepare()
     assert all(p.identity.path.is_file() and p.identity.backdrop_rgb is not None for p in got)
-    with pytest.raises(IdgenError, match="unknown benchmark 'ibench-full' \\(built-in: demo, demo-quick\\)"):
+    with pytest.raises(
+        IdgenError, match="unknown benchmark 'ibench-full' \\(built-in: demo, demo-quick, demo-validation\\)"
+    ):
         named("ibench-full", tmp_path)

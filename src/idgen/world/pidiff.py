@@ -81,6 +81,58 @@ class BranchStage(NamedTuple):
     id_loss_weight: float = 0.0  # PuLID's ID loss beside PIDiff's losses (IdentityTerm); 0: PIDiff's alone
 
 
+@dataclass
+class BranchStep:
+    """One training step of a stage: e(w), and e(w~) and e(0) when a PIDiff term needs them, then the
+    stage's losses on a batch drawn by the step's generator."""
+
+    pipe: Any
+    branch: Any
+    injector: Any  # backbones.flux.FluxIdentityInjector on the frozen transformer
+    encode_wplus: EncodeWPlus
+    data: WPlusSet
+    stage: BranchStage
+    identity_term: IdentityTerm | None = None
+
+    def predict(self, code: Tensor | None, x_t: Tensor, t: Tensor, idx: Tensor) -> Tensor:
+        from idgen.backbones.flux import InjectionRun
+
+        d, transformer = self.data, self.pipe.transformer
+        img_ids = latent_ids(self.pipe)
+        if code is None:
+            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], img_ids)
+        with self.injector.run(InjectionRun(id_tokens=self.branch.encode(code.flatten(1)))):
+            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], img_ids)
+
+    def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        from idgen.world.generator import face_token_weights
+
+        d, stage = self.data, self.stage
+        rows = int(d.latents.shape[1] ** 0.5)
+        idx = torch.randint(len(d.latents), (stage.train.batch_size,), generator=g)
+        with torch.no_grad():
+            w = self.encode_wplus(d.images[idx], d.face_boxes[idx])  # (B, L, D)
+        w_perturbed = perturb_codes(w, g)
+        mask = face_mask_on_grid(d.face_masks[idx], rows, rows)  # (B, 64, 1)
+        x_t, t, target = noised(d.latents[idx], g)
+        pred = self.predict(w, x_t, t, idx)
+        with torch.no_grad():  # without either PIDiff term, e(w~) and e(0) are not needed
+            tailored = bool(stage.weights.disentangle or stage.weights.preserve)
+            pred_perturbed = self.predict(w_perturbed, x_t, t, idx) if tailored else pred.detach()
+            pred_base = self.predict(None, x_t, t, idx) if tailored else pred.detach()
+        boxes = d.face_boxes[idx]
+        token_weights = (
+            face_token_weights(boxes, stage.face_loss_weight, rows) if stage.face_loss_weight else None
+        )
+        loss, parts = identity_tailored_loss(
+            pred, target, pred_perturbed, pred_base, mask, stage.weights, token_weights
+        )
+        if self.identity_term is None or not stage.id_loss_weight:
+            return loss, parts
+        term = self.identity_term(self.pipe, x_t, t, pred, d.images[idx], boxes)
+        return loss + stage.id_loss_weight * term, parts | {"id": float(term.detach())}
+
+
 def train_wplus_branch(
     pipe: Any,
     branch: Any,
@@ -92,55 +144,17 @@ def train_wplus_branch(
 ) -> dict[str, float]:
     """One stage of the W+ branch's identity-tailored fine-tuning on the frozen demo FLUX (flow
     matching), with `identity_term` (weighted by `stage.id_loss_weight`) added when given."""
-    from idgen.backbones.flux import FluxIdentityInjector, InjectionRun
-    from idgen.world.generator import face_token_weights
+    from idgen.backbones.flux import FluxIdentityInjector
 
-    transformer = pipe.transformer.requires_grad_(False)
+    injector = FluxIdentityInjector(pipe.transformer.requires_grad_(False), branch)
     branch.requires_grad_(True)
     branch.w_proj.requires_grad_(stage.mapping)
-    weights = stage.weights
-    tailored = bool(weights.disentangle or weights.preserve)
-    injector = FluxIdentityInjector(transformer, branch)
-    img_ids = latent_ids(pipe)
-    rows = cols = int(data.latents.shape[1] ** 0.5)
-
-    def step(step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
-        idx = torch.randint(len(data.latents), (stage.train.batch_size,), generator=g)
-        with torch.no_grad():
-            w = encode_wplus(data.images[idx], data.face_boxes[idx])  # (B, L, D)
-        w_perturbed = perturb_codes(w, g)
-        mask = face_mask_on_grid(data.face_masks[idx], rows, cols)  # (B, 64, 1)
-        x_t, t, target = noised(data.latents[idx], g)
-        t5, pooled = data.t5[idx], data.pooled[idx]
-
-        def predict(code: Tensor | None) -> Tensor:
-            if code is None:
-                return velocity(transformer, x_t, t, t5, pooled, img_ids)
-            tokens = branch.encode(code.flatten(1))
-            with injector.run(InjectionRun(id_tokens=tokens)):
-                return velocity(transformer, x_t, t, t5, pooled, img_ids)
-
-        pred = predict(w)
-        with torch.no_grad():  # without either term, e(w~) and e(0) are not needed
-            pred_perturbed = predict(w_perturbed) if tailored else pred.detach()
-            pred_base = predict(None) if tailored else pred.detach()
-        token_weights = (
-            face_token_weights(data.face_boxes[idx], stage.face_loss_weight, rows)
-            if stage.face_loss_weight
-            else None
-        )
-        loss, parts = identity_tailored_loss(
-            pred, target, pred_perturbed, pred_base, mask, weights, token_weights
-        )
-        if identity_term is None or not stage.id_loss_weight:
-            return loss, parts
-        term = identity_term(pipe, x_t, t, pred, data.images[idx], data.face_boxes[idx])
-        return loss + stage.id_loss_weight * term, parts | {"id": float(term.detach())}
-
+    step = BranchStep(pipe, branch, injector, encode_wplus, data, stage, identity_term)
     try:
         parameters = [p for p in branch.parameters() if p.requires_grad]
-        name = f"pidiff branch: {folder.name}"
-        trainer = Trainer(name, {"branch": branch}, parameters, stage.train, folder)
+        trainer = Trainer(
+            f"pidiff branch: {folder.name}", {"branch": branch}, parameters, stage.train, folder
+        )
         return trainer.fit(step)
     finally:
         injector.remove()
