@@ -110,17 +110,11 @@ def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
     from idgen.world.bundle import ASSETS
 
     check.integer("--threads", args.threads, low=1, high=1024)
-    check.integer("--seed", args.seed, low=0, high=1000)
-    check.integer("--adapter-seed", args.adapter_seed, low=0, high=1000)
-    if args.seed and args.adapter_seed:
-        raise IdgenError("pass --seed or --adapter-seed, not both (--seed K reseeds the adapter too)")
+    check_seeds(args.seed, args.adapter_seed)
     unknown = [s for s in args.stage or () if s not in WORLD_STAGES]
     if unknown:
         raise IdgenError(f"unknown stage {check.shown(unknown[0])!r} (stages: {', '.join(WORLD_STAGES)})")
-    default = "outputs/world-quick" if args.quick else "outputs/world"
-    work = check.output_folder(
-        args.work or (f"{default}-seed-{args.seed}" if args.seed else default), "--work"
-    )
+    work = check.output_folder(args.work or default_work(args.quick, args.seed), "--work")
     check_work_seed(work, args.seed)
     assets = check.output_folder(args.assets or work / "assets", "--assets")
     if assets.resolve() == ASSETS.resolve() and not args.overwrite:
@@ -129,6 +123,19 @@ def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
             f"--assets {shipped} holds the package's shipped assets; pass --overwrite to replace them"
         )
     return work, assets
+
+
+def check_seeds(seed: int, adapter_seed: int) -> None:
+    check.integer("--seed", seed, low=0, high=1000)
+    check.integer("--adapter-seed", adapter_seed, low=0, high=1000)
+    if seed and adapter_seed:
+        raise IdgenError("pass --seed or --adapter-seed, not both (--seed K reseeds the adapter too)")
+
+
+def default_work(quick: bool, seed: int) -> str:
+    """outputs/world or outputs/world-quick, with -seed-K for a world seed K > 0."""
+    folder = "outputs/world-quick" if quick else "outputs/world"
+    return f"{folder}-seed-{seed}" if seed else folder
 
 
 def check_work_seed(work: Path, seed: int) -> None:
