@@ -202,6 +202,27 @@ ROWS = [
     ("train threads negative", [*TRAIN, "--threads", "-1"], 1, "--threads must be in [1, 1024], got -1"),
     ("train unknown stage", [*TRAIN, "--stage", "vae"], 1, "unknown stage 'vae'"),
     ("train adapter seed -1", [*TRAIN, "--adapter-seed", "-1"], 1, "--adapter-seed must be in [0, 1000]"),
+    ("train seed -1", [*TRAIN, "--seed", "-1"], 1, "--seed must be in [0, 1000], got -1"),
+    ("train seed 1001", [*TRAIN, "--seed", "1001"], 1, "--seed must be in [0, 1000], got 1001"),
+    ("train seed not an integer", [*TRAIN, "--seed", "1.5"], 2, "invalid int value: '1.5'"),
+    (
+        "train seed and adapter seed",
+        [*TRAIN, "--seed", "1", "--adapter-seed", "2"],
+        1,
+        "pass --seed or --adapter-seed, not both",
+    ),
+    (
+        "train work of another seed",
+        ["world", "train", "--quick", "--work", "{d}/seed-0-work", "--seed", "3"],
+        1,
+        "seed-0-work was started with --seed 0; pass another --work for --seed 3",
+    ),
+    (
+        "train work of an earlier run",
+        ["world", "train", "--quick", "--work", "{d}/rendered", "--seed", "3"],
+        1,
+        "rendered was started with --seed 0",
+    ),
     ("train over the shipped assets", [*TRAIN, "--assets", str(ASSETS)], 1, "the package's shipped assets"),
     ("train work is a file", ["world", "train", "--work", "{d}/afile"], 1, "--work is a file, not a folder"),
     ("world without a command", ["world"], 2, "required: world_command"),
@@ -287,6 +308,8 @@ def make_folder(d: Path) -> None:
     (d / "rendered").mkdir()
     (d / "rendered" / "index.jsonl").write_text("{}\n")
     (d / "killed").mkdir()
+    (d / "seed-0-work").mkdir()
+    (d / "seed-0-work" / "seed.json").write_text('{"seed": 0}\n')
     Image.new("RGB", (64, 64)).save(d / "killed" / "test_00003.png")
     (d / "data").mkdir()
     np.save(d / "code.npy", np.zeros((18, 512), np.float32))

@@ -29,16 +29,23 @@ def add_world(sub: Any) -> None:
     r.set_defaults(func=run_world_render)
     t = commands.add_parser("train", help="reproduce every demo-world asset from scratch (resumable)")
     t.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test)")
-    t.add_argument("--work", help="checkpoints and caches (default: outputs/world, or outputs/world-quick)")
+    t.add_argument("--work", help="checkpoints and caches (default: outputs/world, or outputs/world-quick; "
+                   "with --seed K > 0: outputs/world-seed-K, or outputs/world-quick-seed-K); it records the "
+                   "seed it was started with and is refused for another")  # fmt: skip
     t.add_argument("--assets", help="where the trained assets go (default: <work>/assets); the package's own "
                    "shipped assets are replaced only with --overwrite")  # fmt: skip
     t.add_argument(
         "--overwrite", action="store_true", help="allow --assets to be the package's shipped assets"
     )
     t.add_argument("--threads", type=int, default=1, help="CPU threads for training")
+    t.add_argument("--seed", type=int, default=0, metavar="K",
+                   help="retrain every generator-side stage (identity encoder, base, two-people, style "
+                   "codec, W+ branch, adapter) with its recipe's K-th other seeds, K in [0, 1000] (default "
+                   "0: the committed seeds), to check that a conclusion is not one seed's luck; the "
+                   "evaluators keep their seeds, so two seeds' worlds are measured alike")  # fmt: skip
     t.add_argument("--adapter-seed", type=int, default=0, metavar="K",
-                   help="train the identity adapter with its recipe's K-th other seeds (default 0: the "
-                   "shipped recipe's), to check that a conclusion is not one seed's luck")  # fmt: skip
+                   help="train the identity adapter alone with its recipe's K-th other seeds (default 0: "
+                   "the shipped recipe's); not with --seed K > 0, which reseeds the adapter too")  # fmt: skip
     t.add_argument(
         "--stage",
         nargs="+",
@@ -103,13 +110,12 @@ def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
     from idgen.world.bundle import ASSETS
 
     check.integer("--threads", args.threads, low=1, high=1024)
-    check.integer("--adapter-seed", args.adapter_seed, low=0, high=1000)
+    check_seeds(args.seed, args.adapter_seed)
     unknown = [s for s in args.stage or () if s not in WORLD_STAGES]
     if unknown:
         raise IdgenError(f"unknown stage {check.shown(unknown[0])!r} (stages: {', '.join(WORLD_STAGES)})")
-    work = check.output_folder(
-        args.work or ("outputs/world-quick" if args.quick else "outputs/world"), "--work"
-    )
+    work = check.output_folder(args.work or default_work(args.quick, args.seed), "--work")
+    check_work_seed(work, args.seed)
     assets = check.output_folder(args.assets or work / "assets", "--assets")
     if assets.resolve() == ASSETS.resolve() and not args.overwrite:
         shipped = check.shown(assets)
@@ -117,6 +123,31 @@ def check_train(args: argparse.Namespace) -> tuple[Path, Path]:
             f"--assets {shipped} holds the package's shipped assets; pass --overwrite to replace them"
         )
     return work, assets
+
+
+def check_seeds(seed: int, adapter_seed: int) -> None:
+    check.integer("--seed", seed, low=0, high=1000)
+    check.integer("--adapter-seed", adapter_seed, low=0, high=1000)
+    if seed and adapter_seed:
+        raise IdgenError("pass --seed or --adapter-seed, not both (--seed K reseeds the adapter too)")
+
+
+def default_work(quick: bool, seed: int) -> str:
+    """outputs/world or outputs/world-quick, with -seed-K for a world seed K > 0."""
+    folder = "outputs/world-quick" if quick else "outputs/world"
+    return f"{folder}-seed-{seed}" if seed else folder
+
+
+def check_work_seed(work: Path, seed: int) -> None:
+    """Refuse a --work folder started with another --seed (its caches and checkpoints are that seed's)."""
+    from idgen.world.build import work_seed
+
+    started = work_seed(work)
+    if started is not None and started != seed:
+        shown = check.shown(work)
+        raise IdgenError(
+            f"--work {shown} was started with --seed {started}; pass another --work for --seed {seed}"
+        )
 
 
 def run_world_train(args: argparse.Namespace) -> int:
@@ -129,7 +160,12 @@ def run_world_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     with rebuilding(assets):
         report = train_all(
-            work, assets, quick=args.quick, stages=args.stage or STAGES, adapter_seed=args.adapter_seed
+            work,
+            assets,
+            quick=args.quick,
+            stages=args.stage or STAGES,
+            adapter_seed=args.adapter_seed,
+            seed=args.seed,
         )
     print(json.dumps(report, indent=2, default=str))
     return 0

@@ -10,13 +10,18 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from idgen.errors import IdgenError
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
+
+if TYPE_CHECKING:
+    from idgen.world.identity import IdentityTrainPlan
+    from idgen.world.pidiff import BranchRecipe
+    from idgen.world.wplus import WPlusTrainPlan
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -29,6 +34,18 @@ class BaseRecipe(NamedTuple):
     transformer: TrainConfig = TrainConfig(
         steps=8000, lr=6e-4, batch_size=32, checkpoint_every=100, warmup=100, seed=12, weight_decay=0.01
     )
+    data_seed: int = 1  # the renders
+    init_seed: int = gen.SEED_COMPONENTS  # the untrained VAE and transformer (`gen.new_pipeline`)
+
+    def reseeded(self, k: int) -> BaseRecipe:
+        """The same recipe with its k-th other seeds (renders + k; initialisation and both trainings
+        + 10 k); k = 0 is this one. The frozen random text encoders keep theirs (`gen.text_encoders`)."""
+        return self._replace(
+            vae=dataclasses.replace(self.vae, seed=self.vae.seed + 10 * k),
+            transformer=dataclasses.replace(self.transformer, seed=self.transformer.seed + 10 * k),
+            data_seed=self.data_seed + k,
+            init_seed=self.init_seed + 10 * k,
+        )
 
 
 QUICK_BASE = BaseRecipe(
@@ -38,20 +55,22 @@ QUICK_BASE = BaseRecipe(
 )
 
 
-def train_base(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+def train_base(
+    work: Path, assets: Path = ASSETS, quick: bool = False, recipe: BaseRecipe | None = None
+) -> dict[str, Any]:
     """Renders -> VAE -> latents and text embeddings -> transformer -> assets/flux (a FluxPipeline folder)."""
     from diffusers import AutoencoderKL
 
-    recipe = QUICK_BASE if quick else BaseRecipe()
+    recipe = recipe or (QUICK_BASE if quick else BaseRecipe())
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {}
 
     def renders() -> dict[str, Any]:
-        data = gen.render_set(recipe.renders, seed=1)
+        data = gen.render_set(recipe.renders, seed=recipe.data_seed)
         return {"images": data.images, "captions": data.captions}
 
-    data = gen.cached(work / "renders.pt", renders)
-    pipe = gen.new_pipeline()
+    data = gen.cached(work / "renders.pt", renders)  # a work folder holds one seed's runs (`claim_work`)
+    pipe = gen.new_pipeline(recipe.init_seed)
     vae_dir = work / "vae"
     if (vae_dir / "config.json").exists():
         pipe.vae = AutoencoderKL.from_pretrained(vae_dir)
@@ -179,6 +198,19 @@ class TwoPeopleRecipe(NamedTuple):
     train: TrainConfig = TrainConfig(
         steps=2400, lr=2e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
     )
+    two_people_seed: int = 4  # the two-person renders
+    single_seed: int = 5  # the single-person renders (not the base's)
+    words_seed: int = gen.SEED_TWO_PEOPLE_WORDS  # the new words' embedding rows
+
+    def reseeded(self, k: int) -> TwoPeopleRecipe:
+        """The same recipe with its k-th other seeds (both render sets + k; the new embedding rows and the
+        training + 10 k); k = 0 is this one."""
+        return self._replace(
+            train=dataclasses.replace(self.train, seed=self.train.seed + 10 * k),
+            two_people_seed=self.two_people_seed + k,
+            single_seed=self.single_seed + k,
+            words_seed=self.words_seed + 10 * k,
+        )
 
 
 QUICK_TWO_PEOPLE = TwoPeopleRecipe(
@@ -198,10 +230,10 @@ def _two_people_data(pipe: Any, work: Path, recipe: TwoPeopleRecipe) -> list[gen
         return dict(latents=latents, t5=t5, pooled=pooled, empty_t5=empty_t5, empty_pooled=empty_pooled)
 
     def two() -> dict[str, Any]:
-        return encoded(*gen.two_people_render_set(recipe.two_people_renders, seed=4))
+        return encoded(*gen.two_people_render_set(recipe.two_people_renders, seed=recipe.two_people_seed))
 
     def one() -> dict[str, Any]:
-        data = gen.render_set(recipe.single_renders, seed=5)
+        data = gen.render_set(recipe.single_renders, seed=recipe.single_seed)
         return encoded(data.images, data.captions)
 
     return [
@@ -210,7 +242,9 @@ def _two_people_data(pipe: Any, work: Path, recipe: TwoPeopleRecipe) -> list[gen
     ]
 
 
-def train_two_people(work: Path, assets: Path = ASSETS, quick: bool = False) -> dict[str, Any]:
+def train_two_people(
+    work: Path, assets: Path = ASSETS, quick: bool = False, recipe: TwoPeopleRecipe | None = None
+) -> dict[str, Any]:
     """The base FLUX in `assets/flux` fine-tuned on two-person captions, half of every batch ordinary
     single-person renders (so single-person scenes keep their quality); the tokenizers gain the two-person
     words and the frozen text encoders their embedding rows (old rows unchanged). The W+ branch, trained on
@@ -228,9 +262,9 @@ def train_two_people(work: Path, assets: Path = ASSETS, quick: bool = False) -> 
     pipe = FluxPipeline.from_pretrained(flux)
     if len(pipe.tokenizer) == len(tokenizer):
         return json.loads(report_path.read_text()) if report_path.is_file() else {"skipped": "already done"}
-    recipe = QUICK_TWO_PEOPLE if quick else TwoPeopleRecipe()
+    recipe = recipe or (QUICK_TWO_PEOPLE if quick else TwoPeopleRecipe())
     work.mkdir(parents=True, exist_ok=True)
-    gen.extend_text_encoders(pipe, len(tokenizer))
+    gen.extend_text_encoders(pipe, len(tokenizer), recipe.words_seed)
     pipe.tokenizer, pipe.tokenizer_2 = tokenizer, build_tokenizer(two_people=True)
     pipe.vae.eval().requires_grad_(False)
     parts = _two_people_data(pipe, work, recipe)
@@ -265,6 +299,69 @@ def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list
 # base, so each ships with the base it was trained on (the W+ branch on the style codec, the adapter on
 # the identity encoder).
 STAGES = ("identity", "evaluators", "base", "two-people", "wplus", "pidiff", "adapter")
+MAX_WORLD_SEED = 1000
+
+
+class WorldRecipes(NamedTuple):
+    """What each generator-side stage trains with. The evaluators are not here: they are the measuring
+    instrument, trained with their own fixed seeds whatever the world's seed, so that two seeds' worlds are
+    measured with the same evaluators."""
+
+    identity: IdentityTrainPlan
+    base: BaseRecipe
+    two_people: TwoPeopleRecipe
+    wplus: WPlusTrainPlan
+    pidiff: BranchRecipe
+    adapter: AdapterRecipe
+
+
+def world_recipes(quick: bool = False, seed: int = 0) -> WorldRecipes:
+    """The committed recipes (`quick`: their few-step versions) with their `seed`-th other seeds (each
+    recipe's `reseeded`: data seeds + seed, initialisation and training seeds + 10 seed); 0: as committed."""
+    from idgen.world import identity, pidiff, wplus
+
+    return WorldRecipes(
+        identity=(identity.QUICK_PLAN if quick else identity.FULL_PLAN).reseeded(seed),
+        base=(QUICK_BASE if quick else BaseRecipe()).reseeded(seed),
+        two_people=(QUICK_TWO_PEOPLE if quick else TwoPeopleRecipe()).reseeded(seed),
+        wplus=(wplus.QUICK_PLAN if quick else wplus.FULL_PLAN).reseeded(seed),
+        pidiff=(pidiff.QUICK_BRANCH if quick else pidiff.BranchRecipe()).reseeded(seed),
+        adapter=(QUICK_ADAPTER if quick else AdapterRecipe()).reseeded(seed),
+    )
+
+
+SEED_RECORD = "seed.json"  # in a work folder: the world seed its caches and checkpoints were made with
+
+
+def work_seed(work: Path) -> int | None:
+    """The world seed `work` was started with: its record; 0 for a folder with files but no record (started
+    before the seed was recorded, so with the committed seeds); None for a missing or empty folder."""
+    record = work / SEED_RECORD
+    if record.is_file():
+        try:
+            return int(json.loads(record.read_text())["seed"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise IdgenError(f"{record} is not a seed record ({e})") from None
+    return 0 if work.is_dir() and any(work.iterdir()) else None
+
+
+def check_work(work: Path, seed: int) -> None:
+    """Refuse a work folder started with another world seed: its caches and checkpoints are that seed's."""
+    started = work_seed(work)
+    if started is not None and started != seed:
+        raise IdgenError(
+            f"work folder {work} was started with seed {started}, not {seed}; use another work folder"
+        )
+
+
+def claim_work(work: Path, seed: int) -> None:
+    """`check_work`, then record `seed` in a work folder that has no record yet."""
+    from idgen.io import atomic_write_text
+
+    check_work(work, seed)
+    if not (work / SEED_RECORD).is_file():
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(work / SEED_RECORD, json.dumps({"seed": seed}) + "\n")
 
 
 def train_all(
@@ -273,28 +370,42 @@ def train_all(
     quick: bool = False,
     stages: Sequence[str] = STAGES,
     adapter_seed: int = 0,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Demo-world assets from scratch, `stages` in dependency order (a stage reads what earlier ones wrote
-    to `assets`); each stage resumes after a kill. The manifest is rewritten over every file. `adapter_seed`
-    k > 0 trains the adapter with its recipe's k-th other seeds (a retrain that checks a conclusion is not
-    one seed's luck)."""
+    to `assets`); each stage resumes after a kill. The manifest is rewritten over every file.
+
+    `seed` k > 0 retrains every generator-side stage with its recipe's k-th other seeds (`world_recipes`), a
+    retrain that checks a conclusion is not one seed's luck; the evaluators keep their seeds. `work` records
+    the seed it was started with and is refused for another (`claim_work`). `adapter_seed` k > 0 retrains
+    the adapter alone with its k-th other seeds (its caches are named by seed); at most one of the two."""
     from idgen.world.bundle import write_manifest
     from idgen.world.evaluators import train_evaluators
     from idgen.world.identity import train_identity_models
     from idgen.world.pidiff import train_pidiff_branch
     from idgen.world.wplus import train_wplus_codec
 
+    for name, value in (("seed", seed), ("adapter_seed", adapter_seed)):
+        if not 0 <= value <= MAX_WORLD_SEED:
+            raise IdgenError(f"{name} must be in [0, {MAX_WORLD_SEED}], got {value}")
+    if seed and adapter_seed:
+        raise IdgenError(
+            "pass a world seed or an adapter seed, not both (a world seed reseeds the adapter too)"
+        )
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise IdgenError(f"unknown stage {unknown[0]!r} (stages: {', '.join(STAGES)})")
+    claim_work(work, seed)
+    r = world_recipes(quick, seed)
+    gen_work, q = work / "generator", quick
     runs: dict[str, Callable[[], Any]] = {
-        "identity": lambda: train_identity_models(work / "identity", assets / "identity", quick=quick),
-        "evaluators": lambda: train_evaluators(work / "evaluators", assets / "evaluators", quick=quick),
-        "base": lambda: train_base(work / "generator", assets, quick=quick),
-        "adapter": lambda: train_adapter(work / "generator", assets, quick=quick, seed=adapter_seed),
-        "wplus": lambda: train_wplus_codec(work / "wplus", assets / "wplus", quick=quick),
-        "pidiff": lambda: train_pidiff_branch(work / "generator", assets, quick=quick),
-        "two-people": lambda: train_two_people(work / "generator", assets, quick=quick),
+        "identity": lambda: train_identity_models(work / "identity", assets / "identity", q, plan=r.identity),
+        "evaluators": lambda: train_evaluators(work / "evaluators", assets / "evaluators", quick=q),
+        "base": lambda: train_base(gen_work, assets, q, recipe=r.base),
+        "adapter": lambda: train_adapter(gen_work, assets, q, seed=adapter_seed, recipe=r.adapter),
+        "wplus": lambda: train_wplus_codec(work / "wplus", assets / "wplus", q, plan=r.wplus),
+        "pidiff": lambda: train_pidiff_branch(gen_work, assets, q, recipe=r.pidiff),
+        "two-people": lambda: train_two_people(gen_work, assets, q, recipe=r.two_people),
     }
     report = {name: runs[name]() for name in STAGES if name in stages}
     write_references(assets)

@@ -477,10 +477,22 @@ class IdentityTrainPlan:
     detector: TrainConfig
     recognizer: TrainConfig
     tower: TrainConfig
+    data_seed: int = 71_000  # renders (training, validation at data_seed + 1) and face-free images
+
+    def reseeded(self, k: int) -> IdentityTrainPlan:
+        """The same plan with its k-th other seeds (data + k, each model's training + 10 k); k = 0 is this
+        one."""
+        return replace(
+            self,
+            detector=replace(self.detector, seed=self.detector.seed + 10 * k),
+            recognizer=replace(self.recognizer, seed=self.recognizer.seed + 10 * k),
+            tower=replace(self.tower, seed=self.tower.seed + 10 * k),
+            data_seed=self.data_seed + k,
+        )
 
 
 # Seeds: distinct from each other and from the evaluator models (which use their own, and ResNets).
-DATA_SEED, DETECTOR_SEED, RECOGNIZER_SEED, TOWER_SEED = 71_000, 71_101, 71_202, 71_303
+DETECTOR_SEED, RECOGNIZER_SEED, TOWER_SEED = 71_101, 71_202, 71_303
 FULL_PLAN = IdentityTrainPlan(
     renders_per_identity=5,
     num_identities=1000,
@@ -575,20 +587,21 @@ def _dataset(work_dir: Path, plan: IdentityTrainPlan) -> dict[str, dict[str, Ten
     from idgen.world import test_identities, train_identities
 
     path = work_dir / "data.pt"
+    seed = plan.data_seed
     key = json.dumps(
-        [plan.renders_per_identity, plan.num_identities, plan.negatives, plan.val_identities, DATA_SEED]
+        [plan.renders_per_identity, plan.num_identities, plan.negatives, plan.val_identities, seed]
     )
     if path.exists():
         data = torch.load(path, weights_only=True)
         if data.get("key") == key:
             return data["sets"]
-    rng = np.random.default_rng([DATA_SEED, 1])
+    rng = np.random.default_rng([seed, 1])
     sets = {
         "train": _render_set(
-            train_identities()[: plan.num_identities], plan.renders_per_identity, DATA_SEED, True
+            train_identities()[: plan.num_identities], plan.renders_per_identity, seed, True
         ),
         # Held-out identities in *any* scene (held-out scene pairs included) and their reference photos.
-        "val": _render_set(test_identities()[: plan.val_identities], 2, DATA_SEED + 1, False),
+        "val": _render_set(test_identities()[: plan.val_identities], 2, seed + 1, False),
         "negatives": {
             "images": torch.from_numpy(np.stack([face_free_image(rng) for _ in range(plan.negatives)]))
         },
@@ -805,12 +818,17 @@ def _validate(
 
 
 def train_identity_models(
-    work_dir: str | Path, assets_dir: str | Path = DEFAULT_ASSETS, quick: bool = False, progress: bool = True
+    work_dir: str | Path,
+    assets_dir: str | Path = DEFAULT_ASSETS,
+    quick: bool = False,
+    progress: bool = True,
+    plan: IdentityTrainPlan | None = None,
 ) -> dict[str, Any]:
     """Train detector, recogniser and tower (resumable: checkpoints under work_dir), write the three asset
-    folders atomically under assets_dir, and return validation numbers on held-out identities."""
+    folders atomically under assets_dir, and return validation numbers on held-out identities. `plan`
+    (default: `QUICK_PLAN` or `FULL_PLAN`) is, e.g., a plan's `reseeded(k)`."""
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
-    plan = QUICK_PLAN if quick else FULL_PLAN
+    plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     work_dir.mkdir(parents=True, exist_ok=True)
     timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -236,6 +236,16 @@ class BranchRecipe(NamedTuple):
     renders: int = 8192
     stages: tuple[BranchStage, ...] = (ALIGN, TAILOR)  # stage I, then stage II
     init_seed: int = 16
+    data_seed: int = 2  # the PuLID adapter's (`AdapterRecipe.data_seed`), here as plain renders
+
+    def reseeded(self, k: int) -> BranchRecipe:
+        """The same recipe with its k-th other seeds (renders + k, as the adapter's pairs; initialisation
+        and each stage's training + 10 k); k = 0 is this one."""
+        return self._replace(
+            stages=tuple(s._replace(train=replace(s.train, seed=s.train.seed + 10 * k)) for s in self.stages),
+            init_seed=self.init_seed + 10 * k,
+            data_seed=self.data_seed + k,
+        )
 
 
 QUICK_BRANCH = BranchRecipe(
@@ -271,7 +281,7 @@ def train_pidiff_branch(
     encoder = WorldWPlusEncoder.from_pretrained(assets / "identity", assets / "wplus")
 
     def renders() -> dict[str, Any]:
-        data = gen.render_set(recipe.renders, seed=2)  # the PuLID adapter's data, with the face masks
+        data = gen.render_set(recipe.renders, seed=recipe.data_seed)  # with the face masks
         t5, pooled = gen.encode_texts(pipe, data.captions)
         return {
             "latents": gen.encode_latents(pipe, data.images),
@@ -282,7 +292,7 @@ def train_pidiff_branch(
             "face_masks": data.face_masks,
         }
 
-    data = WPlusSet(**cached(work / "pidiff-data.pt", renders))
+    data = WPlusSet(**cached(work / "pidiff-data.pt", renders))  # a work folder holds one seed's runs
     t = pipe.transformer
     points = injection_points(len(t.transformer_blocks), len(t.single_transformer_blocks))
     codec = encoder.codec

@@ -239,9 +239,16 @@ class WPlusTrainPlan:
     swap_weight: float = 1.0
     attribute_weight: float = 0.1
     edge_weight: float = 1.0  # L1 on image gradients: keeps small parts (eyes, glasses, brows) sharp
+    data_seed: int = 73_000  # anchors, their photos and colour donors
+
+    def reseeded(self, k: int) -> WPlusTrainPlan:
+        """The same plan with its k-th other seeds (data + k, training + 10 k); k = 0 is this one."""
+        return replace(
+            self, train=replace(self.train, seed=self.train.seed + 10 * k), data_seed=self.data_seed + k
+        )
 
 
-DATA_SEED, TRAIN_SEED = 73_000, 73_101
+TRAIN_SEED = 73_101
 FULL_PLAN = WPlusTrainPlan(
     anchors=4000,
     partners=2,
@@ -297,7 +304,7 @@ def _colour_donor(
 
 def _build_data(plan: WPlusTrainPlan) -> dict[str, Tensor]:
     held_out = {t.as_tuple() for t in test_identities()}
-    rng = np.random.default_rng([DATA_SEED, plan.anchors, plan.partners])
+    rng = np.random.default_rng([plan.data_seed, plan.anchors, plan.partners])
     people, photos = _anchors(plan, rng)
     shots = [photo.take(person) for person, photo in zip(people, photos, strict=True)]
     partners = np.zeros((plan.anchors, plan.partners), np.int64)
@@ -324,7 +331,7 @@ def _dataset(work_dir: Path, plan: WPlusTrainPlan) -> dict[str, Tensor]:
     """Rendered once and cached in work_dir (keyed by the plan's data fields)."""
     path = work_dir / "data.pt"
     key = json.dumps(
-        [plan.anchors, plan.partners, plan.reference_fraction, DATA_SEED, CROP_SIZE, CROP_EXPAND]
+        [plan.anchors, plan.partners, plan.reference_fraction, plan.data_seed, CROP_SIZE, CROP_EXPAND]
     )
     if path.exists():
         data = torch.load(path, weights_only=True)
@@ -410,12 +417,17 @@ def _train(
 
 
 def train_wplus_codec(
-    work_dir: str | Path, assets_dir: str | Path = DEFAULT_ASSETS, quick: bool = False, progress: bool = True
+    work_dir: str | Path,
+    assets_dir: str | Path = DEFAULT_ASSETS,
+    quick: bool = False,
+    progress: bool = True,
+    plan: WPlusTrainPlan | None = None,
 ) -> dict[str, Any]:
     """Train the codec (resumable: checkpoints under work_dir), write config.json + model.safetensors to
-    assets_dir, and return the edit measurements on the held-out identities (`measure_edits`)."""
+    assets_dir, and return the edit measurements on the held-out identities (`measure_edits`, whose seeds
+    stay fixed). `plan` (default: `QUICK_PLAN` or `FULL_PLAN`) is, e.g., a plan's `reseeded(k)`."""
     work_dir, assets_dir = Path(work_dir), Path(assets_dir)
-    plan = QUICK_PLAN if quick else FULL_PLAN
+    plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     work_dir.mkdir(parents=True, exist_ok=True)
     timed = Stopwatch()
     data = timed("data", _dataset, work_dir, plan)
