@@ -1,3 +1,4 @@
+import hashlib
 import os
 from pathlib import Path
 
@@ -6,7 +7,14 @@ import pytest
 from PIL import Image
 
 from idgen.errors import IdgenError
-from idgen.io import atomic_output, atomic_save_image, atomic_write_bytes, atomic_write_text, load_image
+from idgen.io import (
+    atomic_output,
+    atomic_save_image,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    load_image,
+)
 
 
 def _png(path: Path, image: Image.Image, **kw) -> Path:
@@ -243,3 +251,12 @@ def test_atomic_save_image_round_trip_and_failures(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         atomic_save_image(Image.new("RGBA", (2, 2)), tmp_path / "z.jpg")
     assert _only(tmp_path) == ["noext", "x.png"]
+
+
+def test_file_sha256_reads_the_file_in_blocks_and_gives_its_hex_digest(tmp_path):
+    small = tmp_path / "abc.bin"
+    small.write_bytes(b"abc")
+    assert file_sha256(small) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    large = tmp_path / "large.bin"  # over one 1 MiB block, so the blocks must join seamlessly
+    large.write_bytes(bytes(range(256)) * 5000)
+    assert file_sha256(large) == hashlib.sha256(bytes(range(256)) * 5000).hexdigest()

@@ -314,7 +314,7 @@ def check_onnx_gpu(extra: str) -> Check | None:
 def check_manifest(assets: Path, manifest_name: str = "MANIFEST.json") -> tuple[Check, ...]:
     """A folder of shipped files against its manifest ({relative path: {"sha256", "bytes"}}), one check
     per top-level part."""
-    from hashlib import sha256
+    from idgen.io import file_sha256
 
     path = assets / manifest_name
     if not path.is_file():
@@ -324,7 +324,7 @@ def check_manifest(assets: Path, manifest_name: str = "MANIFEST.json") -> tuple[
     for name, entry in json.loads(path.read_text()).items():
         file = assets / name
         bad = not file.is_file() or file.stat().st_size != entry["bytes"]
-        bad = bad or sha256(file.read_bytes()).hexdigest() != entry["sha256"]
+        bad = bad or file_sha256(file) != entry["sha256"]
         part = name.split("/", 1)[0]
         parts.setdefault(part, []).extend([name] if bad else [])
         counts[part] = counts.get(part, 0) + 1

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from idgen.errors import IdgenError
+from idgen.io import file_sha256
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 SEED_POLICIES = ("fixed", "per-prompt", "per-pair")
@@ -279,14 +280,6 @@ def photo_ids(paths: list[Path]) -> list[str]:
         seen[i] = seen.get(i, 0) + 1
         out.append(i if seen[i] == 1 else f"{i}-{seen[i]}")
     return out
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _genders(folder: Path) -> dict[str, str]:

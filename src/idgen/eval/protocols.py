@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from idgen.errors import IdgenError
+from idgen.io import file_sha256
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class ContentHash:
         """`sha256:<hex>` of the whole file, or `sampled sha256:<hex>` of its blocks (see the class)."""
         size = path.stat().st_size
         if size <= self.whole_max_bytes:
-            return f"sha256:{_sha256(path)}"
+            return f"sha256:{file_sha256(path)}"
         digest = hashlib.sha256()
         with open(path, "rb") as f:
             block_bytes = min(self.block_bytes, size)
@@ -103,14 +104,6 @@ class ContentHash:
                 f.seek(i * (size - block_bytes) // last)
                 digest.update(f.read(block_bytes))
         return f"sampled sha256:{digest.hexdigest()}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hidden(relative: Path) -> bool:
@@ -126,7 +119,7 @@ def source_key(source: str | None, content: ContentHash = ContentHash()) -> str 
         return None
     path = Path(source).expanduser()
     if path.is_file():
-        return f"file sha256:{_sha256(path)}"
+        return f"file sha256:{file_sha256(path)}"
     if path.is_dir():
         listing = []
         for p in sorted(path.rglob("*")):

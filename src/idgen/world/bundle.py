@@ -14,7 +14,6 @@ assets/
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from idgen.core.gate import AttentionAnchor, SpatialMask
 from idgen.core.refine import GridScaledRefiner
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
-from idgen.io import atomic_write_text
+from idgen.io import atomic_write_text, file_sha256
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 MANIFEST_NAME = "MANIFEST.json"
@@ -58,11 +57,7 @@ def sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHED:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        _HASHED[key] = digest.hexdigest()
+        _HASHED[key] = file_sha256(path)
     return _HASHED[key]
 
 
