@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from idgen.world.backgrounds import BACKDROP_NAMES
-from idgen.world.build import NUM_REFERENCES
+from idgen.world.bundle import NUM_REFERENCES
 from idgen.world.gates import OUTSIDE_FACE, ROWS, by_backdrop, demo_pick, pairs, summarise, table
 from idgen.world.render import BACKGROUND, Scene, person_region, render, render_reference, test_identities
 

@@ -17,14 +17,12 @@ import torch
 from idgen.errors import IdgenError
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
+from idgen.world.bundle import ASSETS, NUM_REFERENCES
 
 if TYPE_CHECKING:
     from idgen.world.identity import IdentityTrainPlan
     from idgen.world.pidiff import BranchRecipe
     from idgen.world.wplus import WPlusTrainPlan
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-
 
 class BaseRecipe(NamedTuple):
     renders: int = 8192
@@ -275,7 +273,6 @@ def train_two_people(
     return report
 
 
-NUM_REFERENCES = 8
 
 
 def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list[Path]:

@@ -26,6 +26,7 @@ from idgen.errors import IdgenError
 from idgen.io import atomic_write_text, file_sha256
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+NUM_REFERENCES = 8  # reference photos shipped in assets/references: the first held-out identities
 MANIFEST_NAME = "MANIFEST.json"
 GENERATOR_PARTS = ("flux", "pulid", "identity")
 MAX_TEXT_TOKENS = 24  # the T5 sequence length the demo world trains and samples with

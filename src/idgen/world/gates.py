@@ -625,7 +625,7 @@ def demo_pick(summary: dict[str, Any]) -> tuple[str, str]:
     result was seen: of the shipped reference photos (the first held-out identities), the first whose
     backdrop colour has the largest mean uniform contamination on scene pixels in `summary` (a test-split
     gates run); and that identity's first prompt in the gates' pairs."""
-    from idgen.world.build import NUM_REFERENCES
+    from idgen.world.bundle import NUM_REFERENCES
 
     groups = summary["contamination_by_backdrop"]
 
