@@ -171,7 +171,8 @@ def build_policy(mode: str, settings: MaskSettings, spatial: Any = None) -> tupl
     `spatial` (None: the authors'). An explicit prior box (a schedule override or a mask image) drops the
     anchor: the user has said where the face is."""
     from idgen.core.schedule import TemporalSpatialScheduler
-    from idgen.pipelines.pulid_flux import mask_box, mask_policy, user_mask
+    from idgen.pipelines.pulid_flux import mask_policy
+    from idgen.pipelines.user_masks import mask_box, user_mask
 
     schedule = dict(settings.schedule)
     extractor = _extractor(settings)

@@ -201,7 +201,7 @@ def check_capacity(count: int, grid: tuple[int, int], boxes: Sequence[Box] | Non
 
 def check_masks(masks: Sequence[Any], count: int) -> list[Tensor]:
     """Masks as (h, w) float tensors in [0, 1] (pictures and paths are read: white = this identity)."""
-    from idgen.pipelines.pulid_flux import user_mask
+    from idgen.pipelines.user_masks import user_mask
 
     if len(masks) != count:
         raise IdgenError(f"got {len(masks)} masks for {count} identities; give one mask per identity")
@@ -223,7 +223,7 @@ def competing_masks(
 ) -> CompetingMasks:
     """Each identity's policy (a SpatialMask's prior centred on its box, mask, or strip) and the rule:
     uniform mode sums the residuals, any other mode lets the masks compete."""
-    from idgen.pipelines.pulid_flux import mask_box
+    from idgen.pipelines.user_masks import mask_box
 
     regions: tuple[Region | None, ...] = ()
     centres: Sequence[Box | None] = separated_boxes(count) if count > 1 else [None]

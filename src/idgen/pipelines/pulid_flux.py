@@ -7,9 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
-from PIL import Image
 
 from idgen.backbones.flux import FluxIdentityInjector, IdentityAdapter, encode_id_tokens
 from idgen.backbones.run import InjectionRun, Recorder
@@ -17,7 +15,6 @@ from idgen.core.gate import MaskPolicy, SpatialMask
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
-from idgen.io import load_image
 from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.base import (
     MODES,
@@ -48,6 +45,7 @@ from idgen.pipelines.tiny import (
     tiny_pulid_adapter,
     tiny_wplus_encoder,
 )
+from idgen.pipelines.user_masks import mask_box, user_mask
 
 __all__ = [
     "FLUX_DEFAULTS",
@@ -63,22 +61,6 @@ __all__ = [
     "seed_generators",
     "user_mask",
 ]
-
-
-def user_mask(image: str | os.PathLike[str] | Image.Image) -> torch.Tensor:
-    """A mask picture (white = identity here) -> (h, w) float tensor in [0, 1]."""
-    picture = image if isinstance(image, Image.Image) else load_image(image, what="mask image")
-    return torch.from_numpy(np.asarray(picture.convert("L"), dtype=np.float32) / 255.0)
-
-
-def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> tuple[float, float, float, float] | None:
-    """Bounding box (left, top, right, bottom) in [0, 1] of mask > threshold; None if empty."""
-    rows = torch.nonzero((mask > threshold).any(dim=1)).flatten()
-    cols = torch.nonzero((mask > threshold).any(dim=0)).flatten()
-    if rows.numel() == 0:
-        return None
-    h, w = mask.shape
-    return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
 
 
 FLUX_HUB_REPO = "black-forest-labs/FLUX.1-dev"

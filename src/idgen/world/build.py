@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from idgen.world.pidiff import BranchRecipe
     from idgen.world.wplus import WPlusTrainPlan
 
+
 class BaseRecipe(NamedTuple):
     renders: int = 8192
     vae: TrainConfig = TrainConfig(
@@ -271,8 +272,6 @@ def train_two_people(
     save_pipeline(pipe, flux)
     report_path.write_text(json.dumps(report, indent=2))
     return report
-
-
 
 
 def write_references(assets: Path = ASSETS, count: int = NUM_REFERENCES) -> list[Path]:
