@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,10 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float | None = 1.0
     warmup: int = 0
+
+    def reseeded(self, k: int) -> TrainConfig:
+        """The same training with its k-th other seed, seed + 10 k (the world recipes' `reseeded`)."""
+        return replace(self, seed=self.seed + 10 * k)
 
 
 def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:

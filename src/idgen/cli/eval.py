@@ -149,12 +149,9 @@ def _settings(
     from idgen.eval.protocols import SAMPLING_FLAGS, source_key
 
     if _world(args):
-        from idgen.world.bundle import ASSETS
+        from idgen.world.bundle import plan_models
 
-        models: dict[str, Any] = {
-            "world": args.world_adapter,
-            "assets": source_key(str(ASSETS / "MANIFEST.json")),
-        }
+        models: dict[str, Any] = plan_models(args.world_adapter)
     else:
         models = {k: source_key(getattr(args, k)) for k in ("flux", "pulid", "encoder")}
         models["dtype"] = args.dtype

@@ -6,7 +6,6 @@ checkpoints under the work folder and resumes from it after a kill.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,8 +39,8 @@ class BaseRecipe(NamedTuple):
         """The same recipe with its k-th other seeds (renders + k; initialisation and both trainings
         + 10 k); k = 0 is this one. The frozen random text encoders keep theirs (`gen.text_encoders`)."""
         return self._replace(
-            vae=dataclasses.replace(self.vae, seed=self.vae.seed + 10 * k),
-            transformer=dataclasses.replace(self.transformer, seed=self.transformer.seed + 10 * k),
+            vae=self.vae.reseeded(k),
+            transformer=self.transformer.reseeded(k),
             data_seed=self.data_seed + k,
             init_seed=self.init_seed + 10 * k,
         )
@@ -138,7 +137,7 @@ class AdapterRecipe(NamedTuple):
     def reseeded(self, k: int) -> AdapterRecipe:
         """The same recipe with its k-th other seeds (pairs, initialisation, batches); k = 0 is this one."""
         return self._replace(
-            train=dataclasses.replace(self.train, seed=self.train.seed + 10 * k),
+            train=self.train.reseeded(k),
             data_seed=self.data_seed + k,
             init_seed=self.init_seed + 10 * k,
         )
@@ -205,7 +204,7 @@ class TwoPeopleRecipe(NamedTuple):
         """The same recipe with its k-th other seeds (both render sets + k; the new embedding rows and the
         training + 10 k); k = 0 is this one."""
         return self._replace(
-            train=dataclasses.replace(self.train, seed=self.train.seed + 10 * k),
+            train=self.train.reseeded(k),
             two_people_seed=self.two_people_seed + k,
             single_seed=self.single_seed + k,
             words_seed=self.words_seed + 10 * k,

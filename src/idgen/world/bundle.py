@@ -62,6 +62,14 @@ def sha256(path: Path) -> str:
     return _HASHED[key]
 
 
+def plan_models(adapter: str, assets: Path = ASSETS) -> dict[str, Any]:
+    """What an eval plan keys the demo world's models on: the identity branch and the sha256 of the assets'
+    manifest (the loaders check every file against it), so retrained weights are never resumed over."""
+    from idgen.eval.protocols import source_key
+
+    return {"world": adapter, "assets": source_key(str(assets / MANIFEST_NAME))}
+
+
 def asset_files(assets: Path) -> list[Path]:
     return sorted(
         p

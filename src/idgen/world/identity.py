@@ -484,9 +484,9 @@ class IdentityTrainPlan:
         one."""
         return replace(
             self,
-            detector=replace(self.detector, seed=self.detector.seed + 10 * k),
-            recognizer=replace(self.recognizer, seed=self.recognizer.seed + 10 * k),
-            tower=replace(self.tower, seed=self.tower.seed + 10 * k),
+            detector=self.detector.reseeded(k),
+            recognizer=self.recognizer.reseeded(k),
+            tower=self.tower.reseeded(k),
             data_seed=self.data_seed + k,
         )
 

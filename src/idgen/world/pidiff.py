@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -94,15 +94,17 @@ class BranchStep:
     stage: BranchStage
     identity_term: IdentityTerm | None = None
 
+    def __post_init__(self) -> None:
+        self.img_ids = latent_ids(self.pipe)  # the same for every step
+
     def predict(self, code: Tensor | None, x_t: Tensor, t: Tensor, idx: Tensor) -> Tensor:
         from idgen.backbones.flux import InjectionRun
 
         d, transformer = self.data, self.pipe.transformer
-        img_ids = latent_ids(self.pipe)
         if code is None:
-            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], img_ids)
+            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], self.img_ids)
         with self.injector.run(InjectionRun(id_tokens=self.branch.encode(code.flatten(1)))):
-            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], img_ids)
+            return velocity(transformer, x_t, t, d.t5[idx], d.pooled[idx], self.img_ids)
 
     def __call__(self, step: int, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         from idgen.world.generator import face_token_weights
@@ -242,7 +244,7 @@ class BranchRecipe(NamedTuple):
         """The same recipe with its k-th other seeds (renders + k, as the adapter's pairs; initialisation
         and each stage's training + 10 k); k = 0 is this one."""
         return self._replace(
-            stages=tuple(s._replace(train=replace(s.train, seed=s.train.seed + 10 * k)) for s in self.stages),
+            stages=tuple(s._replace(train=s.train.reseeded(k)) for s in self.stages),
             init_seed=self.init_seed + 10 * k,
             data_seed=self.data_seed + k,
         )
@@ -341,8 +343,7 @@ def compare_settings(adapter: str, assets: Path) -> dict[str, Any]:
     branch and the sha256 of `assets`' MANIFEST.json (the loaders check every file against it), so a
     retrained branch or adapter is never resumed over."""
     from idgen.errors import IdgenError
-    from idgen.eval.protocols import source_key
-    from idgen.world.bundle import MANIFEST_NAME, WORLD_DEFAULTS
+    from idgen.world.bundle import MANIFEST_NAME, WORLD_DEFAULTS, plan_models
 
     if adapter not in COMPARE_BRANCHES:
         raise IdgenError(f"unknown identity branch {adapter!r} (known: {', '.join(COMPARE_BRANCHES)})")
@@ -353,7 +354,7 @@ def compare_settings(adapter: str, assets: Path) -> dict[str, Any]:
         "protocol": None,
         "sampling": dict(WORLD_DEFAULTS),
         "explicit": [],
-        "models": {"world": adapter, "assets": source_key(str(manifest))},
+        "models": plan_models(adapter, Path(assets)),
         "metric_models": "demo-world evaluators",
     }
 
@@ -424,9 +425,11 @@ def compare(out: Path, benchmark: str = "demo", threads: int = 1, assets: Path |
 def main() -> None:
     import argparse
 
+    from idgen.world.eval_plugin import BUILTIN
+
     parser = argparse.ArgumentParser(description=compare.__doc__)
     parser.add_argument("--out", type=Path, default=Path("outputs/eval/pidiff-vs-pulid"))
-    parser.add_argument("--benchmark", default="demo", choices=["demo", "demo-quick", "demo-validation"])
+    parser.add_argument("--benchmark", default="demo", choices=sorted(BUILTIN))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--assets", type=Path, default=None,
                         help="the demo world's assets folder (default: the shipped one)")  # fmt: skip

@@ -243,9 +243,7 @@ class WPlusTrainPlan:
 
     def reseeded(self, k: int) -> WPlusTrainPlan:
         """The same plan with its k-th other seeds (data + k, training + 10 k); k = 0 is this one."""
-        return replace(
-            self, train=replace(self.train, seed=self.train.seed + 10 * k), data_seed=self.data_seed + k
-        )
+        return replace(self, train=self.train.reseeded(k), data_seed=self.data_seed + k)
 
 
 TRAIN_SEED = 73_101
