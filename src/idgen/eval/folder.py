@@ -1,4 +1,4 @@
-"""The run folder's housekeeping: plan.json (what a resume must match), the lock, stale temp files.
+"""The run folder: where each job's files live, plan.json (what a resume must match), the lock, temp files.
 
 plan.json keys a run on what changes its results: the benchmark (ids, photo file hashes, prompts, pairs),
 the methods, the generation settings and model keys, the metric models and the batch size. Paths are
@@ -13,11 +13,14 @@ import json
 import os
 import socket
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from idgen.errors import IdgenError
+from idgen.eval.manifest import Pair
 from idgen.io import atomic_write_text
+from idgen.pipelines.names import NONE
 
 PLAN = "plan.json"
 PLAN_VERSION = 2
@@ -168,3 +171,32 @@ def run_lock(out: Path, name: str = LOCK) -> Iterator[None]:
         with contextlib.suppress(OSError):
             if path.read_text() == me:
                 path.unlink()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image of a run and where its files live in the run folder."""
+
+    method: str  # a Method name, or "none"
+    pair: Pair
+
+    @property
+    def image(self) -> str:
+        p = self.pair
+        stem = f"{p.prompt.id}-s{p.seed}.png"
+        return (
+            f"images/{NONE}/{stem}" if self.method == NONE else f"images/{self.method}/{p.identity.id}/{stem}"
+        )
+
+    @property
+    def score(self) -> str:
+        p = self.pair
+        return f"scores/{self.method}/{p.identity.id}/{p.prompt.id}-s{p.seed}.json"
+
+    @property
+    def none_image(self) -> str:
+        return Job(NONE, self.pair).image
+
+
+def mask_strip_path(image: Path) -> Path:
+    return image.with_suffix(".masks.png")

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from idgen.eval.folder import json_records
+from idgen.eval.folder import Job, json_records, mask_strip_path
 from idgen.eval.manifest import Benchmark
 from idgen.eval.metrics import mean_ci, registered
-from idgen.eval.runner import Job, Method, iter_scores, mask_strip_path, read_problems
+from idgen.eval.runner import Method, iter_scores, read_problems
 from idgen.io import atomic_output, atomic_write_text
 from idgen.pipelines.names import NONE, SPATIAL
 

@@ -32,8 +32,8 @@ from PIL import Image
 
 from idgen.core.schedule import PRESETS
 from idgen.errors import IdgenError
-from idgen.eval.folder import check_plan, clean_temp_files, json_records, run_lock
-from idgen.eval.manifest import Benchmark, IdentityPhoto, Pair
+from idgen.eval.folder import Job, check_plan, clean_temp_files, json_records, mask_strip_path, run_lock
+from idgen.eval.manifest import Benchmark, IdentityPhoto
 from idgen.eval.metrics.base import Cache, Metric, MetricModels, ScoreBatch, Skip, registered
 from idgen.identity.base import IdentityFeatures
 from idgen.io import atomic_save_image, atomic_write_text, load_image
@@ -159,35 +159,8 @@ class FluxEvalGenerator:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Jobs and batches: a pure function of the plan.
+# Batches of jobs: a pure function of the plan.
 # ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Job:
-    method: str  # a Method name, or "none"
-    pair: Pair
-
-    @property
-    def image(self) -> str:
-        p = self.pair
-        stem = f"{p.prompt.id}-s{p.seed}.png"
-        return (
-            f"images/{NONE}/{stem}" if self.method == NONE else f"images/{self.method}/{p.identity.id}/{stem}"
-        )
-
-    @property
-    def score(self) -> str:
-        p = self.pair
-        return f"scores/{self.method}/{p.identity.id}/{p.prompt.id}-s{p.seed}.json"
-
-    @property
-    def none_image(self) -> str:
-        return Job(NONE, self.pair).image
-
-
-def mask_strip_path(image: Path) -> Path:
-    return image.with_suffix(".masks.png")
-
-
 @dataclass(frozen=True)
 class Batch:
     index: int

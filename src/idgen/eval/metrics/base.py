@@ -27,8 +27,8 @@ from idgen.io import load_image
 from idgen.pipelines.names import NONE
 
 if TYPE_CHECKING:
+    from idgen.eval.folder import Job
     from idgen.eval.manifest import IdentityPhoto
-    from idgen.eval.runner import Job
 
 
 @dataclass(frozen=True)
