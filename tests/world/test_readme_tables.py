@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from idgen.errors import IdgenError
-from idgen.world.readme import BLOCKS, END, SUMMARIES, main, refresh
+from idgen.world.readme import BLOCKS, END, SUMMARIES, main, refresh, seeds_table
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,9 +42,9 @@ def _edit_summary(repo: Path, key: str, edit: Callable[[dict], None]) -> None:
     path.write_text(json.dumps(summary))
 
 
-def _line_of(lines: list[str], start: str) -> int:
-    [index] = [i for i, line in enumerate(lines) if line.startswith(start)]
-    return index
+def _line_of(lines: list[str], start: str, after: int = 0) -> int:
+    """The index of the first line from `after` on that starts with `start`."""
+    return next(i for i, line in enumerate(lines) if i >= after and line.startswith(start))
 
 
 def test_stale_block_is_named_then_rewritten_exactly(repo: Path, capsys: pytest.CaptureFixture) -> None:
@@ -62,7 +62,7 @@ def test_stale_block_is_named_then_rewritten_exactly(repo: Path, capsys: pytest.
 
     assert main(["--readme", str(readme)]) == 0
     assert capsys.readouterr().out == f"{readme}: 1 of {len(BLOCKS)} generated blocks rewritten\n"
-    index = _line_of(lines, "- no-identity face pixels outside the renderer's person region: ")
+    index = _line_of(lines, "- no-identity face pixels outside the renderer's person region: ", marker)
     lines[index] = "- no-identity face pixels outside the renderer's person region: 12.34%"
     assert readme.read_text(encoding="utf-8") == "\n".join(lines)
     assert main(["--check", "--readme", str(readme)]) == 0
@@ -76,11 +76,17 @@ def test_gate_row_and_multi_table_follow_their_summaries(repo: Path) -> None:
         repo, "world-multi-gates", lambda s: s["modes"]["spatial"].update(assignment=[0.5, 0.4, 0.6, 9])
     )
     text, stale = refresh(readme)
-    assert [name for name, _ in stale] == ["world-gates modes", "world-gates gates", "world-multi-gates"]
+    assert [name for name, _ in stale] == [
+        "world-gates modes",
+        "world-gates gates",
+        "world-seeds",
+        "world-multi-gates",
+    ]
     changed = [(old, new) for old, new in zip(lines, text.split("\n"), strict=True) if old != new]
     assert [new for _, new in changed] == [
         "- scene adherence of the base model (no identity): 50.0% (gate: >= 90%)",
         "| scene adherence of the base model | ≥ 90% | 50.0% | **not met** |",
+        "| scene adherence of the base model (≥ 90%) | 50.0% | 96.3% | 98.3% |",
         "| spatial, boxes = halves | 50.0% [40.0, 60.0] | 0.150 ± 0.029 | -0.019 ± 0.027 |",
         "- assignment, spatial, boxes = halves: 50.0% [40.0, 60.0] against uniform 52.4% [45.3, 59.4] and "
         "single 75.1% [68.6, 80.6] (gate: >= 90%; **not met**)",
@@ -173,3 +179,23 @@ def test_bad_summaries_are_refused(repo: Path, case: str, capsys: pytest.Capture
 def test_missing_readme_is_refused(tmp_path: Path) -> None:
     with pytest.raises(IdgenError, match=r"README\.md not found"):
         refresh(tmp_path / "README.md")
+
+
+def test_seeds_table_sets_each_run_in_its_own_column() -> None:
+    shipped = json.loads((ROOT / SUMMARIES["world-gates"]).read_text())
+    other = json.loads(json.dumps(shipped))
+    other["scene_accuracy_none"] = [0.5, 0.01]
+    other["contamination_by_backdrop"]["crimson"]["uniform"] = [1.0, 2.0]  # no longer clearly above zero
+    lines = seeds_table(shipped, other, shipped)
+    assert lines[:2] == [
+        "| conclusion | shipped | adapter retrained, other seeds | whole world retrained, `--seed 1` |",
+        "|---|---|---|---|",
+    ]
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
+    assert rows["scene adherence of the base model (≥ 90%)"] == ["96.3%", "50.0%", "96.3% |"]
+    assert rows["backdrops uniform clearly leaks towards"] == ["10 of 10", "9 of 10", "10 of 10 |"]
+    assert rows["FaceSim, uniform above none (paired)"] == ["+0.182 ± 0.027"] * 2 + ["+0.182 ± 0.027 |"]
+    assert rows["SpatialID: FaceSim drop (≤ 0.03)"][0] == "0.023 ± 0.019"
+    assert rows["likeness, mean of the five attributes, uniform (%)"][0] == "32.2 ± 2.1"
+    assert rows["likeness, the same without identity (%)"][0] == "20.1 ± 2.1"
+    assert len(rows) == 8

@@ -543,7 +543,7 @@ _HEADS = {
 }
 
 
-def _pct(v: tuple[float, ...] | list[float]) -> str:
+def percent(v: tuple[float, ...] | list[float]) -> str:
     return f"{v[0] * 100:.1f} ± {v[1] * 100:.1f}" if math.isfinite(v[1]) else f"{v[0] * 100:.1f}"
 
 
@@ -560,9 +560,11 @@ def attribute_table(s: dict[str, Any]) -> list[str]:
     chance = {n: [1 / len(ATTRIBUTES[n]), math.nan] for n in ATTRIBUTES}
     chance["transferred"] = [sum(1 / len(ATTRIBUTES[n]) for n in LIKENESS) / len(LIKENESS), math.nan]
     chance.update({n: [v, math.nan] for n, v in COARSE.items()})
-    lines.append("| chance (uniform guesses) | " + " | ".join(_pct(chance[n]) for n in names) + " | – | – |")
+    lines.append(
+        "| chance (uniform guesses) | " + " | ".join(percent(chance[n]) for n in names) + " | – | – |"
+    )
     for mode, g in s["attribute_transfer"].items():
-        cells = " | ".join(_pct(g[n]) for n in names)
+        cells = " | ".join(percent(g[n]) for n in names)
         at_chance = f"{g['identities_at_chance']} of {g['identities']}" if "identities" in g else "–"
         lines.append(f"| {LABELS.get(mode, mode)} | {cells} | {at_chance} | {g['faces']} |")
     return lines
@@ -608,7 +610,8 @@ def attribute_lines(s: dict[str, Any]) -> list[str]:
         "",
         "- mean of the five, paired differences (percentage points): "
         + "; ".join(
-            f"{LABELS.get(m, m)} - {b} {_pct(s['likeness_gains'][f'{m}_vs_{b}'])}" for m, b in LIKENESS_PAIRS
+            f"{LABELS.get(m, m)} - {b} {percent(s['likeness_gains'][f'{m}_vs_{b}'])}"
+            for m, b in LIKENESS_PAIRS
         ),
     ]
 

@@ -8,12 +8,13 @@ Every block sits between two marker lines,
     ...
     <!-- end generated -->
 
-and its text is a function of one summary alone: `docs/world-gates.json` (`make world-gates`),
-`docs/world-gates-retrain.json` (`make world-gates-retrain`) or `docs/world-multi-gates.json` (`make
-world-multi-gates`), found beside the README, not in the working directory. Each README block is named
-once; every name of `BLOCKS` must be there. Without `--check` the stale blocks are rewritten in place
-(atomically); with it, the first stale block is named and the exit status is 1. Bad markers or a missing
-summary stop it before anything is written.
+and its text is a function of the summaries `BLOCKS` names for it: `docs/world-gates.json` (`make
+world-gates`), `docs/world-gates-retrain.json` (`make world-gates-retrain`), `docs/world-gates-seed-1.json`
+(`make world-gates-seed`) or `docs/world-multi-gates.json` (`make world-multi-gates`), found beside the
+README, not in the working directory; `world-seeds` sets the three one-person runs side by side. Each
+README block is named once; every name of `BLOCKS` must be there. Without `--check` the stale blocks are
+rewritten in place (atomically); with it, the first stale block is named and the exit status is 1. Bad
+markers or a missing summary stop it before anything is written.
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ from idgen.io import atomic_write_text
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
 from idgen.world import gates, multi_gates
 
-START = re.compile(r"<!-- generated: (?P<name>[a-z-]+(?: [a-z-]+)*) -->")
+START = re.compile(r"<!-- generated: (?P<name>[a-z0-9-]+(?: [a-z0-9-]+)*) -->")
 END = "<!-- end generated -->"
 SUMMARIES = {
     "world-gates": "docs/world-gates.json",
     "world-gates-retrain": "docs/world-gates-retrain.json",  # the adapter retrained with other seeds
+    "world-gates-seed-1": "docs/world-gates-seed-1.json",  # the whole world retrained with `--seed 1`
     "world-multi-gates": "docs/world-multi-gates.json",
 }
 # The one-person gates (issue 16's targets), as `gates.summary_lines` states them.
 SCENE_GATE, REDUCTION_GATE, DROP_GATE = 0.90, 0.40, 0.03
 LIKENESS_TARGET = 0.80  # each of the five likeness attributes
 PAPER = "spatial_paper"
+MEAN = "transferred"  # the mean of the five likeness attributes, in a summary's attribute_transfer
 # The README's several-people table: the modes at id weight 1 and the ceiling, three columns.
 MULTI_MODES = tuple(m for m in multi_gates.MODES if m not in (multi_gates.SPATIAL_W2, multi_gates.SINGLE_W2))
 MULTI_COLUMNS = ("assignment accuracy", "FaceSim, own reference", "bleed, other reference")
@@ -143,17 +146,70 @@ def attribute_lines(s: dict[str, Any]) -> list[str]:
     ]
 
 
-# Block name -> (its summary, the block's lines).
-BLOCKS: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
-    "world-gates modes": ("world-gates", lambda s: [*gates.modes_table(s), "", *gates.summary_lines(s)]),
-    "world-gates backdrops": ("world-gates", backdrop_lines),
-    "world-gates attributes": ("world-gates", attribute_lines),
-    "world-gates gates": ("world-gates", gate_table),
-    "world-gates-retrain gates": ("world-gates-retrain", gate_table),
-    "world-gates-retrain backdrops": ("world-gates-retrain", backdrop_lines),
-    "world-gates-retrain attributes": ("world-gates-retrain", attribute_lines),
+# The runs the seeds table sets side by side: summary -> its column's head.
+RUNS = {
+    "world-gates": "shipped",
+    "world-gates-retrain": "adapter retrained, other seeds",
+    "world-gates-seed-1": "whole world retrained, `--seed 1`",
+}
+
+
+def _seed_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(conclusion, one run's value) of each row of the seeds table."""
+    gain, drop = s["facesim_gain_uniform_vs_none"], s[f"facesim_drop_{SPATIAL}_vs_{UNIFORM}"]
+    groups = [g for g in s["contamination_by_backdrop"].values() if g["pairs"]]
+    towards = sum(g[UNIFORM][0] > g[UNIFORM][1] for g in groups)
+    cut, likeness = s[f"contamination_reduction_{SPATIAL}"], s["attribute_transfer"]
+    return [
+        ("scene adherence of the base model (≥ 90%)", f"{s['scene_accuracy_none'][0] * 100:.1f}%"),
+        ("FaceSim, uniform above none (paired)", _signed(gain)),
+        ("contamination under uniform, scene pixels (RGB units)", _signed(s[f"contamination_{UNIFORM}"], 2)),
+        ("backdrops uniform clearly leaks towards", f"{towards} of {len(groups)}"),
+        (
+            "SpatialID: contamination reduction (≥ 40%)",
+            f"{cut * 100:.1f}%",
+        ),
+        ("SpatialID: FaceSim drop (≤ 0.03)", f"{drop[0]:.3f} ± {drop[1]:.3f}"),
+        (
+            "likeness, mean of the five attributes, uniform (%)",
+            gates.percent(likeness[UNIFORM]["transferred"]),
+        ),
+        ("likeness, the same without identity (%)", gates.percent(likeness[NONE]["transferred"])),
+    ]
+
+
+def seeds_table(*summaries: dict[str, Any]) -> list[str]:
+    """The gates' conclusions of each run side by side, one column per run of RUNS."""
+    columns = [_seed_rows(s) for s in summaries]
+    return [
+        "| conclusion | " + " | ".join(RUNS.values()) + " |",
+        "|---|" + "---|" * len(RUNS),
+        *(
+            f"| {rows[0][0]} | " + " | ".join(value for _, value in rows) + " |"
+            for rows in zip(*columns, strict=True)
+        ),
+    ]
+
+
+# Block name -> (the summaries it is made from, the block's lines from them).
+BLOCKS: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
+    "world-gates modes": (("world-gates",), lambda s: [*gates.modes_table(s), "", *gates.summary_lines(s)]),
+    "world-gates backdrops": (("world-gates",), backdrop_lines),
+    "world-gates attributes": (("world-gates",), attribute_lines),
+    "world-gates gates": (("world-gates",), gate_table),
+    "world-gates-retrain gates": (("world-gates-retrain",), gate_table),
+    "world-gates-retrain backdrops": (("world-gates-retrain",), backdrop_lines),
+    "world-gates-retrain attributes": (("world-gates-retrain",), attribute_lines),
+    "world-gates-seed-1 modes": (
+        ("world-gates-seed-1",),
+        lambda s: [*gates.modes_table(s), "", *gates.summary_lines(s)],
+    ),
+    "world-gates-seed-1 gates": (("world-gates-seed-1",), gate_table),
+    "world-gates-seed-1 backdrops": (("world-gates-seed-1",), backdrop_lines),
+    "world-gates-seed-1 attributes": (("world-gates-seed-1",), attribute_lines),
+    "world-seeds": (tuple(RUNS), seeds_table),
     "world-multi-gates": (
-        "world-multi-gates",
+        ("world-multi-gates",),
         lambda s: [
             *multi_gates.modes_table(s, MULTI_MODES, MULTI_COLUMNS),
             "",
@@ -226,11 +282,12 @@ def load_summaries(root: Path) -> dict[str, dict[str, Any]]:
 
 def block_lines(name: str, summaries: dict[str, dict[str, Any]], root: Path) -> list[str]:
     """A block's text between its markers: a blank line, its lines, a blank line."""
-    key, make = BLOCKS[name]
+    keys, make = BLOCKS[name]
     try:
-        return ["", *make(summaries[key]), ""]
+        return ["", *make(*(summaries[key] for key in keys)), ""]
     except (KeyError, IndexError, TypeError) as e:
-        raise IdgenError(f"block {name!r}: {root / SUMMARIES[key]} lacks {e}") from None
+        made_from = ", ".join(str(root / SUMMARIES[key]) for key in keys)
+        raise IdgenError(f"block {name!r}: {made_from} lacks {e}") from None
 
 
 def refresh(readme: Path) -> tuple[str, list[tuple[str, int]]]:
