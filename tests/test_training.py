@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from idgen.errors import IdgenError
 from idgen.training import TrainConfig, Trainer, learning_rate, step_generator
 
 
@@ -49,6 +50,32 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     log_c = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log_c] == list(range(12))  # nothing lost, nothing twice
     assert log_a == log_c
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    model, trainer = make(tmp_path, steps=12)
+    with pytest.raises(Killed):
+        trainer.fit(step_fn(model, kill_at=5), progress=False)
+    saved = (tmp_path / "checkpoint.pt").read_bytes()
+
+    torch.manual_seed(0)
+    other = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+    config = TrainConfig(steps=24, lr=2e-2, checkpoint_every=4, log_every=1, warmup=2)
+    longer = Trainer("toy", {"model": other}, other.parameters(), config, tmp_path)
+    with pytest.raises(IdgenError) as error:
+        longer.fit(step_fn(other), progress=False)
+    assert str(error.value) == (
+        f"{tmp_path / 'checkpoint.pt'} was written with another lr, steps; remove {tmp_path} to train "
+        "from scratch with this configuration"
+    )
+    assert (tmp_path / "checkpoint.pt").read_bytes() == saved  # nothing resumed, nothing overwritten
+
+    # How often it checkpoints and logs is bookkeeping: a resume may change it.
+    torch.manual_seed(0)
+    same = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 1))
+    config = TrainConfig(steps=12, lr=1e-2, checkpoint_every=3, log_every=2, warmup=2)
+    Trainer("toy", {"model": same}, same.parameters(), config, tmp_path).fit(step_fn(same), progress=False)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 12
 
 
 def test_loss_goes_down(tmp_path):

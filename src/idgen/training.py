@@ -3,7 +3,8 @@
 Every step draws its randomness (batch sampling, noise, timesteps) from a generator seeded by
 (seed, step), so a run killed at any moment and resumed from its last checkpoint computes exactly
 the same steps as one that was never interrupted: nothing is lost beyond one checkpoint interval
-and nothing is logged twice.
+and nothing is logged twice. A checkpoint written with another configuration (steps, learning rate,
+seed, batch size...) is refused, not resumed: a changed recipe would otherwise mix two runs.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from idgen.errors import IdgenError
 from idgen.io import atomic_output, atomic_write_text
 
 StepFn = Callable[[int, torch.Generator], tuple[Tensor, dict[str, float]]]
@@ -40,6 +42,16 @@ class TrainConfig:
     def reseeded(self, k: int) -> TrainConfig:
         """The same training with its k-th other seed, seed + 10 k (the world recipes' `reseeded`)."""
         return replace(self, seed=self.seed + 10 * k)
+
+
+# How often a run writes is not what it computes: a resume may change these.
+BOOKKEEPING = frozenset({"checkpoint_every", "log_every"})
+
+
+def config_changes(saved: dict[str, Any], config: TrainConfig) -> list[str]:
+    """The fields of `config` that change the result and differ from a checkpoint's saved config."""
+    now = asdict(config)
+    return sorted(k for k in now.keys() | saved.keys() if k not in BOOKKEEPING and saved.get(k) != now.get(k))
 
 
 def timed(timings: dict[str, float], name: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -115,6 +127,12 @@ class Trainer:
                 self.log_path.unlink()
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        changed = config_changes(state.get("config", asdict(self.config)), self.config)
+        if changed:
+            raise IdgenError(
+                f"{self.checkpoint_path} was written with another {', '.join(changed)}; remove "
+                f"{self.folder} to train from scratch with this configuration"
+            )
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
