@@ -30,6 +30,7 @@ from idgen.world.evaluators import (
 from idgen.world.gates import (
     LIKENESS,
     RENDERED,
+    RENDERED_VAE,
     ROWS,
     Evaluators,
     _rows,
@@ -39,6 +40,7 @@ from idgen.world.gates import (
     split_people,
     summarise,
     table,
+    vae_round_trip,
 )
 from idgen.world.render import ATTRIBUTES, Scene, render, render_reference, test_identities
 
@@ -187,6 +189,34 @@ def _renders_of(chunk: list, shift: int) -> torch.Tensor:
             [render(people[(p.identity + shift) % 100], p.prompt.scene, seed=p.seed).image for p in chunk]
         )
     )
+
+
+@needs_assets
+def test_the_vae_row_reads_the_renders_after_the_round_trip() -> None:
+    # A round trip that changes nothing reads exactly the rendered row; one that loses every face scores none.
+    ev, chunk, people = _evaluators(), pairs(1)[:8], split_people("test")
+    images = {mode: _renders_of(chunk, 0) for mode in ROWS}
+    kept = summarise(_rows(ev, chunk, images, people, round_trip=lambda x: x))["attribute_transfer"]
+    assert list(kept) == [RENDERED, RENDERED_VAE, *ROWS]
+    assert kept[RENDERED_VAE] == kept[RENDERED]
+    blank = summarise(_rows(ev, chunk, images, people, round_trip=torch.zeros_like))["attribute_transfer"]
+    assert list(blank) == [RENDERED, *ROWS]
+    seen: list[torch.Tensor] = []
+    summarise(_rows(ev, chunk, images, people, round_trip=lambda x: seen.append(x) or x))
+    assert len(seen) == 1 and torch.equal(seen[0], _renders_of(chunk, 0))  # the renders, in [0, 1]
+
+
+def test_vae_round_trip_decodes_the_latent_mean() -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=4, latent_channels=4, sample_size=16).eval()
+    images = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = ((vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample + 1) / 2).clamp(0, 1)
+    out = vae_round_trip(vae)(images)
+    assert torch.equal(out, expected)
+    assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
 
 
 @needs_assets

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -74,7 +75,9 @@ ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weigh
 # likeness), the ceiling of every mode's transfer. The five attributes a person names first when judging a
 # likeness, summarised together as "transferred".
 RENDERED = "rendered"
-ATTRIBUTE_ROWS = (RENDERED, *ROWS)
+# The same renders encoded and decoded by the generator's VAE: the most any generator on it can show.
+RENDERED_VAE = "rendered_vae"
+ATTRIBUTE_ROWS = (RENDERED, RENDERED_VAE, *ROWS)
 LIKENESS = ("hair_colour", "hair_style", "skin_tone", "glasses", "facial_hair")
 # Coarser reads of two of them, as a person judges at a glance: glasses worn or not (whatever their shape),
 # and the skin tone within one step of the 8 (a lightness); with their chance for uniform guesses.
@@ -82,6 +85,7 @@ COARSE = {"glasses_worn": 5 / 9, "skin_tone_within_one": 22 / 64}
 _GLASSES, _SKIN = list(ATTRIBUTES).index("glasses"), list(ATTRIBUTES).index("skin_tone")
 LABELS = {
     RENDERED: "rendered identity (the classifier's ceiling)",
+    RENDERED_VAE: "rendered identity through the VAE (the generator's ceiling)",
     "spatial_centred": "spatial, centred prior",
     "spatial_paper": "spatial, centred prior and the authors' refiner",
     UNIFORM_W2: "uniform, id weight 2",
@@ -263,25 +267,55 @@ def _classify(ev: Evaluators, images: Tensor, found: list[tuple[int, Any]]) -> d
     return {j: stacked[k] for k, (j, _) in enumerate(found)}
 
 
-def _rendered(ev: Evaluators, chunk: list[Pair], people: list[Identity]) -> dict[int, Tensor]:
-    """The attribute classifier on the renderer's own image of each pair (its identity in its prompt's scene,
-    its seed): what the classifier reads when the likeness is perfect."""
-    images = torch.stack(
-        [torch.from_numpy(render(people[p.identity], p.prompt.scene, seed=p.seed).image) for p in chunk]
-    )
-    images = images.permute(0, 3, 1, 2).float() / 255
+def vae_round_trip(vae: Any) -> Callable[[Tensor], Tensor]:
+    """Images in [0, 1] -> encoded by `vae` (the latent mean) and decoded, in [0, 1]."""
+
+    def through(images: Tensor) -> Tensor:
+        with torch.no_grad():
+            z = vae.encode(images * 2 - 1).latent_dist.mean
+            return ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
+
+    return through
+
+
+def _classify_faces(ev: Evaluators, images: Tensor) -> dict[int, Tensor]:
+    """`_classify` of the images in which the segmenter finds a face."""
     found = [(j, box) for j, box in enumerate(ev.segmenter.face_boxes(images)) if box is not None]
     return _classify(ev, images[[j for j, _ in found]], found) if found else {}
 
 
+def _rendered(
+    ev: Evaluators,
+    chunk: list[Pair],
+    people: list[Identity],
+    round_trip: Callable[[Tensor], Tensor] | None = None,
+) -> dict[str, dict[int, Tensor]]:
+    """The attribute classifier on the renderer's own image of each pair (its identity in its prompt's scene,
+    its seed): what the classifier reads when the likeness is perfect; and, given the generator's VAE round
+    trip, on those renders after it: what a generator on that VAE could show at best."""
+    images = torch.stack(
+        [torch.from_numpy(render(people[p.identity], p.prompt.scene, seed=p.seed).image) for p in chunk]
+    )
+    images = images.permute(0, 3, 1, 2).float() / 255
+    out = {RENDERED: _classify_faces(ev, images)}
+    if round_trip is not None:
+        out[RENDERED_VAE] = _classify_faces(ev, round_trip(images))
+    return out
+
+
 def _attribute_pass(
-    ev: Evaluators, chunk: list[Pair], classified: dict[str, dict[int, Tensor]], people: list[Identity] | None
+    ev: Evaluators,
+    chunk: list[Pair],
+    classified: dict[str, dict[int, Tensor]],
+    people: list[Identity] | None,
+    round_trip: Callable[[Tensor], Tensor] | None = None,
 ) -> list[dict[str, Any]]:
-    """`_attribute_hits` of every mode, and of the rendered identity when `people` are given."""
+    """`_attribute_hits` of every mode, and of the rendered identity (and its VAE round trip, given one) when
+    `people` are given."""
     if ev.attributes is None:
         return [{} for _ in chunk]
     if people is not None:
-        classified = {RENDERED: _rendered(ev, chunk, people), **classified}
+        classified = {**_rendered(ev, chunk, people, round_trip), **classified}
     return _attribute_hits(ev, chunk, classified)
 
 
@@ -327,10 +361,14 @@ def _contamination(
 
 
 def _rows(
-    ev: Evaluators, chunk: list[Pair], images: dict[str, Tensor], people: list[Identity] | None = None
+    ev: Evaluators,
+    chunk: list[Pair],
+    images: dict[str, Tensor],
+    people: list[Identity] | None = None,
+    round_trip: Callable[[Tensor], Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     seen = {m: _observe(ev, images[m]) for m in ROWS}
-    hits = _attribute_pass(ev, chunk, {m: seen[m][3] for m in ROWS}, people)
+    hits = _attribute_pass(ev, chunk, {m: seen[m][3] for m in ROWS}, people, round_trip)
     scene_pred = ev.clip.classify_scene(images[NONE])
     text = ev.clip.text_embeds([p.prompt.text for p in chunk])
     rows = []
@@ -366,10 +404,12 @@ def run(
     evaluators, ref_features = references(pipe, split)
     modes = policies(pipe)
     todo, people = pairs(per_identity, split), split_people(split)
+    round_trip = vae_round_trip(pipe.flux.vae)
     rows: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(todo), batch), desc="gates"):
         chunk = todo[start : start + batch]
-        rows += _rows(evaluators, chunk, _generate_modes(pipe, chunk, ref_features, modes), people)
+        images = _generate_modes(pipe, chunk, ref_features, modes)
+        rows += _rows(evaluators, chunk, images, people, round_trip)
     return {"split": split, **summarise(rows)}
 
 

@@ -133,16 +133,29 @@ def backdrop_lines(s: dict[str, Any]) -> list[str]:
     ]
 
 
+def _reached(group: dict[str, Any]) -> int:
+    """How many of the five likeness attributes reach the target in one row of the attribute table."""
+    return sum(group[n][0] >= LIKENESS_TARGET for n in gates.LIKENESS)
+
+
 def attribute_lines(s: dict[str, Any]) -> list[str]:
-    """The attribute block of `gates`, then how many of the five likeness attributes reach the target."""
+    """The attribute block of `gates`, then how many of the five likeness attributes reach the target, per
+    mode and, where the summary has it, through the VAE (the most a generator on it can show)."""
+    transfer = s["attribute_transfer"]
     reached = [
-        f"{gates.LABELS.get(mode, mode)} {sum(g[n][0] >= LIKENESS_TARGET for n in gates.LIKENESS)} of 5"
+        f"{gates.LABELS.get(mode, mode)} {_reached(g)} of 5"
         for mode in gates.BACKDROP_ROWS
-        if (g := s["attribute_transfer"].get(mode))
+        if (g := transfer.get(mode))
     ]
+    ceiling = transfer.get(gates.RENDERED_VAE)
     return [
         *gates.attribute_lines(s),
         f"- likeness attributes at 80% or more (issue 16's target: all five): {'; '.join(reached)}",
+        *(
+            [f"- the same through the VAE, the generator's ceiling: {_reached(ceiling)} of 5"]
+            if ceiling
+            else []
+        ),
     ]
 
 
