@@ -114,11 +114,21 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(names) or "none"
 
 
+def _backdrop_groups(s: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The per-backdrop contamination groups that have pairs."""
+    return {name: g for name, g in s["contamination_by_backdrop"].items() if g["pairs"]}
+
+
+def _leaks_towards(groups: dict[str, dict[str, Any]]) -> list[str]:
+    """The backdrops uniform injection clearly moves the scene towards: its interval above zero."""
+    return [n for n, g in groups.items() if g[UNIFORM][0] > g[UNIFORM][1]]
+
+
 def backdrop_lines(s: dict[str, Any]) -> list[str]:
     """The per-backdrop table, then which backdrops uniform injection clearly moves the scene towards (its
     interval above zero) or away from, and on how many of the first SpatialID and id weight 2 change it."""
-    groups = {name: g for name, g in s["contamination_by_backdrop"].items() if g["pairs"]}
-    towards = [n for n, g in groups.items() if g[UNIFORM][0] > g[UNIFORM][1]]
+    groups = _backdrop_groups(s)
+    towards = _leaks_towards(groups)
     away = [n for n, g in groups.items() if g[UNIFORM][0] < -g[UNIFORM][1]]
     neither = [n for n in groups if n not in (*towards, *away)]
     lower = sum(groups[n][SPATIAL][0] < groups[n][UNIFORM][0] for n in towards)
@@ -131,6 +141,11 @@ def backdrop_lines(s: dict[str, Any]) -> list[str]:
         f"- of the {len(towards)} backdrops uniform moves towards: spatial moves less on {lower}, "
         f"uniform at id weight 2 more on {more}",
     ]
+
+
+def modes_lines(s: dict[str, Any]) -> list[str]:
+    """The modes table of `gates`, then its summary list."""
+    return [*gates.modes_table(s), "", *gates.summary_lines(s)]
 
 
 def _reached(group: dict[str, Any]) -> int:
@@ -170,24 +185,20 @@ RUNS = {
 def _seed_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """(conclusion, one run's value) of each row of the seeds table."""
     gain, drop = s["facesim_gain_uniform_vs_none"], s[f"facesim_drop_{SPATIAL}_vs_{UNIFORM}"]
-    groups = [g for g in s["contamination_by_backdrop"].values() if g["pairs"]]
-    towards = sum(g[UNIFORM][0] > g[UNIFORM][1] for g in groups)
+    groups = _backdrop_groups(s)
     cut, likeness = s[f"contamination_reduction_{SPATIAL}"], s["attribute_transfer"]
     return [
         ("scene adherence of the base model (≥ 90%)", f"{s['scene_accuracy_none'][0] * 100:.1f}%"),
         ("FaceSim, uniform above none (paired)", _signed(gain)),
         ("contamination under uniform, scene pixels (RGB units)", _signed(s[f"contamination_{UNIFORM}"], 2)),
-        ("backdrops uniform clearly leaks towards", f"{towards} of {len(groups)}"),
-        (
-            "SpatialID: contamination reduction (≥ 40%)",
-            f"{cut * 100:.1f}%",
-        ),
+        ("backdrops uniform clearly leaks towards", f"{len(_leaks_towards(groups))} of {len(groups)}"),
+        ("SpatialID: contamination reduction (≥ 40%)", f"{cut * 100:.1f}%"),
         ("SpatialID: FaceSim drop (≤ 0.03)", f"{drop[0]:.3f} ± {drop[1]:.3f}"),
         (
             "likeness, mean of the five attributes, uniform (%)",
-            gates.percent(likeness[UNIFORM]["transferred"]),
+            gates.percent(likeness[UNIFORM][MEAN]),
         ),
-        ("likeness, the same without identity (%)", gates.percent(likeness[NONE]["transferred"])),
+        ("likeness, the same without identity (%)", gates.percent(likeness[NONE][MEAN])),
     ]
 
 
@@ -206,17 +217,14 @@ def seeds_table(*summaries: dict[str, Any]) -> list[str]:
 
 # Block name -> (the summaries it is made from, the block's lines from them).
 BLOCKS: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
-    "world-gates modes": (("world-gates",), lambda s: [*gates.modes_table(s), "", *gates.summary_lines(s)]),
+    "world-gates modes": (("world-gates",), modes_lines),
     "world-gates backdrops": (("world-gates",), backdrop_lines),
     "world-gates attributes": (("world-gates",), attribute_lines),
     "world-gates gates": (("world-gates",), gate_table),
     "world-gates-retrain gates": (("world-gates-retrain",), gate_table),
     "world-gates-retrain backdrops": (("world-gates-retrain",), backdrop_lines),
     "world-gates-retrain attributes": (("world-gates-retrain",), attribute_lines),
-    "world-gates-seed-1 modes": (
-        ("world-gates-seed-1",),
-        lambda s: [*gates.modes_table(s), "", *gates.summary_lines(s)],
-    ),
+    "world-gates-seed-1 modes": (("world-gates-seed-1",), modes_lines),
     "world-gates-seed-1 gates": (("world-gates-seed-1",), gate_table),
     "world-gates-seed-1 backdrops": (("world-gates-seed-1",), backdrop_lines),
     "world-gates-seed-1 attributes": (("world-gates-seed-1",), attribute_lines),
