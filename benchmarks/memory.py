@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -224,18 +225,24 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         row = dict(option=option, skipped=reason) if reason else dict(option=option, **measure(option, args))
         rows.append(row)
         print(format_row(row, rows[0]), flush=True)
+        if args.json:  # after every row: a run stopped at a time limit keeps what it measured
+            write_json(rows, args.json)
         gc.collect()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
     return rows
+
+
+def write_json(rows: list[dict[str, Any]], path: str) -> None:
+    temporary = f"{path}.partial"
+    with open(temporary, "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(temporary, path)
 
 
 def format_row(row: dict[str, Any], plain: dict[str, Any]) -> str:
     if row.get("skipped"):
         return f"{row['option']:<20} skipped: {row['skipped']}"
     ratio = row["step_s"] / plain["step_s"] if plain.get("step_s") else float("nan")
-    return (f"{row['option']:<20} weights {row['weights_mb']:9.2f} MB  peak {row['peak_mb']:9.1f} MB  "
+    return (f"{row['option']:<20} weights {row['weights_mb']:9.2f} MiB  peak {row['peak_mb']:9.1f} MiB  "
             f"step {row['step_s'] * 1000:8.1f} ms  ({ratio:.2f}x plain)")  # fmt: skip
 
 

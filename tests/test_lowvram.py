@@ -6,6 +6,8 @@ arithmetic is the same, within a stated tolerance where quantisation or a cache 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -308,9 +310,13 @@ def memory_benchmark():
     return memory
 
 
-def test_memory_benchmark_measures_each_option_against_the_plain_pipeline():
+def test_memory_benchmark_measures_each_option_against_the_plain_pipeline(tmp_path):
     memory = memory_benchmark()
-    rows = memory.main(["--options", "none", "fp8", "nf4", "model-offload", "--steps", "1", "--size", "32"])
+    out = tmp_path / "rows.json"
+    options = ["none", "fp8", "nf4", "model-offload"]
+    rows = memory.main(["--options", *options, "--steps", "1", "--size", "32", "--json", str(out)])
+    assert json.loads(out.read_text()) == rows and [r["option"] for r in rows] == options
+    assert not list(tmp_path.glob("*.partial"))  # written whole after each row
     by_option = {row["option"]: row for row in rows}
     plain = by_option["none"]["weights_mb"]
     # Weights as stored: fp8 keeps 1 byte per quantised value, nf4 half a byte (plus scales).
