@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from idgen.errors import IdgenError
@@ -205,6 +206,19 @@ def test_atomic_write_respects_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_model_folder_gets_the_umasks_permissions_like_any_file(tmp_path: Path) -> None:
+    # safetensors' save_file writes through its own 0o600 temp file; the saved weights must not keep that.
+    from idgen.models.checkpoint import save_model_folder
+
+    old = os.umask(0o022)
+    try:
+        save_model_folder(torch.nn.Linear(2, 2), tmp_path / "m", {})
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
+    assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -164,9 +165,13 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     tmp = _new_temp_path(target)
+    mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask made of 0o666
     try:
         yield tmp
         _fsync_file(tmp)
+        # Some writers replace the file with their own temp file (safetensors' save_file leaves 0o600).
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:
         _remove_quietly(tmp)
