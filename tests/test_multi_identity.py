@@ -484,3 +484,17 @@ def test_cli_combine_without_several_photos_of_one_person_is_one_line(tmp_path, 
         "idgen: error: --combine joins several photos of one person (--id-image a1.jpg,a2.jpg): none given"
     ]
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_spatial_identities_compete_on_their_early_priors_and_uniform_ones_do_not():
+    from idgen.core.gate import SpatialMask
+    from idgen.core.multi import PriorLayout, separated_boxes
+    from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.pipelines.multi import competing_masks
+
+    policy = SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+    two = competing_masks("spatial", policy, 2, None, None)
+    assert [p.scheduler.prior_box for p in two.policies] == separated_boxes(2)  # type: ignore[attr-defined]
+    assert two.layout == tuple(PriorLayout(p.scheduler) for p in two.policies)  # type: ignore[attr-defined]
+    assert competing_masks("spatial", policy, 1, None, None).layout == ()  # one person: today's path
+    assert competing_masks("uniform", policy, 2, None, None).layout == ()  # the summed baseline

@@ -10,6 +10,7 @@ from idgen.core import (
     CompetingMasks,
     ConstantMask,
     MaskRegion,
+    PriorLayout,
     SpatialMask,
     SummedResiduals,
     TemporalSpatialScheduler,
@@ -112,11 +113,32 @@ def test_early_priors_centred_on_each_identity_split_the_image():
     assert (masks[1].view(2, 4)[:, 2:] > 0).all() and (masks[1].view(2, 4)[:, :2] == 0).all()
 
 
+def test_a_layout_decides_who_wins_and_the_winner_keeps_its_own_mask():
+    # Both identities' attention masks light up on both faces (columns 0 and 2), as without boxes.
+    face = [[0.8, 0.1, 0.9], [0.8, 0.1, 0.9]]
+    a, b = fixed(face), fixed([[0.6, 0.2, 0.7], [0.6, 0.2, 0.7]])
+    plain = CompetingMasks((a, b))([output(), output()], 0.5, GRID)
+    assert torch.equal(plain[0].flatten(), torch.tensor([0.8, 0.0, 0.9, 0.8, 0.0, 0.9]))  # both faces: a's
+    layout = tuple(PriorLayout(TemporalSpatialScheduler(prior_box=box)) for box in separated_boxes(2))
+    masks = CompetingMasks((a, b), layout=layout)([output(), output()], 0.5, GRID)
+    # Weighted by the priors (left on column 0, right on column 2), each face goes to its side's identity,
+    # with the mask it had; the middle column is nearer neither and goes to the larger mask (b's 0.2).
+    assert torch.equal(masks[0].flatten(), torch.tensor([0.8, 0.0, 0.0, 0.8, 0.0, 0.0]))
+    assert torch.equal(masks[1].flatten(), torch.tensor([0.0, 0.2, 0.7, 0.0, 0.2, 0.7]))
+
+
+def test_a_prior_layout_is_the_schedulers_early_prior():
+    scheduler = TemporalSpatialScheduler(prior_box=(0.0, 0.0, 0.5, 1.0))
+    assert torch.equal(PriorLayout(scheduler)((2, 4), torch.device("cpu")), scheduler.prior((2, 4)))
+
+
 def test_competing_masks_refuses_mismatched_inputs():
     with pytest.raises(IdgenError, match="at least one"):
         CompetingMasks(())
     with pytest.raises(IdgenError, match="1 regions for 2 identities"):
         CompetingMasks((UniformMask(), UniformMask()), regions=(None,))
+    with pytest.raises(IdgenError, match="1 layout maps for 2 identities"):
+        CompetingMasks((UniformMask(), UniformMask()), layout=(BoxRegion((0.0, 0.0, 1.0, 1.0)),))
     with pytest.raises(IdgenError, match="1 CA outputs for 2 identities"):
         CompetingMasks((UniformMask(), UniformMask()))([output()], 0.5, GRID)
 

@@ -8,6 +8,7 @@ An assignment rule then turns the n masks into the ones that gate the n residual
 
 ArgmaxAssignment keeps, at each token, only the identity with the largest mask (so a token takes at most
 one identity's residual); SummedResiduals keeps every mask as it is (the naive baseline, which blends faces).
+A layout (each identity's early prior) can decide who wins instead, while the winner keeps its own mask.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from idgen.core.gate import MaskPolicy
 from idgen.core.masks import CAOutput, Grid, resize_mask
+from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in [0, 1] image coordinates
@@ -67,6 +69,16 @@ class MaskRegion:
         return resize_mask(self.mask, grid)[0].to(device)  # (H, W)
 
 
+@dataclass(frozen=True)
+class PriorLayout:
+    """Where an identity is expected: its scheduler's early prior (the Gaussian on its prior_box), (H, W)."""
+
+    scheduler: TemporalSpatialScheduler
+
+    def __call__(self, grid: Grid, device: torch.device) -> Tensor:
+        return self.scheduler.prior(grid, device=device)  # (H, W), max 1
+
+
 class AssignmentRule(Protocol):
     """(n, B, N) masks of the n identities -> the (n, B, N) masks that gate their residuals."""
 
@@ -105,17 +117,24 @@ class CompetingMasks:
 
     policies: one MaskPolicy per identity (None from a policy means uniform: a mask of ones).
     regions:  one Region or None per identity, or () for none at all.
+    layout:   one Region per identity, or () for none: the rule then sees each mask times its identity's
+              layout and the winners keep their own masks. Without boxes, attention finds the faces but
+              not whose they are (both identities' masks light up on both faces); the early priors set
+              who stands where, and the layout keeps it so.
     """
 
     policies: tuple[MaskPolicy, ...]
     rule: AssignmentRule = field(default_factory=ArgmaxAssignment)
     regions: tuple[Region | None, ...] = ()
+    layout: tuple[Region, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.policies:
             raise IdgenError("CompetingMasks needs at least one identity's policy")
         if self.regions and len(self.regions) != len(self.policies):
             raise IdgenError(f"{len(self.regions)} regions for {len(self.policies)} identities")
+        if self.layout and len(self.layout) != len(self.policies):
+            raise IdgenError(f"{len(self.layout)} layout maps for {len(self.policies)} identities")
 
     @property
     def identities(self) -> int:
@@ -134,8 +153,14 @@ class CompetingMasks:
             return list(masks)  # uniform and summed: PuLID's arithmetic for each identity
         heads = outputs[0].heads_out  # (B, N, D)
         ones = torch.ones((*heads.shape[:2], 1), dtype=heads.dtype, device=heads.device)
-        stacked = torch.stack([ones if m is None else m for m in masks])  # (n, B, N, 1)
-        return list(self.rule(stacked.squeeze(-1)).unsqueeze(-1).unbind(0))
+        stacked = torch.stack([ones if m is None else m for m in masks]).squeeze(-1)  # (n, B, N)
+        if self.layout:
+            where = torch.stack([r(grid, heads.device).flatten() for r in self.layout])  # (n, N)
+            chosen = self.rule(stacked * where[:, None, :].to(stacked.dtype))  # (n, B, N)
+            stacked = torch.where(chosen > 0, stacked, torch.zeros_like(stacked))
+        else:
+            stacked = self.rule(stacked)
+        return list(stacked.unsqueeze(-1).unbind(0))
 
     def _limited(self, index: int, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
         """Identity `index`'s own mask (B, N, 1), times its region where it has one."""

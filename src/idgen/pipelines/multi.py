@@ -26,6 +26,7 @@ from idgen.core.multi import (
     BoxRegion,
     CompetingMasks,
     MaskRegion,
+    PriorLayout,
     Region,
     SummedResiduals,
     separated_boxes,
@@ -233,7 +234,14 @@ def competing_masks(
         regions, centres = tuple(MaskRegion(m) for m in masks), [mask_box(m) for m in masks]
     if mode == UNIFORM:
         return CompetingMasks((policy,) * count, SummedResiduals(), regions)
-    return CompetingMasks(tuple(_centred(policy, box) for box in centres), ArgmaxAssignment(), regions)
+    policies = tuple(_centred(policy, box) for box in centres)
+    return CompetingMasks(policies, ArgmaxAssignment(), regions, _layout(policies) if count > 1 else ())
+
+
+def _layout(policies: Sequence[MaskPolicy]) -> tuple[Region, ...]:
+    """Each SpatialMask's early prior as its identity's layout (none where a policy has no prior)."""
+    schedulers = [p.scheduler for p in policies if isinstance(p, SpatialMask)]
+    return tuple(PriorLayout(s) for s in schedulers) if len(schedulers) == len(policies) else ()
 
 
 def _centred(policy: MaskPolicy, box: Box | None) -> MaskPolicy:
