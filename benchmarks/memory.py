@@ -26,7 +26,7 @@ import torch
 
 from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
 
-OFFLOADS = ("model-offload", "sequential-offload", "group-offload")
+OFFLOADS = ("model-offload", "sequential-offload", "group-offload", "group-offload-stream")
 FLUX1_DEV: dict[str, Any] = dict(
     num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
     joint_attention_dim=4096, pooled_projection_dim=768, in_channels=64, guidance_embeds=True,
@@ -105,9 +105,10 @@ def apply_option(flux: Any, transformer: Any, option: str, device: str) -> None:
         cpu_offload(transformer, torch.device(device))
     elif option == "sequential-offload":
         flux.enable_sequential_cpu_offload(device=device)
-    elif option == "group-offload":
+    elif option in ("group-offload", "group-offload-stream"):  # stream: copies overlap compute (pinned)
         transformer.enable_group_offload(torch.device(device), offload_device=torch.device("cpu"),
-                                         offload_type="block_level", num_blocks_per_group=1)  # fmt: skip
+                                         offload_type="block_level", num_blocks_per_group=1,
+                                         use_stream=option == "group-offload-stream")  # fmt: skip
 
 
 def unavailable(option: str, device: str) -> str | None:

@@ -6,7 +6,7 @@ to cancel drift, and prints the overhead ratios.
 
     python benchmarks/step_overhead.py                    # tiny random models, CPU
     python benchmarks/step_overhead.py --full --device cuda --dtype bfloat16
-        # full-size random FLUX (19/38 blocks, 3072 wide)
+        # full-size random FLUX (19/38 blocks, 3072 wide); --compile inductor: the same, compiled
 """
 
 from __future__ import annotations
@@ -122,11 +122,14 @@ def measure(opts: argparse.Namespace) -> dict[str, Any]:
     dtype = getattr(torch, opts.dtype)
     transformer, adapter, config = build(opts.full, opts.device, dtype)
     injector = FluxIdentityInjector(transformer, adapter)
+    if opts.compile != "none":  # after wrapping, as a user would; fullgraph: a graph break is an error
+        transformer = torch.compile(transformer, fullgraph=True, backend=opts.compile)
     args = inputs(config, opts.height, opts.width, opts.device, dtype)
     sigmas = schedule_sigmas(opts.steps, (opts.height // 16) * (opts.width // 16))
     runs = {m: make_run(m, adapter, opts.device, dtype) for m in MODES}
-    for mode in MODES:  # warm-up
-        for sigma in sigmas[:2]:
+    warm_up = sigmas if opts.compile != "none" else sigmas[:2]  # compiled: every stage's graph first
+    for mode in MODES:
+        for sigma in warm_up:
             one_call(transformer, injector, runs[mode], args, sigma, opts.device)
     times: dict[str, list[list[float]]] = {m: [[] for _ in sigmas] for m in MODES}
     for repeat in range(opts.repeats):
@@ -190,6 +193,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    p.add_argument("--compile", default="none", choices=("none", "inductor", "eager"),
+                   help="torch.compile the wrapped transformer with this backend")  # fmt: skip
     p.add_argument("--json", help="also write the result here")
     p.add_argument("--_memory-of", dest="memory_of", help=argparse.SUPPRESS)
     opts = p.parse_args()
@@ -214,6 +219,7 @@ def main() -> None:
     print(
         f"{size}, {opts.width}x{opts.height}, {opts.steps} steps, {opts.dtype}, {opts.device} ({machine}, "
         f"{torch.get_num_threads()} threads), median of {opts.repeats} per timestep"
+        + ("" if opts.compile == "none" else f", torch.compile backend={opts.compile}")
     )
     memory = "peak GPU memory" if opts.device.startswith("cuda") else "peak RSS"
     for mode in MODES:
