@@ -119,8 +119,8 @@ class CompetingMasks:
     regions:  one Region or None per identity, or () for none at all.
     layout:   one Region per identity, or () for none: the rule then sees each mask times its identity's
               layout and the winners keep their own masks. Without boxes, attention finds the faces but
-              not whose they are (both identities' masks light up on both faces); the early priors set
-              who stands where, and the layout keeps it so.
+              not whose they are (each identity's attention can land on either face); the early priors
+              set who stands where, and the layout keeps it so.
     """
 
     policies: tuple[MaskPolicy, ...]
