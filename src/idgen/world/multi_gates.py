@@ -13,7 +13,8 @@ same seed, every mode generates:
 - `spatial`: SpatialID with competing masks (the demo world's SpatialMask, one early prior per person,
   `ArgmaxAssignment`), each person boxed to their half of the image (`--id-box 0,0,0.5,1 --id-box
   0.5,0,1,1`);
-- `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, no region);
+- `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, which also weigh the
+  competition; no region);
 - `uniform_boxes`: uniform with the same boxes, each residual kept inside its person's half: what the
   boxes alone do, without SpatialID's masks;
 - `single`: each person alone, pointed at their own half as a user would do it (`--id-image A --id-box
