@@ -38,7 +38,8 @@ def separated_boxes(count: int) -> list[Box]:
 
 
 class Region(Protocol):
-    """Where one identity may inject: (H, W) float in [0, 1] on the token grid."""
+    """A map of one identity on the token grid, (H, W) float in [0, 1]: where it may inject (a region), or
+    where it is expected (a layout)."""
 
     def __call__(self, grid: Grid, device: torch.device) -> Tensor: ...
 
