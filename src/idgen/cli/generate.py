@@ -69,7 +69,8 @@ def add_generate(sub: Any) -> None:
         "--id-box",
         action="append",
         type=parse_id_box,
-        help="where the person of the same --id-image goes: l,t,r,b in [0,1]; give one per --id-image",
+        help="where the person of the same --id-image goes: l,t,r,b in [0,1]; give one per --id-image "
+        "(without boxes, the people stand left to right in --id-image order)",
     )
     p.add_argument(
         "--combine",
