@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from idgen.io import atomic_write_text
 from idgen.pipelines.lowvram import QUANTIZE_CHOICES, check_quantize, quantize_transformer
 
 OFFLOADS = ("model-offload", "sequential-offload", "group-offload", "group-offload-stream")
@@ -226,17 +226,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         row = dict(option=option, skipped=reason) if reason else dict(option=option, **measure(option, args))
         rows.append(row)
         print(format_row(row, rows[0]), flush=True)
-        if args.json:  # after every row: a run stopped at a time limit keeps what it measured
-            write_json(rows, args.json)
+        if args.json:  # after every row, atomically: a run stopped at a time limit keeps what it measured
+            atomic_write_text(args.json, json.dumps(rows, indent=1))
         gc.collect()
     return rows
-
-
-def write_json(rows: list[dict[str, Any]], path: str) -> None:
-    temporary = f"{path}.partial"
-    with open(temporary, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(temporary, path)
 
 
 def format_row(row: dict[str, Any], plain: dict[str, Any]) -> str:

@@ -316,7 +316,7 @@ def test_memory_benchmark_measures_each_option_against_the_plain_pipeline(tmp_pa
     options = ["none", "fp8", "nf4", "model-offload"]
     rows = memory.main(["--options", *options, "--steps", "1", "--size", "32", "--json", str(out)])
     assert json.loads(out.read_text()) == rows and [r["option"] for r in rows] == options
-    assert not list(tmp_path.glob("*.partial"))  # written whole after each row
+    assert [p.name for p in tmp_path.iterdir()] == ["rows.json"]  # written whole, no temporary file left
     by_option = {row["option"]: row for row in rows}
     plain = by_option["none"]["weights_mb"]
     # Weights as stored: fp8 keeps 1 byte per quantised value, nf4 half a byte (plus scales).

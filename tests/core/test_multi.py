@@ -127,6 +127,21 @@ def test_a_layout_decides_who_wins_and_the_winner_keeps_its_own_mask():
     assert torch.equal(masks[1].flatten(), torch.tensor([0.0, 0.2, 0.7, 0.0, 0.2, 0.7]))
 
 
+def test_the_layout_maps_are_built_once_per_grid():
+    built = []
+
+    def counted(grid, device):
+        built.append(grid)
+        return torch.ones(grid)
+
+    competing = CompetingMasks(
+        (fixed([[0.8, 0.1, 0.9]] * 2), fixed([[0.6, 0.2, 0.7]] * 2)), layout=(counted, counted)
+    )
+    for _ in range(3):  # three injection points or steps on one grid
+        competing([output(), output()], 0.5, GRID)
+    assert built == [GRID, GRID]  # once per identity
+
+
 def test_a_prior_layout_is_the_schedulers_early_prior():
     scheduler = TemporalSpatialScheduler(prior_box=(0.0, 0.0, 0.5, 1.0))
     assert torch.equal(PriorLayout(scheduler)((2, 4), torch.device("cpu")), scheduler.prior((2, 4)))

@@ -128,6 +128,10 @@ class CompetingMasks:
     rule: AssignmentRule = field(default_factory=ArgmaxAssignment)
     regions: tuple[Region | None, ...] = ()
     layout: tuple[Region, ...] = ()
+    # The layout's (n, N) maps depend only on (grid, device, dtype): built once, not per point and step.
+    _layout_maps: dict[tuple[Grid, torch.device, torch.dtype], Tensor] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if not self.policies:
@@ -156,12 +160,20 @@ class CompetingMasks:
         ones = torch.ones((*heads.shape[:2], 1), dtype=heads.dtype, device=heads.device)
         stacked = torch.stack([ones if m is None else m for m in masks]).squeeze(-1)  # (n, B, N)
         if self.layout:
-            where = torch.stack([r(grid, heads.device).flatten() for r in self.layout])  # (n, N)
-            chosen = self.rule(stacked * where[:, None, :].to(stacked.dtype))  # (n, B, N)
-            stacked = torch.where(chosen > 0, stacked, torch.zeros_like(stacked))
+            chosen = self.rule(stacked * self._layout_on(grid, heads.device, stacked.dtype))  # (n, B, N)
+            assigned = torch.where(chosen > 0, stacked, torch.zeros_like(stacked))
         else:
-            stacked = self.rule(stacked)
-        return list(stacked.unsqueeze(-1).unbind(0))
+            assigned = self.rule(stacked)
+        return list(assigned.unsqueeze(-1).unbind(0))
+
+    def _layout_on(self, grid: Grid, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The layout's maps on this grid, (n, 1, N)."""
+        key = ((int(grid[0]), int(grid[1])), device, dtype)
+        maps = self._layout_maps.get(key)
+        if maps is None:
+            maps = torch.stack([r(grid, device).flatten() for r in self.layout])[:, None, :].to(dtype)
+            self._layout_maps[key] = maps
+        return maps
 
     def _limited(self, index: int, output: CAOutput, t: float, grid: Grid) -> Tensor | None:
         """Identity `index`'s own mask (B, N, 1), times its region where it has one."""
