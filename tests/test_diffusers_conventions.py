@@ -2,6 +2,8 @@
 devices and offload, and the Img2Img / Inpaint / Kontext variants; each compared with stock diffusers or
 with single calls, bit-exactly where the arithmetic is the same."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -171,7 +173,13 @@ def realigned(flux) -> None:
 
 
 def test_save_and_load_round_trip_bit_exactly(tmp_path, pipe):
-    pipe.save_pretrained(tmp_path / "p")
+    old = os.umask(0o022)
+    try:
+        pipe.save_pretrained(tmp_path / "p")
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "p").rglob("*") if p.is_file()}
+    assert modes == {0o644}  # diffusers' own weights too, not safetensors' 0o600
     assert sorted(p.name for p in (tmp_path / "p" / "identity_adapter").iterdir()) == [
         "config.json", "model.safetensors",
     ]  # fmt: skip

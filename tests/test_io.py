@@ -15,6 +15,8 @@ from idgen.io import (
     atomic_write_text,
     file_sha256,
     load_image,
+    umask_file_mode,
+    widen_to_umask,
 )
 
 
@@ -219,6 +221,24 @@ def test_a_model_folder_gets_the_umasks_permissions_like_any_file(tmp_path: Path
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "m").iterdir()}
     assert modes == {"model.safetensors": 0o644, "config.json": 0o644}
+
+
+def test_widen_to_umask_adds_what_the_umask_allows_and_nothing_else(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    narrow, tool, private = tmp_path / "sub" / "w.safetensors", tmp_path / "run.sh", tmp_path / "kept"
+    for path, mode in ((narrow, 0o600), (tool, 0o700), (private, 0o600)):
+        path.write_bytes(b"x")
+        os.chmod(path, mode)
+    (tmp_path / "link").symlink_to(private)
+    old = os.umask(0o022)
+    try:
+        assert umask_file_mode(tmp_path) == 0o644
+        widen_to_umask([tmp_path / "sub", tool, tmp_path / "link"])
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (narrow, tool, private)}
+    assert modes == {"w.safetensors": 0o644, "run.sh": 0o744, "kept": 0o600}  # a link is not followed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "link", "run.sh", "sub"]  # no probe left
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

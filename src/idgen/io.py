@@ -7,7 +7,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,6 +177,31 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         _remove_quietly(tmp)
         raise
     _fsync_dir(target.parent)
+
+
+def umask_file_mode(directory: str | os.PathLike[str]) -> int:
+    """What the umask makes of 0o666 for a new file in `directory`, read off a probe file (reading the
+    process umask means setting it, which races other threads)."""
+    probe = _new_temp_path(Path(directory) / "umask-probe")
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        _remove_quietly(probe)
+
+
+def widen_to_umask(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Give each file under `paths` (files, or folders walked) at least the permissions the umask gives a
+    new file. Writers with their own temp files (safetensors' save_file, hence diffusers' and transformers'
+    save_pretrained) leave 0o600 whatever the umask, so a saved folder would be unreadable to other users."""
+    mode: int | None = None
+    for root in map(Path, paths):
+        walked = [root] if root.is_file() else sorted(root.rglob("*"))
+        files = [p for p in walked if p.is_file() and not p.is_symlink()]  # never chmod through a link
+        for path in files:
+            mode = umask_file_mode(path.parent) if mode is None else mode
+            current = stat.S_IMODE(path.stat().st_mode)
+            if current | mode != current:
+                os.chmod(path, current | mode)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

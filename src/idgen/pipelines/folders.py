@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from idgen.errors import IdgenError
-from idgen.io import atomic_write_text
+from idgen.io import atomic_write_text, widen_to_umask
 from idgen.models.checkpoint import CONFIG_NAME, read_config, save_model_folder
 
 ADAPTER_FOLDER = "identity_adapter"
@@ -51,6 +51,8 @@ def save_identity_folder(
     atomic_write_text(folder / PIPELINE_FILE, json.dumps({"defaults": defaults}, indent=2) + "\n")
     if flux is not None:
         flux.save_pretrained(str(folder), safe_serialization=True)
+        components = [folder / name for name in json.loads((folder / FLUX_INDEX).read_text(encoding="utf-8"))]
+        widen_to_umask([folder / FLUX_INDEX, *(p for p in components if p.is_dir())])
     return folder
 
 

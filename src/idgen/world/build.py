@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from idgen.errors import IdgenError
+from idgen.io import widen_to_umask
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
 from idgen.world.bundle import ASSETS, NUM_REFERENCES
@@ -109,6 +110,7 @@ def save_pipeline(pipe: Any, folder: Path) -> None:
         shutil.rmtree(tmp)
     pipe.save_pretrained(tmp, safe_serialization=True)
     _drop_load_paths(tmp)
+    widen_to_umask([tmp])
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
