@@ -42,12 +42,11 @@ def test_generate_on_the_demo_world(tmp_path, capsys):
 
 
 @shipped
-def test_out_of_vocabulary_words_and_non_faces_warn_but_run(tmp_path, capsys):
-    Image.new("RGB", (64, 64), (30, 200, 40)).save(tmp_path / "green.png")
+def test_out_of_vocabulary_words_warn_but_run(tmp_path, capsys):
     argv = [
         "generate",
         "--id-image",
-        str(tmp_path / "green.png"),
+        str(reference_photos()[0]),
         "--prompt",
         "a person on a beach with a giraffe",
     ]
@@ -57,9 +56,31 @@ def test_out_of_vocabulary_words_and_non_faces_warn_but_run(tmp_path, capsys):
         assert main(argv) == 0
     messages = [str(w.message) for w in caught]
     # Named once, though the prompt is encoded by two tokenizers, twice each: the word is dropped.
-    assert messages.count("dropped, not in the demo world's vocabulary: giraffe") == 1
-    assert any("no face found" in m for m in messages)
+    assert messages == ["dropped, not in the demo world's vocabulary: giraffe"]
     assert (tmp_path / "o.png").exists()
+
+
+@shipped
+@pytest.mark.parametrize("adapter", ["pulid", "pidiff"])
+def test_a_photo_without_a_face_is_refused_as_pulid_refuses_it(tmp_path, capsys, adapter):
+    """The world's detector finds no face on a plain field of colour: one line, exit 1, nothing written;
+    among several photos of one person it is skipped, and the others carry the identity."""
+    Image.new("RGB", (64, 64), (30, 200, 40)).save(tmp_path / "green.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    argv = ["generate", "--world-adapter", adapter, "--prompt", "a person on a beach", "--steps", "2"]
+    argv += ["--no-compare", "--no-mask-strip"]
+    assert main([*argv, "--id-image", str(tmp_path / "green.png"), "--out", str(out / "o.png")]) == 1
+    assert capsys.readouterr().err == f"idgen: error: no face found in {tmp_path / 'green.png'}\n"
+    assert list(out.iterdir()) == []
+    both = f"{reference_photos()[0]},{tmp_path / 'green.png'}"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*argv, "--id-image", both, "--out", str(out / "o.png")]) == 0
+    assert [str(w.message) for w in caught] == [
+        f"identity 1: photo skipped: no face found in {tmp_path / 'green.png'}"
+    ]
+    assert (out / "o.png").exists()
 
 
 def test_world_train_quick_end_to_end(tmp_path, capsys):
@@ -72,13 +93,13 @@ def test_world_train_quick_end_to_end(tmp_path, capsys):
     from idgen.world.bundle import load_world, verify
 
     verify(tmp_path / "a")
-    pipe = load_world(assets=tmp_path / "a")
+    pipe = load_world(assets=tmp_path / "a", require_face=False)  # a 3-step detector finds no face
     assert pipe("a person on a beach", reference_photos(tmp_path / "a")[0], num_inference_steps=2).images[
         0
     ].size == (64, 64)
     from idgen.world.pidiff import load_pidiff_world
 
-    pidiff = load_pidiff_world(assets=tmp_path / "a")
+    pidiff = load_pidiff_world(assets=tmp_path / "a", require_face=False)
     image = pidiff("a person on a beach", reference_photos(tmp_path / "a")[0], num_inference_steps=2).images[
         0
     ]

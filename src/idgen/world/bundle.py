@@ -146,8 +146,10 @@ def reference_photos(assets: Path = ASSETS) -> list[Path]:
     return sorted((assets / "references").glob("*.png"))
 
 
-def load_world(device: str = "cpu", assets: Path = ASSETS, require_face: bool = False) -> Any:
-    """The demo world as an IdentityFluxPipeline, through the same loaders as real checkpoints."""
+def load_world(device: str = "cpu", assets: Path = ASSETS, require_face: bool = True) -> Any:
+    """The demo world as an IdentityFluxPipeline, through the same loaders as real checkpoints. A photo in
+    which the world's detector finds no face is refused (NoFaceError), as PuLID refuses one; with
+    `require_face=False` it gets a centred default face box and a warning instead."""
     from diffusers import FluxPipeline
 
     from idgen.models.loading import load_pulid_adapter

@@ -315,8 +315,9 @@ def train_pidiff_branch(
     return report
 
 
-def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_face: bool = False) -> Any:
-    """The demo world with the W+ branch instead of PuLID's: an IdentityFluxPipeline like `load_world`'s."""
+def load_pidiff_world(device: str = "cpu", assets: Path | None = None, require_face: bool = True) -> Any:
+    """The demo world with the W+ branch instead of PuLID's: an IdentityFluxPipeline like `load_world`'s
+    (a photo with no face is refused unless `require_face=False`)."""
     from diffusers import FluxPipeline
 
     from idgen.models.wplus_flux import load_wplus_flux_adapter
