@@ -10,7 +10,8 @@ Every block sits between two marker lines,
 
 and its text is a function of the summaries `BLOCKS` names for it: `docs/world-gates.json` (`make
 world-gates`), `docs/world-gates-retrain.json` (`make world-gates-retrain`), `docs/world-gates-seed-1.json`
-(`make world-gates-seed`) or `docs/world-multi-gates.json` (`make world-multi-gates`), found beside the
+(`make world-gates-seed`), `docs/world-multi-gates.json` (`make world-multi-gates`) or
+`docs/world-likeness-ceiling.json` (`make world-likeness-ceiling`), found beside the
 README, not in the working directory; `world-seeds` sets the three one-person runs side by side. Each
 README block is named once; every name of `BLOCKS` must be there. Without `--check` the stale blocks are
 rewritten in place (atomically); with it, the first stale block is named and the exit status is 1. Bad
@@ -30,7 +31,7 @@ from typing import Any
 from idgen.errors import IdgenError
 from idgen.io import atomic_write_text
 from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
-from idgen.world import gates, multi_gates
+from idgen.world import ceiling, gates, multi_gates
 
 START = re.compile(r"<!-- generated: (?P<name>[a-z0-9-]+(?: [a-z0-9-]+)*) -->")
 END = "<!-- end generated -->"
@@ -39,6 +40,7 @@ SUMMARIES = {
     "world-gates-retrain": "docs/world-gates-retrain.json",  # the adapter retrained with other seeds
     "world-gates-seed-1": "docs/world-gates-seed-1.json",  # the whole world retrained with `--seed 1`
     "world-multi-gates": "docs/world-multi-gates.json",
+    "world-likeness-ceiling": "docs/world-likeness-ceiling.json",  # the likeness, stage by stage
 }
 # The one-person gates (issue 16's targets), as `gates.summary_lines` states them.
 SCENE_GATE, REDUCTION_GATE, DROP_GATE = 0.90, 0.40, 0.03
@@ -238,6 +240,7 @@ BLOCKS: dict[str, tuple[tuple[str, ...], Callable[..., list[str]]]] = {
             *multi_gates.gate_lines(s),
         ],
     ),
+    "world-likeness-ceiling": (("world-likeness-ceiling",), ceiling.readme_lines),
 }
 
 
