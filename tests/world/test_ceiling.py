@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import torch
 
+from idgen.core.gate import UniformMask
 from idgen.pipelines.names import NONE, UNIFORM
 from idgen.world import ceiling, gates
-from idgen.world.ceiling import FINE_TUNED, FREE_TOKENS, ROWS, CeilingPlan
+from idgen.world.ceiling import FINE_TUNED, FREE_ATTENTION, FREE_TOKENS, ROWS, CeilingPlan
 
 
 @cache
@@ -39,13 +40,15 @@ def test_the_pairs_are_the_gates_first_pairs_then_more() -> None:
 
 @pytest.mark.slow
 def test_with_no_steps_each_ceiling_is_its_starting_point_and_the_weights_come_back() -> None:
-    """At 0 steps the free tokens are the adapter's and the fine-tuned base is the shipped one, so their
-    images equal uniform's and none's bit for bit; after a real fine-tune the shipped weights are back."""
+    """At 0 steps the fitted tokens and cross-attentions are the adapter's and the fine-tuned base is the
+    shipped one, so their images equal uniform's and none's bit for bit; after real fits the shipped
+    weights are back."""
     pipe, (_, feats) = _world()
     chunk = _chunk()
     images = ceiling.person_images(pipe, feats, gates.split_people(), chunk, CeilingPlan(steps=0, renders=4))
-    assert set(images) == {NONE, UNIFORM, FREE_TOKENS, FINE_TUNED}
+    assert set(images) == {NONE, UNIFORM, FREE_TOKENS, FREE_ATTENTION, FINE_TUNED}
     assert torch.equal(images[FREE_TOKENS], images[UNIFORM])
+    assert torch.equal(images[FREE_ATTENTION], images[UNIFORM])
     assert torch.equal(images[FINE_TUNED], images[NONE])
     assert not torch.equal(images[UNIFORM], images[NONE])
 
@@ -58,9 +61,17 @@ def test_with_no_steps_each_ceiling_is_its_starting_point_and_the_weights_come_b
     assert not any(p.requires_grad for p in pipe.flux.transformer.parameters())
     assert not torch.equal(tuned, images[NONE][:1])
 
-    start = gates.identity_tokens(pipe, feats, [0])[0]
+    start, uncond = gates.identity_tokens(pipe, feats, [0])
     fitted = ceiling.free_tokens(pipe, data, start, plan, seed=0)
     assert fitted.shape == start.shape and not torch.equal(fitted, start)
+    attention = {k: v.clone() for k, v in pipe.adapter.state_dict().items()}
+    call = dict(
+        prompts=[chunk[0].prompt.text], seeds=[chunk[0].seed], policy=UniformMask(), uncond_tokens=uncond
+    )
+    free = ceiling.free_attention_images(pipe, data, start, plan, 0, call)
+    assert not torch.equal(free, images[UNIFORM][:1])
+    assert all(torch.equal(pipe.adapter.state_dict()[k], v) for k, v in attention.items())
+    assert not any(p.requires_grad for p in pipe.adapter.parameters())
 
 
 def test_the_summary_counts_each_row_s_hits() -> None:

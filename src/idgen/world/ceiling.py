@@ -10,9 +10,10 @@ picture of that person can show down to no identity at all:
 - through the VAE: that image encoded and decoded by the generator's VAE (the VAE's ceiling);
 - fine-tuned base: the base transformer fine-tuned on renders of that person alone, sampled without
   identity: what the base can draw of a person it has learned outright (DreamBooth-like);
-- free id tokens: the adapter's id tokens for that person, optimised on the same renders through the
-  frozen base and the adapter's frozen cross-attentions: what the injection carries when the identity
-  encoder is perfect;
+- free cross-attentions: the adapter's cross-attentions and id tokens both fitted to that person (the base
+  frozen): what residuals from cross-attentions can carry into this base when nothing is shared;
+- free id tokens: the adapter's id tokens alone fitted to that person, through the frozen base and the
+  adapter's frozen cross-attentions: what the injection carries when the identity encoder is perfect;
 - uniform: the shipped adapter from the reference photo, as the gates run it;
 - none.
 
@@ -50,12 +51,13 @@ from idgen.world.generator import (
 )
 from idgen.world.render import Identity, render
 
-FINE_TUNED, FREE_TOKENS = "fine_tuned_base", "free_id_tokens"
-ROWS = (gates.RENDERED, gates.RENDERED_VAE, FINE_TUNED, FREE_TOKENS, UNIFORM, NONE)
+FINE_TUNED, FREE_ATTENTION, FREE_TOKENS = "fine_tuned_base", "free_cross_attentions", "free_id_tokens"
+ROWS = (gates.RENDERED, gates.RENDERED_VAE, FINE_TUNED, FREE_ATTENTION, FREE_TOKENS, UNIFORM, NONE)
 LABELS = {
     gates.RENDERED: "rendered (the classifier's ceiling)",
     gates.RENDERED_VAE: "rendered, through the VAE (the VAE's ceiling)",
     FINE_TUNED: "base fine-tuned on the person, no identity (the base's ceiling)",
+    FREE_ATTENTION: "cross-attentions and id tokens fitted to the person (the residuals' ceiling)",
     FREE_TOKENS: "free id tokens through the adapter's cross-attentions (the injection's ceiling)",
     UNIFORM: "uniform, the shipped adapter (what the gates measure)",
     NONE: "none",
@@ -71,6 +73,7 @@ class CeilingPlan:
     batch: int = 16
     token_lr: float = 3e-2
     base_lr: float = 2e-4
+    attention_lr: float = 1e-3
     face_loss_weight: float = AdapterRecipe().face_loss_weight
 
 
@@ -134,6 +137,27 @@ def free_tokens(pipe: Any, data: PersonSet, start: Tensor, plan: CeilingPlan, se
     return tokens.detach()
 
 
+def free_attention_images(
+    pipe: Any, data: PersonSet, start: Tensor, plan: CeilingPlan, seed: int, call: dict[str, Any]
+) -> Tensor:
+    """The adapter's cross-attentions and id tokens fitted to `data`, then sampled uniformly with `call`
+    (`gates.generate`'s arguments but the tokens); the shipped cross-attentions are put back after."""
+    attention = pipe.adapter.pulid_ca
+    shipped = {k: v.detach().clone() for k, v in attention.state_dict().items()}
+    tokens = torch.nn.Parameter(start.detach().clone())
+    try:
+        attention.requires_grad_(True)
+        groups = [{"params": [tokens], "lr": plan.token_lr}]
+        groups.append({"params": list(attention.parameters()), "lr": plan.attention_lr})
+        fit(pipe, data, groups, plan, seed, id_tokens=tokens)
+        attention.requires_grad_(False)
+        n = len(call["prompts"])
+        return gates.generate(pipe, id_tokens=tokens.detach().expand(n, -1, -1), **call)
+    finally:
+        attention.requires_grad_(False)
+        attention.load_state_dict(shipped)
+
+
 def fine_tuned_images(
     pipe: Any, data: PersonSet, plan: CeilingPlan, seed: int, prompts: list[str], seeds: list[int]
 ) -> Tensor:
@@ -160,15 +184,12 @@ def person_images(
     data = person_set(pipe.flux, people[who], plan.renders, seed=who)
     fitted = free_tokens(pipe, data, tokens, plan, seed=who)
     n = len(chunk)
-    uniform = UniformMask()
+    call = dict(prompts=prompts, seeds=seeds, policy=UniformMask(), uncond_tokens=uncond.expand(n, -1, -1))
     return {
         NONE: gates.generate(pipe, prompts, seeds, None, None),
-        UNIFORM: gates.generate(
-            pipe, prompts, seeds, tokens.expand(n, -1, -1), uniform, uncond.expand(n, -1, -1)
-        ),
-        FREE_TOKENS: gates.generate(
-            pipe, prompts, seeds, fitted.expand(n, -1, -1), uniform, uncond.expand(n, -1, -1)
-        ),
+        UNIFORM: gates.generate(pipe, id_tokens=tokens.expand(n, -1, -1), **call),
+        FREE_TOKENS: gates.generate(pipe, id_tokens=fitted.expand(n, -1, -1), **call),
+        FREE_ATTENTION: free_attention_images(pipe, data, tokens, plan, who, call),
         FINE_TUNED: fine_tuned_images(pipe, data, plan, who, prompts, seeds),
     }
 
