@@ -24,7 +24,9 @@ weighted up. Every person's run starts from the shipped weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -137,41 +139,38 @@ def free_tokens(pipe: Any, data: PersonSet, start: Tensor, plan: CeilingPlan, se
     return tokens.detach()
 
 
+@contextlib.contextmanager
+def trainable(module: torch.nn.Module) -> Iterator[list[torch.nn.Parameter]]:
+    """`module`'s parameters, trainable inside; after, its weights as they were, frozen again."""
+    shipped = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    module.requires_grad_(True)
+    try:
+        yield list(module.parameters())
+    finally:
+        module.requires_grad_(False)
+        module.load_state_dict(shipped)
+
+
 def free_attention_images(
     pipe: Any, data: PersonSet, start: Tensor, plan: CeilingPlan, seed: int, call: dict[str, Any]
 ) -> Tensor:
     """The adapter's cross-attentions and id tokens fitted to `data`, then sampled uniformly with `call`
     (`gates.generate`'s arguments but the tokens); the shipped cross-attentions are put back after."""
-    attention = pipe.adapter.pulid_ca
-    shipped = {k: v.detach().clone() for k, v in attention.state_dict().items()}
     tokens = torch.nn.Parameter(start.detach().clone())
-    try:
-        attention.requires_grad_(True)
-        groups = [{"params": [tokens], "lr": plan.token_lr}]
-        groups.append({"params": list(attention.parameters()), "lr": plan.attention_lr})
+    with trainable(pipe.adapter.pulid_ca) as attention:
+        groups = [{"params": [tokens], "lr": plan.token_lr}, {"params": attention, "lr": plan.attention_lr}]
         fit(pipe, data, groups, plan, seed, id_tokens=tokens)
-        attention.requires_grad_(False)
         n = len(call["prompts"])
         return gates.generate(pipe, id_tokens=tokens.detach().expand(n, -1, -1), **call)
-    finally:
-        attention.requires_grad_(False)
-        attention.load_state_dict(shipped)
 
 
 def fine_tuned_images(
     pipe: Any, data: PersonSet, plan: CeilingPlan, seed: int, prompts: list[str], seeds: list[int]
 ) -> Tensor:
     """The base fine-tuned on `data`, sampled without identity; the shipped weights are put back after."""
-    transformer = pipe.flux.transformer
-    shipped = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
-    try:
-        transformer.requires_grad_(True)
-        fit(pipe, data, [{"params": list(transformer.parameters()), "lr": plan.base_lr}], plan, seed)
-        transformer.requires_grad_(False)
+    with trainable(pipe.flux.transformer) as base:
+        fit(pipe, data, [{"params": base, "lr": plan.base_lr}], plan, seed)
         return gates.generate(pipe, prompts, seeds, None, None)
-    finally:
-        transformer.requires_grad_(False)
-        transformer.load_state_dict(shipped)
 
 
 def person_images(
