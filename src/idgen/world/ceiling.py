@@ -183,7 +183,10 @@ def person_images(
     data = person_set(pipe.flux, people[who], plan.renders, seed=who)
     fitted = free_tokens(pipe, data, tokens, plan, seed=who)
     n = len(chunk)
-    call = dict(prompts=prompts, seeds=seeds, policy=UniformMask(), uncond_tokens=uncond.expand(n, -1, -1))
+    uniform = UniformMask()
+    call: dict[str, Any] = dict(
+        prompts=prompts, seeds=seeds, policy=uniform, uncond_tokens=uncond.expand(n, -1, -1)
+    )
     return {
         NONE: gates.generate(pipe, prompts, seeds, None, None),
         UNIFORM: gates.generate(pipe, id_tokens=tokens.expand(n, -1, -1), **call),
