@@ -60,7 +60,7 @@ LABELS = {
     gates.RENDERED_VAE: "rendered, through the VAE (the VAE's ceiling)",
     FINE_TUNED: "base fine-tuned on the person, no identity (the base's ceiling)",
     FREE_ATTENTION: "cross-attentions and id tokens fitted to the person (the residuals' ceiling)",
-    FREE_TOKENS: "free id tokens through the adapter's cross-attentions (the injection's ceiling)",
+    FREE_TOKENS: "free id tokens through the shipped cross-attentions (their ceiling)",
     UNIFORM: "uniform, the shipped adapter (what the gates measure)",
     NONE: "none",
 }
@@ -119,11 +119,13 @@ def fit(
     for _ in range(plan.steps):
         idx = torch.randint(len(data.latents), (plan.batch,), generator=g)
         x_t, t, target = noised(data.latents[idx], g)
-        if id_tokens is None:
+        injected = (
+            contextlib.nullcontext()
+            if id_tokens is None
+            else pipe.injector.run(InjectionRun(id_tokens=id_tokens.expand(plan.batch, -1, -1)))
+        )
+        with injected:
             v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
-        else:
-            with pipe.injector.run(InjectionRun(id_tokens=id_tokens.expand(plan.batch, -1, -1))):
-                v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
         weights = face_token_weights(data.face_boxes[idx], plan.face_loss_weight)  # (B, 64)
         loss = (weights[:, :, None] * (v - target) ** 2).mean() / weights.mean()
         optimizer.zero_grad()
