@@ -64,9 +64,9 @@ world-multi-gates: setup
 	$(PY) -m idgen.world.readme --readme README.md
 
 # Where the likeness is lost: each held-out person's attributes through the VAE, a base fine-tuned on them,
-# free id tokens and the shipped adapter (about 40 minutes on one thread of the 2-core CPU).
+# fitted cross-attentions, free id tokens and the shipped adapter (29 minutes on two threads of the 2-core CPU).
 world-likeness-ceiling: setup
-	$(PY) -m idgen.world.ceiling --json docs/world-likeness-ceiling.json
+	$(PY) -m idgen.world.ceiling --threads 2 --json docs/world-likeness-ceiling.json
 	$(PY) -m idgen.world.readme --readme README.md
 
 # The README's gates tables and lists, regenerated from the gates summaries in docs/.
