@@ -46,7 +46,7 @@ from idgen.world.captions import caption, random_train_scene
 from idgen.world.generator import (
     encode_latents,
     encode_texts,
-    face_token_weights,
+    face_weighted_loss,
     latent_ids,
     noised,
     velocity,
@@ -126,8 +126,7 @@ def fit(
         )
         with injected:
             v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
-        weights = face_token_weights(data.face_boxes[idx], plan.face_loss_weight)  # (B, 64)
-        loss = (weights[:, :, None] * (v - target) ** 2).mean() / weights.mean()
+        loss = face_weighted_loss(v, target, data.face_boxes[idx], plan.face_loss_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -206,8 +205,8 @@ def rows_of(
     round_trip: Any,
 ) -> list[dict[str, Any]]:
     """Per pair: which of the five attributes each row's face (and the render, and its VAE round trip) got."""
-    classified = {mode: gates._classify_faces(ev, im) for mode, im in images.items()}
-    hits = gates._attribute_pass(ev, chunk, classified, people, round_trip)
+    classified = {mode: gates.classify_faces(ev, im) for mode, im in images.items()}
+    hits = gates.attribute_pass(ev, chunk, classified, people, round_trip)
     return [{"identity": p.identity, "seed": p.seed, **h} for p, h in zip(chunk, hits, strict=True)]
 
 
@@ -218,9 +217,7 @@ def summarise(rows: list[dict[str, Any]], plan: CeilingPlan) -> dict[str, Any]:
     for mode in ROWS:
         scored = [r[f"attributes_{mode}"] for r in rows if f"attributes_{mode}" in r]
         group = {n: mean_ci([float(h[n]) for h in scored]) for n in gates.LIKENESS}
-        group["transferred"] = mean_ci(
-            [sum(h[n] for n in gates.LIKENESS) / len(gates.LIKENESS) for h in scored]
-        )
+        group["transferred"] = mean_ci([gates.likeness(h) for h in scored])
         out["rows"][mode] = {**group, "faces": len(scored)}
     return out
 

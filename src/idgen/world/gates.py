@@ -278,7 +278,7 @@ def vae_round_trip(vae: Any) -> Callable[[Tensor], Tensor]:
     return through
 
 
-def _classify_faces(ev: Evaluators, images: Tensor) -> dict[int, Tensor]:
+def classify_faces(ev: Evaluators, images: Tensor) -> dict[int, Tensor]:
     """`_classify` of the images in which the segmenter finds a face."""
     found = [(j, box) for j, box in enumerate(ev.segmenter.face_boxes(images)) if box is not None]
     return _classify(ev, images[[j for j, _ in found]], found) if found else {}
@@ -297,13 +297,13 @@ def _rendered(
         [torch.from_numpy(render(people[p.identity], p.prompt.scene, seed=p.seed).image) for p in chunk]
     )
     images = images.permute(0, 3, 1, 2).float() / 255
-    out = {RENDERED: _classify_faces(ev, images)}
+    out = {RENDERED: classify_faces(ev, images)}
     if round_trip is not None:
-        out[RENDERED_VAE] = _classify_faces(ev, round_trip(images))
+        out[RENDERED_VAE] = classify_faces(ev, round_trip(images))
     return out
 
 
-def _attribute_pass(
+def attribute_pass(
     ev: Evaluators,
     chunk: list[Pair],
     classified: dict[str, dict[int, Tensor]],
@@ -368,7 +368,7 @@ def _rows(
     round_trip: Callable[[Tensor], Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     seen = {m: _observe(ev, images[m]) for m in ROWS}
-    hits = _attribute_pass(ev, chunk, {m: seen[m][3] for m in ROWS}, people, round_trip)
+    hits = attribute_pass(ev, chunk, {m: seen[m][3] for m in ROWS}, people, round_trip)
     scene_pred = ev.clip.classify_scene(images[NONE])
     text = ev.clip.text_embeds([p.prompt.text for p in chunk])
     rows = []
@@ -481,12 +481,12 @@ def likeness_gains(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out = {}
     for mode, base in LIKENESS_PAIRS:
         both = [r for r in rows if f"attributes_{mode}" in r and f"attributes_{base}" in r]
-        gains = [_likeness(r[f"attributes_{mode}"]) - _likeness(r[f"attributes_{base}"]) for r in both]
+        gains = [likeness(r[f"attributes_{mode}"]) - likeness(r[f"attributes_{base}"]) for r in both]
         out[f"{mode}_vs_{base}"] = mean_ci(gains)
     return out
 
 
-def _likeness(hits: dict[str, bool]) -> float:
+def likeness(hits: dict[str, bool]) -> float:
     return sum(hits[name] for name in LIKENESS) / len(LIKENESS)
 
 
@@ -501,7 +501,7 @@ def attribute_transfer(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not scored:
             continue
         group: dict[str, Any] = {n: mean_ci([float(h[n]) for h in scored]) for n in (*ATTRIBUTES, *COARSE)}
-        group["transferred"] = mean_ci([_likeness(h) for h in scored])
+        group["transferred"] = mean_ci([likeness(h) for h in scored])
         group["faces"] = len(scored)
         out[mode] = group
     if NONE in out:
@@ -515,7 +515,7 @@ def _identities_at_chance(rows: list[dict[str, Any]], mode: str, chance: float) 
     people: dict[int, list[float]] = {}
     for r in rows:
         if f"attributes_{mode}" in r:
-            people.setdefault(r["identity"], []).append(_likeness(r[f"attributes_{mode}"]))
+            people.setdefault(r["identity"], []).append(likeness(r[f"attributes_{mode}"]))
     return {
         "identities": len(people),
         "identities_at_chance": sum(sum(v) / len(v) <= chance for v in people.values()),

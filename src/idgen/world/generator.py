@@ -450,6 +450,13 @@ def face_token_weights(boxes: Tensor, weight: float, grid: int = 8, cell: int = 
     return 1 + weight * share.flatten(1)
 
 
+def face_weighted_loss(v: Tensor, target: Tensor, boxes: Tensor, weight: float) -> Tensor:
+    """Flow matching's squared error on (B, 64, C) packed tokens, each token weighted by
+    `face_token_weights` of the (B, 4) face boxes and normalised by the mean weight."""
+    weights = face_token_weights(boxes, weight)  # (B, 64)
+    return (weights[:, :, None] * (v - target) ** 2).mean() / weights.mean()
+
+
 def identity_loss(recognizer: Any, images: Tensor, boxes: Tensor, reference: Tensor, t: Tensor) -> Tensor:
     """PuLID's ID loss on one-step x0 estimates: 1 - cos(recogniser(generated face), reference), weighted
     by (1 - t) because the estimate is a blur at high noise. images (B, 3, 64, 64), reference (B, D) unit."""
@@ -494,8 +501,7 @@ def train_adapter(
         x_t, t, target = noised(latents, g)
         with injector.run(InjectionRun(id_tokens=id_tokens)):
             v = velocity(transformer, x_t, t, data.t5[idx], data.pooled[idx], img_ids)
-        weights = face_token_weights(data.face_boxes[idx], face_loss_weight)  # (B, 64)
-        diffusion = (weights[:, :, None] * (v - target) ** 2).mean() / weights.mean()
+        diffusion = face_weighted_loss(v, target, data.face_boxes[idx], face_loss_weight)
         if not id_loss_weight:
             return diffusion, {}
         images = decode_latents(pipe, predicted_x0(x_t, t, v))
