@@ -9,6 +9,7 @@ from PIL import Image
 
 from idgen.errors import IdgenError
 from idgen.io import (
+    atomic_folder,
     atomic_output,
     atomic_save_image,
     atomic_write_bytes,
@@ -239,6 +240,50 @@ def test_widen_to_umask_adds_what_the_umask_allows_and_nothing_else(tmp_path: Pa
     modes = {p.name: p.stat().st_mode & 0o777 for p in (narrow, tool, private)}
     assert modes == {"w.safetensors": 0o644, "run.sh": 0o744, "kept": 0o600}  # a link is not followed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept", "link", "run.sh", "sub"]  # no probe left
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): p.read_text() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_atomic_folder_replaces_the_old_folder_whole_and_readable(tmp_path: Path) -> None:
+    target = tmp_path / "vae"
+    target.mkdir()
+    (target / "stale.json").write_text("old")
+    old = os.umask(0o022)
+    try:
+        with atomic_folder(target) as staging:
+            assert staging.parent == tmp_path and list(staging.iterdir()) == []
+            (staging / "weights").write_text("new")
+            os.chmod(staging / "weights", 0o600)  # as safetensors' own temp file leaves it
+    finally:
+        os.umask(old)
+    assert _tree(target) == {"weights": "new"}
+    assert (target / "weights").stat().st_mode & 0o777 == 0o644
+    assert _only(tmp_path) == ["vae"]
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_atomic_folder_interrupted_keeps_the_old_folder(tmp_path: Path, error: type[BaseException]) -> None:
+    target = tmp_path / "flux"
+    target.mkdir()
+    (target / "model_index.json").write_text("old")
+    with pytest.raises(error), atomic_folder(target) as staging:
+        (staging / "model_index.json").write_text("half")
+        raise error("writer died")
+    assert _tree(target) == {"model_index.json": "old"}
+    assert _only(tmp_path) == ["flux"]
+
+
+def test_atomic_folder_puts_back_a_folder_a_kill_left_aside(tmp_path: Path) -> None:
+    # A kill between the swap's two renames: the old folder aside, the new one still staged.
+    for name, text in ((".flux.old", "old"), (".flux.tmp", "half")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model_index.json").write_text(text)
+    with pytest.raises(RuntimeError), atomic_folder(tmp_path / "flux"):
+        raise RuntimeError("writer died")
+    assert _only(tmp_path) == ["flux"]
+    assert _tree(tmp_path / "flux") == {"model_index.json": "old"}
 
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from idgen.errors import IdgenError
 
 __all__ = [
+    "atomic_folder",
     "atomic_output",
     "atomic_save_image",
     "atomic_write_bytes",
@@ -176,6 +178,37 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+    _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty folder beside `path`; on success it replaces `path`, on error it is removed.
+
+    For writers of whole folders (`save_pretrained`). Its files get at least the umask's permissions
+    (`widen_to_umask`). The old folder is moved aside before the new one moves in and removed after, so
+    a kill leaves the old folder, the new one, or the old one aside, which the next call puts back.
+    """
+    target = Path(path)
+    staging = target.with_name(f".{target.name}.tmp")
+    aside = target.with_name(f".{target.name}.old")
+    if not target.exists() and aside.is_dir():
+        aside.rename(target)  # a swap killed between its two renames
+    for stale in (staging, aside):
+        if stale.exists():
+            shutil.rmtree(stale)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        widen_to_umask([staging])
+        if target.exists():
+            target.rename(aside)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if aside.exists():
+        shutil.rmtree(aside)
     _fsync_dir(target.parent)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -81,7 +82,17 @@ def test_clip_round_trip_through_transformers_loaders(tmp_path):
     from transformers import CLIPModel, PreTrainedTokenizerFast
 
     clip = WorldCLIP.random(seed=1)
-    clip.save_pretrained(tmp_path)
+    old_umask = os.umask(0o022)
+    try:
+        clip.save_pretrained(tmp_path)
+    finally:
+        os.umask(old_umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {
+        name: 0o644 for name in (
+            "config.json", "model.safetensors", "preprocessor_config.json", "special_tokens_map.json",
+            "tokenizer.json", "tokenizer_config.json",
+        )
+    }  # fmt: skip
     # The same loaders as openai/clip-vit-large-patch14.
     model = CLIPModel.from_pretrained(str(tmp_path))
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(tmp_path))

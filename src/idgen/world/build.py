@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from idgen.errors import IdgenError
-from idgen.io import widen_to_umask
+from idgen.io import atomic_folder
 from idgen.training import TrainConfig
 from idgen.world import generator as gen
 from idgen.world.bundle import ASSETS, NUM_REFERENCES
@@ -78,7 +78,8 @@ def train_base(
             data["images"], torch.empty(0), torch.empty(0), torch.empty(0), data["captions"]
         )
         report["vae"] = gen.train_vae(pipe.vae, subset, recipe.vae, work / "vae-train")
-        pipe.vae.save_pretrained(vae_dir)
+        with atomic_folder(vae_dir) as staging:  # its config.json marks a finished VAE on resume
+            pipe.vae.save_pretrained(staging)
     pipe.vae.eval().requires_grad_(False)
 
     def encoded() -> dict[str, Any]:
@@ -103,17 +104,9 @@ def train_base(
 
 def save_pipeline(pipe: Any, folder: Path) -> None:
     """save_pretrained into a temporary sibling, then swap it in, so a kill never leaves half a folder."""
-    import shutil
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    _drop_load_paths(tmp)
-    widen_to_umask([tmp])
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    with atomic_folder(folder) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        _drop_load_paths(staging)
 
 
 def _drop_load_paths(folder: Path) -> None:

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idgen.errors import CheckpointError
-from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text
+from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text, widen_to_umask
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
 from idgen.training import TrainConfig, Trainer
 from idgen.world import backgrounds as bg
@@ -210,6 +210,7 @@ class WorldCLIP:
     def save_pretrained(self, folder: str | Path) -> None:
         folder = Path(folder)
         self.model.save_pretrained(str(folder))
+        widen_to_umask([folder])  # transformers writes its weights through safetensors' private temp file
         save_tokenizer(folder)
         text = json.dumps(self.norm.processor_config(), indent=2) + "\n"
         atomic_write_text(folder / "preprocessor_config.json", text)
