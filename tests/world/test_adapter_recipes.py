@@ -1,0 +1,51 @@
+"""The identity adapter recipes that scripts/adapter_recipes.py reruns for the README's comparison."""
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from idgen.world.build import AdapterRecipe
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "adapter_recipes.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("adapter_recipes", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_variant_differs_from_the_committed_recipe_only_where_its_name_says():
+    recipes, shipped = load_script().RECIPES, AdapterRecipe()
+    assert (shipped.train.lr, shipped.train.steps, shipped.id_loss_weight) == (5e-4, 1600, 1.0)
+    assert recipes["no-id-loss"] == shipped._replace(id_loss_weight=0.0)
+    assert recipes["id-loss-3"] == shipped._replace(id_loss_weight=3.0)
+    for name, lr in (("lr-2e-3", 2e-3), ("lr-8e-3", 8e-3)):
+        assert recipes[name] == shipped._replace(train=replace(shipped.train, lr=lr))
+
+
+def test_a_quick_recipe_keeps_its_losses_and_lr_but_trains_3_steps_on_32_pairs():
+    fast = load_script().quick(load_script().RECIPES["lr-8e-3"])
+    assert (fast.renders, fast.train.steps, fast.train.batch_size, fast.train.lr) == (32, 3, 4, 8e-3)
+    assert (fast.id_loss_weight, fast.face_loss_weight, fast.pairs) == (1.0, 4.0, AdapterRecipe().pairs)
+
+
+def test_the_table_reads_the_gates_summary():
+    summary = {
+        "facesim_uniform": [0.30312, 0.0251, 300],
+        "facesim_drop_spatial_vs_uniform": [0.0214, 0.019, 300],
+        "attribute_transfer": {"uniform": {"transferred": [0.379, 0.02, 300]},
+                               "uniform_w2": {"transferred": [0.36283, 0.02, 296]}},
+        "contamination_uniform": [47.469, 3.114, 300],
+        "contamination_reduction_spatial": 0.5123,
+    }  # fmt: skip
+    assert load_script().table({"lr-2e-3": summary}).splitlines() == [
+        "| recipe | FaceSim, uniform | FaceSim drop, spatial | mean of the five, uniform (%) "
+        "| the same at id weight 2 (%) | contamination, uniform | reduction, spatial |",
+        "|---|---|---|---|---|---|---|",
+        "| lr-2e-3 | 0.303 ± 0.025 | 0.021 ± 0.019 | 37.9 | 36.3 | 47.47 ± 3.11 | 51.2% |",
+    ]
