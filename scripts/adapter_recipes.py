@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +49,11 @@ def quick(recipe: AdapterRecipe) -> AdapterRecipe:
 
 def retrain(name: str, recipe: AdapterRecipe, out: Path) -> Path:
     """Copy the shipped assets into out/name, retrain the adapter there (resumable), return the copy."""
-    from idgen.world import build, bundle
+    from idgen.world.build import retrain_on_copy, train_adapter
 
-    assets, work = out / name / "assets", out / name / "work"
-    if not assets.exists():
-        partial = out / name / "assets.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(bundle.ASSETS, partial)
-        partial.rename(assets)
-    work.mkdir(parents=True, exist_ok=True)
     pairs = f"adapter-pairs-{recipe.data_seed}"
-    shared, cache = out / f"{pairs}-{recipe.renders}.pt", work / f"{pairs}.pt"
-    if shared.exists() and not cache.exists():
-        cache.symlink_to(shared.resolve())
-    with bundle.rebuilding(assets):
-        build.train_adapter(work, assets, recipe=recipe)
-    bundle.write_manifest(assets)
-    if not shared.exists():
-        cache.replace(shared)
-        cache.symlink_to(shared.resolve())
-    return assets
+    shared = out / f"{pairs}-{recipe.renders}.pt"
+    return retrain_on_copy(out / name, partial(train_adapter, recipe=recipe), f"{pairs}.pt", shared)
 
 
 def scored(name: str, assets: Path, out: Path, per_identity: int) -> dict[str, Any]:

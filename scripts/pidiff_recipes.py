@@ -13,8 +13,8 @@ to check the script itself. The row "the branch shipped before" is the older com
 from __future__ import annotations
 
 import argparse
-import shutil
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from idgen.world.pidiff import ALIGN, QUICK_BRANCH, TAILOR, BranchRecipe
@@ -41,26 +41,11 @@ def quick(recipe: BranchRecipe) -> BranchRecipe:
 
 def retrain(name: str, recipe: BranchRecipe, out: Path) -> Path:
     """Copy the shipped assets into out/name, retrain the W+ branch there (resumable), return the copy."""
-    from idgen.world import bundle
+    from idgen.world.build import retrain_on_copy
     from idgen.world.pidiff import train_pidiff_branch
 
-    assets, work = out / name / "assets", out / name / "work"
-    if not assets.exists():
-        partial = out / name / "assets.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(bundle.ASSETS, partial)
-        partial.rename(assets)
-    work.mkdir(parents=True, exist_ok=True)
-    shared, cache = out / f"pidiff-data-{recipe.data_seed}-{recipe.renders}.pt", work / "pidiff-data.pt"
-    if shared.exists() and not cache.exists():
-        cache.symlink_to(shared.resolve())
-    with bundle.rebuilding(assets):
-        train_pidiff_branch(work, assets, recipe=recipe)
-    bundle.write_manifest(assets)
-    if not shared.exists():
-        cache.replace(shared)
-        cache.symlink_to(shared.resolve())
-    return assets
+    shared = out / f"pidiff-data-{recipe.data_seed}-{recipe.renders}.pt"
+    return retrain_on_copy(out / name, partial(train_pidiff_branch, recipe=recipe), "pidiff-data.pt", shared)
 
 
 def main() -> None:

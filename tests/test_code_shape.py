@@ -1,22 +1,13 @@
 """The project's shape limits: no function under src/ over 50 lines or cyclomatic complexity 12."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "code_shape.py"
+from tests import scripts
 
 
 def load_script():
     pytest.importorskip("radon")
-    spec = importlib.util.spec_from_file_location("code_shape", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load_script("scripts/code_shape.py")
 
 
 def test_no_function_over_the_limits():

@@ -1,22 +1,14 @@
 """The identity adapter recipes that scripts/adapter_recipes.py reruns for the README's comparison."""
 
-import importlib.util
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 from idgen.world.build import AdapterRecipe
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "adapter_recipes.py"
+from tests import scripts
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("adapter_recipes", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load_script("scripts/adapter_recipes.py")
 
 
 def test_each_variant_differs_from_the_committed_recipe_only_where_its_name_says():
@@ -49,3 +41,34 @@ def test_the_table_reads_the_gates_summary():
         "|---|---|---|---|---|---|---|",
         "| lr-2e-3 | 0.303 ± 0.025 | 0.021 ± 0.019 | 37.9 | 36.3 | 47.47 ± 3.11 | 51.2% |",
     ]
+
+
+def test_a_retrain_on_a_copy_copies_once_shares_its_data_cache_and_rewrites_the_copy_manifest(tmp_path):
+    import hashlib
+
+    from idgen.world import bundle
+    from idgen.world.build import retrain_on_copy
+
+    seen = []
+
+    def train(work: Path, assets: Path) -> None:
+        cache = work / "pairs.pt"
+        seen.append(cache.is_symlink())
+        if not cache.exists():  # as gen.cached draws the data once
+            cache.write_text("pairs")
+        (assets / "pulid" / "model.safetensors").write_bytes(b"retrained")
+
+    shared = tmp_path / "pairs-8192.pt"
+    first = retrain_on_copy(tmp_path / "lr-2e-3", train, "pairs.pt", shared)
+    second = retrain_on_copy(tmp_path / "lr-8e-3", train, "pairs.pt", shared)
+    again = retrain_on_copy(tmp_path / "lr-2e-3", train, "pairs.pt", shared)
+    assert (first, second, again) == (tmp_path / "lr-2e-3" / "assets", tmp_path / "lr-8e-3" / "assets", first)
+    assert seen == [False, True, True]  # the first draws the data, the others read it through the link
+    assert (
+        shared.read_text() == "pairs"
+        and (tmp_path / "lr-2e-3" / "work" / "pairs.pt").resolve() == shared.resolve()
+    )
+    entry = bundle.read_manifest(first)["pulid/model.safetensors"]
+    assert entry["sha256"] == hashlib.sha256(b"retrained").hexdigest()
+    assert sorted(p.name for p in (tmp_path / "lr-2e-3").iterdir()) == ["assets", "work"]
+    bundle.verify()  # the shipped assets are untouched

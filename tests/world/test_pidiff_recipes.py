@@ -1,23 +1,14 @@
 """The W+ branch recipes that scripts/pidiff_recipes.py reruns for the README's comparison."""
 
-import importlib.util
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 from idgen.core.losses import IdentityLossWeights
 from idgen.world.pidiff import ALIGN, TAILOR, BranchRecipe
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "pidiff_recipes.py"
+from tests import scripts
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("pidiff_recipes", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return scripts.load_script("scripts/pidiff_recipes.py")
 
 
 def test_the_shipped_recipe_is_the_committed_one_and_the_variants_differ_only_where_the_readme_says():

@@ -7,6 +7,7 @@ checkpoints under the work folder and resumes from it after a kill.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -16,6 +17,7 @@ import torch
 from idgen.errors import IdgenError
 from idgen.io import atomic_folder
 from idgen.training import TrainConfig
+from idgen.world import bundle
 from idgen.world import generator as gen
 from idgen.world.bundle import ASSETS, NUM_REFERENCES
 
@@ -100,6 +102,27 @@ def train_base(
     save_pipeline(pipe, assets / "flux")
     (work / "base-report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def retrain_on_copy(folder: Path, train: Callable[[Path, Path], Any], cache: str, shared: Path) -> Path:
+    """`train(work, assets)` on a copy of the shipped assets in `folder`/assets (copied once, whole), working
+    in `folder`/work, where its data cache `cache` is shared through `shared` by the retrains that draw the
+    same data. Resumable; returns the copy, its manifest rewritten. For comparing one stage's recipes."""
+    assets, work = folder / "assets", folder / "work"
+    if not assets.exists():
+        with atomic_folder(assets) as staging:
+            shutil.copytree(ASSETS, staging, dirs_exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    local = work / cache
+    if shared.exists() and not local.exists():
+        local.symlink_to(shared.resolve())
+    with bundle.rebuilding(assets):
+        train(work, assets)
+    bundle.write_manifest(assets)
+    if not shared.exists():
+        local.replace(shared)
+        local.symlink_to(shared.resolve())
+    return assets
 
 
 def save_pipeline(pipe: Any, folder: Path) -> None:
