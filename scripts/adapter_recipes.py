@@ -71,9 +71,12 @@ def scored(name: str, assets: Path, out: Path, per_identity: int) -> dict[str, A
 
 
 def cell(summary: dict[str, Any], key: str) -> str:
+    """One number of the table; a dash where a mode has no face to score."""
     if key.startswith("likeness_"):
-        mode = key.removeprefix("likeness_")
-        return f"{100 * summary['attribute_transfer'][mode]['transferred'][0]:.1f}"
+        mode = summary["attribute_transfer"].get(key.removeprefix("likeness_"))
+        return f"{100 * mode['transferred'][0]:.1f}" if mode else "–"
+    if key not in summary:
+        return "–"
     if key.startswith("contamination_reduction"):
         return f"{summary[key]:.1%}"
     mean, half = summary[key][:2]

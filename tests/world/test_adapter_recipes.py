@@ -41,6 +41,10 @@ def test_the_table_reads_the_gates_summary():
         "|---|---|---|---|---|---|---|",
         "| lr-2e-3 | 0.303 ± 0.025 | 0.021 ± 0.019 | 37.9 | 36.3 | 47.47 ± 3.11 | 51.2% |",
     ]
+    del summary["attribute_transfer"]["uniform_w2"]  # no face at id weight 2 (a 3-step adapter)
+    assert load_script().table({"quick": summary}).splitlines()[-1] == (
+        "| quick | 0.303 ± 0.025 | 0.021 ± 0.019 | 37.9 | – | 47.47 ± 3.11 | 51.2% |"
+    )
 
 
 def test_a_retrain_on_a_copy_copies_once_shares_its_data_cache_and_rewrites_the_copy_manifest(tmp_path):
