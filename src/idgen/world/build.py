@@ -119,7 +119,7 @@ def retrain_on_copy(folder: Path, train: Callable[[Path, Path], Any], cache: str
     with bundle.rebuilding(assets):
         train(work, assets)
     bundle.write_manifest(assets)
-    if not shared.exists():
+    if local.exists() and not shared.exists():  # the first retrain drew the data: share it
         local.replace(shared)
         local.symlink_to(shared.resolve())
     return assets

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idgen.errors import CheckpointError
-from idgen.io import atomic_output, atomic_write_bytes, atomic_write_text, widen_to_umask
+from idgen.io import atomic_folder, atomic_output, atomic_write_bytes, atomic_write_text, widen_to_umask
 from idgen.models.checkpoint import load_strict, read_config, read_state_dict
 from idgen.training import TrainConfig, Trainer
 from idgen.world import backgrounds as bg
@@ -1065,18 +1064,6 @@ def validate_attributes(
 # ---------------------------------------------------------------------------------------------------------
 # Entry point.
 # ---------------------------------------------------------------------------------------------------------
-def _export_clip(clip: WorldCLIP, staging: Path, target: Path) -> None:
-    # save_pretrained writes several files; stage them, then move each into place atomically.
-    if staging.exists():
-        shutil.rmtree(staging)
-    clip.save_pretrained(staging)
-    target.mkdir(parents=True, exist_ok=True)
-    for path in sorted(staging.iterdir()):
-        with atomic_output(target / path.name) as tmp:
-            shutil.copyfile(path, tmp)
-    shutil.rmtree(staging)
-
-
 class _Clock:
     """Records wall and CPU seconds (CPU = one core's share: the cost on an unshared core) per phase."""
 
@@ -1113,10 +1100,9 @@ def _pools(plan: Plan, run_dir: Path) -> tuple[Pool, Pool]:
     return pool, val_pool
 
 
-def _export(
-    clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, run_dir: Path, assets_dir: Path
-) -> None:
-    _export_clip(clip, run_dir / "export-clip", assets_dir / CLIP_DIR)
+def _export(clip: WorldCLIP, face: FaceRecognizer, segmenter: FaceSegmenter, assets_dir: Path) -> None:
+    with atomic_folder(assets_dir / CLIP_DIR) as staging:  # several files, swapped in whole
+        clip.save_pretrained(staging)
     face.save_pretrained(assets_dir / FACE_DIR)
     segmenter.save_pretrained(assets_dir / SEGMENTER_DIR)
 
@@ -1205,7 +1191,7 @@ def train_evaluators(work_dir: Path, assets_dir: Path, quick: bool = False, prog
             pool, _with_seed(plan.segmenter, SEGMENTER_SEED), run_dir / SEGMENTER_DIR, progress
         )
         clock("segmenter")
-        _export(clip, face, segmenter, run_dir, assets_dir)
+        _export(clip, face, segmenter, assets_dir)
         clock("export")
         metrics = _validate_exported(assets_dir, val_pool)
         clock("validate")
