@@ -27,6 +27,7 @@ RECIPES = {
         stages=(SHORT_ALIGN._replace(id_loss_weight=1.0), TAILOR._replace(id_loss_weight=1.0))
     ),
     "shipped": BranchRecipe(),
+    "align-lr-2e-3": BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=2e-3)), TAILOR)),
     "shipped-other-seeds": BranchRecipe().reseeded(1)._replace(data_seed=BranchRecipe().data_seed),
 }
 

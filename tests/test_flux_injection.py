@@ -247,3 +247,38 @@ def test_the_pipeline_spatial_policy_is_a_template_for_presets(tiny_pipe):
     early = [r for r in recorder.records if r.t > 0.7]
     prior = TemporalSpatialScheduler.from_preset("balanced").prior((4, 6))
     assert early and any(not torch.equal(r.mask[0], prior.clamp(min=0.3)) for r in early)  # anchored
+
+
+def test_without_a_preset_the_spatial_mode_keeps_the_models_own_schedule(tiny_pipe):
+    from dataclasses import replace
+
+    from idgen.core.refine import GridScaledRefiner
+    from idgen.pipelines.pulid_flux import mask_policy
+
+    balanced = TemporalSpatialScheduler.from_preset("balanced")
+    own = SpatialMask(balanced, refiner=GridScaledRefiner())
+    assert mask_policy("spatial", spatial=own) is own
+    assert mask_policy("spatial", "v1", spatial=own) == replace(own, scheduler=TemporalSpatialScheduler())
+    assert mask_policy("spatial").scheduler == TemporalSpatialScheduler.from_preset("v1")  # the authors'
+    tiny_pipe.spatial = own
+    try:
+        by_default = latents(tiny_pipe, mode="spatial")
+        named = latents(tiny_pipe, mode="spatial", preset="balanced")
+        v1 = latents(tiny_pipe, mode="spatial", preset="v1")
+    finally:
+        tiny_pipe.spatial = SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+    assert torch.equal(by_default, named) and not torch.equal(by_default, v1)
+
+
+def test_generate_builds_the_models_own_schedule_with_the_users_overrides():
+    from idgen.core.refine import GridScaledRefiner
+    from idgen.generation import MaskSettings, build_policy
+
+    own = SpatialMask(TemporalSpatialScheduler.from_preset("balanced"), refiner=GridScaledRefiner())
+    policy, scheduler = build_policy("spatial", MaskSettings(schedule={"late_floor": 0.6}), own)
+    assert scheduler == TemporalSpatialScheduler.from_preset("balanced", late_floor=0.6)
+    assert policy == SpatialMask(scheduler, refiner=GridScaledRefiner())
+    _, named = build_policy("spatial", MaskSettings(preset="v1", schedule={"late_floor": 0.6}), own)
+    assert named == TemporalSpatialScheduler.from_preset("v1", late_floor=0.6)
+    _, authors = build_policy("spatial", MaskSettings(), None)
+    assert authors == TemporalSpatialScheduler.from_preset("v1")

@@ -41,7 +41,7 @@ class MaskSettings:
     """How the spatial mode builds its mask: a schedule preset with overrides, an extractor, and the
     model's refiner and anchor unless named here. `mask_image` replaces the attention mask by a picture."""
 
-    preset: str = "v1"
+    preset: str | None = None  # None: the model's own schedule (its SpatialMask's); v1 for FLUX
     schedule: dict[str, Any] = field(default_factory=dict)  # SCHEDULE_SETTINGS given explicitly
     extractor: str = "ca-norm"  # ca-norm | entropy
     min_spread: float = 0.0
@@ -187,7 +187,11 @@ def build_policy(mode: str, settings: MaskSettings, spatial: Any = None) -> tupl
             raise IdgenError(f"{settings.mask_image}: the mask image is black everywhere")
         schedule.setdefault("prior_box", box)
         extractor = FixedMaskExtractor(mask)
-    scheduler = TemporalSpatialScheduler.from_preset(settings.preset, **schedule)
+    model = spatial.scheduler if spatial is not None else TemporalSpatialScheduler.from_preset("v1")
+    if settings.preset is None:
+        scheduler = dataclasses.replace(model, **schedule)
+    else:
+        scheduler = TemporalSpatialScheduler.from_preset(settings.preset, **schedule)
     spatial = _spatial(settings, spatial or _authors_spatial(scheduler), "prior_box" in schedule)
     return mask_policy(mode, scheduler=scheduler, extractor=extractor, spatial=spatial), scheduler
 

@@ -26,7 +26,8 @@ def test_a_good_form_becomes_the_request():
     assert (request.mode, request.id_weight, request.seed) == ("spatial", 0.5, 7)
     assert (request.width, request.height, request.num_inference_steps) == (128, 64, 20)
     assert request.compare is True and request.record_masks is True
-    assert request.mask == MaskSettings(preset="v1")
+    assert request.mask == MaskSettings(preset=None)  # the model's own schedule
+    assert read_form(form(preset="balanced"), LIMITS).mask == MaskSettings(preset="balanced")
 
 
 def test_mode_none_drops_the_photo_compare_and_masks():
@@ -86,5 +87,15 @@ def test_bad_face_boxes_are_refused(text):
 
 
 def test_limits_come_from_the_pipeline():
-    pipe = SimpleNamespace(defaults={"width": 64, "height": 48, "num_inference_steps": 20}, pixel_multiple=16)
-    assert Limits.of(pipe) == Limits(multiple=16, default_size=(64, 48), max_side=256, default_steps=20)
+    from idgen.core.gate import SpatialMask
+    from idgen.core.schedule import TemporalSpatialScheduler
+
+    def pipe(**schedule):
+        spatial = SpatialMask(TemporalSpatialScheduler.from_preset("balanced", **schedule))
+        defaults = {"width": 64, "height": 48, "num_inference_steps": 20}
+        return SimpleNamespace(defaults=defaults, pixel_multiple=16, spatial=spatial)
+
+    assert Limits.of(pipe()) == Limits(
+        multiple=16, default_size=(64, 48), max_side=256, default_steps=20, default_preset="balanced"
+    )
+    assert Limits.of(pipe(late_floor=0.6)).default_preset is None  # a schedule of the model's own

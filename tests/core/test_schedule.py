@@ -188,3 +188,10 @@ def test_combine_early_with_centres_is_per_sample_and_floored():
     assert mask.shape == (2, 4, 7)
     assert torch.equal(mask[0], gaussian_prior((4, 7), 0.7, center=(1.0, -1.0)).clamp(min=0.3))
     assert torch.equal(mask[1], sched.combine(Stage.EARLY, None, (4, 7))[0])
+
+
+def test_a_schedule_names_its_preset_whatever_its_prior_box():
+    assert TemporalSpatialScheduler.from_preset("v1").preset_name() == "v1"
+    boxed = TemporalSpatialScheduler.from_preset("balanced", prior_box=(0, 0, 0.5, 1))
+    assert boxed.preset_name() == "balanced"
+    assert TemporalSpatialScheduler.from_preset("v1", late_floor=0.8).preset_name() is None

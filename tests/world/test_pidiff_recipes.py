@@ -24,6 +24,8 @@ def test_the_shipped_recipe_is_the_committed_one_and_the_variants_differ_only_wh
     with_id = recipes["two-stage-short-id"].stages
     assert [s.id_loss_weight for s in with_id] == [1.0, 1.0]
     assert [s._replace(id_loss_weight=0.0) for s in with_id] == list(short)
+    faster = recipes["align-lr-2e-3"].stages  # stage I at twice the learning rate
+    assert faster == (ALIGN._replace(train=replace(ALIGN.train, lr=2e-3)), TAILOR)
     other = recipes["shipped-other-seeds"]
     assert (other.init_seed, [s.train.seed for s in other.stages], other.data_seed) == (26, [25, 27], 2)
 

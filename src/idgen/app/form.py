@@ -27,17 +27,19 @@ class Limits:
     default_steps: int
     max_steps: int = 100
     max_id_weight: float = 3.0
+    default_preset: str | None = "v1"  # the model's own schedule's preset (None: a schedule of its own)
 
     @classmethod
     def of(cls, pipe: Any) -> Limits:
-        """The limits of an IdentityFluxPipeline: its pixel multiple and default size and steps; sides up
-        to four times the default."""
+        """The limits of an IdentityFluxPipeline: its pixel multiple, default size and steps and SpatialID
+        preset; sides up to four times the default."""
         width, height = int(pipe.defaults["width"]), int(pipe.defaults["height"])
         return cls(
             multiple=int(pipe.pixel_multiple),
             default_size=(width, height),
             max_side=4 * max(width, height),
             default_steps=int(pipe.defaults["num_inference_steps"]),
+            default_preset=pipe.spatial.scheduler.preset_name(),
         )
 
 
@@ -49,7 +51,7 @@ class Form:
     prompt: Any
     mode: Any = "spatial"
     id_weight: Any = 1.0
-    preset: Any = "v1"
+    preset: Any = None  # None: the model's own schedule
     steps: Any = 20
     seed: Any = 42
     width: Any = 64
@@ -123,7 +125,7 @@ def box_numbers(text: str) -> tuple[float, float, float, float] | None:
     return (numbers[0], numbers[1], numbers[2], numbers[3]) if len(numbers) == 4 else None
 
 
-def mask_settings(form: Form, mode: str, preset: str) -> MaskSettings:
+def mask_settings(form: Form, mode: str, preset: str | None) -> MaskSettings:
     box = face_box(form.face_box)
     if (box is not None or form.mask) and mode != "spatial":
         raise IdgenError("a face box or a mask image needs the spatial mode")
@@ -142,7 +144,7 @@ def read_form(form: Form, limits: Limits) -> GenerationRequest:
         raise IdgenError(
             f"the {mode} mode needs an identity photo: upload one, use the webcam or pick an example"
         )
-    preset = choice("preset", form.preset, PRESETS)
+    preset = None if form.preset is None else choice("preset", form.preset, PRESETS)
     if not isinstance(form.compare, bool):
         raise IdgenError("compare must be true or false")
     return GenerationRequest(

@@ -195,7 +195,7 @@ def inputs_column(model: AppModel) -> list[Any]:
         id_weight = gr.Slider(
             0, limits.max_id_weight, value=1.0, step=0.05, label="id_weight", elem_id="id_weight"
         )
-        preset = gr.Dropdown(list(PRESETS), value="v1", label="SpatialID preset")
+        preset = gr.Dropdown(list(PRESETS), value=limits.default_preset, label="SpatialID preset")
         steps = gr.Slider(
             1, limits.max_steps, value=limits.default_steps, step=1, label="steps", elem_id="steps"
         )

@@ -131,6 +131,13 @@ class TemporalSpatialScheduler:
             raise IdgenError(f"unknown scheduler setting {unknown[0]!r}; valid: {', '.join(fields)}")
         return cls(**{**PRESETS[name], **overrides})
 
+    def preset_name(self) -> str | None:
+        """The preset whose settings this schedule has (its prior box aside), or None."""
+        for name, settings in PRESETS.items():
+            if all(getattr(self, key) == value for key, value in settings.items()):
+                return name
+        return None
+
     def stage(self, t: float) -> Stage:
         if t > self.early_threshold:
             return Stage.EARLY

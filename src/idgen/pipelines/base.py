@@ -34,7 +34,7 @@ PhotoInput = str | os.PathLike[str] | Image.Image
 
 def mask_policy(
     mode: str,
-    preset: str = "v1",
+    preset: str | None = None,
     scheduler: TemporalSpatialScheduler | None = None,
     extractor: MaskExtractor | None = None,
     spatial: SpatialMask | None = None,
@@ -42,12 +42,15 @@ def mask_policy(
     """The mask policy a mode name stands for; None for "none" (no identity at all).
 
     `spatial` is the SpatialMask to start from (default: the authors' extractor, refiner and centred
-    prior); `scheduler` or else `preset` replaces its schedule. `extractor` replaces its extractor, e.g.
+    prior, preset v1); `scheduler` or else `preset` replaces its schedule, and with neither it keeps its
+    own (the model's). `extractor` replaces its extractor, e.g.
     AttentionEntropyExtractor() or FixedMaskExtractor(user_mask(...)) to inject only where the user says.
     """
     if mode == SPATIAL:
-        scheduler = scheduler or TemporalSpatialScheduler.from_preset(preset)
-        chosen = dataclasses.replace(spatial or SpatialMask(scheduler), scheduler=scheduler)
+        spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+        if scheduler is None and preset is not None:
+            scheduler = TemporalSpatialScheduler.from_preset(preset)
+        chosen = spatial if scheduler is None else dataclasses.replace(spatial, scheduler=scheduler)
         return chosen if extractor is None else dataclasses.replace(chosen, extractor=extractor)
     if mode == UNIFORM:
         return UniformMask()
@@ -72,7 +75,7 @@ class IdentityPipeline(Protocol):
     adapter: Any  # the identity adapter (its class names the method in eval settings)
     encoder: IdentityEncoder
     defaults: dict[str, Any]  # sampling settings used when a call leaves them out
-    spatial: SpatialMask  # the spatial mode's policy; each call's preset sets its schedule
+    spatial: SpatialMask  # the spatial mode's policy; a call's preset, if given, replaces its schedule
 
     @property
     def pixel_multiple(self) -> int: ...

@@ -157,7 +157,7 @@ class WPlusSD15Pipeline:
         id_features: IdentityFeatures | None = None,
         mode: str = SPATIAL,
         policy: MaskPolicy | None = None,
-        preset: str = "v1",
+        preset: str | None = None,
         scheduler: TemporalSpatialScheduler | None = None,
         id_weight: float = 1.0,
         start_step: int | None = None,

@@ -98,8 +98,8 @@ class IdentityFluxPipeline:
     ) -> None:
         param = next(flux.transformer.parameters())
         self.flux, self.encoder = flux, encoder
-        # The spatial mode's policy (its schedule comes from each call's preset): the authors' unless the
-        # model says otherwise, as the demo world does for its small token grid.
+        # The spatial mode's policy, schedule included (a call's preset replaces the schedule): the
+        # authors' unless the model says otherwise, as the demo world does for its small token grid.
         self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
         # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
         self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
@@ -118,7 +118,7 @@ class IdentityFluxPipeline:
     def __call__(
         self, prompt: str | list[str] | None = None, id_image: PhotoInput | None = None, *,
         id_features: IdentityFeatures | list[Any] | None = None, mode: str = SPATIAL,
-        policy: MaskPolicy | None = None, preset: str = "v1",
+        policy: MaskPolicy | None = None, preset: str | None = None,
         scheduler: TemporalSpatialScheduler | None = None, id_weight: float | list[float] = 1.0,
         start_step: int = 0, true_cfg_scale: float | None = None, negative_prompt: str | None = None,
         height: int | None = None, width: int | None = None, num_inference_steps: int | None = None,
@@ -129,7 +129,8 @@ class IdentityFluxPipeline:
         id_images: list[Any] | None = None, boxes: list[Any] | None = None, masks: list[Any] | None = None,
         combine: PhotoCombination | None = None, **flux_kwargs: Any,
     ) -> Any:  # fmt: skip
-        """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`.
+        """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`, and
+        with neither the spatial mode keeps `self.spatial`'s schedule (the model's; v1 for FLUX).
 
         Sampling settings left as None come from `self.defaults`. A list of prompts (or prompt_embeds rows)
         is one batch of prompts x num_images_per_prompt images, image i of prompt p at row

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from idgen.backbones.flux import InjectionRun
 from idgen.core.gate import SpatialMask, UniformMask
-from idgen.core.schedule import TemporalSpatialScheduler
+from idgen.core.schedule import PRESETS, TemporalSpatialScheduler
 from idgen.eval.metrics import REGISTRY, backdrop_shift
 from idgen.eval.metrics import mean_ci_normal as mean_ci
 from idgen.io import atomic_write_text
@@ -213,15 +213,18 @@ def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
     return evaluators, ref_features
 
 
-def policies(pipe: Any) -> dict[str, Any]:
-    v1 = TemporalSpatialScheduler.from_preset("v1")
+def policies(pipe: Any, preset: str | None = None) -> dict[str, Any]:
+    """Each row's mask policy: the spatial rows run the model's SpatialMask with `preset`'s schedule (None:
+    its own, as `idgen generate` does), and the ablations undo the demo world's changes, schedule kept."""
+    schedule = pipe.spatial.scheduler if preset is None else TemporalSpatialScheduler.from_preset(preset)
+    spatial = replace(pipe.spatial, scheduler=schedule)
     return {
         UNIFORM: UniformMask(),
-        SPATIAL: replace(pipe.spatial, scheduler=v1),
-        "spatial_centred": replace(pipe.spatial, scheduler=v1, anchor=None),
-        "spatial_paper": SpatialMask(v1),
+        SPATIAL: spatial,
+        "spatial_centred": replace(spatial, anchor=None),
+        "spatial_paper": SpatialMask(spatial.scheduler),
         UNIFORM_W2: UniformMask(),
-        SPATIAL_W2: replace(pipe.spatial, scheduler=v1),
+        SPATIAL_W2: spatial,
     }
 
 
@@ -394,15 +397,17 @@ def run(
     device: str = "cpu",
     assets: Path | None = None,
     split: str = "test",
+    preset: str | None = None,
 ) -> dict[str, Any]:
-    """Gates of the generator in `assets` (default: the shipped one); evaluators are the shipped ones."""
+    """Gates of the generator in `assets` (default: the shipped one); evaluators are the shipped ones.
+    `preset`: the spatial rows' SpatialID schedule (None: the model's own)."""
     from tqdm.auto import tqdm
 
     from idgen.world.bundle import ASSETS, load_world
 
     pipe = load_world(device, assets or ASSETS)
     evaluators, ref_features = references(pipe, split)
-    modes = policies(pipe)
+    modes = policies(pipe, preset)
     todo, people = pairs(per_identity, split), split_people(split)
     round_trip = vae_round_trip(pipe.flux.vae)
     rows: list[dict[str, Any]] = []
@@ -410,7 +415,7 @@ def run(
         chunk = todo[start : start + batch]
         images = _generate_modes(pipe, chunk, ref_features, modes)
         rows += _rows(evaluators, chunk, images, people, round_trip)
-    return {"split": split, **summarise(rows)}
+    return {"split": split, "spatial_schedule": modes[SPATIAL].scheduler.preset_name(), **summarise(rows)}
 
 
 def _spatial_vs_uniform(rows: list[dict[str, Any]], out: dict[str, Any], spatial: str, uniform: str) -> None:
@@ -694,6 +699,8 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="the spatial rows' SpatialID schedule preset (default: the model's own)")
     parser.add_argument("--demo-pick", type=Path, metavar="GATES_JSON",
                         help="print `make demo`'s reference and prompt, chosen by the README's rule from "
                         "this gates summary, and exit")  # fmt: skip
@@ -704,7 +711,9 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
-    summary = run(args.pairs_per_identity, args.batch, assets=args.assets, split=args.split)
+    summary = run(
+        args.pairs_per_identity, args.batch, assets=args.assets, split=args.split, preset=args.preset
+    )
     print(table(summary))
     if args.json:
         atomic_write_text(args.json, json.dumps(summary, indent=2))

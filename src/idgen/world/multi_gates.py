@@ -39,7 +39,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,6 @@ from torch import Tensor
 from idgen.backbones.run import InjectionRun
 from idgen.core.gate import MaskPolicy, UniformMask
 from idgen.core.multi import Box, CompetingMasks
-from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.multi import competing_masks
@@ -186,8 +185,8 @@ def competing_run(
 
 
 def spatial_policy(pipe: Any) -> Any:
-    """The spatial mode's policy as the gates and `idgen generate` use it: the demo world's, preset v1."""
-    return replace(pipe.spatial, scheduler=TemporalSpatialScheduler.from_preset("v1"))
+    """The spatial mode's policy as the gates and `idgen generate` use it: the model's own."""
+    return pipe.spatial
 
 
 Mode = tuple[MaskPolicy, CompetingMasks]  # a call's policy and its people's competition
