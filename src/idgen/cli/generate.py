@@ -89,8 +89,9 @@ def add_generate(sub: Any) -> None:
 
 
 def add_mask_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="SpatialID schedule preset: v1 or balanced (default: the model's own; v1 "
-                   "for FLUX)")
+    p.add_argument(
+        "--preset", help="SpatialID schedule preset: v1 or balanced (default: the model's own; v1 for FLUX)"
+    )
     p.add_argument("--early-threshold", type=float)
     p.add_argument("--late-threshold", type=float)
     p.add_argument("--prior-sigma", type=float)

@@ -699,8 +699,11 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--assets", type=Path, help="a generator assets folder (default: the shipped one)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 is steadiest on a shared CPU)")
-    parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="the spatial rows' SpatialID schedule preset (default: the model's own)")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="the spatial rows' SpatialID schedule preset (default: the model's own)",
+    )
     parser.add_argument("--demo-pick", type=Path, metavar="GATES_JSON",
                         help="print `make demo`'s reference and prompt, chosen by the README's rule from "
                         "this gates summary, and exit")  # fmt: skip
