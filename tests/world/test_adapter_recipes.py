@@ -18,6 +18,10 @@ def test_each_variant_differs_from_the_committed_recipe_only_where_its_name_says
     assert recipes["id-loss-3"] == shipped._replace(id_loss_weight=3.0)
     for name, lr in (("lr-2e-3", 2e-3), ("lr-8e-3", 8e-3)):
         assert recipes[name] == shipped._replace(train=replace(shipped.train, lr=lr))
+    other = recipes["lr-2e-3-other-seeds"]  # as `idgen world train --adapter-seed 1` reseeds
+    assert other == recipes["lr-2e-3"]._replace(
+        data_seed=3, init_seed=24, train=replace(recipes["lr-2e-3"].train, seed=23)
+    )
 
 
 def test_a_quick_recipe_keeps_its_losses_and_lr_but_trains_3_steps_on_32_pairs():
