@@ -1,6 +1,7 @@
 """The demo world's quality gates, measured on held-out identities and held-out prompts.
 
     python -m idgen.world.gates [--pairs-per-identity 3] [--split test|validation] [--json out.json]
+                                [--assets DIR] [--preset v1|balanced]
 
 For every (held-out identity, held-out prompt) pair it generates the image without identity, with
 uniform injection (PuLID) and with SpatialID, from the same seed, and scores them with the
