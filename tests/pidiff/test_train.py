@@ -226,7 +226,8 @@ def test_sigkill_and_resume(tmp_path, data):
 
     root = str(Path(__file__).resolve().parents[2])
     script = KILLED_RUN.format(root=root, tmp=str(tmp_path))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The killed run's steps must be computed as this process computes the whole run's: same thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
     assert [json.loads(x)["step"] for x in (tmp_path / "killed/log.jsonl").read_text().splitlines()] == [
