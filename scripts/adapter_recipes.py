@@ -29,8 +29,8 @@ RECIPES = {
     "id-loss-3": _BASE._replace(id_loss_weight=3.0),
     "lr-2e-3": _BASE._replace(train=replace(_BASE.train, lr=2e-3)),
     "lr-8e-3": _BASE._replace(train=replace(_BASE.train, lr=8e-3)),
-    "lr-2e-3-other-seeds": _BASE._replace(train=replace(_BASE.train, lr=2e-3)).reseeded(1),
 }
+RECIPES["lr-2e-3-other-seeds"] = RECIPES["lr-2e-3"].reseeded(1)
 COLUMNS = {  # summary key -> column head
     "facesim_uniform": "FaceSim, uniform",
     "facesim_drop_spatial_vs_uniform": "FaceSim drop, spatial",

@@ -171,6 +171,7 @@ def build_policy(mode: str, settings: MaskSettings, spatial: Any = None) -> tupl
     `spatial` (None: the authors'). An explicit prior box (a schedule override or a mask image) drops the
     anchor: the user has said where the face is."""
     from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.pipelines.base import authors_spatial
     from idgen.pipelines.pulid_flux import mask_policy
     from idgen.pipelines.user_masks import mask_box, user_mask
 
@@ -187,12 +188,12 @@ def build_policy(mode: str, settings: MaskSettings, spatial: Any = None) -> tupl
             raise IdgenError(f"{settings.mask_image}: the mask image is black everywhere")
         schedule.setdefault("prior_box", box)
         extractor = FixedMaskExtractor(mask)
-    model = spatial.scheduler if spatial is not None else TemporalSpatialScheduler.from_preset("v1")
+    model = spatial if spatial is not None else authors_spatial()
     if settings.preset is None:
-        scheduler = dataclasses.replace(model, **schedule)
+        scheduler = dataclasses.replace(model.scheduler, **schedule)
     else:
         scheduler = TemporalSpatialScheduler.from_preset(settings.preset, **schedule)
-    spatial = _spatial(settings, spatial or _authors_spatial(scheduler), "prior_box" in schedule)
+    spatial = _spatial(settings, dataclasses.replace(model, scheduler=scheduler), "prior_box" in schedule)
     return mask_policy(mode, scheduler=scheduler, extractor=extractor, spatial=spatial), scheduler
 
 
@@ -204,12 +205,6 @@ def _extractor(settings: MaskSettings) -> Any:
     if settings.extractor == "entropy":
         return AttentionEntropyExtractor(min_spread=settings.min_spread)
     raise IdgenError(f"unknown mask extractor {settings.extractor!r}; choose ca-norm or entropy")
-
-
-def _authors_spatial(scheduler: Any) -> Any:
-    from idgen.core.gate import SpatialMask
-
-    return SpatialMask(scheduler)
 
 
 def _spatial(settings: MaskSettings, spatial: Any, has_box: bool) -> Any:

@@ -32,6 +32,11 @@ from idgen.pipelines.names import MODES, NONE, SPATIAL, UNIFORM
 PhotoInput = str | os.PathLike[str] | Image.Image
 
 
+def authors_spatial() -> SpatialMask:
+    """The authors' SpatialID: their extractor, refiner and centred prior, with preset v1 (FLUX's default)."""
+    return SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+
+
 def mask_policy(
     mode: str,
     preset: str | None = None,
@@ -47,7 +52,7 @@ def mask_policy(
     AttentionEntropyExtractor() or FixedMaskExtractor(user_mask(...)) to inject only where the user says.
     """
     if mode == SPATIAL:
-        spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+        spatial = spatial or authors_spatial()
         if scheduler is None and preset is not None:
             scheduler = TemporalSpatialScheduler.from_preset(preset)
         chosen = spatial if scheduler is None else dataclasses.replace(spatial, scheduler=scheduler)

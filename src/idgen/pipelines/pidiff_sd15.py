@@ -27,6 +27,7 @@ from idgen.pipelines.base import (
     SPATIAL,
     IdentityPipelineOutput,
     PhotoInput,
+    authors_spatial,
     batch_size,
     check_generation_inputs,
     encode_photo,
@@ -131,7 +132,7 @@ class WPlusSD15Pipeline:
         self.sd, self.encoder = sd, encoder
         self.adapter = adapter.to(param.device, param.dtype).eval()
         self.injector = install_wplus(sd.unet, self.adapter)
-        self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+        self.spatial = spatial or authors_spatial()
         size = int(sd.unet.config.sample_size) * int(sd.vae_scale_factor)
         self.defaults = {
             **SD15_DEFAULTS,

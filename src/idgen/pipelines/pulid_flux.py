@@ -21,6 +21,7 @@ from idgen.pipelines.base import (
     SPATIAL,
     IdentityPipelineOutput,
     PhotoInput,
+    authors_spatial,
     batch_size,
     check_generation_inputs,
     encode_photo,
@@ -100,7 +101,7 @@ class IdentityFluxPipeline:
         self.flux, self.encoder = flux, encoder
         # The spatial mode's policy, schedule included (a call's preset replaces the schedule): the
         # authors' unless the model says otherwise, as the demo world does for its small token grid.
-        self.spatial = spatial or SpatialMask(TemporalSpatialScheduler.from_preset("v1"))
+        self.spatial = spatial or authors_spatial()
         # Sampling settings used when a call leaves them out; FLUX.1's unless the model says otherwise.
         self.defaults = {**FLUX_DEFAULTS, **(defaults or {})}
         self.adapter = adapter.to(resident_device(param)).eval()  # its dtype: the injector's compute_dtype

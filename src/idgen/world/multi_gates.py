@@ -184,18 +184,13 @@ def competing_run(
     )
 
 
-def spatial_policy(pipe: Any) -> Any:
-    """The spatial mode's policy as the gates and `idgen generate` use it: the model's own."""
-    return pipe.spatial
-
-
 Mode = tuple[MaskPolicy, CompetingMasks]  # a call's policy and its people's competition
 
 
 def competitions(pipe: Any) -> dict[str, Mode]:
     """Each mode's policy and competition of the people, built by the library as a several-people call
     (`pipe(..., id_images=..., boxes=..., mode=...)`) builds them."""
-    spatial, uniform = spatial_policy(pipe), UniformMask()
+    spatial, uniform = pipe.spatial, UniformMask()  # the model's own, as `idgen generate` runs it
     return {
         UNIFORM: (uniform, competing_masks(UNIFORM, uniform, 2, None, None)),
         SPATIAL: (spatial, competing_masks(SPATIAL, spatial, 2, list(HALVES), None)),
