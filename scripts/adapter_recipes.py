@@ -23,12 +23,13 @@ from typing import Any
 from idgen.world.build import QUICK_ADAPTER, AdapterRecipe
 
 SHIPPED_WEIGHTS = "shipped-weights"
-_BASE = AdapterRecipe()
-RECIPES = {
-    "no-id-loss": _BASE._replace(id_loss_weight=0.0),
-    "id-loss-3": _BASE._replace(id_loss_weight=3.0),
-    "lr-2e-3": _BASE._replace(train=replace(_BASE.train, lr=2e-3)),
-    "lr-8e-3": _BASE._replace(train=replace(_BASE.train, lr=8e-3)),
+_BEFORE = AdapterRecipe()._replace(train=replace(AdapterRecipe().train, lr=5e-4))  # the recipe shipped before
+RECIPES = {  # each changes one setting of the recipe shipped before; `lr-2e-3` is the committed one
+    "lr-5e-4": _BEFORE,
+    "no-id-loss": _BEFORE._replace(id_loss_weight=0.0),
+    "id-loss-3": _BEFORE._replace(id_loss_weight=3.0),
+    "lr-2e-3": AdapterRecipe(),
+    "lr-8e-3": _BEFORE._replace(train=replace(_BEFORE.train, lr=8e-3)),
 }
 RECIPES["lr-2e-3-other-seeds"] = RECIPES["lr-2e-3"].reseeded(1)
 COLUMNS = {  # summary key -> column head

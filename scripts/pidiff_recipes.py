@@ -20,15 +20,16 @@ from pathlib import Path
 from idgen.world.pidiff import ALIGN, QUICK_BRANCH, TAILOR, BranchRecipe
 
 SHORT_ALIGN = ALIGN._replace(train=replace(ALIGN.train, steps=800, lr=5e-4))
+ALIGN_1E3 = BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=1e-3)), TAILOR))  # shipped before
 RECIPES = {
     "stage-one-only": BranchRecipe(stages=(SHORT_ALIGN,)),
     "two-stage-short": BranchRecipe(stages=(SHORT_ALIGN, TAILOR)),
     "two-stage-short-id": BranchRecipe(
         stages=(SHORT_ALIGN._replace(id_loss_weight=1.0), TAILOR._replace(id_loss_weight=1.0))
     ),
+    "align-lr-1e-3": ALIGN_1E3,
+    "align-lr-1e-3-other-seeds": ALIGN_1E3.reseeded(1)._replace(data_seed=ALIGN_1E3.data_seed),
     "shipped": BranchRecipe(),
-    "align-lr-2e-3": BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=2e-3)), TAILOR)),
-    "shipped-other-seeds": BranchRecipe().reseeded(1)._replace(data_seed=BranchRecipe().data_seed),
 }
 
 

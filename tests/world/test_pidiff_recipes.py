@@ -14,7 +14,10 @@ def load_script():
 def test_the_shipped_recipe_is_the_committed_one_and_the_variants_differ_only_where_the_readme_says():
     recipes = load_script().RECIPES
     assert recipes["shipped"] == BranchRecipe()
-    assert (ALIGN.train.steps, ALIGN.train.lr, TAILOR.train.steps, TAILOR.train.lr) == (1600, 1e-3, 600, 2e-4)
+    assert (ALIGN.train.steps, ALIGN.train.lr, TAILOR.train.steps, TAILOR.train.lr) == (1600, 2e-3, 600, 2e-4)
+    before = recipes["align-lr-1e-3"]  # the recipe shipped before: stage I at half the learning rate
+    assert before.stages == (ALIGN._replace(train=replace(ALIGN.train, lr=1e-3)), TAILOR)
+    assert before._replace(stages=BranchRecipe().stages) == BranchRecipe()
     assert ALIGN.weights == IdentityLossWeights(0.0, 0.0) and ALIGN.mapping and not TAILOR.mapping
     assert TAILOR.weights == IdentityLossWeights(2.0, 1.0)
     assert (ALIGN.face_loss_weight, TAILOR.face_loss_weight, ALIGN.id_loss_weight) == (4.0, 4.0, 0.0)
@@ -24,10 +27,9 @@ def test_the_shipped_recipe_is_the_committed_one_and_the_variants_differ_only_wh
     with_id = recipes["two-stage-short-id"].stages
     assert [s.id_loss_weight for s in with_id] == [1.0, 1.0]
     assert [s._replace(id_loss_weight=0.0) for s in with_id] == list(short)
-    faster = recipes["align-lr-2e-3"].stages  # stage I at twice the learning rate
-    assert faster == (ALIGN._replace(train=replace(ALIGN.train, lr=2e-3)), TAILOR)
-    other = recipes["shipped-other-seeds"]
+    other = recipes["align-lr-1e-3-other-seeds"]
     assert (other.init_seed, [s.train.seed for s in other.stages], other.data_seed) == (26, [25, 27], 2)
+    assert [s.train.lr for s in other.stages] == [1e-3, 2e-4]
 
 
 def test_a_quick_recipe_keeps_each_stage_but_trains_3_steps_on_32_renders():

@@ -144,7 +144,7 @@ def _drop_load_paths(folder: Path) -> None:
 class AdapterRecipe(NamedTuple):
     renders: int = 8192
     train: TrainConfig = TrainConfig(
-        steps=1600, lr=5e-4, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
+        steps=1600, lr=2e-3, batch_size=32, checkpoint_every=100, warmup=50, seed=13, weight_decay=0.01
     )
     id_loss_weight: float = 1.0
     pairs: gen.PairMix = gen.PairMix(own_crop_share=0.5, backdrop_share=0.6, backdrop_blend=0.4)

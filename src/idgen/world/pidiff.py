@@ -218,7 +218,7 @@ class WorldWPlusEncoder:
 
 ALIGN = BranchStage(
     TrainConfig(
-        steps=1600, lr=1e-3, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
+        steps=1600, lr=2e-3, batch_size=24, checkpoint_every=100, warmup=50, seed=15, weight_decay=0.01
     ),
     IdentityLossWeights(disentangle=0.0, preserve=0.0),
     mapping=True,
