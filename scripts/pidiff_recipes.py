@@ -20,7 +20,8 @@ from pathlib import Path
 from idgen.world.pidiff import ALIGN, QUICK_BRANCH, TAILOR, BranchRecipe
 
 SHORT_ALIGN = ALIGN._replace(train=replace(ALIGN.train, steps=800, lr=5e-4))
-ALIGN_1E3 = BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=1e-3)), TAILOR))  # shipped before
+# The recipe shipped before: stage I at lr 1e-3.
+ALIGN_1E3 = BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=1e-3)), TAILOR))
 RECIPES = {
     "stage-one-only": BranchRecipe(stages=(SHORT_ALIGN,)),
     "two-stage-short": BranchRecipe(stages=(SHORT_ALIGN, TAILOR)),
