@@ -7,7 +7,9 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from idgen.errors import IdgenError
 from idgen.eval.report import collect
@@ -208,6 +210,31 @@ def test_method_specs_parse_to_settings_and_names():
     m = Method.parse("spatial:preset=balanced,id_weight=0.6")
     assert (m.mode, m.preset, m.id_weight, m.name) == ("spatial", "balanced", 0.6, "spatial-w0.6-balanced")
     assert Method.parse("uniform").name == "uniform"
+    # No preset: the model's own SpatialMask; a named one, even FLUX's own v1, is in the name.
+    assert (Method.parse("spatial").preset, Method.parse("spatial").name) == (None, "spatial")
+    assert Method.parse("spatial:preset=v1").name == "spatial-v1"
+
+
+def test_the_spatial_method_runs_the_models_own_schedule_unless_a_preset_is_named(tiny_pipe):
+    from idgen.core.gate import SpatialMask
+    from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.eval.runner import FluxEvalGenerator
+
+    generator = FluxEvalGenerator(tiny_pipe)
+    features = generator.encode(Image.new("RGB", (64, 64), (128, 110, 90)), "a person")
+    original = tiny_pipe.spatial
+    tiny_pipe.spatial = SpatialMask(TemporalSpatialScheduler.from_preset("balanced"))
+    try:
+        generator = FluxEvalGenerator(tiny_pipe)  # its settings are read when it is made
+        own, _ = generator.generate(["a person"], [3], features, Method("spatial"))
+        named, _ = generator.generate(["a person"], [3], features, Method("spatial", preset="balanced"))
+        v1, _ = generator.generate(["a person"], [3], features, Method("spatial", preset="v1"))
+        assert generator.settings["spatial"]["scheduler"] == repr(tiny_pipe.spatial.scheduler)
+    finally:
+        tiny_pipe.spatial = original
+    assert np.array_equal(np.asarray(own[0]), np.asarray(named[0]))
+    assert not np.array_equal(np.asarray(own[0]), np.asarray(v1[0]))
+    assert original.scheduler == TemporalSpatialScheduler.from_preset("v1")  # the authors' default
 
 
 def test_the_plan_records_how_the_spatial_mode_builds_its_mask(tiny_pipe):

@@ -34,7 +34,8 @@ PROTOCOLS = {
     "spatialid-ibench": Protocol(
         name="spatialid-ibench",
         # SpatialID's IBench runs (docs/spatialid.md): 896x1152 (W x H), 25 steps, distilled guidance 4,
-        # true CFG off, seed 42 for every image; uniform (PuLID) and SpatialID with both presets.
+        # true CFG off, seed 42 for every image; uniform (PuLID) and SpatialID with both presets (`spatial`
+        # runs FLUX's own schedule, v1).
         sampling={
             "width": 896,
             "height": 1152,

@@ -197,7 +197,7 @@ def _method_groups(methods: Sequence[Method]) -> dict[str, list[Method]]:
     """Methods by mode (and preset, for spatial): the lines of an id_weight sweep."""
     groups: dict[str, list[Method]] = {}
     for m in methods:
-        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == SPATIAL else m.mode, []).append(m)
+        groups.setdefault(f"{m.mode} {m.preset}" if m.mode == SPATIAL and m.preset else m.mode, []).append(m)
     return groups
 
 

@@ -47,11 +47,12 @@ __all__ = ["EvalGenerator", "FluxEvalGenerator", "Method", "MetricModels", "RunR
 # ---------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Method:
-    """One configuration under test: a mask mode with its id_weight and preset (SpatialID), or "none"."""
+    """One configuration under test: a mask mode with its id_weight and, for SpatialID, a named schedule
+    preset (None: the model's own SpatialMask as it is, as `idgen generate` runs it; v1 on FLUX)."""
 
     mode: str
     id_weight: float = 1.0
-    preset: str = "v1"
+    preset: str | None = None
 
     @property
     def name(self) -> str:
@@ -59,7 +60,7 @@ class Method:
         parts = [self.mode]
         if self.id_weight != 1.0:
             parts.append(f"w{self.id_weight:g}")
-        if self.preset != "v1" and self.mode == SPATIAL:
+        if self.preset is not None and self.mode == SPATIAL:
             parts.append(self.preset)
         return "-".join(parts)
 
@@ -83,7 +84,7 @@ class Method:
         method = cls(mode, **kwargs)
         if not math.isfinite(method.id_weight) or method.id_weight < 0:
             raise IdgenError(f"id_weight must be a finite number >= 0, got {method.id_weight} in {spec!r}")
-        if method.preset not in PRESETS:
+        if method.preset is not None and method.preset not in PRESETS:
             raise IdgenError(f"unknown preset {method.preset!r} in {spec!r} (presets: {', '.join(PRESETS)})")
         return method
 
@@ -116,14 +117,16 @@ class FluxEvalGenerator:
         # true_cfg_scale); left out, the pipeline's own defaults apply.
         self.sampling = dict(sampling or {})
         # What a resumed run must match: sampling defaults, which identity networks generate, and how the
-        # spatial mode builds its mask (its schedule is each method's preset).
+        # spatial mode builds its mask (a method's preset, where named, replaces the schedule).
         spatial = pipe.spatial
         self.settings = {
             **pipe.defaults,
             **self.sampling,
             "adapter": type(pipe.adapter).__name__,
             "encoder": type(pipe.encoder).__name__,
-            SPATIAL: {part: repr(getattr(spatial, part)) for part in ("extractor", "refiner", "anchor")},
+            SPATIAL: {
+                part: repr(getattr(spatial, part)) for part in ("scheduler", "extractor", "refiner", "anchor")
+            },
         }
 
     def encode(self, photo: Image.Image, what: str) -> IdentityFeatures:

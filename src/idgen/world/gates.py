@@ -21,10 +21,10 @@ independent evaluator models:
   `none` is the chance-like baseline, and the classifier on the renderer's own image of each pair (`rendered`)
   is the ceiling any mode can reach on this measure.
 
-`spatial` is SpatialID as the demo world runs it: the authors' code with their `balanced` preset. Two
-other settings run beside it: `spatial_v1`, the authors' `v1` preset (FLUX's default), and `spatial_grid`,
-the demo world's schedule with the refiner scaled to its 8x8 token grid and the early prior anchored on the
-attention's peak (what it ran with the weaker adapter before). Uniform and spatial also run at id weight 2
+`spatial` is SpatialID as the demo world runs it: the authors' `balanced` preset with the refiner scaled to
+its 8x8 token grid. Two of the authors' settings as published run beside it: `spatial_paper`, the same
+schedule with their refiner constants (written for FLUX's 64x64 token grid), and `spatial_v1`, their `v1`
+preset (FLUX's default). Uniform and spatial also run at id weight 2
 (`uniform_w2`, `spatial_w2`).
 
 `--demo-pick GATES_JSON` prints `make demo`'s reference and prompt, chosen from a saved run by the
@@ -48,8 +48,7 @@ import torch
 from torch import Tensor
 
 from idgen.backbones.flux import InjectionRun
-from idgen.core.gate import AttentionAnchor, SpatialMask, UniformMask
-from idgen.core.refine import GridScaledRefiner
+from idgen.core.gate import SpatialMask, UniformMask
 from idgen.core.schedule import PRESETS, TemporalSpatialScheduler
 from idgen.eval.metrics import REGISTRY, backdrop_shift
 from idgen.eval.metrics import mean_ci_normal as mean_ci
@@ -68,12 +67,12 @@ from idgen.world.render import (
     validation_identities,
 )
 
-# The gates' rows: the three modes, SpatialID without each of the demo world's changes, then uniform and
+# The gates' rows: the three modes, SpatialID as the authors published it, then uniform and
 # spatial at id weight 2 (what `make demo`'s strip shows beside weight 1).
 UNIFORM_W2, SPATIAL_W2 = "uniform_w2", "spatial_w2"
-SPATIAL_V1, SPATIAL_GRID = "spatial_v1", "spatial_grid"
-ROWS = (NONE, UNIFORM, SPATIAL, SPATIAL_V1, SPATIAL_GRID, UNIFORM_W2, SPATIAL_W2)
-SPATIAL_ROWS = (SPATIAL, SPATIAL_V1, SPATIAL_GRID)  # each against uniform at the same weight
+SPATIAL_PAPER, SPATIAL_V1 = "spatial_paper", "spatial_v1"
+ROWS = (NONE, UNIFORM, SPATIAL, SPATIAL_PAPER, SPATIAL_V1, UNIFORM_W2, SPATIAL_W2)
+SPATIAL_ROWS = (SPATIAL, SPATIAL_PAPER, SPATIAL_V1)  # each against uniform at the same weight
 ID_WEIGHTS = {UNIFORM_W2: 2.0, SPATIAL_W2: 2.0}  # rows not named here: id weight 1
 # The attribute table's extra row: the classifier on the renderer's own image of each pair (a perfect
 # likeness), the ceiling of every mode's transfer. The five attributes a person names first when judging a
@@ -90,8 +89,8 @@ _GLASSES, _SKIN = list(ATTRIBUTES).index("glasses"), list(ATTRIBUTES).index("ski
 LABELS = {
     RENDERED: "rendered identity (the classifier's ceiling)",
     RENDERED_VAE: "rendered identity through the VAE (the generator's ceiling)",
+    SPATIAL_PAPER: "spatial, the authors' refiner",
     SPATIAL_V1: "spatial, the authors' preset v1",
-    SPATIAL_GRID: "spatial, grid-scaled refiner and attention anchor",
     UNIFORM_W2: "uniform, id weight 2",
     SPATIAL_W2: "spatial, id weight 2",
 }
@@ -219,15 +218,15 @@ def references(pipe: Any, split: str) -> tuple[Evaluators, Any]:
 
 def policies(pipe: Any, preset: str | None = None) -> dict[str, Any]:
     """Each row's mask policy: the spatial rows run the model's SpatialMask with `preset`'s schedule (None:
-    its own, as `idgen generate` does); `spatial_v1` is the authors' code with their v1 preset, and
-    `spatial_grid` the schedule of `spatial` with the refiner scaled to the grid and the anchored prior."""
+    its own, as `idgen generate` does); `spatial_paper` keeps that schedule with the authors' refiner and
+    prior, and `spatial_v1` is the authors' code with their v1 preset."""
     schedule = pipe.spatial.scheduler if preset is None else TemporalSpatialScheduler.from_preset(preset)
     spatial = replace(pipe.spatial, scheduler=schedule)
     return {
         UNIFORM: UniformMask(),
         SPATIAL: spatial,
+        SPATIAL_PAPER: SpatialMask(schedule),
         SPATIAL_V1: SpatialMask(TemporalSpatialScheduler.from_preset("v1")),
-        SPATIAL_GRID: replace(spatial, refiner=GridScaledRefiner(), anchor=AttentionAnchor()),
         UNIFORM_W2: UniformMask(),
         SPATIAL_W2: spatial,
     }
