@@ -27,8 +27,8 @@ setup-pulid: setup
 # The reference and prompt follow the README's rule (`python -m idgen.world.gates --demo-pick
 # docs/world-gates.json`; a test keeps them equal).
 demo: setup
-	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_005.png \
-		--prompt "a half-body photo of a person in the mountains in cool light, wearing a black shirt, in the centre" \
+	$(VENV)/bin/idgen generate --id-image src/idgen/world/assets/references/test_004.png \
+		--prompt "a close-up photo of a person in a garden in cool light, wearing a purple shirt, on the right" \
 		--mode spatial --compare-id-weight 2 --out outputs/demo.png --overwrite
 
 # Each gates run rewrites its summary, then the README blocks made from it (`world-readme`).

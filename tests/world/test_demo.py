@@ -36,8 +36,9 @@ def test_generate_on_the_demo_world(tmp_path, capsys):
     assert len(frames) == 8 and len(set(frames)) > 1  # the mask changes over the steps
     sidecar = json.loads((tmp_path / "demo.json").read_text())
     assert sidecar["model"] == "demo world" and sidecar["sampling"]["height"] == 64
-    # The demo world's SpatialID: refiner scaled to its 8x8 token grid, prior anchored on the attention.
-    assert "GridScaledRefiner(" in sidecar["mask_policy"] and "AttentionAnchor(" in sidecar["mask_policy"]
+    # The demo world's SpatialID: the authors' balanced schedule, the refiner scaled to its 8x8 token grid.
+    assert "GridScaledRefiner(" in sidecar["mask_policy"] and "anchor=None" in sidecar["mask_policy"]
+    assert (sidecar["schedule"]["prior_sigma"], sidecar["schedule"]["global_floor"]) == (0.7, 0.3)
     assert capsys.readouterr().err == ""  # every word is in the vocabulary
 
 
