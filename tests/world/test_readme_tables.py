@@ -194,8 +194,8 @@ def test_seeds_table_sets_each_run_in_its_own_column() -> None:
     rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in lines[2:]}
     assert rows["scene adherence of the base model (≥ 90%)"] == ["96.3%", "50.0%", "96.3% |"]
     assert rows["backdrops uniform clearly leaks towards"] == ["10 of 10", "9 of 10", "10 of 10 |"]
-    assert rows["FaceSim, uniform above none (paired)"] == ["+0.182 ± 0.027"] * 2 + ["+0.182 ± 0.027 |"]
-    assert rows["SpatialID: FaceSim drop (≤ 0.03)"][0] == "0.023 ± 0.019"
-    assert rows["likeness, mean of the five attributes, uniform (%)"][0] == "32.2 ± 2.1"
+    assert rows["FaceSim, uniform above none (paired)"] == ["+0.297 ± 0.028"] * 2 + ["+0.297 ± 0.028 |"]
+    assert rows["SpatialID: FaceSim drop (≤ 0.03)"][0] == "0.029 ± 0.015"
+    assert rows["likeness, mean of the five attributes, uniform (%)"][0] == "37.1 ± 2.2"
     assert rows["likeness, the same without identity (%)"][0] == "20.1 ± 2.1"
     assert len(rows) == 8
