@@ -87,9 +87,9 @@ def test_gate_row_and_multi_table_follow_their_summaries(repo: Path) -> None:
         "- scene adherence of the base model (no identity): 50.0% (gate: >= 90%)",
         "| scene adherence of the base model | ≥ 90% | 50.0% | **not met** |",
         "| scene adherence of the base model (≥ 90%) | 50.0% | 96.3% | 98.3% |",
-        "| spatial, boxes = halves | 50.0% [40.0, 60.0] | 0.150 ± 0.029 | -0.019 ± 0.027 |",
-        "- assignment, spatial, boxes = halves: 50.0% [40.0, 60.0] against uniform 52.4% [45.3, 59.4] and "
-        "single 75.1% [68.6, 80.6] (gate: >= 90%; **not met**)",
+        "| spatial, boxes = halves | 50.0% [40.0, 60.0] | 0.269 ± 0.028 | -0.032 ± 0.029 |",
+        "- assignment, spatial, boxes = halves: 50.0% [40.0, 60.0] against uniform 52.9% [45.8, 59.8] and "
+        "single 81.7% [75.7, 86.5] (gate: >= 90%; **not met**)",
     ]
 
 
