@@ -108,3 +108,27 @@ def test_make_demo_uses_the_rule_on_the_committed_gates_run() -> None:
     prompt = re.search(r'--prompt "([^"]+)"', demo)
     assert reference and prompt and "--compare-id-weight 2" in demo
     assert (Path(reference.group(1)).name, prompt.group(1)) == demo_pick(summary)
+
+
+def test_the_spatial_rows_are_the_worlds_setting_and_the_authors_code_as_published() -> None:
+    from types import SimpleNamespace
+
+    from idgen.core.gate import SpatialMask
+    from idgen.core.refine import GridScaledRefiner, MaskRefiner
+    from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.world.bundle import WORLD_SPATIAL
+    from idgen.world.gates import SPATIAL_PAPER, SPATIAL_V1, policies
+
+    balanced, v1 = (
+        TemporalSpatialScheduler.from_preset("balanced"),
+        TemporalSpatialScheduler.from_preset("v1"),
+    )
+    assert SpatialMask(balanced, refiner=GridScaledRefiner()) == WORLD_SPATIAL
+    rows = policies(SimpleNamespace(spatial=WORLD_SPATIAL))
+    assert rows["spatial"] == rows["spatial_w2"] == WORLD_SPATIAL
+    assert rows[SPATIAL_PAPER] == SpatialMask(balanced) and rows[SPATIAL_V1] == SpatialMask(v1)
+    assert isinstance(rows[SPATIAL_PAPER].refiner, MaskRefiner) and rows[SPATIAL_PAPER].anchor is None
+    # A named preset replaces only the schedule: the world's refiner stays on its own rows.
+    named = policies(SimpleNamespace(spatial=WORLD_SPATIAL), preset="v1")
+    assert named["spatial"] == SpatialMask(v1, refiner=GridScaledRefiner())
+    assert named[SPATIAL_PAPER] == SpatialMask(v1) and named[SPATIAL_V1] == SpatialMask(v1)

@@ -24,8 +24,7 @@ independent evaluator models:
 `spatial` is SpatialID as the demo world runs it: the authors' `balanced` preset with the refiner scaled to
 its 8x8 token grid. Two of the authors' settings as published run beside it: `spatial_paper`, the same
 schedule with their refiner constants (written for FLUX's 64x64 token grid), and `spatial_v1`, their `v1`
-preset (FLUX's default). Uniform and spatial also run at id weight 2
-(`uniform_w2`, `spatial_w2`).
+preset (FLUX's default). Uniform and spatial also run at id weight 2 (`uniform_w2`, `spatial_w2`).
 
 `--demo-pick GATES_JSON` prints `make demo`'s reference and prompt, chosen from a saved run by the
 README's rule (`demo_pick`).
