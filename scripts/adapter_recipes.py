@@ -32,6 +32,9 @@ RECIPES = {  # each changes one setting of the recipe shipped before; `lr-2e-3` 
     "lr-8e-3": _BEFORE._replace(train=replace(_BEFORE.train, lr=8e-3)),
 }
 RECIPES["lr-2e-3-other-seeds"] = RECIPES["lr-2e-3"].reseeded(1)
+# Cross-attentions with more room to tell people apart: twice and four times the heads, each of 32.
+RECIPES["ca-heads-6"] = AdapterRecipe()._replace(ca_heads=6)
+RECIPES["ca-heads-12"] = AdapterRecipe()._replace(ca_heads=12)
 COLUMNS = {  # summary key -> column head
     "facesim_uniform": "FaceSim, uniform",
     "facesim_drop_spatial_vs_uniform": "FaceSim drop, spatial",

@@ -23,6 +23,17 @@ def test_each_variant_differs_from_the_recipe_shipped_before_only_where_its_name
     assert recipes["lr-2e-3"] == committed
     other = recipes["lr-2e-3-other-seeds"]  # as `idgen world train --adapter-seed 1` reseeds
     assert other == committed._replace(data_seed=3, init_seed=24, train=replace(committed.train, seed=23))
+    assert committed.ca_heads == 3
+    assert [recipes[f"ca-heads-{n}"] for n in (6, 12)] == [committed._replace(ca_heads=n) for n in (6, 12)]
+
+
+def test_the_cross_attention_heads_reach_the_adapter_config():
+    from idgen.world.generator import demo_pulid_config
+
+    width = demo_pulid_config(96, 128, 64)  # heads of 32 spanning the transformer's width
+    wider = demo_pulid_config(96, 128, 64, ca_heads=6)
+    assert (width.ca_dim, width.ca_dim_head, width.ca_heads) == (96, 32, 3)
+    assert (wider.ca_dim, wider.ca_dim_head, wider.ca_heads) == (96, 32, 6)
 
 
 def test_a_quick_recipe_keeps_its_losses_and_lr_but_trains_3_steps_on_32_pairs():

@@ -151,6 +151,7 @@ class AdapterRecipe(NamedTuple):
     face_loss_weight: float = 4.0  # extra diffusion-loss weight on the target's face tokens
     data_seed: int = 2
     init_seed: int = 14
+    ca_heads: int = 3  # each identity cross-attention's heads of 32 (3 spans the world transformer's width)
 
     def reseeded(self, k: int) -> AdapterRecipe:
         """The same recipe with its k-th other seeds (pairs, initialisation, batches); k = 0 is this one."""
@@ -196,7 +197,9 @@ def train_adapter(
         }
 
     data = gen.AdapterSet(**gen.cached(work / f"adapter-pairs-{recipe.data_seed}.pt", pairs))
-    config = gen.demo_pulid_config(pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim)
+    config = gen.demo_pulid_config(
+        pipe.transformer.inner_dim, encoder.id_dim, encoder.vit_dim, recipe.ca_heads
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.init_seed)
         adapter = PuLIDAdapter(config)

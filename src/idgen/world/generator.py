@@ -342,14 +342,15 @@ def train_transformer_mix(
     return trainer.fit(step)
 
 
-def demo_pulid_config(transformer_width: int, id_dim: int, vit_dim: int) -> Any:
-    """PuLID's networks at demo-world sizes: the same classes, 4 cross-attentions for 4 injection points."""
+def demo_pulid_config(transformer_width: int, id_dim: int, vit_dim: int, ca_heads: int | None = None) -> Any:
+    """PuLID's networks at demo-world sizes: the same classes, 4 cross-attentions for 4 injection points, each
+    with `ca_heads` heads of 32 (default: as many as span the transformer's width)."""
     from idgen.models.pulid import PuLIDConfig
 
     return PuLIDConfig(
         dim=64, depth=5, dim_head=16, heads=4, num_id_token=2, num_queries=8, output_dim=64, ff_mult=2,
         id_dim=id_dim, vit_dim=vit_dim, mapping_dim=64, ca_dim=transformer_width, ca_dim_head=32,
-        ca_heads=transformer_width // 32, num_ca=4,
+        ca_heads=ca_heads or transformer_width // 32, num_ca=4,
     )  # fmt: skip
 
 
