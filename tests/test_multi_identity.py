@@ -498,3 +498,76 @@ def test_spatial_identities_compete_on_their_early_priors_and_uniform_ones_do_no
     assert two.layout == tuple(PriorLayout(p.scheduler) for p in two.policies)  # type: ignore[attr-defined]
     assert competing_masks("spatial", policy, 1, None, None).layout == ()  # one person: today's path
     assert competing_masks("uniform", policy, 2, None, None).layout == ()  # the summed baseline
+
+
+# True CFG's negative pass per person: PuLID's uncond id tokens, or the other people's own.
+
+
+def test_negative_identity_others_gives_each_person_the_next_persons_tokens():
+    from idgen.pipelines.multi import negative_id_tokens
+
+    tokens = [torch.full((2, 3, 4), float(i)) for i in range(3)]
+    uncond = [torch.full((2, 3, 4), -1.0 - i) for i in range(3)]
+    assert torch.equal(negative_id_tokens(tokens, uncond, "uncond"), torch.cat(uncond))
+    others = negative_id_tokens(tokens, uncond, "others")  # (n * B, K, dim), identity-major
+    assert [others[2 * i, 0, 0].item() for i in range(3)] == [1.0, 2.0, 0.0]
+
+
+def test_negative_identity_others_changes_only_the_negative_pass(tiny_pipe):
+    two = dict(id_features=[features(1), features(2)], true_cfg_scale=2.0, negative_prompt="blurry")
+    default = latents(tiny_pipe, **two)
+    assert torch.equal(latents(tiny_pipe, negative_identity="uncond", **two), default)
+    others = latents(tiny_pipe, negative_identity="others", **two)
+    assert not torch.equal(others, default)
+    # Without a negative pass counting (it starts after the last step) the rule changes nothing.
+    late = dict(two, true_cfg_start_step=SIZE["num_inference_steps"])
+    assert torch.equal(latents(tiny_pipe, negative_identity="others", **late), latents(tiny_pipe, **late))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(negative_identity="other", true_cfg_scale=2.0), "unknown negative_identity 'other'"),
+        (
+            dict(negative_identity="others", true_cfg_scale=1.0),
+            "steers true CFG's negative pass: set true_cfg_scale > 1",
+        ),
+        (dict(negative_identity="others", true_cfg_scale=2.0, one=True), "needs two or more people"),
+    ],
+)
+def test_negative_identity_bad_inputs_are_one_line_errors(tiny_pipe, kwargs, message):
+    kwargs = dict(kwargs)
+    people = [features(1)] if kwargs.pop("one", False) else [features(1), features(2)]
+    given = dict(id_features=people[0]) if len(people) == 1 else dict(id_features=people)
+    with pytest.raises(IdgenError, match=message):
+        latents(tiny_pipe, negative_prompt="blurry", **given, **kwargs)
+
+
+def test_cli_negative_identity_others_runs_and_is_recorded(tmp_path):
+    import json
+
+    a, b = save_photos(tmp_path, 2)
+    args = ["--id-image", a, "--id-image", b, "--true-cfg", "2", "--negative-prompt", "blurry"]
+    assert cli(tmp_path, *args, "--negative-identity", "others") == 0
+    sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
+    assert sidecar["parameters"]["negative_identity"] == "others"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["--true-cfg", "1"],
+            "--negative-identity others steers true CFG's negative pass: give --true-cfg > 1",
+        ),
+        (["--one"], "--negative-identity others needs two or more people"),
+    ],
+)
+def test_cli_negative_identity_bad_inputs_fail_before_loading(tmp_path, capsys, extra, message):
+    a, b = save_photos(tmp_path, 2)
+    people = ["--id-image", a] if extra == ["--one"] else ["--id-image", a, "--id-image", b]
+    rest = [] if extra == ["--one"] else extra
+    assert cli(tmp_path, *people, *rest, "--negative-identity", "others") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not list((tmp_path / "out").iterdir())

@@ -78,6 +78,9 @@ class GenerationRequest:
     id_images: tuple[tuple[str, ...], ...] | None = None
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
+    negative_identity: str | None = (
+        None  # true CFG's negative pass per person (NEGATIVE_IDENTITIES); None: the default
+    )
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
@@ -259,7 +262,8 @@ def _generate_several(
     combine = COMBINATIONS[request.combine or DEFAULT_COMBINATION]
     output = pipe(
         request.prompt, id_images=[list(photos) for photos in request.id_images], boxes=boxes,
-        mode=request.mode, policy=policy, recorder=recorder, combine=combine, **request.sampling(),
+        mode=request.mode, policy=policy, recorder=recorder, combine=combine,
+        negative_identity=request.negative_identity, **request.sampling(),
     )  # fmt: skip
     sidecar = _sidecar(pipe, request, policy, scheduler, model)
     sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
@@ -324,7 +328,12 @@ def _panels_at_weight(pipe: Any, request: GenerationRequest, id_features: Any) -
 def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
-    for several in ("id_images", "boxes", "combine"):  # one person's record stays as it was
+    for several in (
+        "id_images",
+        "boxes",
+        "combine",
+        "negative_identity",
+    ):  # one person's record stays as it was
         if record[several] is None:
             record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)

@@ -20,7 +20,15 @@ from idgen.cli.common import (
 )
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
-from idgen.pipelines.names import DEFAULT_PHOTO_COMBINATION, MODES, NONE, PHOTO_COMBINATIONS, SPATIAL
+from idgen.pipelines.names import (
+    DEFAULT_NEGATIVE_IDENTITY,
+    DEFAULT_PHOTO_COMBINATION,
+    MODES,
+    NEGATIVE_IDENTITIES,
+    NONE,
+    PHOTO_COMBINATIONS,
+    SPATIAL,
+)
 
 MAX_WARNED_WORDS = 20  # words listed in a demo-prompt warning; the rest are counted
 MAX_IMAGES = 1000  # per command
@@ -77,6 +85,12 @@ def add_generate(sub: Any) -> None:
         choices=PHOTO_COMBINATIONS,
         help=f"how several photos of one person are joined (default: {DEFAULT_PHOTO_COMBINATION}; "
         "docs/multi-identity.md)",
+    )
+    p.add_argument(
+        "--negative-identity",
+        choices=NEGATIVE_IDENTITIES,
+        help="several people with true CFG: each person's negative pass takes PuLID's uncond id tokens "
+        f"(default: {DEFAULT_NEGATIVE_IDENTITY}) or the other people's (others; docs/multi-identity.md)",
     )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
@@ -185,9 +199,20 @@ def identity_photos(args: argparse.Namespace) -> tuple[tuple[str, ...], ...] | N
     args.id_image = values[0] if len(values) == 1 else (values or None)
     people = tuple(person_photos(v) for v in values)
     check_combine(args, people)
+    check_negative_identity_flag(args, people)
     if len(people) > 1 or any(len(p) > 1 for p in people) or getattr(args, "id_box", None):
         return people
     return None
+
+
+def check_negative_identity_flag(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
+    """--negative-identity others only with two or more people and, where --true-cfg is given, true CFG."""
+    if getattr(args, "negative_identity", None) != "others":
+        return
+    if len(people) < 2:
+        raise IdgenError("--negative-identity others needs two or more people (repeat --id-image)")
+    if args.true_cfg is not None and args.true_cfg <= 1:
+        raise IdgenError("--negative-identity others steers true CFG's negative pass: give --true-cfg > 1")
 
 
 def check_combine(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
@@ -251,13 +276,14 @@ def generation_request(
         id_images=people,
         boxes=None if people is None or not args.id_box else tuple(args.id_box),
         combine=args.combine,
+        negative_identity=args.negative_identity,
     )
 
 
 def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
     it was before several people existed."""
-    unset = [k for k in ("id_box", "combine") if not getattr(args, k, None)]
+    unset = [k for k in ("id_box", "combine", "negative_identity") if not getattr(args, k, None)]
     return {k: v for k, v in vars(args).items() if k not in ("func", "debug", *unset)}
 
 

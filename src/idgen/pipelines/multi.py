@@ -34,7 +34,12 @@ from idgen.core.multi import (
 from idgen.errors import IdgenError, NoFaceError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.pipelines.base import PhotoInput, encode_photo
-from idgen.pipelines.names import DEFAULT_PHOTO_COMBINATION, UNIFORM
+from idgen.pipelines.names import (
+    DEFAULT_NEGATIVE_IDENTITY,
+    DEFAULT_PHOTO_COMBINATION,
+    NEGATIVE_IDENTITIES,
+    UNIFORM,
+)
 
 MIN_TOKENS_PER_IDENTITY = 4  # a 2x2-token face (32x32 pixels on FLUX): fewer cannot hold a face
 MAX_IDENTITIES = 8
@@ -303,6 +308,23 @@ def check_identities(
     return Identities(entries, given_features, weights, checked_boxes, checked_masks)
 
 
+def check_negative_identity(rule: str, count: int, true_cfg: bool) -> None:
+    """`negative_identity` names a known rule; "others" needs two people and a negative pass (true CFG)."""
+    if rule not in NEGATIVE_IDENTITIES:
+        raise IdgenError(f"unknown negative_identity {rule!r} (choices: {', '.join(NEGATIVE_IDENTITIES)})")
+    if rule == "others" and count < 2:
+        raise IdgenError("negative_identity 'others' needs two or more people in the image")
+    if rule == "others" and not true_cfg:
+        raise IdgenError("negative_identity 'others' steers true CFG's negative pass: set true_cfg_scale > 1")
+
+
+def negative_id_tokens(tokens: Sequence[Tensor], uncond: Sequence[Tensor], rule: str) -> Tensor:
+    """The negative pass's identity rows, identity-major as `tokens` (n x (B, K, dim)): PuLID's uncond tokens
+    ("uncond"), or the next person's own tokens ("others": for two people, each other's), so that true CFG
+    pushes each face towards its own reference and away from the other's."""
+    return torch.cat(list(uncond) if rule == "uncond" else [*tokens[1:], *tokens[:1]])
+
+
 def competing_run(
     pipe: Any,
     identities: Identities,
@@ -317,13 +339,19 @@ def competing_run(
     from idgen.backbones.run import InjectionRun
 
     combine = settings.pop("combine", None) or COMBINATIONS[DEFAULT_COMBINATION]
+    negative = settings.pop("negative_identity", None) or DEFAULT_NEGATIVE_IDENTITY
     if identities.given_features:
         features = identity_features(pipe.encoder, None, identities.entries, combine)
     else:
         features = identity_features(pipe.encoder, identities.entries, None, combine)
     encoded = [encode_id_tokens(pipe.adapter, f, with_uncond=true_cfg) for f in features]
-    tokens = torch.cat([t.expand(batch, -1, -1) for t, _ in encoded])  # (n * B, K, dim)
-    uncond = torch.cat([u.expand(batch, -1, -1) for _, u in encoded]) if true_cfg else None  # type: ignore[union-attr]
+    rows = [t.expand(batch, -1, -1) for t, _ in encoded]  # n x (B, K, dim)
+    tokens = torch.cat(rows)  # (n * B, K, dim)
+    uncond = (
+        negative_id_tokens(rows, [u.expand(batch, -1, -1) for _, u in encoded], negative)  # type: ignore[union-attr]
+        if true_cfg
+        else None
+    )
     competition = competing_masks(mode, policy, identities.count, identities.boxes, identities.masks)
     return InjectionRun(
         id_tokens=tokens, uncond_id_tokens=uncond, id_weight=max(identities.weights),

@@ -23,3 +23,7 @@ OFFLOADS = (NO_OFFLOAD, "model", "sequential", "group")  # diffusers' offload me
 # on the demo world's validation split (docs/multi-identity.md).
 PHOTO_COMBINATIONS = ("mean-all", "mean-embedding-concat-tokens")
 DEFAULT_PHOTO_COMBINATION = "mean-all"
+# What each person's negative pass sees under true CFG when several people share an image: PuLID's uncond
+# id tokens, or the other people's own tokens (each person steered away from the others).
+NEGATIVE_IDENTITIES = ("uncond", "others")
+DEFAULT_NEGATIVE_IDENTITY = "uncond"

@@ -35,6 +35,7 @@ from idgen.pipelines.multi import (
     Identities,
     PhotoCombination,
     check_identities,
+    check_negative_identity,
     competing_run,
     scalar_weight,
     several_identities,
@@ -128,7 +129,7 @@ class IdentityFluxPipeline:
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
         true_cfg_start_step: int | None = None, num_images_per_prompt: int = 1, return_dict: bool = True,
         id_images: list[Any] | None = None, boxes: list[Any] | None = None, masks: list[Any] | None = None,
-        combine: PhotoCombination | None = None, **flux_kwargs: Any,
+        combine: PhotoCombination | None = None, negative_identity: str | None = None, **flux_kwargs: Any,
     ) -> Any:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`, and
         with neither the spatial mode keeps `self.spatial`'s schedule (the model's; v1 for FLUX).
@@ -141,7 +142,9 @@ class IdentityFluxPipeline:
         conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
         pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
         wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
-        Several people: `id_images`, `boxes`, `masks`, `combine` (see `_identities`).
+        Several people: `id_images`, `boxes`, `masks`, `combine` (see `_identities`), and with true CFG
+        `negative_identity`: each person's negative pass takes PuLID's uncond id tokens ("uncond", the
+        default) or the other people's ("others"; docs/multi-identity.md).
         """
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
@@ -154,6 +157,9 @@ class IdentityFluxPipeline:
             self.pixel_multiple,
         )  # fmt: skip
         identities = self._identities(s, id_image, id_images, id_features, id_weight, boxes, masks)
+        if negative_identity is not None:
+            people = 1 if identities is None else identities.count
+            check_negative_identity(negative_identity, people, (s["true_cfg_scale"] or 1.0) > 1.0)
         prompts, per_prompt = batch_size(prompt, flux_kwargs.get("prompt_embeds")), num_images_per_prompt
         if per_prompt < 1:
             raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
@@ -161,7 +167,7 @@ class IdentityFluxPipeline:
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
         images_per_prompt(call, per_prompt)
-        given = (id_image, id_features, id_weight, combine, start_step, recorder)
+        given = (id_image, id_features, id_weight, (combine, negative_identity), start_step, recorder)
         features, run = self._identity_run(call, s, chosen, mode, identities, given, (prompts, per_prompt))
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
@@ -187,19 +193,20 @@ class IdentityFluxPipeline:
         identities: Identities | None, given: tuple[Any, ...], batch: tuple[int, int],
     ) -> tuple[IdentityFeatures | None, InjectionRun | None]:  # fmt: skip
         """The call's InjectionRun (and one person's features); no policy (mode "none"): no run.
-        given: id_image, id_features, id_weight, combine, start_step, recorder; batch: (prompts, images per
-        prompt)."""
+        given: id_image, id_features, id_weight, (combine, negative_identity), start_step, recorder; batch:
+        (prompts, images per prompt)."""
         if policy is None:
             return None, None
-        id_image, id_features, id_weight, combine, start_step, recorder = given
+        id_image, id_features, id_weight, (combine, negative), start_step, recorder = given
         settings = dict(
             start_step=start_step, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"]
         )
         (prompts, per_prompt), true_cfg = batch, call["true_cfg_scale"] > 1.0
         if identities is not None:
             run = competing_run(
-                self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine, **settings
-            )
+                self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine,
+                negative_identity=negative, **settings,
+            )  # fmt: skip
             return None, run
         features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), prompts)
         run = self._injection_run(

@@ -53,8 +53,8 @@ from idgen.core.gate import MaskPolicy, UniformMask
 from idgen.core.multi import Box, CompetingMasks
 from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
-from idgen.pipelines.multi import competing_masks
-from idgen.pipelines.names import NONE, SPATIAL, UNIFORM
+from idgen.pipelines.multi import competing_masks, negative_id_tokens
+from idgen.pipelines.names import DEFAULT_NEGATIVE_IDENTITY, NEGATIVE_IDENTITIES, NONE, SPATIAL, UNIFORM
 from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
 from idgen.world.evaluators import largest_region_boxes
 from idgen.world.gates import SPLITS, Evaluators, identity_tokens, references, split_people
@@ -167,15 +167,22 @@ def sample(pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | 
 
 
 def competing_run(
-    pipe: Any, feats: Any, people: Sequence[Sequence[int]], mode: Mode, weight: float = 1.0
+    pipe: Any,
+    feats: Any,
+    people: Sequence[Sequence[int]],
+    mode: Mode,
+    weight: float = 1.0,
+    negative: str = DEFAULT_NEGATIVE_IDENTITY,
 ) -> InjectionRun:
     """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
-    identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out."""
+    identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out, and so do the
+    negative pass's (`negative`, as the library's `negative_identity`; one person keeps PuLID's)."""
     policy, competition = mode
     encoded = [identity_tokens(pipe, feats, list(who)) for who in people]
+    rule = negative if len(people) > 1 else DEFAULT_NEGATIVE_IDENTITY
     return InjectionRun(
         id_tokens=torch.cat([tokens for tokens, _ in encoded]),
-        uncond_id_tokens=torch.cat([uncond for _, uncond in encoded]),
+        uncond_id_tokens=negative_id_tokens([t for t, _ in encoded], [u for _, u in encoded], rule),
         id_weight=weight,
         id_weights=(weight,) * len(people),
         competition=competition,
@@ -201,14 +208,19 @@ def competitions(pipe: Any) -> dict[str, Mode]:
     }
 
 
-def generate_modes(pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mode]) -> dict[str, Tensor]:
+def generate_modes(
+    pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mode], negative: str = DEFAULT_NEGATIVE_IDENTITY
+) -> dict[str, Tensor]:
     """Every mode's images of a chunk, from the same seeds; `single` is (2B, ...): left runs, right runs."""
     prompts, seeds = [c.prompt.text for c in chunk], [c.seed for c in chunk]
     pair = ([c.left for c in chunk], [c.right for c in chunk])
     images = {NONE: sample(pipe, prompts, seeds, None)}
     for mode in TWO_PEOPLE_MODES:
-        images[mode] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode]))
-    images[SPATIAL_W2] = sample(pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[SPATIAL], 2.0))
+        images[mode] = sample(
+            pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode], 1.0, negative)
+        )
+    two = competing_run(pipe, feats, pair, runs[SPATIAL], 2.0, negative)
+    images[SPATIAL_W2] = sample(pipe, prompts, seeds, two)
     for mode, weight in ((SINGLE, 1.0), (SINGLE_W2, 2.0)):
         singles = [
             sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"], weight))
@@ -588,8 +600,10 @@ def run(
     batch: int = 50,
     device: str = "cpu",
     assets: Path | None = None,
+    negative_identity: str = DEFAULT_NEGATIVE_IDENTITY,
 ) -> dict[str, Any]:
-    """The gates of the generator in `assets` (default: the shipped one) with the shipped evaluators."""
+    """The gates of the generator in `assets` (default: the shipped one) with the shipped evaluators;
+    `negative_identity` as the library's, for the two-person modes."""
     from tqdm.auto import tqdm
 
     from idgen.world.bundle import ASSETS, load_world
@@ -602,8 +616,11 @@ def run(
     out: list[dict[str, Any]] = []
     for start in tqdm(range(0, len(todo), batch), desc="multi-gates"):
         chunk = todo[start : start + batch]
-        out += rows(evaluators, chunk, generate_modes(pipe, chunk, ref_features, runs))
-    return {**summarise(out, split), "seconds": round(time.perf_counter() - started, 1)}
+        out += rows(evaluators, chunk, generate_modes(pipe, chunk, ref_features, runs, negative_identity))
+    summary = {**summarise(out, split), "seconds": round(time.perf_counter() - started, 1)}
+    if negative_identity != DEFAULT_NEGATIVE_IDENTITY:  # recorded where it is not the default
+        summary["negative_identity"] = negative_identity
+    return summary
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -683,6 +700,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--readme-example", type=Path, metavar="FOLDER",
                         help="write the README's two-person example images into FOLDER and exit")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="with --readme-example: replace its files")
+    parser.add_argument(
+        "--negative-identity",
+        choices=NEGATIVE_IDENTITIES,
+        default=DEFAULT_NEGATIVE_IDENTITY,
+        help="each person's negative pass in the two-person modes (the library's option)",
+    )
     args = parser.parse_args(argv)
     if args.readme_example:
         for name, digest in readme_example(args.readme_example, args.overwrite).items():
@@ -692,7 +715,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     quiet_prompt_truncation()
-    summary = run(args.pairs, args.prompts_per_pair, args.split, args.batch, assets=args.assets)
+    summary = run(
+        args.pairs, args.prompts_per_pair, args.split, args.batch, assets=args.assets,
+        negative_identity=args.negative_identity,
+    )  # fmt: skip
     print(table(summary))
     if args.json:
         kept = summary if args.rows else {k: v for k, v in summary.items() if k != "rows"}
