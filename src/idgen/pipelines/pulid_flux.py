@@ -142,10 +142,7 @@ class IdentityFluxPipeline:
         conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
         pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
         wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
-        Several people: `id_images`, `boxes`, `masks`, `combine` (see `_identities`), and with true CFG
-        `negative_identity`: each person's negative pass takes PuLID's uncond id tokens ("uncond", the
-        default) or the other people's ("others"; docs/multi-identity.md).
-        """
+        Several people: `id_images`, `boxes`, `masks`, `combine`, `negative_identity` (`_identities`)."""
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
@@ -156,10 +153,9 @@ class IdentityFluxPipeline:
             prompt, scalar_weight(id_weight), s["height"], s["width"], s["num_inference_steps"],
             self.pixel_multiple,
         )  # fmt: skip
-        identities = self._identities(s, id_image, id_images, id_features, id_weight, boxes, masks)
-        if negative_identity is not None:
-            people = 1 if identities is None else identities.count
-            check_negative_identity(negative_identity, people, (s["true_cfg_scale"] or 1.0) > 1.0)
+        identities = self._identities(
+            s, negative_identity, id_image, id_images, id_features, id_weight, boxes, masks
+        )
         prompts, per_prompt = batch_size(prompt, flux_kwargs.get("prompt_embeds")), num_images_per_prompt
         if per_prompt < 1:
             raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
@@ -172,21 +168,27 @@ class IdentityFluxPipeline:
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
 
-    def _identities(self, s: dict[str, Any], *given: Any) -> Identities | None:
+    def _identities(self, s: dict[str, Any], negative_identity: str | None, *given: Any) -> Identities | None:
         """A several-people call's identities, checked (None for a call with one id_image / id_features).
 
         Several people (docs/multi-identity.md): `id_images=[a, b]`, each entry a photo or a list of photos
         of that person (joined by `combine`, a PhotoCombination; default MeanAll), or `id_features=[fa, fb]`;
         optional `boxes` (left, top, right, bottom in [0, 1]) or `masks`, one per person; `id_weight` one
         float or one per person. In the spatial mode the people's masks compete for each token; in the
-        uniform mode their residuals are summed.
+        uniform mode their residuals are summed. With true CFG, `negative_identity` says what each person's
+        negative pass takes: PuLID's uncond id tokens ("uncond", the default) or the other people's
+        ("others").
 
         given: id_image, id_images, id_features, id_weight, boxes, masks."""
         id_image, id_images, id_features, id_weight, boxes, masks = given
-        if not several_identities(id_images, id_features, id_weight, boxes, masks):
-            return None
-        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
-        return check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid)
+        identities = None
+        if several_identities(id_images, id_features, id_weight, boxes, masks):
+            grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
+            identities = check_identities(id_image, id_images, id_features, id_weight, boxes, masks, grid)
+        if negative_identity is not None:
+            people = 1 if identities is None else identities.count
+            check_negative_identity(negative_identity, people, (s["true_cfg_scale"] or 1.0) > 1.0)
+        return identities
 
     def _identity_run(
         self, call: dict[str, Any], s: dict[str, Any], policy: MaskPolicy | None, mode: str,
