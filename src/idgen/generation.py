@@ -78,9 +78,8 @@ class GenerationRequest:
     id_images: tuple[tuple[str, ...], ...] | None = None
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
-    negative_identity: str | None = (
-        None  # true CFG's negative pass per person (NEGATIVE_IDENTITIES); None: the default
-    )
+    # What each person's true-CFG negative pass takes (NEGATIVE_IDENTITIES); None: the default.
+    negative_identity: str | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
@@ -328,12 +327,8 @@ def _panels_at_weight(pipe: Any, request: GenerationRequest, id_features: Any) -
 def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
-    for several in (
-        "id_images",
-        "boxes",
-        "combine",
-        "negative_identity",
-    ):  # one person's record stays as it was
+    # One person's record stays as it was.
+    for several in ("id_images", "boxes", "combine", "negative_identity"):
         if record[several] is None:
             record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)

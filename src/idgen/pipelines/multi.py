@@ -14,7 +14,7 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor
@@ -266,6 +266,7 @@ class Identities:
     weights: tuple[float, ...]
     boxes: list[Box] | None = None
     masks: list[Tensor] | None = None
+    negative: str = DEFAULT_NEGATIVE_IDENTITY  # what each person's true-CFG negative pass takes
 
     @property
     def count(self) -> int:
@@ -339,7 +340,6 @@ def competing_run(
     from idgen.backbones.run import InjectionRun
 
     combine = settings.pop("combine", None) or COMBINATIONS[DEFAULT_COMBINATION]
-    negative = settings.pop("negative_identity", None) or DEFAULT_NEGATIVE_IDENTITY
     if identities.given_features:
         features = identity_features(pipe.encoder, None, identities.entries, combine)
     else:
@@ -347,11 +347,10 @@ def competing_run(
     encoded = [encode_id_tokens(pipe.adapter, f, with_uncond=true_cfg) for f in features]
     rows = [t.expand(batch, -1, -1) for t, _ in encoded]  # n x (B, K, dim)
     tokens = torch.cat(rows)  # (n * B, K, dim)
-    uncond = (
-        negative_id_tokens(rows, [u.expand(batch, -1, -1) for _, u in encoded], negative)  # type: ignore[union-attr]
-        if true_cfg
-        else None
-    )
+    uncond = None
+    if true_cfg:  # encode_id_tokens gave each identity its uncond tokens too
+        blanks = [cast(Tensor, u).expand(batch, -1, -1) for _, u in encoded]
+        uncond = negative_id_tokens(rows, blanks, identities.negative)
     competition = competing_masks(mode, policy, identities.count, identities.boxes, identities.masks)
     return InjectionRun(
         id_tokens=tokens, uncond_id_tokens=uncond, id_weight=max(identities.weights),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, cast
@@ -163,7 +164,7 @@ class IdentityFluxPipeline:
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
         images_per_prompt(call, per_prompt)
-        given = (id_image, id_features, id_weight, (combine, negative_identity), start_step, recorder)
+        given = (id_image, id_features, id_weight, combine, start_step, recorder)
         features, run = self._identity_run(call, s, chosen, mode, identities, given, (prompts, per_prompt))
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
@@ -188,6 +189,8 @@ class IdentityFluxPipeline:
         if negative_identity is not None:
             people = 1 if identities is None else identities.count
             check_negative_identity(negative_identity, people, (s["true_cfg_scale"] or 1.0) > 1.0)
+            if identities is not None:
+                identities = dataclasses.replace(identities, negative=negative_identity)
         return identities
 
     def _identity_run(
@@ -195,20 +198,19 @@ class IdentityFluxPipeline:
         identities: Identities | None, given: tuple[Any, ...], batch: tuple[int, int],
     ) -> tuple[IdentityFeatures | None, InjectionRun | None]:  # fmt: skip
         """The call's InjectionRun (and one person's features); no policy (mode "none"): no run.
-        given: id_image, id_features, id_weight, (combine, negative_identity), start_step, recorder; batch:
-        (prompts, images per prompt)."""
+        given: id_image, id_features, id_weight, combine, start_step, recorder; batch: (prompts, images per
+        prompt)."""
         if policy is None:
             return None, None
-        id_image, id_features, id_weight, (combine, negative), start_step, recorder = given
+        id_image, id_features, id_weight, combine, start_step, recorder = given
         settings = dict(
             start_step=start_step, recorder=recorder, true_cfg_start_step=s["true_cfg_start_step"]
         )
         (prompts, per_prompt), true_cfg = batch, call["true_cfg_scale"] > 1.0
         if identities is not None:
             run = competing_run(
-                self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine,
-                negative_identity=negative, **settings,
-            )  # fmt: skip
+                self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine, **settings
+            )
             return None, run
         features = resolve_features(self.encoder, mode, id_image, cast(Any, id_features), prompts)
         run = self._injection_run(
