@@ -513,15 +513,40 @@ def test_negative_identity_others_gives_each_person_the_next_persons_tokens():
     assert [others[2 * i, 0, 0].item() for i in range(3)] == [1.0, 2.0, 0.0]
 
 
-def test_negative_identity_others_changes_only_the_negative_pass(tiny_pipe):
+@pytest.mark.parametrize(
+    ("rule", "mode", "people", "true_cfg", "runs"),
+    [
+        (None, "spatial", 2, True, "others"),  # the masks compete: each face steered away from the other
+        (None, "spatial", 3, True, "others"),
+        (None, "uniform", 2, True, "uncond"),  # summed residuals: PuLID run once per person
+        (None, "spatial", 1, True, "uncond"),  # one person (several photos): PuLID's
+        (None, "spatial", 2, False, "uncond"),  # no negative pass counts
+        ("uncond", "spatial", 2, True, "uncond"),
+        ("others", "uniform", 2, True, "others"),  # a rule given is kept
+    ],
+)
+def test_negative_identity_rule_defaults_to_others_where_the_masks_compete(
+    rule, mode, people, true_cfg, runs
+):
+    from idgen.pipelines.multi import negative_identity_rule
+
+    assert negative_identity_rule(rule, mode, people, true_cfg) == runs
+
+
+def test_negative_identity_changes_only_the_negative_pass(tiny_pipe):
     two = dict(id_features=[features(1), features(2)], true_cfg_scale=2.0, negative_prompt="blurry")
     default = latents(tiny_pipe, **two)
-    assert torch.equal(latents(tiny_pipe, negative_identity="uncond", **two), default)
-    others = latents(tiny_pipe, negative_identity="others", **two)
-    assert not torch.equal(others, default)
+    assert torch.equal(latents(tiny_pipe, negative_identity="others", **two), default)
+    uncond = latents(tiny_pipe, negative_identity="uncond", **two)
+    assert not torch.equal(uncond, default)
+    # The uniform mode's default is PuLID's negative.
+    uniform = dict(two, mode="uniform")
+    assert torch.equal(
+        latents(tiny_pipe, negative_identity="uncond", **uniform), latents(tiny_pipe, **uniform)
+    )
     # Without a negative pass counting (it starts after the last step) the rule changes nothing.
     late = dict(two, true_cfg_start_step=SIZE["num_inference_steps"])
-    assert torch.equal(latents(tiny_pipe, negative_identity="others", **late), latents(tiny_pipe, **late))
+    assert torch.equal(latents(tiny_pipe, negative_identity="uncond", **late), latents(tiny_pipe, **late))
 
 
 @pytest.mark.parametrize(
@@ -551,6 +576,25 @@ def test_cli_negative_identity_others_runs_and_is_recorded(tmp_path):
     assert cli(tmp_path, *args, "--negative-identity", "others") == 0
     sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
     assert sidecar["parameters"]["negative_identity"] == "others"
+    assert sidecar["negative_identity"] == "others"
+
+
+@pytest.mark.parametrize(
+    ("extra", "runs"),
+    [
+        (["--true-cfg", "2"], "others"),
+        (["--true-cfg", "2", "--mode", "uniform"], "uncond"),
+        (["--true-cfg", "2", "--negative-identity", "uncond"], "uncond"),
+        (["--true-cfg", "1"], None),  # no negative pass counts
+    ],
+)
+def test_cli_sidecar_records_the_negative_pass_that_ran(tmp_path, extra, runs):
+    import json
+
+    a, b = save_photos(tmp_path, 2)
+    assert cli(tmp_path, "--id-image", a, "--id-image", b, "--negative-prompt", "blurry", *extra) == 0
+    sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
+    assert sidecar["negative_identity"] == runs
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ class GenerationRequest:
     id_images: tuple[tuple[str, ...], ...] | None = None
     boxes: tuple[tuple[float, float, float, float], ...] | None = None
     combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
-    # What each person's true-CFG negative pass takes (NEGATIVE_IDENTITIES); None: the default.
+    # What each person's true-CFG negative pass takes (NEGATIVE_IDENTITIES); None: the default rule.
     negative_identity: str | None = None
 
     def sampling(self) -> dict[str, Any]:
@@ -252,7 +252,7 @@ def _generate_several(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any, started: float
 ) -> GenerationResult:
     """Several people in one image: per-person masks compete; the strip colours each person's mask."""
-    from idgen.pipelines.multi import COMBINATIONS, DEFAULT_COMBINATION
+    from idgen.pipelines.multi import COMBINATIONS, DEFAULT_COMBINATION, negative_identity_rule
     from idgen.recording import IdentityMaskRecorder
 
     assert request.id_images is not None
@@ -266,6 +266,9 @@ def _generate_several(
     )  # fmt: skip
     sidecar = _sidecar(pipe, request, policy, scheduler, model)
     sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
+    true_cfg = (sidecar["sampling"].get("true_cfg_scale") or 1.0) > 1.0  # else no negative pass counts
+    rule = negative_identity_rule(request.negative_identity, request.mode, len(request.id_images), true_cfg)
+    sidecar["negative_identity"] = rule if true_cfg else None
     masks = recorder.mean_masks_per_step() if recorder is not None else None
     return GenerationResult(output.images[0], None, masks, sidecar, several_identities=True)
 

@@ -35,9 +35,11 @@ from idgen.world.multi_gates import (
     clothes_regions,
     clothing_colours,
     competitions,
+    counts_line,
     example_arguments,
     generate_modes,
     mode_faces,
+    negative_rules,
     readme_example,
     rows,
     side_regions,
@@ -222,6 +224,11 @@ def test_summary_gates_and_table() -> None:
     assert "| 2 (1) |" in lines[2 + MODES.index(SPATIAL)]
     assert "(gate: >= −0.05; **not met**)" in text and "(gate: >= 90%; met)" in text
     assert json.loads(json.dumps(s))["modes"][SPATIAL]["missing_faces"] == 2
+    assert "negative pass" not in counts_line(s)
+    rules = {UNIFORM: "uncond", SPATIAL: "others", SPATIAL_W2: "others"}
+    assert counts_line({**s, "negative_identity": rules}).endswith(
+        f"; each person's true-CFG negative pass ({LABELS[UNIFORM]}: uncond; {LABELS[SPATIAL]}: others)"
+    )
 
 
 def _person(feats: IdentityFeatures, i: int) -> IdentityFeatures:
@@ -268,6 +275,10 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     }
     for mode in MODES[:-1]:
         torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
+    # The world samples with true CFG: the spatial modes' negative pass takes the other person's tokens.
+    spatial_rules = {SPATIAL: "others", SEPARATED: "others", SPATIAL_W2: "others"}
+    assert negative_rules(pipe) == {UNIFORM: "uncond", UNIFORM_BOXES: "uncond", **spatial_rules}
+    assert set(negative_rules(pipe, "uncond").values()) == {"uncond"}
     assert MODES[-1] == RENDERS and images[RENDERS].shape == (1, 3, 64, 64)
     assert not torch.allclose(images[SPATIAL], images[UNIFORM], atol=1e-2)
 

@@ -21,7 +21,6 @@ from idgen.cli.common import (
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
 from idgen.pipelines.names import (
-    DEFAULT_NEGATIVE_IDENTITY,
     DEFAULT_PHOTO_COMBINATION,
     MODES,
     NEGATIVE_IDENTITIES,
@@ -90,7 +89,8 @@ def add_generate(sub: Any) -> None:
         "--negative-identity",
         choices=NEGATIVE_IDENTITIES,
         help="several people with true CFG: each person's negative pass takes PuLID's uncond id tokens "
-        f"(default: {DEFAULT_NEGATIVE_IDENTITY}) or the other people's (others; docs/multi-identity.md)",
+        "(uncond) or the other people's (others). Default: others in the spatial mode, where the people's "
+        "masks compete; uncond in the uniform mode (docs/multi-identity.md)",
     )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)

@@ -35,9 +35,11 @@ from idgen.errors import IdgenError, NoFaceError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.pipelines.base import PhotoInput, encode_photo
 from idgen.pipelines.names import (
-    DEFAULT_NEGATIVE_IDENTITY,
     DEFAULT_PHOTO_COMBINATION,
     NEGATIVE_IDENTITIES,
+    OTHERS_NEGATIVE_IDENTITY,
+    PULID_NEGATIVE_IDENTITY,
+    SPATIAL,
     UNIFORM,
 )
 
@@ -266,7 +268,7 @@ class Identities:
     weights: tuple[float, ...]
     boxes: list[Box] | None = None
     masks: list[Tensor] | None = None
-    negative: str = DEFAULT_NEGATIVE_IDENTITY  # what each person's true-CFG negative pass takes
+    negative: str | None = None  # what each person's true-CFG negative pass takes; None: the default rule
 
     @property
     def count(self) -> int:
@@ -313,17 +315,28 @@ def check_negative_identity(rule: str, count: int, true_cfg: bool) -> None:
     """`negative_identity` names a known rule; "others" needs two people and a negative pass (true CFG)."""
     if rule not in NEGATIVE_IDENTITIES:
         raise IdgenError(f"unknown negative_identity {rule!r} (choices: {', '.join(NEGATIVE_IDENTITIES)})")
-    if rule == "others" and count < 2:
+    if rule == OTHERS_NEGATIVE_IDENTITY and count < 2:
         raise IdgenError("negative_identity 'others' needs two or more people in the image")
-    if rule == "others" and not true_cfg:
+    if rule == OTHERS_NEGATIVE_IDENTITY and not true_cfg:
         raise IdgenError("negative_identity 'others' steers true CFG's negative pass: set true_cfg_scale > 1")
+
+
+def negative_identity_rule(rule: str | None, mode: str, count: int, true_cfg: bool) -> str:
+    """The negative pass a several-people call runs: the rule given, or by default "others" where two or more
+    people's masks compete under true CFG (the spatial mode), and PuLID's "uncond" elsewhere. With summed
+    residuals (the uniform mode) the other people's tokens would carry the same identities as the positive
+    pass, so guidance would cancel every identity instead of steering each face away from the others."""
+    if rule is not None:
+        return rule
+    competing = mode == SPATIAL and count > 1 and true_cfg
+    return OTHERS_NEGATIVE_IDENTITY if competing else PULID_NEGATIVE_IDENTITY
 
 
 def negative_id_tokens(tokens: Sequence[Tensor], uncond: Sequence[Tensor], rule: str) -> Tensor:
     """The negative pass's identity rows, identity-major as `tokens` (n x (B, K, dim)): PuLID's uncond tokens
     ("uncond"), or the next person's own tokens ("others": for two people, each other's), so that true CFG
     pushes each face towards its own reference and away from the other's."""
-    return torch.cat(list(uncond) if rule == "uncond" else [*tokens[1:], *tokens[:1]])
+    return torch.cat(list(uncond) if rule == PULID_NEGATIVE_IDENTITY else [*tokens[1:], *tokens[:1]])
 
 
 def competing_run(
@@ -350,7 +363,8 @@ def competing_run(
     uncond = None
     if true_cfg:  # encode_id_tokens gave each identity its uncond tokens too
         blanks = [cast(Tensor, u).expand(batch, -1, -1) for _, u in encoded]
-        uncond = negative_id_tokens(rows, blanks, identities.negative)
+        rule = negative_identity_rule(identities.negative, mode, identities.count, true_cfg)
+        uncond = negative_id_tokens(rows, blanks, rule)
     competition = competing_masks(mode, policy, identities.count, identities.boxes, identities.masks)
     return InjectionRun(
         id_tokens=tokens, uncond_id_tokens=uncond, id_weight=max(identities.weights),

@@ -24,6 +24,7 @@ OFFLOADS = (NO_OFFLOAD, "model", "sequential", "group")  # diffusers' offload me
 PHOTO_COMBINATIONS = ("mean-all", "mean-embedding-concat-tokens")
 DEFAULT_PHOTO_COMBINATION = "mean-all"
 # What each person's negative pass sees under true CFG when several people share an image: PuLID's uncond
-# id tokens, or the other people's own tokens (each person steered away from the others).
+# id tokens, or the other people's own tokens (each person steered away from the others). The default is
+# `pipelines.multi.negative_identity_rule`'s: "others" where the people's masks compete, else "uncond".
 NEGATIVE_IDENTITIES = ("uncond", "others")
-DEFAULT_NEGATIVE_IDENTITY = "uncond"
+PULID_NEGATIVE_IDENTITY, OTHERS_NEGATIVE_IDENTITY = NEGATIVE_IDENTITIES

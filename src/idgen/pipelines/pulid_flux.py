@@ -177,8 +177,8 @@ class IdentityFluxPipeline:
         optional `boxes` (left, top, right, bottom in [0, 1]) or `masks`, one per person; `id_weight` one
         float or one per person. In the spatial mode the people's masks compete for each token; in the
         uniform mode their residuals are summed. With true CFG, `negative_identity` says what each person's
-        negative pass takes: PuLID's uncond id tokens ("uncond", the default) or the other people's
-        ("others").
+        negative pass takes: PuLID's uncond id tokens ("uncond") or the other people's ("others"); by default
+        "others" where the masks compete (spatial mode), "uncond" in uniform mode (`negative_identity_rule`).
 
         given: id_image, id_images, id_features, id_weight, boxes, masks."""
         id_image, id_images, id_features, id_weight, boxes, masks = given

@@ -23,6 +23,10 @@ same seed, every mode generates:
 - `renders` (not generated): the renderer's own image of the two people in the prompt's scene, the
   ceiling of what the evaluators can read off a two-person image.
 
+The world samples with true CFG, so each two-person mode's negative pass follows the library's default
+(`negative_identity_rule`): the other person's id tokens in the spatial modes, PuLID's uncond tokens in
+the uniform ones; `--negative-identity` sets one rule for all of them. The summary records each mode's.
+
 Scoring (the evaluator models of `idgen.world.gates`): within each person's side of the image the
 evaluator segmenter's largest face region is that person's face (none: a missing face, counted). The
 evaluator recogniser embeds it; FaceSim is its cosine to the person's own reference, bleed its cosine to
@@ -53,8 +57,8 @@ from idgen.core.gate import MaskPolicy, UniformMask
 from idgen.core.multi import Box, CompetingMasks
 from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
-from idgen.pipelines.multi import competing_masks, negative_id_tokens
-from idgen.pipelines.names import DEFAULT_NEGATIVE_IDENTITY, NEGATIVE_IDENTITIES, NONE, SPATIAL, UNIFORM
+from idgen.pipelines.multi import competing_masks, negative_id_tokens, negative_identity_rule
+from idgen.pipelines.names import NEGATIVE_IDENTITIES, NONE, PULID_NEGATIVE_IDENTITY, SPATIAL, UNIFORM
 from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
 from idgen.world.evaluators import largest_region_boxes
 from idgen.world.gates import SPLITS, Evaluators, identity_tokens, references, split_people
@@ -75,6 +79,7 @@ SPATIAL_W2, SINGLE_W2 = "spatial_w2", "single_w2"
 MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
 SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
 TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
+LIBRARY_MODES = {UNIFORM: UNIFORM, UNIFORM_BOXES: UNIFORM, SPATIAL: SPATIAL, SEPARATED: SPATIAL}  # `mode=`
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
@@ -172,14 +177,14 @@ def competing_run(
     people: Sequence[Sequence[int]],
     mode: Mode,
     weight: float = 1.0,
-    negative: str = DEFAULT_NEGATIVE_IDENTITY,
+    negative: str = PULID_NEGATIVE_IDENTITY,
 ) -> InjectionRun:
     """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
     identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out, and so do the
     negative pass's (`negative`, as the library's `negative_identity`; one person keeps PuLID's)."""
     policy, competition = mode
     encoded = [identity_tokens(pipe, feats, list(who)) for who in people]
-    rule = negative if len(people) > 1 else DEFAULT_NEGATIVE_IDENTITY
+    rule = negative if len(people) > 1 else PULID_NEGATIVE_IDENTITY
     return InjectionRun(
         id_tokens=torch.cat([tokens for tokens, _ in encoded]),
         uncond_id_tokens=negative_id_tokens([t for t, _ in encoded], [u for _, u in encoded], rule),
@@ -208,18 +213,26 @@ def competitions(pipe: Any) -> dict[str, Mode]:
     }
 
 
+def negative_rules(pipe: Any, negative: str | None = None) -> dict[str, str]:
+    """Each two-person mode's negative pass: `negative`, or the library's default for its mode."""
+    true_cfg = pipe.defaults["true_cfg_scale"] > 1.0
+    modes = {**LIBRARY_MODES, SPATIAL_W2: SPATIAL}
+    return {mode: negative_identity_rule(negative, library, 2, true_cfg) for mode, library in modes.items()}
+
+
 def generate_modes(
-    pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mode], negative: str = DEFAULT_NEGATIVE_IDENTITY
+    pipe: Any, chunk: list[Case], feats: Any, runs: dict[str, Mode], negative: str | None = None
 ) -> dict[str, Tensor]:
     """Every mode's images of a chunk, from the same seeds; `single` is (2B, ...): left runs, right runs."""
     prompts, seeds = [c.prompt.text for c in chunk], [c.seed for c in chunk]
     pair = ([c.left for c in chunk], [c.right for c in chunk])
+    rules = negative_rules(pipe, negative)
     images = {NONE: sample(pipe, prompts, seeds, None)}
     for mode in TWO_PEOPLE_MODES:
         images[mode] = sample(
-            pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode], 1.0, negative)
+            pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode], 1.0, rules[mode])
         )
-    two = competing_run(pipe, feats, pair, runs[SPATIAL], 2.0, negative)
+    two = competing_run(pipe, feats, pair, runs[SPATIAL], 2.0, rules[SPATIAL_W2])
     images[SPATIAL_W2] = sample(pipe, prompts, seeds, two)
     for mode, weight in ((SINGLE, 1.0), (SINGLE_W2, 2.0)):
         singles = [
@@ -567,11 +580,16 @@ def gate_lines(s: dict[str, Any]) -> list[str]:
 
 
 def counts_line(s: dict[str, Any]) -> str:
-    """What was measured: images, identity pairs, faces per mode, the intervals, the minutes it took."""
+    """What was measured: images, identity pairs, faces per mode, the intervals, the minutes it took, and
+    what each two-person mode's true-CFG negative pass took."""
+    rules = s.get("negative_identity", {})
+    negative = "; ".join(f"{LABELS[m]}: {r}" for m, r in rules.items() if m in TWO_PEOPLE_MODES)
     return (
         f"- {s['images']} images of {s['identity_pairs']} identity pairs ({WHAT[s['split']]}), "
         f"{s['images'] * 2} faces per mode; accuracies with 95% Wilson intervals over the faces found, "
-        "means ± 95% t intervals" + (f"; {s['seconds'] / 60:.1f} min" if "seconds" in s else "")
+        "means ± 95% t intervals"
+        + (f"; {s['seconds'] / 60:.1f} min" if "seconds" in s else "")
+        + (f"; each person's true-CFG negative pass ({negative})" if negative else "")
     )
 
 
@@ -600,10 +618,10 @@ def run(
     batch: int = 50,
     device: str = "cpu",
     assets: Path | None = None,
-    negative_identity: str = DEFAULT_NEGATIVE_IDENTITY,
+    negative_identity: str | None = None,
 ) -> dict[str, Any]:
     """The gates of the generator in `assets` (default: the shipped one) with the shipped evaluators;
-    `negative_identity` as the library's, for the two-person modes."""
+    `negative_identity` as the library's, for the two-person modes (None: the library's default per mode)."""
     from tqdm.auto import tqdm
 
     from idgen.world.bundle import ASSETS, load_world
@@ -618,9 +636,7 @@ def run(
         chunk = todo[start : start + batch]
         out += rows(evaluators, chunk, generate_modes(pipe, chunk, ref_features, runs, negative_identity))
     summary = {**summarise(out, split), "seconds": round(time.perf_counter() - started, 1)}
-    if negative_identity != DEFAULT_NEGATIVE_IDENTITY:  # recorded where it is not the default
-        summary["negative_identity"] = negative_identity
-    return summary
+    return {**summary, "negative_identity": negative_rules(pipe, negative_identity)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -703,8 +719,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--negative-identity",
         choices=NEGATIVE_IDENTITIES,
-        default=DEFAULT_NEGATIVE_IDENTITY,
-        help="each person's negative pass in the two-person modes (the library's option)",
+        help="each person's negative pass in the two-person modes (the library's option; default: the "
+        "library's default for each mode)",
     )
     args = parser.parse_args(argv)
     if args.readme_example:
