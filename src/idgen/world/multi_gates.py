@@ -79,7 +79,14 @@ SPATIAL_W2, SINGLE_W2 = "spatial_w2", "single_w2"
 MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
 SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
 TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
-LIBRARY_MODES = {UNIFORM: UNIFORM, UNIFORM_BOXES: UNIFORM, SPATIAL: SPATIAL, SEPARATED: SPATIAL}  # `mode=`
+# Each mode with several people in one call -> the library's `mode=` it runs.
+LIBRARY_MODES = {
+    UNIFORM: UNIFORM,
+    UNIFORM_BOXES: UNIFORM,
+    SPATIAL: SPATIAL,
+    SEPARATED: SPATIAL,
+    SPATIAL_W2: SPATIAL,
+}
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
@@ -181,13 +188,12 @@ def competing_run(
 ) -> InjectionRun:
     """An InjectionRun of n people per image: people[i][b] is identity i of image b. Tokens stack
     identity-major, (n * B, K, dim), as `pipelines.multi.competing_run` lays them out, and so do the
-    negative pass's (`negative`, as the library's `negative_identity`; one person keeps PuLID's)."""
+    negative pass's (`negative`, as the library's `negative_identity`)."""
     policy, competition = mode
     encoded = [identity_tokens(pipe, feats, list(who)) for who in people]
-    rule = negative if len(people) > 1 else PULID_NEGATIVE_IDENTITY
     return InjectionRun(
         id_tokens=torch.cat([tokens for tokens, _ in encoded]),
-        uncond_id_tokens=negative_id_tokens([t for t, _ in encoded], [u for _, u in encoded], rule),
+        uncond_id_tokens=negative_id_tokens([t for t, _ in encoded], [u for _, u in encoded], negative),
         id_weight=weight,
         id_weights=(weight,) * len(people),
         competition=competition,
@@ -216,8 +222,10 @@ def competitions(pipe: Any) -> dict[str, Mode]:
 def negative_rules(pipe: Any, negative: str | None = None) -> dict[str, str]:
     """Each two-person mode's negative pass: `negative`, or the library's default for its mode."""
     true_cfg = pipe.defaults["true_cfg_scale"] > 1.0
-    modes = {**LIBRARY_MODES, SPATIAL_W2: SPATIAL}
-    return {mode: negative_identity_rule(negative, library, 2, true_cfg) for mode, library in modes.items()}
+    return {
+        mode: negative_identity_rule(negative, library, 2, true_cfg)
+        for mode, library in LIBRARY_MODES.items()
+    }
 
 
 def generate_modes(
