@@ -30,7 +30,9 @@ RECIPES = {
     ),
     "align-lr-1e-3": ALIGN_1E3,
     "align-lr-1e-3-other-seeds": ALIGN_1E3.reseeded(1)._replace(data_seed=ALIGN_1E3.data_seed),
-    "shipped": BranchRecipe(),
+    "pidiff-losses": BranchRecipe(stages=(ALIGN, TAILOR)),  # the recipe shipped before: PIDiff's losses alone
+    "align-lr-4e-3": BranchRecipe(stages=(ALIGN._replace(train=replace(ALIGN.train, lr=4e-3)), TAILOR)),
+    "shipped": BranchRecipe(),  # `pidiff-losses` with PuLID's ID term in both stages
 }
 
 

@@ -152,7 +152,7 @@ def test_the_compare_strip_adds_uniform_and_spatial_at_more_id_weights(tmp_path)
 
 @shipped
 @pytest.mark.slow
-def test_the_w_plus_branch_trains_in_two_stages_and_with_pulids_id_term_when_asked(tmp_path):
+def test_the_w_plus_branch_trains_in_two_stages_with_pulids_id_term_and_without_it_when_asked(tmp_path):
     import torch
     from safetensors.torch import load_file
 
@@ -162,14 +162,15 @@ def test_the_w_plus_branch_trains_in_two_stages_and_with_pulids_id_term_when_ask
     assets.mkdir()
     for part in ("flux", "identity", "wplus"):
         (assets / part).symlink_to(ASSETS / part, target_is_directory=True)
-    plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=QUICK_BRANCH)
+    pidiff_losses = QUICK_BRANCH._replace(stages=tuple(s._replace(id_loss_weight=0.0) for s in QUICK_BRANCH.stages))
+    plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=pidiff_losses)
     assert set(plain) == {"loss", "denoise", "disentangle", "preserve"}  # PIDiff's losses alone
     after_align = torch.load(tmp_path / "plain" / "pidiff-stage-1" / "checkpoint.pt", weights_only=True)
     shipped = load_file(assets / "pidiff" / "model.safetensors")
     for name, value in after_align["modules"]["branch"].items():  # stage II leaves F_w as stage I left it
         assert torch.equal(shipped[name], value) == name.startswith("w_proj."), name
-    with_id = QUICK_BRANCH._replace(stages=tuple(s._replace(id_loss_weight=1.0) for s in QUICK_BRANCH.stages))
-    report = train_pidiff_branch(tmp_path / "id", assets, recipe=with_id)
+    assert [s.id_loss_weight for s in QUICK_BRANCH.stages] == [1.0, 1.0]  # the committed recipe's, shortened
+    report = train_pidiff_branch(tmp_path / "id", assets, recipe=QUICK_BRANCH)
     assert set(report) == {"loss", "denoise", "disentangle", "preserve", "id"} and 0 < report["id"] <= 2
 
 

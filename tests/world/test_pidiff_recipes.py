@@ -15,9 +15,13 @@ def test_the_shipped_recipe_is_the_committed_one_and_the_variants_differ_only_wh
     recipes = load_script().RECIPES
     assert recipes["shipped"] == BranchRecipe()
     assert (ALIGN.train.steps, ALIGN.train.lr, TAILOR.train.steps, TAILOR.train.lr) == (1600, 2e-3, 600, 2e-4)
-    before = recipes["align-lr-1e-3"]  # the recipe shipped before: stage I at half the learning rate
+    assert BranchRecipe().stages == (ALIGN._replace(id_loss_weight=1.0), TAILOR._replace(id_loss_weight=1.0))
+    pidiff_losses = recipes["pidiff-losses"]  # the recipe shipped before: PIDiff's losses alone
+    assert pidiff_losses == BranchRecipe(stages=(ALIGN, TAILOR))
+    assert recipes["align-lr-4e-3"].stages == (ALIGN._replace(train=replace(ALIGN.train, lr=4e-3)), TAILOR)
+    before = recipes["align-lr-1e-3"]  # the one before that: stage I at half the learning rate
     assert before.stages == (ALIGN._replace(train=replace(ALIGN.train, lr=1e-3)), TAILOR)
-    assert before._replace(stages=BranchRecipe().stages) == BranchRecipe()
+    assert before._replace(stages=pidiff_losses.stages) == pidiff_losses
     assert ALIGN.weights == IdentityLossWeights(0.0, 0.0) and ALIGN.mapping and not TAILOR.mapping
     assert TAILOR.weights == IdentityLossWeights(2.0, 1.0)
     assert (ALIGN.face_loss_weight, TAILOR.face_loss_weight, ALIGN.id_loss_weight) == (4.0, 4.0, 0.0)
@@ -37,4 +41,4 @@ def test_a_quick_recipe_keeps_each_stage_but_trains_3_steps_on_32_renders():
     fast = script.quick(BranchRecipe())
     assert fast.renders == 32 and [s.train.steps for s in fast.stages] == [3, 3]
     assert [s.train.seed for s in fast.stages] == [15, 17]
-    assert [s._replace(train=None) for s in fast.stages] == [s._replace(train=None) for s in (ALIGN, TAILOR)]
+    assert [s._replace(train=None) for s in fast.stages] == [s._replace(train=None) for s in BranchRecipe().stages]

@@ -6,7 +6,8 @@ encoders and the W+ encoder stay frozen. The reference is the target's own face 
 the W+ adapter's two stages: stage I aligns W+ with the denoiser (F_w and the projections, the denoising
 loss alone, face tokens weighted up because a demo face covers a few of 64 tokens where the W+ adapter's
 stage I trains on face crops); stage II freezes F_w and adds PIDiff's disentanglement and preservation
-terms. PuLID's ID loss can be added to either stage (`BranchStage.id_loss_weight`); the recipe does not.
+terms. The recipe adds PuLID's ID loss to both stages (`BranchStage.id_loss_weight`, `WITH_ID_TERM`): with
+PIDiff's losses alone (`ALIGN`, `TAILOR`) the branch carries about half the identity it carries with it.
 """
 
 from __future__ import annotations
@@ -234,9 +235,13 @@ TAILOR = BranchStage(
 )
 
 
+ID_TERM_WEIGHT = 1.0  # PuLID's ID loss beside PIDiff's, in both stages (the PuLID adapter's weight)
+WITH_ID_TERM = (ALIGN._replace(id_loss_weight=ID_TERM_WEIGHT), TAILOR._replace(id_loss_weight=ID_TERM_WEIGHT))
+
+
 class BranchRecipe(NamedTuple):
     renders: int = 8192
-    stages: tuple[BranchStage, ...] = (ALIGN, TAILOR)  # stage I, then stage II
+    stages: tuple[BranchStage, ...] = WITH_ID_TERM  # stage I, then stage II
     init_seed: int = 16
     data_seed: int = 2  # the PuLID adapter's (`AdapterRecipe.data_seed`), here as plain renders
 
@@ -254,7 +259,7 @@ QUICK_BRANCH = BranchRecipe(
     renders=32,
     stages=tuple(
         s._replace(train=TrainConfig(steps=3, batch_size=4, checkpoint_every=2, seed=s.train.seed))
-        for s in (ALIGN, TAILOR)
+        for s in WITH_ID_TERM
     ),
 )
 
