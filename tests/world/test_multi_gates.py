@@ -295,6 +295,10 @@ def test_cases_are_fixed_and_checked() -> None:
     assert len(todo) == 100 and len({c.seed for c in todo}) == 100
     assert [(c.left, c.right) for c in todo[:4]] == [(0, 1), (0, 1), (2, 3), (2, 3)]
     assert todo[0].prompt != todo[1].prompt and cases(50, 2) == todo
+    gated = cases()  # the gates' default: 8 prompts per pair, 800 faces, the first 2 of each pair as above
+    assert len(gated) == 400 and len({c.seed for c in gated}) == 400
+    assert [c for k, c in enumerate(gated) if k % 8 < 2] == todo
+    assert all(len({c.prompt for c in gated[8 * k : 8 * k + 8]}) == 8 for k in range(50))
     validation = cases(3, 1, "validation")
     assert not {c.seed for c in validation} & {c.seed for c in todo}
     for bad in (0, 51):
