@@ -162,7 +162,8 @@ def test_the_w_plus_branch_trains_in_two_stages_with_pulids_id_term_and_without_
     assets.mkdir()
     for part in ("flux", "identity", "wplus"):
         (assets / part).symlink_to(ASSETS / part, target_is_directory=True)
-    pidiff_losses = QUICK_BRANCH._replace(stages=tuple(s._replace(id_loss_weight=0.0) for s in QUICK_BRANCH.stages))
+    no_term = tuple(s._replace(id_loss_weight=0.0) for s in QUICK_BRANCH.stages)
+    pidiff_losses = QUICK_BRANCH._replace(stages=no_term)
     plain = train_pidiff_branch(tmp_path / "plain", assets, recipe=pidiff_losses)
     assert set(plain) == {"loss", "denoise", "disentangle", "preserve"}  # PIDiff's losses alone
     after_align = torch.load(tmp_path / "plain" / "pidiff-stage-1" / "checkpoint.pt", weights_only=True)
