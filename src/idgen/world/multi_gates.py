@@ -79,14 +79,6 @@ SPATIAL_W2, SINGLE_W2 = "spatial_w2", "single_w2"
 MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
 SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
 TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
-# Each mode with several people in one call -> the library's `mode=` it runs.
-LIBRARY_MODES = {
-    UNIFORM: UNIFORM,
-    UNIFORM_BOXES: UNIFORM,
-    SPATIAL: SPATIAL,
-    SEPARATED: SPATIAL,
-    SPATIAL_W2: SPATIAL,
-}
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
@@ -101,6 +93,14 @@ LABELS = {
 SIDES = ("left", "right")
 _SIDES = tuple(enumerate(SIDES))
 HALVES: tuple[Box, Box] = ((0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0))  # what a user passes as --id-box
+# Each mode with both people in one call, as the library call it is: its `mode=` and its boxes (None: none).
+LIBRARY_CALLS: dict[str, tuple[str, tuple[Box, Box] | None]] = {
+    UNIFORM: (UNIFORM, None),
+    UNIFORM_BOXES: (UNIFORM, HALVES),
+    SPATIAL: (SPATIAL, HALVES),
+    SEPARATED: (SPATIAL, None),
+    SPATIAL_W2: (SPATIAL, HALVES),  # spatial's call at id weight 2
+}
 SIZE = 64
 # Seeds of the generations; validation's never coincide with the held-out ones.
 _SEED_OFFSET = {"test": 700_000, "validation": 800_000}
@@ -214,14 +214,15 @@ def competitions(pipe: Any) -> dict[str, Mode]:
     """Each mode's policy and competition of the people, built by the library as a several-people call
     (`pipe(..., id_images=..., boxes=..., mode=...)`) builds them."""
     spatial, uniform = pipe.spatial, UniformMask()  # the model's own, as `idgen generate` runs it
-    return {
-        UNIFORM: (uniform, competing_masks(UNIFORM, uniform, 2, None, None)),
-        SPATIAL: (spatial, competing_masks(SPATIAL, spatial, 2, list(HALVES), None)),
-        SEPARATED: (spatial, competing_masks(SPATIAL, spatial, 2, None, None)),
-        UNIFORM_BOXES: (uniform, competing_masks(UNIFORM, uniform, 2, list(HALVES), None)),
-        "single_left": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[0]], None)),
-        "single_right": (spatial, competing_masks(SPATIAL, spatial, 1, [HALVES[1]], None)),
-    }
+    policies: dict[str, MaskPolicy] = {SPATIAL: spatial, UNIFORM: uniform}
+    runs = {}
+    for mode in TWO_PEOPLE_MODES:
+        library, boxes = LIBRARY_CALLS[mode]
+        policy = policies[library]
+        runs[mode] = (policy, competing_masks(library, policy, 2, list(boxes) if boxes else None, None))
+    for side, box in zip(SIDES, HALVES, strict=True):
+        runs[f"single_{side}"] = (spatial, competing_masks(SPATIAL, spatial, 1, [box], None))
+    return runs
 
 
 def negative_rules(pipe: Any, negative: str | None = None) -> dict[str, str]:
@@ -229,7 +230,7 @@ def negative_rules(pipe: Any, negative: str | None = None) -> dict[str, str]:
     true_cfg = pipe.defaults["true_cfg_scale"] > 1.0
     return {
         mode: negative_identity_rule(negative, library, 2, true_cfg)
-        for mode, library in LIBRARY_MODES.items()
+        for mode, (library, _) in LIBRARY_CALLS.items()
     }
 
 
