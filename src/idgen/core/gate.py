@@ -8,8 +8,18 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from idgen.core.masks import CANormExtractor, CAOutput, Grid, MaskExtractor, token_centroid
-from idgen.core.refine import MaskRefiner, threshold_mask
+from idgen.core.masks import (
+    Box,
+    CANormExtractor,
+    CAOutput,
+    FixedMaskExtractor,
+    Grid,
+    MaskExtractor,
+    box_token_span,
+    crop_output,
+    token_centroid,
+)
+from idgen.core.refine import GridScaledRefiner, MaskRefiner, threshold_mask
 from idgen.core.schedule import Stage, TemporalSpatialScheduler
 from idgen.errors import IdgenError
 
@@ -105,16 +115,25 @@ class SpatialMask:
     """SpatialID: prior early, refined attention mask mid, relaxed mask late, global floor always.
 
     anchor=None centres the prior on the image (or the scheduler's prior_box), as the authors do.
+    attention_box: the mid and late masks come from the tokens inside this box alone, as if the box were
+    the image (normalised and thresholded over them), and are 0 outside it. None: the whole image, as the
+    authors do. A person given a box among several gets it: over the whole image, the other person's face
+    draws this person's attention too and sets the scale of their mask.
     """
 
     scheduler: TemporalSpatialScheduler
     extractor: MaskExtractor = field(default_factory=CANormExtractor)
     refiner: Refiner = field(default_factory=MaskRefiner)
     anchor: PriorAnchor | None = None
+    attention_box: Box | None = None
     # The early mask depends only on (grid, device, dtype): build it once, not per point and step.
     _early: dict[tuple[Grid, torch.device, torch.dtype], Tensor] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+
+    def __post_init__(self) -> None:
+        if self.attention_box is not None and isinstance(self.extractor, FixedMaskExtractor):
+            raise IdgenError("a fixed mask reads no attention: it takes no attention_box")
 
     @property
     def needs_attn_probs(self) -> bool:
@@ -136,6 +155,21 @@ class SpatialMask:
                 early = prior.reshape(1, tokens, 1).to(heads_out.dtype)  # (1, N, 1)
                 self._early[key] = early
             return early.expand(batch, -1, -1)
-        refined = self.refiner(self.extractor(output, grid))  # (B, H, W)
-        mask = self.scheduler.combine(stage, refined, grid)  # (B, H, W)
+        if self.attention_box is not None:
+            mask = self._inside_box(self.attention_box, output, stage, grid)  # (B, H, W)
+        else:
+            mask = self.scheduler.combine(stage, self.refiner(self.extractor(output, grid)), grid)
         return mask.reshape(batch, tokens, 1).to(heads_out.dtype)
+
+    def _inside_box(self, box: Box, output: CAOutput, stage: Stage, grid: Grid) -> Tensor:
+        """(B, H, W): the stage's mask computed on the box's tokens alone, 0 elsewhere."""
+        rows, cols = box_token_span(box, grid)
+        inside = (rows.stop - rows.start, cols.stop - cols.start)
+        mask = torch.zeros((output.heads_out.shape[0], *grid), device=output.heads_out.device)
+        if inside[0] * inside[1] == 0:
+            return mask
+        # The blur and dilation keep the whole grid's size in tokens: the box crops the image, not the scale.
+        refiner = self.refiner.for_grid(grid) if isinstance(self.refiner, GridScaledRefiner) else self.refiner
+        refined = refiner(self.extractor(crop_output(output, grid, rows, cols), inside))  # (B, h, w)
+        mask[:, rows, cols] = self.scheduler.combine(stage, refined, inside)
+        return mask

@@ -17,6 +17,7 @@ from torch import Tensor
 from idgen.errors import IdgenError
 
 Grid = tuple[int, int]  # (rows, cols) = (H, W) of the image token grid
+Box = tuple[float, float, float, float]  # (left, top, right, bottom) in [0, 1] image coordinates
 
 
 @dataclass
@@ -29,6 +30,33 @@ class CAOutput:
 
     heads_out: Tensor
     attn_probs: Tensor | None = None
+
+
+def box_token_span(box: Box, grid: Grid) -> tuple[slice, slice]:
+    """The rows and columns of the tokens whose centre lies inside `box` (edges included).
+
+    Token j of an n-token axis covers [j/n, (j+1)/n] and its centre is (j + 0.5)/n; a box that holds
+    no centre on an axis gives an empty slice there."""
+
+    def span(n: int, low: float, high: float) -> slice:
+        centres = (torch.arange(n, dtype=torch.float32) + 0.5) / n  # (n,)
+        inside = ((centres >= low) & (centres <= high)).nonzero().flatten()
+        return slice(0, 0) if inside.numel() == 0 else slice(int(inside[0]), int(inside[-1]) + 1)
+
+    left, top, right, bottom = box
+    return span(grid[0], top, bottom), span(grid[1], left, right)
+
+
+def crop_output(output: CAOutput, grid: Grid, rows: slice, cols: slice) -> CAOutput:
+    """The CA output of the tokens in rows x cols of the (H, W) grid, as if they were the whole image."""
+    heads = output.heads_out  # (B, N, D)
+    batch, dim = heads.shape[0], heads.shape[-1]
+    cropped = heads.reshape(batch, *grid, dim)[:, rows, cols].reshape(batch, -1, dim)  # (B, h * w, D)
+    probs = output.attn_probs  # (B, heads, N, K) | None
+    if probs is not None:
+        count, keys = probs.shape[1], probs.shape[-1]
+        probs = probs.reshape(batch, count, *grid, keys)[:, :, rows, cols].reshape(batch, count, -1, keys)
+    return CAOutput(cropped, probs)
 
 
 class MaskExtractor(Protocol):

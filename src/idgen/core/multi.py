@@ -21,11 +21,9 @@ import torch
 from torch import Tensor
 
 from idgen.core.gate import MaskPolicy
-from idgen.core.masks import CAOutput, Grid, resize_mask
+from idgen.core.masks import Box, CAOutput, Grid, box_token_span, resize_mask
 from idgen.core.schedule import TemporalSpatialScheduler
 from idgen.errors import IdgenError
-
-Box = tuple[float, float, float, float]  # (left, top, right, bottom) in [0, 1] image coordinates
 
 
 def separated_boxes(count: int) -> list[Box]:
@@ -51,13 +49,10 @@ class BoxRegion:
     box: Box
 
     def __call__(self, grid: Grid, device: torch.device) -> Tensor:
-        rows, cols = grid
-        left, top, right, bottom = self.box
-        y = (torch.arange(rows, device=device, dtype=torch.float32) + 0.5) / rows  # (H,) token centres
-        x = (torch.arange(cols, device=device, dtype=torch.float32) + 0.5) / cols  # (W,)
-        inside_y = (y >= top) & (y <= bottom)
-        inside_x = (x >= left) & (x <= right)
-        return (inside_y[:, None] & inside_x[None, :]).float()  # (H, W)
+        rows, cols = box_token_span(self.box, grid)
+        inside = torch.zeros(grid, device=device)  # (H, W)
+        inside[rows, cols] = 1.0
+        return inside
 
 
 @dataclass(frozen=True, eq=False)

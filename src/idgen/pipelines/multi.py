@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from idgen.core.gate import MaskPolicy, SpatialMask
+from idgen.core.masks import FixedMaskExtractor
 from idgen.core.multi import (
     ArgmaxAssignment,
     Box,
@@ -241,7 +242,7 @@ def competing_masks(
         regions, centres = tuple(MaskRegion(m) for m in masks), [mask_box(m) for m in masks]
     if mode == UNIFORM:
         return CompetingMasks((policy,) * count, SummedResiduals(), regions)
-    policies = tuple(_centred(policy, box) for box in centres)
+    policies = tuple(_centred(policy, box, inside=bool(regions)) for box in centres)
     return CompetingMasks(policies, ArgmaxAssignment(), regions, _layout(policies) if count > 1 else ())
 
 
@@ -251,12 +252,14 @@ def _layout(policies: Sequence[MaskPolicy]) -> tuple[Region, ...]:
     return tuple(PriorLayout(s) for s in schedulers) if len(schedulers) == len(policies) else ()
 
 
-def _centred(policy: MaskPolicy, box: Box | None) -> MaskPolicy:
-    """A SpatialMask whose early prior is centred on `box` (None: the policy as it is)."""
+def _centred(policy: MaskPolicy, box: Box | None, inside: bool) -> MaskPolicy:
+    """A SpatialMask whose early prior is centred on `box` (None: the policy as it is); `inside`: the
+    identity is limited to that box (or mask), so its attention masks are computed there too."""
     if box is None or not isinstance(policy, SpatialMask):
         return policy
     scheduler = dataclasses.replace(policy.scheduler, prior_box=box)
-    return dataclasses.replace(policy, scheduler=scheduler, anchor=None)
+    within = box if inside and not isinstance(policy.extractor, FixedMaskExtractor) else None
+    return dataclasses.replace(policy, scheduler=scheduler, anchor=None, attention_box=within)
 
 
 @dataclass(frozen=True)
