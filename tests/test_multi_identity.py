@@ -500,6 +500,27 @@ def test_spatial_identities_compete_on_their_early_priors_and_uniform_ones_do_no
     assert competing_masks("uniform", policy, 2, None, None).layout == ()  # the summed baseline
 
 
+def test_boxed_or_masked_identities_compute_their_attention_masks_inside_their_own_region():
+    from idgen.core.gate import SpatialMask
+    from idgen.core.schedule import TemporalSpatialScheduler
+    from idgen.pipelines.multi import competing_masks
+
+    policy = SpatialMask(TemporalSpatialScheduler.from_preset("balanced"))
+    boxes = [(0.0, 0.0, 0.5, 1.0), (0.5, 0.2, 1.0, 0.9)]
+    boxed = competing_masks("spatial", policy, 2, boxes, None)
+    assert [p.attention_box for p in boxed.policies] == boxes  # type: ignore[attr-defined]
+    alone = competing_masks("spatial", policy, 1, boxes[:1], None)
+    assert alone.policies[0].attention_box == boxes[0]  # type: ignore[attr-defined]
+    mask = torch.zeros(8, 8)
+    mask[2:6, 4:8] = 1.0
+    masked = competing_masks("spatial", policy, 2, None, [mask, 1 - mask])
+    assert masked.policies[0].attention_box == (0.5, 0.25, 1.0, 0.75)  # type: ignore[attr-defined]
+    # Without boxes the strips only centre the priors: each person's attention is read over the image.
+    strips = competing_masks("spatial", policy, 2, None, None)
+    assert [p.attention_box for p in strips.policies] == [None, None]  # type: ignore[attr-defined]
+    assert competing_masks("spatial", policy, 1, None, None).policies == (policy,)  # today's path
+
+
 # True CFG's negative pass per person: PuLID's uncond id tokens, or the other people's own.
 
 

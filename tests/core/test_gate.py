@@ -156,3 +156,76 @@ def test_spatial_mask_with_anchor_moves_the_early_prior_only():
     plain = SpatialMask(sched, spy, _identity)
     for t in (0.5, 0.2):
         assert torch.equal(policy(output, t, (3, 5)), plain(output, t, (3, 5)))
+
+
+# A box of its own: the attention mask computed over the box's tokens, as if the box were the image.
+
+
+def _norms_output(norms: list[float]) -> CAOutput:
+    """A CA output whose token i has L2 norm norms[i] (one sample, 2-dim heads)."""
+    values = torch.tensor(norms)
+    return CAOutput(torch.stack([values * 0.6, values * 0.8], dim=-1)[None])  # (1, N, 2)
+
+
+# 2x4 grid, rows [1 3 | 9 1] and [2 3 | 5 1]: the right half draws the most attention.
+NORMS = [1.0, 3.0, 9.0, 1.0, 2.0, 3.0, 5.0, 1.0]
+LEFT = (0.0, 0.0, 0.5, 1.0)
+
+
+def test_attention_box_normalises_over_its_own_tokens_and_leaves_zeros_outside():
+    scheduler = TemporalSpatialScheduler(late_floor=0.5)
+    whole = SpatialMask(scheduler, refiner=_identity)
+    boxed = SpatialMask(scheduler, refiner=_identity, attention_box=LEFT)
+    output = _norms_output(NORMS)
+    mid = boxed(output, 0.5, (2, 4))[0, :, 0].view(2, 4)
+    assert_close(mid, torch.tensor([[0.0, 1.0, 0.0, 0.0], [0.5, 1.0, 0.0, 0.0]]))  # (n - 1) / (3 - 1)
+    late = boxed(output, 0.1, (2, 4))[0, :, 0].view(2, 4)
+    assert_close(late, torch.tensor([[0.5, 1.0, 0.0, 0.0], [0.75, 1.0, 0.0, 0.0]]))
+    # Over the whole image the right half's 9 sets the scale: (n - 1) / (9 - 1) on the left.
+    assert_close(whole(output, 0.5, (2, 4))[0, :2, 0], torch.tensor([0.0, 0.25]))
+
+
+def test_attention_box_keeps_the_early_prior_of_the_whole_image():
+    scheduler = TemporalSpatialScheduler(prior_sigma=0.5, prior_box=LEFT)
+    boxed = SpatialMask(scheduler, attention_box=LEFT)
+    output = _norms_output(NORMS)
+    assert torch.equal(boxed(output, 0.9, (2, 4)), SpatialMask(scheduler)(output, 0.9, (2, 4)))
+
+
+def test_attention_box_refines_at_the_whole_grids_scale():
+    from idgen.core.refine import GridScaledRefiner
+
+    base = MaskRefiner(kernel_size=3, sigma=1.0, dilation=3)
+    output = CAOutput(_random(2, 16, 5))
+    scaled = SpatialMask(
+        TemporalSpatialScheduler(), refiner=GridScaledRefiner(base, (4, 4)), attention_box=LEFT
+    )
+    plain = SpatialMask(TemporalSpatialScheduler(), refiner=base, attention_box=LEFT)
+    # On the 4x2 crop alone the scaled refiner would shrink its kernel; at the 4x4 grid's scale it is `base`.
+    assert torch.equal(scaled(output, 0.5, (4, 4)), plain(output, 0.5, (4, 4)))
+    crop = output.heads_out.view(2, 4, 4, 5)[:, :, :2].reshape(2, 8, 5)
+    expected = SpatialMask(TemporalSpatialScheduler(), refiner=base)(CAOutput(crop), 0.5, (4, 2))
+    assert torch.equal(plain(output, 0.5, (4, 4)).view(2, 4, 4)[:, :, :2], expected.view(2, 4, 2))
+
+
+def test_attention_box_crops_the_attention_probabilities_too():
+    probs = torch.softmax(_random(1, 2, 8, 3), dim=-1)  # (B, heads, N, K)
+    output = CAOutput(_random(1, 8, 4), probs)
+    entropy = AttentionEntropyExtractor()
+    boxed = SpatialMask(TemporalSpatialScheduler(), extractor=entropy, refiner=_identity, attention_box=LEFT)
+    crop = CAOutput(
+        output.heads_out.view(1, 2, 4, 4)[:, :, :2].reshape(1, 4, 4),
+        probs.view(1, 2, 2, 4, 3)[:, :, :, :2].reshape(1, 2, 4, 3),
+    )
+    expected = entropy(crop, (2, 2))  # (1, 2, 2)
+    assert torch.equal(boxed(output, 0.5, (2, 4)).view(1, 2, 4)[:, :, :2], expected)
+
+
+def test_attention_box_without_a_token_inside_gives_zeros_and_a_fixed_mask_refuses_one():
+    from idgen.core.masks import FixedMaskExtractor
+
+    tiny = SpatialMask(TemporalSpatialScheduler(), attention_box=(0.3, 0.3, 0.35, 0.35))
+    assert torch.equal(tiny(_norms_output(NORMS), 0.5, (2, 4)), torch.zeros(1, 8, 1))
+    with pytest.raises(IdgenError, match="a fixed mask reads no attention"):
+        fixed = FixedMaskExtractor(torch.ones(4, 4))
+        SpatialMask(TemporalSpatialScheduler(), extractor=fixed, attention_box=LEFT)

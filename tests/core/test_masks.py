@@ -194,3 +194,13 @@ def test_token_centroid_by_hand():
     assert_close(centroid[0], torch.tensor([1.0, -1.0]))
     assert_close(centroid[1], torch.tensor([-0.625, 0.75]))
     assert centroid[2].isnan().all()  # nothing to average
+
+
+def test_box_token_span_takes_the_tokens_whose_centre_is_inside():
+    from idgen.core.masks import box_token_span
+
+    # 4 tokens per axis: centres 0.125, 0.375, 0.625, 0.875.
+    assert box_token_span((0.0, 0.0, 0.5, 1.0), (4, 4)) == (slice(0, 4), slice(0, 2))
+    assert box_token_span((0.3, 0.125, 0.4, 0.4), (4, 4)) == (slice(0, 2), slice(1, 2))  # edges included
+    assert box_token_span((0.4, 0.0, 0.45, 1.0), (4, 4)) == (slice(0, 4), slice(0, 0))  # no centre inside
+    assert box_token_span((0.5, 0.5, 1.0, 1.0), (3, 2)) == (slice(1, 3), slice(1, 2))  # centre 0.5: in
