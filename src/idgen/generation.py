@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -288,7 +290,19 @@ def _sidecar(
         "seed": request.seed,
         "device": str(weight.device),
         "dtype": str(weight.dtype).removeprefix("torch."),
+        "versions": versions(),
     }
+
+
+def versions() -> dict[str, str]:
+    """Python's and the model stack's versions, as the sidecar records them."""
+    out = {"python": platform.python_version()}
+    for name in ("idgen", "torch", "diffusers", "transformers", "safetensors"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def compare_strip(pipe: Any, request: GenerationRequest, image: Image.Image, id_features: Any) -> Image.Image:

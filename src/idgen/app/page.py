@@ -118,9 +118,7 @@ def check_photo(value: Any) -> None:
 
 def sidecar(result: GenerationResult, model: AppModel, names: dict[str, str]) -> dict[str, Any]:
     """The CLI's sidecar, naming uploads as the user named them rather than by their server path."""
-    from idgen.cli.common import versions
-
-    record = {"image": "idgen.png", **result.sidecar, "model": model.record, "versions": versions()}
+    record = {"image": "idgen.png", **result.sidecar, "model": model.record}
     return renamed(record, names)
 
 

@@ -13,13 +13,14 @@ import traceback
 import warnings
 
 from idgen.cli.app import add_app
-from idgen.cli.common import EXIT_FAILURE, ArgumentParser, versions
+from idgen.cli.common import EXIT_FAILURE, ArgumentParser
 from idgen.cli.doctor import add_doctor
 from idgen.cli.eval import add_eval
 from idgen.cli.generate import add_generate
 from idgen.cli.pidiff import add_edit, add_train_pidiff
 from idgen.cli.world import add_world
 from idgen.errors import IdgenError
+from idgen.generation import versions
 from idgen.validation import shown
 
 # torch's refusal of a pickle goes on to explain how to load it anyway; idgen never does.

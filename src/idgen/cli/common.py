@@ -1,11 +1,9 @@
-"""What every `idgen` command shares: the one-line-error parser, versions, boxes, model loading."""
+"""What every `idgen` command shares: the one-line-error parser, boxes, model loading."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
-from importlib import metadata
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
@@ -20,16 +18,6 @@ EXIT_USAGE = 2  # the command line itself is wrong (argparse's convention)
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of usage + message
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in ("idgen", "torch", "diffusers", "transformers", "safetensors"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
 
 
 def parse_box(text: str) -> tuple[float, float, float, float]:
@@ -137,9 +125,10 @@ def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
-# Import-time chatter of optional packages that transformers imports when they are installed (torchao's
-# kernels for other GPUs, torch's deprecation note on torchao's enums): nothing a user acts on.
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree")
+# Import-time chatter of optional packages that transformers and diffusers import when they are installed
+# (torchao's kernels for other GPUs, torch's deprecation note on torchao's enums, bitsandbytes' optional
+# CPU kernel from the Hub, which it does without, and that Hub client's offline note): nothing a user acts on.
+QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes", "kernels")
 
 
 def quiet_loading() -> None:

@@ -16,7 +16,6 @@ from idgen.cli.common import (
     model_limits,
     parse_box,
     uses_demo_world,
-    versions,
 )
 from idgen.errors import IdgenError
 from idgen.generation import SCHEDULE_SETTINGS, GenerationRequest, MaskSettings, output_paths
@@ -398,7 +397,6 @@ def run_generate(args: argparse.Namespace) -> int:
     for request, out in zip(requests, image_outputs(Path(args.out), len(requests)), strict=True):
         result = generate(pipe, request, model=model)
         result.sidecar["seconds"] = {"load": loaded, **result.sidecar["seconds"]}
-        result.sidecar["versions"] = versions()
         for path in result.save(out, overwrite=args.overwrite, mask_strip=strip, mask_gif=gif):
             print(path)
     return 0
