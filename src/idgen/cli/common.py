@@ -128,7 +128,12 @@ def encoder_options(args: argparse.Namespace) -> dict[str, Any]:
 # Import-time chatter of optional packages that transformers and diffusers import when they are installed
 # (torchao's kernels for other GPUs, torch's deprecation note on torchao's enums, bitsandbytes' optional
 # CPU kernel from the Hub, which it does without, and that Hub client's offline note): nothing a user acts on.
-QUIET_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes", "kernels")
+QUIET_LOGGERS = (
+    "torchao",
+    "torch.utils._pytree",
+    "bitsandbytes.backends.cpu.ops",
+    "kernels._internals.hf_hub",
+)
 
 
 def quiet_loading() -> None:
