@@ -75,9 +75,15 @@ def test_fp8_storage_with_bfloat16_compute_runs_the_identity_in_bfloat16(plain):
     flux.transformer.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
     pipe = wrap(flux)  # a float32 adapter joins the transformer's compute dtype, never its fp8 storage
     assert {p.dtype for p in pipe.adapter.parameters()} == {torch.bfloat16}
-    spatial = latents(pipe, "spatial")
+    spatial, none = latents(pipe, "spatial"), latents(pipe, "none")
     assert spatial.dtype == torch.bfloat16
-    assert (spatial.float() - plain["spatial"]).abs().max().item() < 0.2  # measured 0.099
+    # Relative RMS against float32; the error depends on the CPU's bfloat16 kernels: 2.5% measured on an
+    # AVX512-BF16 x86 CPU (largest element 0.21, against 0.10 on the machine where this test was written).
+    error = (spatial.float() - plain["spatial"]).norm() / plain["spatial"].norm()
+    assert error.item() < 0.05
+    assert strength(spatial.float(), none.float()) == pytest.approx(
+        strength(plain["spatial"], plain["none"]), rel=0.05
+    )
 
 
 def write_gguf_q8_0(transformer, path):

@@ -129,9 +129,13 @@ def test_single_mode_scores_each_person_in_their_own_image() -> None:
     single = mode_faces(ev, SINGLE, torch.cat([images, images]), chunk)
     assert single == both
     blank = mode_faces(ev, SINGLE, torch.cat([images, torch.zeros_like(images)]), chunk)
-    assert all(
-        s["left"] == b["left"] and s["right"] == {"face": False} for s, b in zip(blank, both, strict=True)
-    )
+    for s, b in zip(blank, both, strict=True):
+        # The recogniser embeds only the faces found, so here a smaller batch: on CPUs whose kernels
+        # depend on the batch size (AVX512-BF16), the cosines move in the 7th digit.
+        assert (
+            s["left"] == pytest.approx(b["left"], abs=1e-6) and s["left"]["correct"] is b["left"]["correct"]
+        )
+        assert s["right"] == {"face": False}
 
 
 def test_clothing_colours_of_ground_truth_renders_are_the_scenes() -> None:
