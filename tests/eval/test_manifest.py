@@ -88,6 +88,18 @@ def test_photo_folder_reads_genders_and_reports_what_it_does_not_use(tmp_path):
     ]
 
 
+def test_a_photo_folder_that_is_missing_empty_or_a_file_is_named(tmp_path):
+    (tmp_path / "me.png").write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    for folder, message in (
+        (tmp_path / "me.png", "photo folder is a file, not a folder: "),
+        (tmp_path / "absent", "photo folder not found: "),
+        (tmp_path / "empty", r"photo folder has no images \(\.jpg, "),
+    ):
+        with pytest.raises(IdgenError, match=message):
+            read_photo_folder(folder)
+
+
 def test_same_stem_photos_get_distinct_stable_ids_and_duplicates_count_once(tmp_path):
     # IBench's chineseid folder: R (1).jpg and R (1).png, R.jpg and R.png; two byte-identical copies.
     for name, data in (("R (1).jpg", b"1j"), ("R (1).png", b"1p"), ("R.jpg", b"rj"), ("R.png", b"1j"),

@@ -323,6 +323,8 @@ def read_photo_folder(
     keep_duplicates (then it is reported and kept). An IBench-style manifest.json (`{"faces": [{"file":
     ..., "gender": ...}]}`) next to them adds genders."""
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise IdgenError(f"photo folder is a file, not a folder: {folder}")
     if not folder.is_dir():
         raise IdgenError(f"photo folder not found: {folder}")
     genders = _genders(folder)
