@@ -12,7 +12,9 @@ server stops. Needs the `app` extra (gradio).
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +59,30 @@ def import_gradio() -> Any:
     return gradio
 
 
+def check_address(host: str, port: int | None) -> None:
+    """A one-line error now, before any model loads, where the server could not listen on host:port
+    (None: gradio's search for a free port, which is not checked)."""
+    if ":" in host:  # gradio writes http://{host}:{port}, which an IPv6 literal breaks
+        raise IdgenError(f"cannot listen on {host!r}: the web server takes IPv4 addresses and host names")
+    try:
+        found = socket.getaddrinfo(host or "0.0.0.0", port or 0, type=socket.SOCK_STREAM)  # "": every address
+        family, kind, proto, _, address = found[0]
+    except (socket.gaierror, UnicodeError):
+        raise IdgenError(
+            f"cannot listen on {host!r}: not an address or host name this machine resolves"
+        ) from None
+    if port is None:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server's own socket does
+        try:
+            probe.bind(address)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise IdgenError(f"port {port} on {host} is in use by another program") from None
+            raise IdgenError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+
+
 def start(
     pipe: Any,
     *,
@@ -69,6 +95,7 @@ def start(
 ) -> RunningApp:
     """Serve the page for `pipe` (an IdentityFluxPipeline) on host:port (None: the first free port from
     7860) and return once it listens; the caller stops it."""
+    check_address(host, port)
     import_gradio()
     from idgen.app.files import Workspace
     from idgen.app.form import Limits

@@ -61,11 +61,12 @@ def demo_warnings(prompt: str) -> list[str]:
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from idgen.app import import_gradio, start
+    from idgen.app import check_address, import_gradio, start
     from idgen.validation import device as checked_device
 
     if not 0 <= args.port <= 65535:
         raise IdgenError(f"--port must be in [0, 65535], got {args.port}")
+    check_address(args.host, args.port or None)
     import_gradio()  # a missing extra fails before the model loads
     demo = uses_demo_world(args)
     pipe = load_pipeline(args, checked_device(args.device))
