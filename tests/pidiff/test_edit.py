@@ -113,6 +113,12 @@ def test_bad_input_files(tmp_path):
         read_w_plus(tmp_path / "w.pt")
     with pytest.raises(IdgenError, match="not found"):
         read_w_plus(tmp_path / "nope.safetensors")
+    for bad in (float("nan"), float("inf")):
+        code = torch.zeros(18, 512)
+        code[3, 7] = bad
+        np.save(tmp_path / "bad.npy", code.numpy())
+        with pytest.raises(IdgenError, match=r"W\+ code .*bad\.npy holds NaN or infinite values"):
+            read_w_plus(tmp_path / "bad.npy")
 
 
 def test_generate_with_code_is_deterministic_and_removes_the_branch():

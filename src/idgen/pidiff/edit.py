@@ -50,7 +50,8 @@ def pick_code(
     w_dim: int,
     what: str,
 ) -> Tensor:
-    """tensors[key] as a float32 (L, D) code; one-line errors for a missing key or a wrong shape."""
+    """tensors[key] as a float32 (L, D) code; one-line errors for a missing key, a wrong shape or values
+    that are not finite."""
     if key not in tensors:
         keys = ", ".join(sorted(tensors)[:5]) or "none"
         raise IdgenError(f"{what} has no tensor {key!r} (it has: {keys})")
@@ -60,6 +61,8 @@ def pick_code(
     batched = check_w_plus(w.float(), num_layers, w_dim, what)  # (B, L, D)
     if batched.shape[0] != 1:
         raise IdgenError(f"{what} holds {batched.shape[0]} codes; give one code per file")
+    if not torch.isfinite(batched).all():
+        raise IdgenError(f"{what} holds NaN or infinite values")
     return batched[0]  # (L, D)
 
 
