@@ -90,7 +90,10 @@ def test_the_cli_s_call_works_on_every_backbone(pipe):
 
 def test_a_missing_base_model_is_named(tmp_path):
     tiny = idgen.TINY_RANDOM
-    with pytest.raises(IdgenError, match=r"cannot load a FLUX pipeline from .*nowhere"):
+    missing = "nowhere: no such folder, nor a hub id \\(owner/name\\); run `idgen doctor`"
+    with pytest.raises(IdgenError, match=rf"^cannot load a FLUX pipeline from .*{missing}"):
         idgen.load(tmp_path / "nowhere", tiny, tiny, device="cpu")
-    with pytest.raises(IdgenError, match=r"cannot load an SD1\.5 pipeline from .*nowhere"):
+    with pytest.raises(IdgenError, match=rf"^cannot load an SD1\.5 pipeline from .*{missing}"):
         idgen.load(tmp_path / "nowhere", tiny, tiny, backbone="sd15-wplus", device="cpu")
+    with pytest.raises(IdgenError, match=rf"^cannot load a FLUX pipeline from ~/idgen-absent/{missing}"):
+        idgen.load("~/idgen-absent/nowhere", tiny, tiny, device="cpu")  # "~" is the user's home

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -27,6 +28,7 @@ from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder, IdentityFeatures
 from idgen.io import load_image
 from idgen.models.checkpoint import DOCTOR_HINT
+from idgen.models.loading import split_hub_id
 from idgen.pipelines.names import MODES, NONE, SPATIAL, UNIFORM
 
 PhotoInput = str | os.PathLike[str] | Image.Image
@@ -182,8 +184,13 @@ def seed_generators(
 def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:
     """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
     `what` (offline, a hub id must already be in the cache)."""
+    local = Path(source).expanduser()
+    if not local.exists() and split_hub_id(source) is None:
+        raise IdgenError(
+            f"cannot load {what} from {source}: no such folder, nor a hub id (owner/name); {DOCTOR_HINT}"
+        )
     try:
-        return cls.from_pretrained(str(source), **kwargs)
+        return cls.from_pretrained(str(local) if local.exists() else str(source), **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise IdgenError(f"cannot load {what} from {source}: {first}; {DOCTOR_HINT}") from None
