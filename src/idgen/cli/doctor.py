@@ -23,7 +23,7 @@ def add_doctor(sub: Any) -> None:
     )
     g = p.add_argument_group("other locations (as given to the run itself; nothing is downloaded)")
     for flag, keys in _flags().items():
-        names = ", ".join(WEIGHTS[k].what for k in keys)
+        names = ", ".join(dict.fromkeys(WEIGHTS[k].what for k in keys))  # once each, in order
         g.add_argument(flag, metavar="PATH", help=f"{names}: a file, folder or hub id")
     p.set_defaults(func=run_doctor)
 
