@@ -2,6 +2,7 @@
 devices and offload, and the Img2Img / Inpaint / Kontext variants; each compared with stock diffusers or
 with single calls, bit-exactly where the arithmetic is the same."""
 
+import math
 import os
 
 import numpy as np
@@ -159,6 +160,27 @@ def test_prompt_embeds_without_a_prompt(pipe):
     assert torch.equal(given, latents(pipe))
     with pytest.raises(IdgenError, match="give a prompt or prompt_embeds"):
         latents(pipe, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(id_weight=math.nan), "id_weight must be a finite number, got nan"),
+        (dict(id_weight=math.inf), "id_weight must be a finite number, got inf"),
+        (dict(id_weight=-0.5), "id_weight must be >= 0, got -0.5"),
+        (dict(prompt=5), "prompt must be a string or a list of strings, got int"),
+        (
+            dict(prompt=["a person", 5]),
+            "prompt must be a string or a list of strings, got list of int and str",
+        ),
+        (dict(prompt=["a person", " "]), "prompt is empty"),
+        (dict(id_features=None, id_image=7), "id image must be a file path or a PIL image, got int"),
+        (dict(id_features=None, id_image=torch.zeros(3, 8, 8)), "id image must be .* got Tensor"),
+    ],
+)
+def test_bad_library_inputs_are_one_line_errors(pipe, kwargs, message):
+    with pytest.raises(IdgenError, match=f"^{message}$"):
+        latents(pipe, kwargs.pop("prompt", PROMPT), **kwargs)
 
 
 # folders

@@ -1,5 +1,6 @@
 """Several identities in one image and several photos of one person, on tiny random FLUX on CPU."""
 
+import math
 import warnings
 
 import pytest
@@ -289,7 +290,9 @@ def check(count=2, grid=(4, 4), **kwargs):
         (dict(masks=[torch.ones(2, 2), torch.zeros(2, 2)]), "mask 2 is black everywhere"),
         (dict(masks=[torch.ones(2, 2), 2 * torch.ones(2, 2)]), "mask 2 must be .h, w. with values in .0, 1."),
         (dict(id_weight=[1.0]), "1 id weights for 2 identities"),
-        (dict(id_weight=[1.0, -1.0]), "id_weight must be >= 0 for every identity"),
+        (dict(id_weight=[1.0, -1.0]), "id_weight must be >= 0 and finite for every identity"),
+        (dict(id_weight=[1.0, math.nan]), "id_weight must be >= 0 and finite for every identity"),
+        (dict(id_weight=[math.inf, 1.0]), "id_weight must be >= 0 and finite for every identity"),
         (dict(id_image=photo(0)), "give id_images, or id_image / id_features, not both"),
         (dict(id_images=[photo(0), []]), "every identity needs at least one photo"),
     ],

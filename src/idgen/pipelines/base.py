@@ -11,6 +11,7 @@ FLUX + PuLID and FLUX + the W+ branch (IdentityFluxPipeline), and SD1.5 + the W+
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +110,8 @@ def encode_photo(encoder: IdentityEncoder, id_image: PhotoInput) -> IdentityFeat
     """A photo (path or picture) -> its identity features, errors naming the file."""
     if isinstance(id_image, Image.Image):
         return encoder(id_image, what="the id image")
+    if not isinstance(id_image, str | os.PathLike):
+        raise IdgenError(f"id image must be a file path or a PIL image, got {type(id_image).__name__}")
     return encoder(load_image(id_image, what="id image"), what=str(id_image))
 
 
@@ -145,8 +148,17 @@ def batch_size(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | Non
 
 def check_prompt(prompt: str | list[str]) -> None:
     prompts = [prompt] if isinstance(prompt, str) else prompt
-    if not prompts or any(not isinstance(p, str) or not p.strip() for p in prompts):
+    if not isinstance(prompts, list | tuple) or any(not isinstance(p, str) for p in prompts):
+        raise IdgenError(f"prompt must be a string or a list of strings, got {shown_type(prompt)}")
+    if not prompts or any(not p.strip() for p in prompts):
         raise IdgenError("prompt is empty")
+
+
+def shown_type(value: Any) -> str:
+    """int, or list of int and str: what a value given in place of strings is."""
+    if isinstance(value, list | tuple):
+        return f"{type(value).__name__} of {' and '.join(sorted({type(v).__name__ for v in value}))}"
+    return type(value).__name__
 
 
 def check_generation_inputs(
@@ -156,6 +168,8 @@ def check_generation_inputs(
     A prompt of None is a call given prompt_embeds instead."""
     if prompt is not None:
         check_prompt(prompt)
+    if not math.isfinite(id_weight):
+        raise IdgenError(f"id_weight must be a finite number, got {id_weight}")
     if id_weight < 0:
         raise IdgenError(f"id_weight must be >= 0, got {id_weight}")
     if height <= 0 or width <= 0 or height % multiple or width % multiple:

@@ -11,6 +11,7 @@ residual is added (SummedResiduals).
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,8 +145,8 @@ def identity_weights(id_weight: float | Sequence[float], count: int) -> tuple[fl
         weights = tuple(float(w) for w in id_weight)
     if len(weights) != count:
         raise IdgenError(f"{len(weights)} id weights for {count} identities")
-    if any(not w >= 0 for w in weights):
-        raise IdgenError(f"id_weight must be >= 0 for every identity, got {list(weights)}")
+    if any(not 0 <= w < math.inf for w in weights):  # NaN fails both comparisons
+        raise IdgenError(f"id_weight must be >= 0 and finite for every identity, got {list(weights)}")
     return weights
 
 
