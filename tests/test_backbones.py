@@ -79,6 +79,22 @@ def test_unknown_backbones_and_mismatched_parts_are_named():
         idgen.load(idgen.TINY_RANDOM, idgen.TINY_RANDOM, backbone="flux-wplus")
 
 
+def test_sd15_refuses_flux_only_keywords_it_would_ignore():
+    tiny = idgen.TINY_RANDOM
+    pipe = idgen.load(tiny, tiny, tiny, backbone="sd15-wplus", device="cpu")
+    for extra, refusal in (
+        (dict(true_cfg_scale=3.0), "true_cfg_scale: a FLUX option"),
+        (dict(id_images=[photo(), photo()]), "id_images: a FLUX option"),
+        (
+            dict(max_sequence_length=64, negative_identity="others"),
+            "max_sequence_length, negative_identity: FLUX options",
+        ),
+    ):
+        with pytest.raises(IdgenError, match=f"^{refusal}, which the SD1.5 backbone does not take$"):
+            pipe("a person", photo(), mode="uniform", num_inference_steps=1, **extra)
+    pipe("a person", photo(), mode="uniform", num_inference_steps=1, true_cfg_scale=1.0)  # off, as SD has it
+
+
 def test_the_cli_s_call_works_on_every_backbone(pipe):
     unset = dict(true_cfg_scale=None, negative_prompt=None, height=None, width=None, num_inference_steps=None)
     unset.update(guidance_scale=None, max_sequence_length=None, true_cfg_start_step=None)

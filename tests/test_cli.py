@@ -235,6 +235,27 @@ def test_a_backbone_without_hub_defaults_needs_its_models(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (
+            ["--true-cfg", "3", "--max-sequence-length", "64"],
+            "--true-cfg, --max-sequence-length: FLUX options",
+        ),
+        (["--id-image", str(REFERENCE), "--id-image", str(REFERENCE)], "several people or photos (repeated"),
+        (["--id-image", str(REFERENCE), "--id-box", "0,0,1,1"], "several people or photos (repeated"),
+    ],
+)
+def test_flux_only_options_are_refused_on_sd15_before_anything_loads(tmp_path, capsys, extra, named):
+    # SD1.5's pipeline would swallow these keywords and ignore them.
+    assert generate(tmp_path, "--backbone", "sd15-wplus", *extra) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"idgen: error: {named}") and err.endswith(
+        ", which --backbone sd15-wplus does not take\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_threads_default_to_one_for_the_demo_world_and_obey_the_flag():
     import argparse
 

@@ -49,6 +49,10 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
             ["--benchmark", "demo-quick", "--protocol", "ibench"],
             "unknown protocol 'ibench' (known: spatialid-",
         ),
+        (
+            ["--benchmark", "demo-quick", "--backbone", "sd15-wplus", "--true-cfg", "3"],
+            "--true-cfg: a FLUX option, which --backbone sd15-wplus does not take",
+        ),
     ],
 )
 def test_bad_eval_arguments_give_one_line_errors(tmp_path, capsys, args, message):
@@ -125,3 +129,27 @@ def test_models_are_keyed_by_hub_id_or_content_never_by_where_they_are(tmp_path,
     monkeypatch.chdir(tmp_path / "b")
     assert source_key("pulid.safetensors") == key  # the same file elsewhere, by a relative path: same key
     assert source_key(str(tmp_path / "a")) == source_key(str(tmp_path / "b"))  # folders by content
+
+
+def test_the_sd15_backbone_runs_with_its_own_sampling_defaults(tmp_path, capsys):
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    Image.new("RGB", (32, 32), "grey").save(tmp_path / "photos/a.png")  # the tiny encoder takes any photo
+    (tmp_path / "prompts.txt").write_text("a person on a beach\n")
+    tiny = ["--flux", "tiny-random", "--pulid", "tiny-random", "--encoder", "tiny-random"]
+    args = ["eval", "--photos", str(tmp_path / "photos"), "--prompts", str(tmp_path / "prompts.txt")]
+    out = tmp_path / "o"
+    assert (
+        main([*args, "--backbone", "sd15-wplus", *tiny, "--steps", "2", "--no-progress", "--out", str(out)])
+        == 0
+    )
+    plan = json.loads((out / "plan.json").read_text())["generation"]
+    assert plan["models"]["backbone"] == "sd15-wplus"
+    sampling = plan["sampling"]
+    assert (sampling["guidance_scale"], sampling["num_inference_steps"]) == (
+        7.5,
+        2,
+    )  # SD's guidance, not FLUX's
+    assert "true_cfg_scale" not in sampling
+    assert json.loads((out / "summary.json").read_text())["methods"]["spatial"]["images_scored"] == 1

@@ -13,7 +13,7 @@ from typing import Any
 
 from idgen.cli.common import add_model_arguments, load_pipeline
 from idgen.errors import IdgenError
-from idgen.pipelines.names import IDENTITY_MODES
+from idgen.pipelines.names import DEFAULT_BACKBONE, IDENTITY_MODES, SD15_BACKBONE
 
 TINY_SAMPLING = {"width": 64, "height": 64}  # the tiny random models' own size (FLUX's 1024 is for real ones)
 
@@ -99,6 +99,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and (not math.isfinite(value) or value < 0):
             raise IdgenError(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
+    if args.backbone == SD15_BACKBONE and (args.true_cfg or 1.0) > 1.0:
+        raise IdgenError(f"--true-cfg: a FLUX option, which --backbone {SD15_BACKBONE} does not take")
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -137,6 +139,10 @@ def _model_defaults(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
         from idgen.world.bundle import WORLD_DEFAULTS
 
         return dict(WORLD_DEFAULTS), True
+    if getattr(args, "backbone", None) == SD15_BACKBONE:  # SD's steps and guidance; its size is its UNet's
+        from idgen.pipelines.pidiff_sd15 import SD15_DEFAULTS
+
+        return dict(SD15_DEFAULTS), args.flux == TINY_RANDOM
     if args.flux == TINY_RANDOM:
         return {**FLUX_DEFAULTS, **TINY_SAMPLING}, True
     return dict(FLUX_DEFAULTS), False
@@ -155,6 +161,8 @@ def _settings(
     else:
         models = {k: source_key(getattr(args, k)) for k in ("flux", "pulid", "encoder")}
         models["dtype"] = args.dtype
+        if args.backbone != DEFAULT_BACKBONE:  # the default's plans stay as they were, so they resume
+            models["backbone"] = args.backbone
     return {
         "protocol": chosen.name if chosen else None,
         "sampling": sampling,
@@ -275,8 +283,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _quiet(pipe: Any, quiet: bool) -> Any:
     """--no-progress also silences the pipeline's per-call step bars."""
-    if quiet and hasattr(pipe.flux, "set_progress_bar_config"):
-        pipe.flux.set_progress_bar_config(disable=True)
+    if quiet:
+        pipe.set_progress_bar_config(disable=True)
     return pipe
 
 

@@ -25,6 +25,7 @@ from idgen.pipelines.names import (
     NEGATIVE_IDENTITIES,
     NONE,
     PHOTO_COMBINATIONS,
+    SD15_BACKBONE,
     SPATIAL,
 )
 
@@ -314,6 +315,28 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise IdgenError("--mask-image needs --mode spatial")
 
 
+# The flags behind the FLUX-only keywords of a request.
+FLUX_ONLY_FLAGS = {
+    "true_cfg_scale": "--true-cfg",
+    "true_cfg_start_step": "--true-cfg-start-step",
+    "max_sequence_length": "--max-sequence-length",
+    "id_images": "several people or photos (repeated --id-image, a1,a2, --id-box)",
+    "combine": "--combine",
+    "negative_identity": "--negative-identity",
+}
+
+
+def check_sd15_request(request: GenerationRequest) -> None:
+    """The SD1.5 backbone's refusal of FLUX-only arguments (`check_sd15_arguments`), by their flags, before
+    any model loads."""
+    from idgen.pipelines.pidiff_sd15 import flux_only_arguments, flux_only_refusal
+
+    given = flux_only_arguments(request.sampling() | dataclasses.asdict(request))
+    if given:
+        flags = [FLUX_ONLY_FLAGS.get(name, name) for name in given]
+        raise IdgenError(flux_only_refusal(flags, f"--backbone {SD15_BACKBONE}"))
+
+
 def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
     """Every check that needs no model, in the order a user would fix them; one request per image."""
     from idgen.generation import build_policy
@@ -327,6 +350,8 @@ def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
     size = check.image_size(args.width, args.height, default_size, multiple)
     check_generation_inputs(args.prompt, args.id_weight, size[1], size[0], args.steps or 1, multiple)
     request = generation_request(args, uses_demo_world(args), people)
+    if getattr(args, "backbone", None) == SD15_BACKBONE:
+        check_sd15_request(request)
     inputs = [*check_photos(args, request, people, size, multiple), args.mask_image]
     if args.mask_image:
         check.mask_image_size(args.mask_image, size)

@@ -105,6 +105,8 @@ class IdentityPipeline(Protocol):
         **sampling: Any,
     ) -> IdentityPipelineOutput: ...
 
+    def set_progress_bar_config(self, **kwargs: Any) -> None: ...  # diffusers' step bar, e.g. disable=True
+
 
 def encode_photo(encoder: IdentityEncoder, id_image: PhotoInput) -> IdentityFeatures:
     """A photo (path or picture) -> its identity features, errors naming the file."""

@@ -9,10 +9,11 @@ IDENTITY_MODES: tuple[str, ...] = (UNIFORM, SPATIAL)  # the modes that inject an
 
 # Backbone name -> "module:function" that builds its pipeline from (model, adapter, encoder, device=,
 # torch_dtype=, seed=, **encoder_kwargs). A new backbone is its module plus one line here.
+SD15_BACKBONE = "sd15-wplus"
 BACKBONES: dict[str, str] = {
     "flux-pulid": "idgen.pipelines.pulid_flux:load_flux_pulid",
     "flux-wplus": "idgen.pipelines.pulid_flux:load_flux_wplus",
-    "sd15-wplus": "idgen.pipelines.pidiff_sd15:load_sd15_wplus",
+    SD15_BACKBONE: "idgen.pipelines.pidiff_sd15:load_sd15_wplus",
 }
 DEFAULT_BACKBONE = "flux-pulid"
 

@@ -62,6 +62,32 @@ def identity_tokens_for_batch(
     return cfg_id_tokens(cond, uncond, batch)
 
 
+# FLUX pipelines' keywords that SD1.5's pipeline would swallow and ignore: true CFG, T5's length, and the
+# several-people arguments (the competing masks run on FLUX's token grid).
+FLUX_ONLY_ARGUMENTS = (
+    "true_cfg_scale", "true_cfg_start_step", "max_sequence_length",
+    "id_images", "boxes", "masks", "combine", "negative_identity",
+)  # fmt: skip
+
+
+def flux_only_arguments(given: dict[str, Any]) -> list[str]:
+    """The FLUX-only keywords among `given` that carry a value (None, and true CFG off, do not)."""
+    names = [name for name in FLUX_ONLY_ARGUMENTS if given.get(name) is not None]
+    true_cfg_off = (given.get("true_cfg_scale") or 1.0) <= 1.0  # as SD1.5 has it
+    return [name for name in names if not (name == "true_cfg_scale" and true_cfg_off)]
+
+
+def check_sd15_arguments(given: dict[str, Any]) -> None:
+    flux_only = flux_only_arguments(given)
+    if flux_only:
+        raise IdgenError(flux_only_refusal(flux_only, "the SD1.5 backbone"))
+
+
+def flux_only_refusal(names: list[str], backbone: str) -> str:
+    what = "a FLUX option" if len(names) == 1 else "FLUX options"
+    return f"{', '.join(names)}: {what}, which {backbone} does not take"
+
+
 @torch.no_grad()
 def generate(
     pipe: Any,
@@ -170,6 +196,7 @@ class WPlusSD15Pipeline:
         noise (diffusers' behaviour). Other keyword arguments go to the StableDiffusionPipeline; None ones
         (FLUX's settings left unset) are dropped."""
         sampling = {name: value for name, value in sampling.items() if value is not None}
+        check_sd15_arguments(sampling)
         names = ("height", "width", "num_inference_steps", "guidance_scale", "negative_prompt")
         s = with_defaults(self.defaults, **{name: sampling.pop(name, None) for name in names})
         check_generation_inputs(
@@ -188,6 +215,10 @@ class WPlusSD15Pipeline:
             policy=chosen, recorder=recorder, **s, **sampling,
         )  # fmt: skip
         return IdentityPipelineOutput(images=out.images, id_features=features)
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """The SD1.5 pipeline's step bar (DiffusionPipeline.set_progress_bar_config)."""
+        self.sd.set_progress_bar_config(**kwargs)
 
     def _w_plus(self, features: IdentityFeatures) -> Tensor:
         c = self.adapter.config

@@ -323,6 +323,10 @@ class IdentityFluxPipeline:
     def dtype(self) -> torch.dtype:
         return self.flux.dtype
 
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """The FLUX pipeline's step bar (DiffusionPipeline.set_progress_bar_config)."""
+        self.flux.set_progress_bar_config(**kwargs)
+
     def to(self, *args: Any, **kwargs: Any) -> IdentityFluxPipeline:
         """Move/cast the FLUX pipeline (DiffusionPipeline.to's arguments) and the identity adapter with it."""
         self.flux.to(*args, **kwargs)
