@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -271,3 +272,44 @@ def atomic_save_image(image: Image.Image, path: str | os.PathLike[str], **save_k
     with atomic_output(target) as tmp, open(tmp, "wb") as f:
         image.save(f, format=fmt, **save_kwargs)
         f.flush()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, name: str, what: str) -> Iterator[None]:
+    """Hold `folder/<name>` while a long job writes into `folder`; a second live `what` there is a one-line
+    error. A lock left by a dead process on this machine is taken over (a killed job resumes)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    me = f"{socket.gethostname()} {os.getpid()}\n"
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            holder = path.read_text(errors="replace").split()
+            host, pid = ([*holder, "?", "0"])[:2]
+            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            raise IdgenError(
+                f"another {what} (process {pid} on {host}) is using {folder}; wait for it to finish, "
+                f"or delete {path} if that run is gone"
+            ) from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text() == me:
+                path.unlink()

@@ -142,6 +142,20 @@ def test_resume_refuses_other_settings(tmp_path, data):
         run(tmp_path, config(steps=2, lr=5e-4))
 
 
+def test_a_second_live_run_into_the_same_folder_is_refused(tmp_path, data):
+    from idgen.io import folder_lock
+
+    refused = r"^another PIDiff training run \(process \d+ on .*\) is using "
+    # The lock is held by this (live) process.
+    with (
+        folder_lock(tmp_path / "out", ".lock", "PIDiff training run"),
+        pytest.raises(IdgenError, match=refused),
+    ):
+        run(tmp_path, config(steps=2))
+    assert not (tmp_path / "out" / CHECKPOINT).exists()
+    run(tmp_path, config(steps=1))  # the lock went with its holder
+
+
 def test_shared_code_file(tmp_path):
     write_dataset(tmp_path / "data", shared=True)
     data = PIDiffDataset(tmp_path / "data", RES, L, D)

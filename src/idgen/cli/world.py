@@ -153,12 +153,13 @@ def check_work_seed(work: Path, seed: int) -> None:
 def run_world_train(args: argparse.Namespace) -> int:
     import torch
 
-    from idgen.world.build import STAGES, train_all
+    from idgen.io import folder_lock
+    from idgen.world.build import STAGES, WORK_LOCK, train_all
     from idgen.world.bundle import rebuilding
 
     work, assets = check_train(args)
     torch.set_num_threads(args.threads)
-    with rebuilding(assets):
+    with folder_lock(work, WORK_LOCK, "world training run"), rebuilding(assets):
         report = train_all(
             work,
             assets,

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import socket
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from idgen.errors import IdgenError
 from idgen.eval.manifest import Pair
-from idgen.io import atomic_write_text
+from idgen.io import atomic_write_text, folder_lock
 from idgen.pipelines.names import NONE
 
 PLAN = "plan.json"
@@ -132,45 +129,9 @@ def next_free_folder(out: Path, record: dict[str, Any]) -> Path:
     return candidate
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def run_lock(out: Path, name: str = LOCK) -> Iterator[None]:
-    """Hold `out/<name>` for the run; another live holder is a one-line error. A lock left by a dead
-    process on this machine is taken over."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    me = f"{socket.gethostname()} {os.getpid()}\n"
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            holder = path.read_text(errors="replace").split()
-            host, pid = ([*holder, "?", "0"])[:2]
-            if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
-                path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            raise IdgenError(
-                f"another eval run (process {pid} on {host}) is using {out}; wait for it to finish, "
-                f"or delete {path} if that run is gone"
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            if path.read_text() == me:
-                path.unlink()
+def run_lock(out: Path, name: str = LOCK) -> contextlib.AbstractContextManager[None]:
+    """Hold `out/<name>` for the run (`idgen.io.folder_lock`): another live eval run is a one-line error."""
+    return folder_lock(out, name, "eval run")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from idgen.core.losses import IdentityLossWeights, face_mask_on_grid, identity_tailored_loss, perturb_codes
 from idgen.core.wplus_edit import W_DIM, W_PLUS_LAYERS
 from idgen.errors import IdgenError
-from idgen.io import atomic_output, atomic_write_text, load_image
+from idgen.io import atomic_output, atomic_write_text, folder_lock, load_image
 from idgen.models.wplus import WPlusAdapter
 from idgen.pidiff.edit import W_PLUS_KEY, pick_code, read_tensors
 from idgen.training import TrainConfig, learning_rate, step_generator
@@ -46,6 +46,7 @@ Stage = Literal["stage1", "stage2"]
 METADATA = "metadata.jsonl"
 SHARED_CODES = "wplus.safetensors"
 CHECKPOINT = "checkpoint.pt"
+RUN_LOCK = ".lock"
 LOG = "log.jsonl"
 ADAPTER_FOLDER = "adapter"
 # Config fields that may change between a run and its resume without changing the maths.
@@ -490,7 +491,24 @@ def train_pidiff(
     Writes out_folder/checkpoint.pt, log.jsonl and, at the end, adapter/ (save_wplus_adapter).
     stop_after: leave after this many steps in total (a time-limited job; run again to continue).
     Returns {"step", "steps", "loss", "adapter", "log", "trainable", "resumed_from"}.
+    A second run into the same `out_folder` while this one lives is a one-line error.
     """
+    from accelerate import PartialState
+
+    out = Path(out_folder)
+    main = PartialState().is_main_process  # the lock is the main process's; the others share its run
+    with folder_lock(out, RUN_LOCK, "PIDiff training run") if main else nullcontext():
+        return _train_pidiff(config, pipe_or_path, adapter, data_folder, out, stop_after)
+
+
+def _train_pidiff(
+    config: PIDiffTrainConfig,
+    pipe_or_path: Any,
+    adapter: WPlusAdapter | None,
+    data_folder: str | os.PathLike[str],
+    out_folder: Path,
+    stop_after: int | None,
+) -> dict[str, Any]:
     from idgen.backbones.sd15 import install_wplus
     from idgen.models.wplus import save_wplus_adapter
 
