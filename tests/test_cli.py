@@ -235,6 +235,24 @@ def test_a_backbone_without_hub_defaults_needs_its_models(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sd15_is_checked_against_its_own_limits_not_flux_s(tmp_path, capsys):
+    # SD takes multiples of 8 (FLUX 16), so 40x40 runs; without --steps, SD's own 30 bound --start-step.
+    assert generate(tmp_path, "--backbone", "sd15-wplus", "--width", "40", "--height", "40") == 0
+    assert Image.open(tmp_path / "out.png").size == (40, 40)
+    argv = [
+        "generate",
+        "--backbone",
+        "sd15-wplus",
+        *TINY,
+        "--prompt",
+        "a person",
+        "--id-image",
+        str(REFERENCE),
+    ]
+    assert run([*argv, "--start-step", "30", "--out", str(tmp_path / "b.png")]) == 1
+    assert capsys.readouterr().err == "idgen: error: --start-step must be in [0, 29], got 30\n"
+
+
 @pytest.mark.parametrize(
     ("extra", "named"),
     [

@@ -8,7 +8,7 @@ from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
 from idgen.pipelines.lowvram import QUANTIZE_CHOICES
-from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
+from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS, SD15_BACKBONE
 from idgen.validation import shown
 
 EXIT_FAILURE = 1  # an expected failure: bad input file, missing device, corrupt checkpoint, I/O
@@ -42,6 +42,12 @@ def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
     before it loads."""
     from idgen.validation import flux_pixel_multiple
 
+    if getattr(args, "backbone", None) == SD15_BACKBONE:
+        from idgen.pipelines.pidiff_sd15 import SD15_DEFAULTS, SD15_SIZE, SD_PIXEL_MULTIPLE
+        from idgen.pipelines.tiny import TINY_RANDOM, TINY_SD_SIZE
+
+        side = TINY_SD_SIZE if args.flux == TINY_RANDOM else SD15_SIZE
+        return SD_PIXEL_MULTIPLE, (side, side), int(SD15_DEFAULTS["num_inference_steps"])
     defaults: dict[str, Any]
     if uses_demo_world(args):
         from idgen.world.bundle import ASSETS, WORLD_DEFAULTS

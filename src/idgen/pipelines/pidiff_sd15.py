@@ -41,6 +41,7 @@ from idgen.pipelines.pulid_flux import FLUX_HUB_REPO
 from idgen.pipelines.tiny import TINY_RANDOM, tiny_sd_pipeline, tiny_wplus_adapter, tiny_wplus_encoder
 
 SD_PIXEL_MULTIPLE = 8  # what diffusers' StableDiffusionPipeline accepts
+SD15_SIZE = 512  # SD1.5's own image side: its UNet's 64 latents, 8 pixels each
 # The W+ adapter's inference settings (Euler sampler).
 SD15_DEFAULTS: dict[str, Any] = dict(num_inference_steps=30, guidance_scale=7.5)
 

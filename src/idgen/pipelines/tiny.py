@@ -202,8 +202,10 @@ def tiny_wplus_flux_adapter(seed: int = 0) -> Any:
         return WPlusFluxAdapter(config).eval()
 
 
+TINY_SD_LATENT = 16
+TINY_SD_SIZE = 2 * TINY_SD_LATENT  # the tiny VAE halves once: 32x32 images
 TINY_UNET = dict(
-    sample_size=16,
+    sample_size=TINY_SD_LATENT,
     in_channels=4,
     out_channels=4,
     block_out_channels=(32, 64),
