@@ -385,6 +385,7 @@ def test_cli_several_photos_of_one_person_as_a_comma_separated_list(tmp_path, ca
         (["--id-box", "0,0,0.5,1", "--id-box", "0.5,0,1.5,1"], "box 2 .* must satisfy"),
         (["--prior-box", "0,0,0.5,1"], "--prior-box is for one person; with several, use --id-box"),
         (["--compare"], "--compare shows one person"),
+        (["--compare-id-weight", "2"], "--compare-id-weight shows one person"),
     ],
 )
 def test_cli_bad_several_people_inputs_fail_before_loading_and_write_nothing(

@@ -231,8 +231,9 @@ def check_identities(args: argparse.Namespace, people: tuple[tuple[str, ...], ..
     for flag, value in (("--mask-image", args.mask_image), ("--prior-box", args.prior_box)):
         if value is not None:
             raise IdgenError(f"{flag} is for one person; with several, use --id-box")
-    if args.compare:
-        raise IdgenError("--compare shows one person; it cannot be used with several --id-image")
+    for flag, given in (("--compare", args.compare), ("--compare-id-weight", args.compare_id_weight)):
+        if given:
+            raise IdgenError(f"{flag} shows one person; it cannot be used with several --id-image")
 
 
 def mask_settings(args: argparse.Namespace) -> MaskSettings:
