@@ -162,6 +162,30 @@ ROWS = [
     ("empty prompt", [*GEN, "--prompt", "   "], 1, "prompt is empty"),
     ("no prompt", ["generate", "--out", "{d}/o.png"], 2, "the following arguments are required: --prompt"),
     ("unknown preset", [*GEN, "--preset", "fancy"], 1, "unknown SpatialID preset 'fancy'"),
+    (
+        "mask settings in uniform mode",
+        [*GEN, "--mode", "uniform", "--preset", "v1", "--prior-box", "0,0,0.5,0.5"],
+        1,
+        "--preset, --prior-box: SpatialID mask settings, which --mode uniform does not use",
+    ),
+    (
+        "a compare strip without identity",
+        [*GEN, "--mode", "none", "--compare-id-weight", "2"],
+        1,
+        "--compare and --compare-id-weight compare identity modes; --mode none injects none",
+    ),
+    (
+        "true CFG settings with true CFG off",
+        [*GEN, "--true-cfg", "1", "--negative-prompt", "blurry"],
+        1,
+        "--negative-prompt: a true CFG setting, but true CFG is off at 1 (give --true-cfg > 1)",
+    ),
+    (
+        "true CFG settings on a model whose true CFG is off",
+        [*GEN, *TINY, "--true-cfg-start-step", "2"],
+        1,
+        "--true-cfg-start-step: a true CFG setting, but true CFG is off at 1 (give --true-cfg > 1)",
+    ),
     ("unknown mode", [*GEN, "--mode", "everywhere"], 2, "invalid choice: 'everywhere'"),
     ("unknown option", [*GEN, "--colour", "red"], 2, "unrecognized arguments: --colour"),
     (

@@ -607,9 +607,9 @@ def test_cli_negative_identity_others_runs_and_is_recorded(tmp_path):
 @pytest.mark.parametrize(
     ("extra", "runs"),
     [
-        (["--true-cfg", "2"], "others"),
-        (["--true-cfg", "2", "--mode", "uniform"], "uncond"),
-        (["--true-cfg", "2", "--negative-identity", "uncond"], "uncond"),
+        (["--true-cfg", "2", "--negative-prompt", "blurry"], "others"),
+        (["--true-cfg", "2", "--negative-prompt", "blurry", "--mode", "uniform"], "uncond"),
+        (["--true-cfg", "2", "--negative-prompt", "blurry", "--negative-identity", "uncond"], "uncond"),
         (["--true-cfg", "1"], None),  # no negative pass counts
     ],
 )
@@ -617,7 +617,7 @@ def test_cli_sidecar_records_the_negative_pass_that_ran(tmp_path, extra, runs):
     import json
 
     a, b = save_photos(tmp_path, 2)
-    assert cli(tmp_path, "--id-image", a, "--id-image", b, "--negative-prompt", "blurry", *extra) == 0
+    assert cli(tmp_path, "--id-image", a, "--id-image", b, *extra) == 0
     sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
     assert sidecar["negative_identity"] == runs
 

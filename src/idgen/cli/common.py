@@ -62,6 +62,19 @@ def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
     return multiple, (int(defaults["width"]), int(defaults["height"])), int(defaults["num_inference_steps"])
 
 
+def default_true_cfg(args: argparse.Namespace) -> float:
+    """The true CFG scale of the model the arguments name when --true-cfg is not given (1: off)."""
+    if getattr(args, "backbone", None) == SD15_BACKBONE:
+        return 1.0  # SD1.5 has none (its own CFG is --guidance)
+    if uses_demo_world(args):
+        from idgen.world.bundle import WORLD_DEFAULTS as defaults
+    else:
+        from idgen.pipelines.pulid_flux import FLUX_DEFAULTS as defaults
+    scale = defaults["true_cfg_scale"]
+    assert isinstance(scale, int | float)  # both tables hold a number there
+    return float(scale)
+
+
 def add_model_arguments(p: Any) -> None:
     """The model flags `idgen generate`, `eval` and `app` share (no model flag: the embedded demo world)."""
     p.add_argument("--backbone", choices=list(BACKBONES), default=DEFAULT_BACKBONE,

@@ -12,6 +12,7 @@ from typing import Any
 from idgen import validation as check
 from idgen.cli.common import (
     add_model_arguments,
+    default_true_cfg,
     load_pipeline,
     model_limits,
     parse_box,
@@ -314,6 +315,42 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
     if args.mask_image and args.mode != SPATIAL:
         raise IdgenError("--mask-image needs --mode spatial")
+    unused = mask_flags_given(args)
+    if unused and args.mode != SPATIAL:  # the compare strip's spatial panel keeps the model's own settings
+        what = "a SpatialID mask setting" if len(unused) == 1 else "SpatialID mask settings"
+        raise IdgenError(f"{', '.join(unused)}: {what}, which --mode {args.mode} does not use")
+    if args.mode == NONE and (args.compare or args.compare_id_weight):
+        raise IdgenError("--compare and --compare-id-weight compare identity modes; --mode none injects none")
+    check_true_cfg_flags(args)
+
+
+def mask_flags_given(args: argparse.Namespace) -> list[str]:
+    """The SpatialID mask flags the command line sets (away from their defaults)."""
+    given = [
+        name
+        for name in ("preset", *SCHEDULE_SETTINGS, "refiner", "anchor")
+        if getattr(args, name) is not None
+    ]
+    given += [
+        name
+        for name, default in (("extractor", "ca-norm"), ("min_spread", 0.0))
+        if getattr(args, name) != default
+    ]
+    return ["--" + name.replace("_", "-") for name in given]
+
+
+def check_true_cfg_flags(args: argparse.Namespace) -> None:
+    """--negative-prompt and --true-cfg-start-step only where true CFG runs (FLUX drops them otherwise)."""
+    scale = args.true_cfg if args.true_cfg is not None else default_true_cfg(args)
+    sd15 = getattr(args, "backbone", None) == SD15_BACKBONE  # SD's own CFG takes a negative prompt
+    values = {"--negative-prompt": None if sd15 else args.negative_prompt}
+    values["--true-cfg-start-step"] = args.true_cfg_start_step
+    flags = [flag for flag, value in values.items() if value is not None]
+    if flags and scale <= 1.0:
+        what = "a true CFG setting" if len(flags) == 1 else "true CFG settings"
+        raise IdgenError(
+            f"{', '.join(flags)}: {what}, but true CFG is off at {scale:g} (give --true-cfg > 1)"
+        )
 
 
 # The flags behind the FLUX-only keywords of a request.
