@@ -315,6 +315,10 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise IdgenError("--mask-strip/--mask-gif need --mode spatial")
     if args.mask_image and args.mode != SPATIAL:
         raise IdgenError("--mask-image needs --mode spatial")
+
+
+def check_flags_take_effect(args: argparse.Namespace) -> None:
+    """Flags the run would silently drop are refused instead."""
     unused = mask_flags_given(args)
     if unused and args.mode != SPATIAL:  # the compare strip's spatial panel keeps the model's own settings
         what = "a SpatialID mask setting" if len(unused) == 1 else "SpatialID mask settings"
@@ -382,6 +386,7 @@ def check_generate(args: argparse.Namespace) -> list[GenerationRequest]:
 
     people = identity_photos(args)
     check_combinations(args)
+    check_flags_take_effect(args)
     multiple, default_size, default_steps = model_limits(args)
     check_numbers(args, args.steps or default_steps)
     seeds = image_seeds(args)
