@@ -285,7 +285,7 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path, name: str, what: str) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, name: str = ".lock") -> Iterator[None]:
     """Hold `folder/<name>` while a long job writes into `folder`; a second live `what` there is a one-line
     error. A lock left by a dead process on this machine is taken over (a killed job resumes)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,7 @@ def test_a_second_live_run_into_the_same_folder_is_refused(tmp_path, data):
     refused = r"^another PIDiff training run \(process \d+ on .*\) is using "
     # The lock is held by this (live) process.
     with (
-        folder_lock(tmp_path / "out", ".lock", "PIDiff training run"),
+        folder_lock(tmp_path / "out", "PIDiff training run"),
         pytest.raises(IdgenError, match=refused),
     ):
         run(tmp_path, config(steps=2))

@@ -120,7 +120,7 @@ def test_world_train_stages(tmp_path, capsys):
 def test_a_second_live_world_training_run_into_the_same_work_folder_is_refused(tmp_path, capsys):
     from idgen.io import folder_lock
 
-    with folder_lock(tmp_path, ".lock", "world training run"):  # held by this (live) process
+    with folder_lock(tmp_path, "world training run"):  # held by this (live) process
         assert main(["world", "train", "--quick", "--work", str(tmp_path), "--stage", "identity"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("idgen: error: another world training run (process ") and err.count("\n") == 1

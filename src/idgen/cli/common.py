@@ -37,42 +37,43 @@ def uses_demo_world(args: argparse.Namespace) -> bool:
     return args.flux is None and args.pulid is None and args.encoder is None
 
 
+def model_defaults(args: argparse.Namespace) -> dict[str, Any]:
+    """The sampling defaults of the model the arguments name, known before it loads: the demo world's,
+    SD1.5's (at its own size) or FLUX's."""
+    if getattr(args, "backbone", None) == SD15_BACKBONE:
+        from idgen.pipelines.pidiff_sd15 import SD15_DEFAULTS, SD15_SIZE
+        from idgen.pipelines.tiny import TINY_RANDOM, TINY_SD_SIZE
+
+        side = TINY_SD_SIZE if args.flux == TINY_RANDOM else SD15_SIZE
+        return {**SD15_DEFAULTS, "height": side, "width": side}
+    if uses_demo_world(args):
+        from idgen.world.bundle import WORLD_DEFAULTS
+
+        return dict(WORLD_DEFAULTS)
+    from idgen.pipelines.pulid_flux import FLUX_DEFAULTS
+
+    return dict(FLUX_DEFAULTS)
+
+
 def model_limits(args: argparse.Namespace) -> tuple[int, tuple[int, int], int]:
     """(pixel multiple, default (width, height), default steps) of the model the arguments name, known
     before it loads."""
     from idgen.validation import flux_pixel_multiple
 
+    defaults = model_defaults(args)
     if getattr(args, "backbone", None) == SD15_BACKBONE:
-        from idgen.pipelines.pidiff_sd15 import SD15_DEFAULTS, SD15_SIZE, SD_PIXEL_MULTIPLE
-        from idgen.pipelines.tiny import TINY_RANDOM, TINY_SD_SIZE
+        from idgen.pipelines.pidiff_sd15 import SD_PIXEL_MULTIPLE
 
-        side = TINY_SD_SIZE if args.flux == TINY_RANDOM else SD15_SIZE
-        return SD_PIXEL_MULTIPLE, (side, side), int(SD15_DEFAULTS["num_inference_steps"])
-    defaults: dict[str, Any]
-    if uses_demo_world(args):
-        from idgen.world.bundle import ASSETS, WORLD_DEFAULTS
+        multiple = SD_PIXEL_MULTIPLE
+    elif uses_demo_world(args):
+        from idgen.world.bundle import ASSETS
 
-        defaults = dict(WORLD_DEFAULTS)
         multiple = flux_pixel_multiple(ASSETS / "flux")
     else:
-        from idgen.pipelines.pulid_flux import FLUX_DEFAULTS, FLUX_PIXEL_MULTIPLE
+        from idgen.pipelines.pulid_flux import FLUX_PIXEL_MULTIPLE
 
-        defaults = FLUX_DEFAULTS
         multiple = flux_pixel_multiple(args.flux, FLUX_PIXEL_MULTIPLE)
     return multiple, (int(defaults["width"]), int(defaults["height"])), int(defaults["num_inference_steps"])
-
-
-def default_true_cfg(args: argparse.Namespace) -> float:
-    """The true CFG scale of the model the arguments name when --true-cfg is not given (1: off)."""
-    if getattr(args, "backbone", None) == SD15_BACKBONE:
-        return 1.0  # SD1.5 has none (its own CFG is --guidance)
-    if uses_demo_world(args):
-        from idgen.world.bundle import WORLD_DEFAULTS as defaults
-    else:
-        from idgen.pipelines.pulid_flux import FLUX_DEFAULTS as defaults
-    scale = defaults["true_cfg_scale"]
-    assert isinstance(scale, int | float)  # both tables hold a number there
-    return float(scale)
 
 
 def add_model_arguments(p: Any) -> None:

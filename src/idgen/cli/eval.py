@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from idgen.cli.common import add_model_arguments, load_pipeline
+from idgen.cli.common import add_model_arguments, load_pipeline, model_defaults
 from idgen.errors import IdgenError
 from idgen.pipelines.names import DEFAULT_BACKBONE, IDENTITY_MODES, SD15_BACKBONE
 
@@ -99,8 +99,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if value is not None and (not math.isfinite(value) or value < 0):
             raise IdgenError(f"--{flag.replace('_', '-')} must be a finite number >= 0, got {value}")
-    if args.backbone == SD15_BACKBONE and (args.true_cfg or 1.0) > 1.0:
-        raise IdgenError(f"--true-cfg: a FLUX option, which --backbone {SD15_BACKBONE} does not take")
+    if args.backbone == SD15_BACKBONE:
+        from idgen.pipelines.pidiff_sd15 import flux_only_arguments, flux_only_refusal
+
+        if flux_only_arguments({"true_cfg_scale": args.true_cfg}):
+            raise IdgenError(flux_only_refusal(["--true-cfg"], f"--backbone {SD15_BACKBONE}"))
 
 
 def report_command(args: argparse.Namespace) -> int:
@@ -133,19 +136,14 @@ def _world(args: argparse.Namespace) -> bool:
 def _model_defaults(args: argparse.Namespace) -> tuple[dict[str, Any], bool]:
     """The model's own sampling defaults, and whether it is a small model (tiny random or demo world)."""
     from idgen.api import TINY_RANDOM
-    from idgen.pipelines.pulid_flux import FLUX_DEFAULTS
 
+    defaults = model_defaults(args)
     if _world(args):
-        from idgen.world.bundle import WORLD_DEFAULTS
-
-        return dict(WORLD_DEFAULTS), True
-    if getattr(args, "backbone", None) == SD15_BACKBONE:  # SD's steps and guidance; its size is its UNet's
-        from idgen.pipelines.pidiff_sd15 import SD15_DEFAULTS
-
-        return dict(SD15_DEFAULTS), args.flux == TINY_RANDOM
-    if args.flux == TINY_RANDOM:
-        return {**FLUX_DEFAULTS, **TINY_SAMPLING}, True
-    return dict(FLUX_DEFAULTS), False
+        return defaults, True
+    small = args.flux == TINY_RANDOM
+    if small and args.backbone != SD15_BACKBONE:  # tiny FLUX at its own size (FLUX's 1024 is for real ones)
+        defaults |= TINY_SAMPLING
+    return defaults, small
 
 
 def _settings(

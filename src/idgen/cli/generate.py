@@ -12,8 +12,8 @@ from typing import Any
 from idgen import validation as check
 from idgen.cli.common import (
     add_model_arguments,
-    default_true_cfg,
     load_pipeline,
+    model_defaults,
     model_limits,
     parse_box,
     uses_demo_world,
@@ -345,7 +345,7 @@ def mask_flags_given(args: argparse.Namespace) -> list[str]:
 
 def check_true_cfg_flags(args: argparse.Namespace) -> None:
     """--negative-prompt and --true-cfg-start-step only where true CFG runs (FLUX drops them otherwise)."""
-    scale = args.true_cfg if args.true_cfg is not None else default_true_cfg(args)
+    scale = args.true_cfg if args.true_cfg is not None else model_defaults(args).get("true_cfg_scale", 1.0)
     sd15 = getattr(args, "backbone", None) == SD15_BACKBONE  # SD's own CFG takes a negative prompt
     values = {"--negative-prompt": None if sd15 else args.negative_prompt}
     values["--true-cfg-start-step"] = args.true_cfg_start_step
@@ -362,7 +362,8 @@ FLUX_ONLY_FLAGS = {
     "true_cfg_scale": "--true-cfg",
     "true_cfg_start_step": "--true-cfg-start-step",
     "max_sequence_length": "--max-sequence-length",
-    "id_images": "several people or photos (repeated --id-image, a1,a2, --id-box)",
+    "id_images": "several people or photos (repeated --id-image, a1,a2)",
+    "boxes": "--id-box",
     "combine": "--combine",
     "negative_identity": "--negative-identity",
 }
@@ -375,7 +376,7 @@ def check_sd15_request(request: GenerationRequest) -> None:
 
     given = flux_only_arguments(request.sampling() | dataclasses.asdict(request))
     if given:
-        flags = [FLUX_ONLY_FLAGS.get(name, name) for name in given]
+        flags = [FLUX_ONLY_FLAGS.get(name, name) for name in given]  # masks have no flag
         raise IdgenError(flux_only_refusal(flags, f"--backbone {SD15_BACKBONE}"))
 
 

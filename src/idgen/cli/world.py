@@ -154,12 +154,12 @@ def run_world_train(args: argparse.Namespace) -> int:
     import torch
 
     from idgen.io import folder_lock
-    from idgen.world.build import STAGES, WORK_LOCK, train_all
+    from idgen.world.build import STAGES, train_all
     from idgen.world.bundle import rebuilding
 
     work, assets = check_train(args)
     torch.set_num_threads(args.threads)
-    with folder_lock(work, WORK_LOCK, "world training run"), rebuilding(assets):
+    with folder_lock(work, "world training run"), rebuilding(assets):
         report = train_all(
             work,
             assets,

@@ -131,7 +131,7 @@ def next_free_folder(out: Path, record: dict[str, Any]) -> Path:
 
 def run_lock(out: Path, name: str = LOCK) -> contextlib.AbstractContextManager[None]:
     """Hold `out/<name>` for the run (`idgen.io.folder_lock`): another live eval run is a one-line error."""
-    return folder_lock(out, name, "eval run")
+    return folder_lock(out, "eval run", name)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,6 @@ Stage = Literal["stage1", "stage2"]
 METADATA = "metadata.jsonl"
 SHARED_CODES = "wplus.safetensors"
 CHECKPOINT = "checkpoint.pt"
-RUN_LOCK = ".lock"
 LOG = "log.jsonl"
 ADAPTER_FOLDER = "adapter"
 # Config fields that may change between a run and its resume without changing the maths.
@@ -497,7 +496,7 @@ def train_pidiff(
 
     out = Path(out_folder)
     main = PartialState().is_main_process  # the lock is the main process's; the others share its run
-    with folder_lock(out, RUN_LOCK, "PIDiff training run") if main else nullcontext():
+    with folder_lock(out, "PIDiff training run") if main else nullcontext():
         return _train_pidiff(config, pipe_or_path, adapter, data_folder, out, stop_after)
 
 

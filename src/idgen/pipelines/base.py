@@ -201,12 +201,13 @@ def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwarg
     """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
     `what` (offline, a hub id must already be in the cache)."""
     local = Path(source).expanduser()
-    if not local.exists() and split_hub_id(source) is None:
+    found = local.exists()
+    if not found and split_hub_id(source) is None:
         raise IdgenError(
             f"cannot load {what} from {source}: no such folder, nor a hub id (owner/name); {DOCTOR_HINT}"
         )
     try:
-        return cls.from_pretrained(str(local) if local.exists() else str(source), **kwargs)
+        return cls.from_pretrained(str(local) if found else str(source), **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise IdgenError(f"cannot load {what} from {source}: {first}; {DOCTOR_HINT}") from None

@@ -347,7 +347,6 @@ def world_recipes(quick: bool = False, seed: int = 0) -> WorldRecipes:
 
 
 SEED_RECORD = "seed.json"  # in a work folder: the world seed its caches and checkpoints were made with
-WORK_LOCK = ".lock"  # in a work folder while a training run writes into it
 
 
 def work_seed(work: Path) -> int | None:
