@@ -679,11 +679,12 @@ def readme_example(folder: Path, overwrite: bool = False) -> dict[str, str]:
     wrote it), two-people.masks.png (EXAMPLE_STEPS of its mask strip) and two-people.compare.png (reference
     A | uniform | spatial | reference B). Returns each file's sha256."""
     import shutil
+    import subprocess
+    import sys
     import tempfile
 
     from PIL import Image
 
-    from idgen.cli import main as idgen
     from idgen.io import atomic_save_image
     from idgen.viz import side_by_side
     from idgen.world.bundle import ASSETS, sha256
@@ -695,8 +696,16 @@ def readme_example(folder: Path, overwrite: bool = False) -> dict[str, str]:
     references = str(ASSETS / "references")
     with tempfile.TemporaryDirectory() as tmp:
         for mode in (SPATIAL, UNIFORM):
-            if idgen(example_arguments(f"{tmp}/{mode}.png", mode, references)) != 0:
-                raise SystemExit(f"multi_gates: idgen generate --mode {mode} failed")
+            # The command a reader runs, in a process of its own: the world stays a client of the CLI.
+            command = [
+                sys.executable,
+                "-m",
+                "idgen.cli",
+                *example_arguments(f"{tmp}/{mode}.png", mode, references),
+            ]
+            done = subprocess.run(command, check=False, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"multi_gates: idgen generate --mode {mode} failed: {done.stderr.strip()}")
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(f"{tmp}/{SPATIAL}.png", folder / names[0])
         strip = Image.open(f"{tmp}/{SPATIAL}.masks.png")
