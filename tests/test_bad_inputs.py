@@ -297,6 +297,18 @@ ROWS = [
     ),
     # idgen eval: arguments only (the run folder's own checks live in tests/eval)
     ("eval batch size 0", [*EVAL, "--batch-size", "0"], 1, "--batch-size must be >= 1"),
+    (
+        "transformer file without a base model",
+        [*GEN, "--transformer", "{d}/afile"],
+        1,
+        "--transformer replaces a FLUX model's transformer: give --flux too (a FLUX folder or hub id)",
+    ),
+    (
+        "transformer file on tiny-random",
+        [*GEN, *TINY, "--transformer", "{d}/afile"],
+        1,
+        "needs the base model as a FLUX folder or hub id",
+    ),
     ("eval shard", [*EVAL, "--shard", "1"], 2, "--shard must be i/n, got '1'"),
     ("eval seed policy", [*EVAL, "--seed-policy", "random"], 2, "invalid choice: 'random'"),
     ("eval report without out", ["eval", "report"], 1, "needs --out"),

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import os
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder
-from idgen.models.loading import PULID_HUB_REPO
+from idgen.models.loading import PULID_HUB_REPO, split_hub_id
 from idgen.models.pulid import PuLIDAdapter
 from idgen.pipelines.base import IdentityPipeline
-from idgen.pipelines.lowvram import check_quantize, quantize_pipeline
+from idgen.pipelines.lowvram import (
+    check_quantize,
+    check_transformer_file,
+    load_transformer_file,
+    quantize_pipeline,
+)
 from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
-from idgen.pipelines.pulid_flux import FLUX_HUB_REPO, load_flux
+from idgen.pipelines.pulid_flux import FLUX_HUB_REPO, load_flux, pretrained_flux
 from idgen.pipelines.tiny import TINY_RANDOM
 
 __all__ = ["BACKBONES", "FLUX_HUB_REPO", "OFFLOADS", "TINY_RANDOM", "load", "load_flux"]
@@ -33,6 +39,7 @@ def load(
     seed: int = 0,
     offload: str = "none",
     quantize: str = "none",
+    transformer: str | os.PathLike[str] | None = None,
     **encoder_kwargs: Any,
 ) -> IdentityPipeline:
     """Load an identity pipeline; by default PuLID-FLUX (+ SpatialID) around a FluxPipeline.
@@ -48,6 +55,8 @@ def load(
               accelerator, as they run; the identity encoder is built on `device`.
     quantize: one of idgen.pipelines.lowvram.QUANTIZE_CHOICES: the FLUX transformer's weights stored
               quantised (FLUX backbones), applied before any offload.
+    transformer: a file in place of the base's transformer (FLUX backbones, `flux` a folder or hub id):
+              GGUF, or safetensors in any layout `idgen.pipelines.lowvram.load_transformer_file` reads.
     """
     if backbone not in BACKBONES:
         raise IdgenError(f"unknown backbone {backbone!r}; choose one of {', '.join(BACKBONES)}")
@@ -55,19 +64,45 @@ def load(
     check_quantize(quantize, device, backbone)
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    where = device if offload == NO_OFFLOAD else "cpu"
+    if transformer is not None:
+        flux = flux_with_transformer_file(flux, transformer, backbone, quantize, torch_dtype).to(where)
     module, name = BACKBONES[backbone].split(":")
     build = getattr(import_module(module), name)
     if offload != NO_OFFLOAD and encoder == "pulid" and backbone == DEFAULT_BACKBONE:  # on the accelerator
         from idgen.pipelines.pulid_flux import identity_encoder
 
         encoder, encoder_kwargs = identity_encoder(encoder, device, seed, None, **encoder_kwargs), {}
-    where = device if offload == NO_OFFLOAD else "cpu"
     pipe: IdentityPipeline = build(
         flux, pulid, encoder, device=where, torch_dtype=torch_dtype, seed=seed, **encoder_kwargs
     )
     quantize_pipeline(pipe, quantize)
     enable_offload(pipe, offload, device)
     return pipe
+
+
+def flux_with_transformer_file(
+    flux: Any, transformer: str | os.PathLike[str], backbone: str, quantize: str, dtype: torch.dtype
+) -> Any:
+    """The base FLUX pipeline with `transformer`'s file in place of its own transformer, which is never
+    loaded; both are checked before anything loads."""
+    base = transformer_base(flux, backbone)
+    check_transformer_file(transformer, quantize)
+    loaded = load_transformer_file(transformer, base, dtype)
+    return pretrained_flux(base, None, dtype, 0, transformer=loaded)
+
+
+def transformer_base(flux: Any, backbone: str) -> str:
+    """The base a transformer file goes into, checked before anything loads: a FLUX backbone's folder (`~`
+    expanded) or hub id, which gives the file's config and the pipeline's other parts."""
+    if not backbone.startswith("flux"):
+        raise IdgenError(f"a transformer file replaces FLUX's transformer; backbone {backbone!r} has none")
+    if not isinstance(flux, (str, os.PathLike)) or flux == TINY_RANDOM:
+        raise IdgenError("a transformer file needs the base model as a FLUX folder or hub id (its config)")
+    local = Path(flux).expanduser()
+    if not local.exists() and split_hub_id(os.fspath(flux)) is None:
+        raise IdgenError(f"cannot load a FLUX pipeline from {os.fspath(flux)}: no such folder, nor a hub id")
+    return str(local) if local.exists() else os.fspath(flux)
 
 
 def check_offload(offload: str, device: str, backbone: str = DEFAULT_BACKBONE) -> None:

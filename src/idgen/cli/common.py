@@ -94,6 +94,10 @@ def add_model_arguments(p: Any) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default="none",
                    help="store the FLUX transformer's weights quantised (README: low-VRAM)")  # fmt: skip
+    p.add_argument("--transformer", metavar="FILE",
+                   help="one FLUX transformer file in place of --base-model's: GGUF (e.g. "
+                        "flux1-dev-Q4_K_S.gguf) or safetensors in diffusers', Black Forest Labs' or "
+                        "ComfyUI's layout, fp8 files too (README: low-VRAM)")  # fmt: skip
     p.add_argument("--world-adapter", choices=["pulid", "pidiff"], default="pulid",
                    help="demo world: PuLID's adapter or PIDiff's W+ branch")  # fmt: skip
     p.add_argument("--offload", choices=OFFLOADS, default=NO_OFFLOAD,
@@ -125,6 +129,10 @@ def hub_defaults(backbone: str) -> tuple[str | None, str | None]:
 
 def load_demo_world(args: argparse.Namespace, device: str) -> Any:
     """The embedded demo world, with PuLID's adapter or PIDiff's W+ branch (--world-adapter)."""
+    if getattr(args, "transformer", None) is not None:
+        raise IdgenError(
+            "--transformer replaces a FLUX model's transformer: give --flux too (a FLUX folder or hub id)"
+        )
     if getattr(args, "world_adapter", "pulid") == "pidiff":
         from idgen.world.pidiff import load_pidiff_world
 
@@ -204,5 +212,6 @@ def load_pipeline(args: argparse.Namespace, device: str) -> Any:
         torch_dtype=getattr(torch, args.dtype) if args.dtype else None,
         offload=offload,
         quantize=quantize,
+        transformer=getattr(args, "transformer", None),
         **encoder_options(args),
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from idgen.cli.common import add_model_arguments, load_pipeline, model_defaults
 from idgen.errors import IdgenError
+from idgen.pipelines.lowvram import NO_QUANTIZE
 from idgen.pipelines.names import DEFAULT_BACKBONE, IDENTITY_MODES, SD15_BACKBONE
 
 TINY_SAMPLING = {"width": 64, "height": 64}  # the tiny random models' own size (FLUX's 1024 is for real ones)
@@ -159,8 +160,13 @@ def _settings(
     else:
         models = {k: source_key(getattr(args, k)) for k in ("flux", "pulid", "encoder")}
         models["dtype"] = args.dtype
-        if args.backbone != DEFAULT_BACKBONE:  # the default's plans stay as they were, so they resume
+        # Recorded where not the default, so that the default's plans stay as they were and resume.
+        if args.backbone != DEFAULT_BACKBONE:
             models["backbone"] = args.backbone
+        if args.transformer is not None:
+            models["transformer"] = source_key(args.transformer)
+    if args.quantize != NO_QUANTIZE:
+        models["quantize"] = args.quantize
     return {
         "protocol": chosen.name if chosen else None,
         "sampling": sampling,

@@ -10,7 +10,8 @@ for it; the identity networks keep their own dtype (see backbones/flux.py), so a
     fp8-quanto   optimum-quanto qfloat8 weights
     nf4          bitsandbytes 4-bit NormalFloat (Linear4bit) on the blocks' linear layers
 
-A GGUF file (e.g. a published FLUX.1-dev Q8_0) is loaded with `load_gguf_transformer` instead.
+One transformer file in place of the folder's (a published GGUF such as FLUX.1-dev Q4_K_S, or a single
+safetensors file such as flux1-dev.safetensors or ComfyUI's fp8 one) is loaded with `load_transformer_file`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from idgen.errors import CheckpointError, IdgenError
@@ -25,7 +27,14 @@ from idgen.errors import CheckpointError, IdgenError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["QUANTIZE_CHOICES", "check_quantize", "load_gguf_transformer", "quantize_transformer"]
+__all__ = [
+    "QUANTIZE_CHOICES",
+    "check_quantize",
+    "check_transformer_file",
+    "load_gguf_transformer",
+    "load_transformer_file",
+    "quantize_transformer",
+]
 
 NONE = "none"
 NO_QUANTIZE = NONE
@@ -153,33 +162,110 @@ QUANTIZERS: dict[str, Callable[[Any], None]] = {
 }
 
 
+# One transformer file in place of a FLUX folder's: what the community publishes for small GPUs.
+GGUF_SUFFIX = ".gguf"
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+TRANSFORMER_FILE_SUFFIXES = (*SAFETENSORS_SUFFIXES, GGUF_SUFFIX)
+# A FLUX transformer's tensors in Black Forest Labs' layout (ComfyUI prefixes it) or in diffusers'.
+_FLUX_BLOCK_PREFIXES = ("double_blocks.", "transformer_blocks.")
+_COMFYUI_PREFIX = "model.diffusion_model."
+
+
+def check_transformer_file(path: str | os.PathLike[str], quantize: str = NONE) -> Path:
+    """Refuse, in one line and before any model loads, a transformer file that cannot be loaded here:
+    missing, of another kind, holding no FLUX transformer, a GGUF file without the gguf package, or a
+    GGUF file (already quantised) with a `quantize` scheme. Returns the path, `~` expanded."""
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise IdgenError(
+            f"the transformer is one file, not a folder (a whole FLUX model is the base): {path}"
+        )
+    if not file.is_file():
+        raise IdgenError(f"transformer file not found: {os.fspath(path)}")
+    suffix = file.suffix.lower()
+    if suffix not in TRANSFORMER_FILE_SUFFIXES:
+        raise IdgenError(f"a transformer file is {' or '.join(TRANSFORMER_FILE_SUFFIXES)}, not {file.name!r}")
+    if suffix == GGUF_SUFFIX and quantize != NONE:
+        raise IdgenError(
+            f"{file.name} is a GGUF file, already quantised: it takes no quantisation ({quantize})"
+        )
+    if suffix == GGUF_SUFFIX and not installed(GGUF_PACKAGE[0]):
+        raise missing_package("a GGUF transformer", *GGUF_PACKAGE)
+    names = _tensor_names(file)
+    if not any(n.removeprefix(_COMFYUI_PREFIX).startswith(_FLUX_BLOCK_PREFIXES) for n in names):
+        raise CheckpointError(
+            f"{file} holds no FLUX transformer (no double_blocks / transformer_blocks tensors)"
+        )
+    return file
+
+
+def _tensor_names(file: Path) -> list[str]:
+    """The tensor names a safetensors or GGUF file lists, read from its header alone."""
+    try:
+        if file.suffix.lower() == GGUF_SUFFIX:
+            from gguf import GGUFReader
+
+            return [t.name for t in GGUFReader(file).tensors]
+        from safetensors import safe_open
+
+        with safe_open(file, framework="pt") as f:
+            return list(f.keys())
+    except Exception as error:  # each library has its own errors for a file that is not its format
+        kind = "GGUF" if file.suffix.lower() == GGUF_SUFFIX else "safetensors"
+        raise CheckpointError(f"{file} is not a readable {kind} file ({_first_line(error)})") from error
+
+
+def load_transformer_file(
+    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None
+) -> Any:
+    """A FluxTransformer2DModel from one file, through diffusers' single-file loader: a GGUF file (kept
+    quantised, computing in `dtype`), or safetensors in diffusers' layout, Black Forest Labs' original one
+    (flux1-dev.safetensors) or ComfyUI's (the same, prefixed; fp8 files included), cast to `dtype`.
+    config: a transformer folder (its config.json), or a FLUX pipeline's folder or hub id (its
+    `transformer` subfolder); offline, a hub id must be in the cache. dtype: default bfloat16."""
+    import torch
+
+    file = check_transformer_file(path)
+    dtype = torch.bfloat16 if dtype is None else dtype
+    if file.suffix.lower() == GGUF_SUFFIX:
+        from diffusers import GGUFQuantizationConfig
+
+        return _from_single_file(
+            file, config, torch_dtype=dtype, quantization_config=GGUFQuantizationConfig(compute_dtype=dtype)
+        )
+    return _from_single_file(file, config, torch_dtype=dtype)
+
+
 def load_gguf_transformer(
     path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None
 ) -> Any:
-    """A FluxTransformer2DModel from a GGUF file (diffusers' GGUF loader, computing in `dtype`).
-    config: a transformer folder (its config.json), or a FLUX pipeline's folder or hub id (its
-    `transformer` subfolder); offline, a hub id must be in the cache. dtype: default bfloat16."""
+    """A FluxTransformer2DModel from a GGUF file (`load_transformer_file` for GGUF files alone)."""
     if not installed(GGUF_PACKAGE[0]):
         raise missing_package("a GGUF transformer", *GGUF_PACKAGE)
-    import torch
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
-
-    dtype = torch.bfloat16 if dtype is None else dtype
-
     if not os.path.isfile(path):
         raise IdgenError(f"no GGUF file at {os.fspath(path)}")
+    if Path(path).suffix.lower() != GGUF_SUFFIX:
+        raise IdgenError(f"{os.fspath(path)} is not a .gguf file")
+    return load_transformer_file(path, config, dtype)
+
+
+def _from_single_file(file: Path, config: str | os.PathLike[str], **kwargs: Any) -> Any:
+    from diffusers import FluxTransformer2DModel
+
     in_folder = os.path.isfile(os.path.join(config, "config.json"))
     try:
         return FluxTransformer2DModel.from_single_file(
-            os.fspath(path),
+            os.fspath(file),
             config=os.fspath(config),
             subfolder=None if in_folder else "transformer",
-            quantization_config=GGUFQuantizationConfig(compute_dtype=dtype),
-            torch_dtype=dtype,
+            **kwargs,
         )
     except (ValueError, RuntimeError, KeyError, IndexError) as error:
         # diffusers converts keys it does not know as another layout's, and fails somewhere inside
         raise CheckpointError(
-            f"{os.fspath(path)} does not fit the transformer of {os.fspath(config)}: "
-            f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+            f"{os.fspath(file)} does not fit the transformer of {os.fspath(config)}: {_first_line(error)}"
         ) from error
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
