@@ -47,8 +47,7 @@ def load(
     flux:     the base model: a diffusers pipeline object, a local folder, a hub id, or "tiny-random".
     pulid:    the identity adapter: for "flux-pulid" a PuLIDAdapter, an official pulid_flux_v0.9.x file,
               one of our folders, or a hub id; for the W+ backbones their adapter object or folder.
-    encoder:  an IdentityEncoder, "pulid" (antelopev2 + facexlib + EVA02-CLIP; needs idgen[pulid]),
-              or "tiny-random".
+    encoder:  an IdentityEncoder, "pulid" (antelopev2 + facexlib + EVA02-CLIP; idgen[pulid]) or "tiny-random".
     backbone: one of BACKBONES ("flux-pulid", "flux-wplus", "sd15-wplus").
     offload:  one of OFFLOADS: "none" (everything on `device`), or diffusers' "model", "sequential" or
               "group" offload (FLUX backbones): the models are loaded on the CPU and visit `device`, an
