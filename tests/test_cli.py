@@ -326,3 +326,16 @@ def test_offload_loads_on_the_cpu_and_hands_the_gpu_to_diffusers(monkeypatch):
     assert called == [{"device": "cuda"}]
     assert next(pipe.flux.transformer.parameters()).device.type == "cpu"
     assert next(pipe.flux.transformer.parameters()).dtype == torch.bfloat16  # the GPU's default dtype
+
+
+def test_a_real_weights_size_on_the_demo_world_is_flagged(capsys):
+    from idgen.cli.generate import warn_demo_size
+
+    warn_demo_size(896, 1152)
+    assert capsys.readouterr().err == (
+        "idgen: warning: this is the demo world, trained at 64x64, not 896x1152; "
+        "real FLUX needs --flux (e.g. black-forest-labs/FLUX.1-dev)\n"
+    )
+    for width, height in ((None, None), (128, 128), (None, 96)):  # the world's own sizes stay quiet
+        warn_demo_size(width, height)
+    assert capsys.readouterr().err == ""

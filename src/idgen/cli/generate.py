@@ -443,6 +443,17 @@ def warn_demo_prompt(prompt: str) -> None:
               f"{listed(dropped, ' ')}", file=sys.stderr)  # fmt: skip
 
 
+def warn_demo_size(width: int | None, height: int | None) -> None:
+    """A size far from the demo world's usually means a real-weights command without --flux."""
+    from idgen.world.bundle import WORLD_DEFAULTS
+
+    side = max(WORLD_DEFAULTS["width"], WORLD_DEFAULTS["height"])
+    if max(width or 0, height or 0) > 2 * side:
+        size = f"{width or WORLD_DEFAULTS['width']}x{height or WORLD_DEFAULTS['height']}"
+        print(f"idgen: warning: this is the demo world, trained at {side}x{side}, not {size}; "
+              "real FLUX needs --flux (e.g. black-forest-labs/FLUX.1-dev)", file=sys.stderr)  # fmt: skip
+
+
 def listed(words: list[str], sep: str = ", ") -> str:
     """At most MAX_WARNED_WORDS words, each shown safely, and how many more there are."""
     text = sep.join(check.shown(w, 40) for w in words[:MAX_WARNED_WORDS])
@@ -458,6 +469,7 @@ def run_generate(args: argparse.Namespace) -> int:
     device = check.device(args.device)
     if demo:
         warn_demo_prompt(args.prompt)
+        warn_demo_size(args.width, args.height)
     started = time.perf_counter()
     pipe = load_pipeline(args, device)
     loaded = round(time.perf_counter() - started, 3)
