@@ -184,6 +184,12 @@ def test_the_cli_generates_with_a_transformer_file_and_records_it(base, tmp_path
     assert main(argv) == 0
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["parameters"]["transformer"] == str(folder / "other.safetensors")
+    assert sidecar["model"] == {
+        "flux": str(folder),
+        "pulid": "tiny-random",
+        "encoder": "tiny-random",
+        "transformer": str(folder / "other.safetensors"),
+    }
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-from idgen.cli.common import add_model_arguments, load_pipeline, uses_demo_world
+from idgen.cli.common import add_model_arguments, load_pipeline, model_record, uses_demo_world
 from idgen.cli.generate import listed
 from idgen.errors import IdgenError
 
@@ -70,7 +70,7 @@ def run_app(args: argparse.Namespace) -> int:
     import_gradio()  # a missing extra fails before the model loads
     demo = uses_demo_world(args)
     pipe = load_pipeline(args, checked_device(args.device))
-    record = "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
+    record = model_record(args)
     app = start(
         pipe, record=record, host=args.host, port=args.port or None, compare_by_default=demo,
         examples=demo_examples() if demo else None, warnings=demo_warnings if demo else None,

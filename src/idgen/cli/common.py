@@ -110,6 +110,21 @@ def add_model_arguments(p: Any) -> None:
                         "otherwise)")  # fmt: skip
 
 
+def model_record(args: argparse.Namespace) -> Any:
+    """What a sidecar says of the model: "demo world", or the model flags given (beyond the three sources,
+    only those that change the images: backbone, dtype, quantisation, transformer file)."""
+    if uses_demo_world(args):
+        return "demo world"
+    record = {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
+    given = {
+        "backbone": args.backbone if args.backbone != DEFAULT_BACKBONE else None,
+        "dtype": args.dtype,
+        "quantize": args.quantize if args.quantize != "none" else None,
+        "transformer": args.transformer,
+    }
+    return record | {k: v for k, v in given.items() if v is not None}
+
+
 def cpu_threads(args: argparse.Namespace) -> int | None:
     """--threads, else 1 for the demo world, else None (torch's default)."""
     if getattr(args, "threads", None) is not None:

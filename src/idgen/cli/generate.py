@@ -15,6 +15,7 @@ from idgen.cli.common import (
     load_pipeline,
     model_defaults,
     model_limits,
+    model_record,
     parse_box,
     uses_demo_world,
 )
@@ -447,9 +448,11 @@ def warn_demo_size(width: int | None, height: int | None) -> None:
     """A size far from the demo world's usually means a real-weights command without --flux."""
     from idgen.world.bundle import WORLD_DEFAULTS
 
-    side = max(WORLD_DEFAULTS["width"], WORLD_DEFAULTS["height"])
+    own: dict[str, Any] = dict(WORLD_DEFAULTS)
+    own_width, own_height = int(own["width"]), int(own["height"])
+    side = max(own_width, own_height)
     if max(width or 0, height or 0) > 2 * side:
-        size = f"{width or WORLD_DEFAULTS['width']}x{height or WORLD_DEFAULTS['height']}"
+        size = f"{width or own_width}x{height or own_height}"
         print(f"idgen: warning: this is the demo world, trained at {side}x{side}, not {size}; "
               "real FLUX needs --flux (e.g. black-forest-labs/FLUX.1-dev)", file=sys.stderr)  # fmt: skip
 
@@ -473,7 +476,7 @@ def run_generate(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     pipe = load_pipeline(args, device)
     loaded = round(time.perf_counter() - started, 3)
-    model = "demo world" if demo else {"flux": args.flux, "pulid": args.pulid, "encoder": args.encoder}
+    model = model_record(args)
     strip, gif = mask_pictures(args)
     for request, out in zip(requests, image_outputs(Path(args.out), len(requests)), strict=True):
         result = generate(pipe, request, model=model)
