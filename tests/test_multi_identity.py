@@ -640,3 +640,84 @@ def test_cli_negative_identity_bad_inputs_fail_before_loading(tmp_path, capsys, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_bounded_attention_keeps_each_regions_image_tokens_from_the_others():
+    from idgen.core.multi import BoxRegion, bounded_attention
+
+    # 2x3 token grid, 2 text tokens: person 0 on column 0, person 1 on column 2, column 1 in no box
+    regions = [BoxRegion((0.0, 0.0, 1 / 3, 1.0)), BoxRegion((2 / 3, 0.0, 1.0, 1.0))]
+    allowed = bounded_attention(regions, (2, 3), 2, torch.device("cpu"))
+    assert allowed.shape == (1, 1, 8, 8) and allowed.dtype == torch.bool
+    owner = [None, None, 0, None, 1, 0, None, 1]  # text, text, then the grid row by row
+    for q, a in enumerate(owner):
+        for k, b in enumerate(owner):
+            blocked = a is not None and b is not None and a != b
+            assert bool(allowed[0, 0, q, k]) is not blocked, (q, k)
+
+
+def test_a_token_in_two_regions_is_bounded_by_neither():
+    from idgen.core.multi import BoxRegion, bounded_attention
+
+    # 1x2 grid: person 0 on both tokens, person 1 on the second: only token 0 is person 0's alone
+    regions = [BoxRegion((0.0, 0.0, 1.0, 1.0)), BoxRegion((0.5, 0.0, 1.0, 1.0))]
+    allowed = bounded_attention(regions, (1, 2), 0, torch.device("cpu"))
+    assert allowed.all()  # one owner at most: nothing to keep apart
+
+
+def test_boxes_bound_the_attention_in_the_spatial_mode_by_default(tiny_pipe):
+    boxes = [LEFT, RIGHT]
+    bounded = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes)
+    assert torch.equal(bounded, latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes,
+                                        bound_attention=True))  # fmt: skip
+    unbounded = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes, bound_attention=False)
+    assert (bounded - unbounded).abs().max() > 1e-3
+    # the user's own joint_attention_kwargs are kept beside the bounds
+    scaled = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes,
+                     joint_attention_kwargs={"scale": 1.0})  # fmt: skip
+    assert torch.equal(scaled, bounded)
+
+
+def test_the_uniform_mode_and_calls_without_boxes_are_not_bounded(tiny_pipe):
+    people = [features(1), features(2)]
+    uniform = dict(mode="uniform", boxes=[LEFT, RIGHT])
+    default = latents(tiny_pipe, id_features=people, **uniform)
+    assert torch.equal(default, latents(tiny_pipe, id_features=people, bound_attention=False, **uniform))
+    assert not torch.equal(default, latents(tiny_pipe, id_features=people, bound_attention=True, **uniform))
+    no_boxes = latents(tiny_pipe, id_features=people)
+    assert torch.equal(no_boxes, latents(tiny_pipe, id_features=people, bound_attention=False))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(id_features=features(1)), "bound_attention needs two or more people"),
+        (dict(id_features=[features(1), features(2)]), "bound_attention needs each person's box or mask"),
+    ],
+)
+def test_bound_attention_bad_inputs_are_one_line_errors(tiny_pipe, kwargs, message):
+    with pytest.raises(IdgenError, match=message):
+        latents(tiny_pipe, bound_attention=True, **kwargs)
+
+
+@pytest.mark.parametrize(("flag", "recorded"), [([], True), (["--no-bound-attention"], False)])
+def test_cli_bound_attention_is_recorded(tmp_path, flag, recorded):
+    import json
+
+    a, b = save_photos(tmp_path, 2)
+    boxes = ["--id-box", "0,0,0.5,1", "--id-box", "0.5,0,1,1"]
+    assert cli(tmp_path, "--id-image", a, "--id-image", b, *boxes, *flag) == 0
+    sidecar = json.loads((tmp_path / "out" / "two.json").read_text())
+    assert sidecar["bound_attention"] is recorded
+
+
+@pytest.mark.parametrize(
+    "extra", [["--bound-attention"], ["--no-bound-attention"], ["--bound-attention", "--two"]]
+)
+def test_cli_bound_attention_without_two_boxed_people_fails_before_loading(tmp_path, capsys, extra):
+    a, b = save_photos(tmp_path, 2)
+    people = ["--id-image", a, "--id-image", b] if "--two" in extra else ["--id-image", a]
+    assert cli(tmp_path, *people, extra[0]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "acts on two or more people with their boxes" in err[0]
+    assert not list((tmp_path / "out").iterdir())

@@ -82,6 +82,8 @@ class GenerationRequest:
     combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
     # What each person's true-CFG negative pass takes (NEGATIVE_IDENTITIES); None: the default rule.
     negative_identity: str | None = None
+    # Whether the people's boxes bound the image's attention; None: the default rule.
+    bound_attention: bool | None = None
 
     def sampling(self) -> dict[str, Any]:
         """The pipeline-call keywords of this request."""
@@ -254,7 +256,12 @@ def _generate_several(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any, started: float
 ) -> GenerationResult:
     """Several people in one image: per-person masks compete; the strip colours each person's mask."""
-    from idgen.pipelines.multi import COMBINATIONS, DEFAULT_COMBINATION, negative_identity_rule
+    from idgen.pipelines.multi import (
+        COMBINATIONS,
+        DEFAULT_COMBINATION,
+        bound_attention_rule,
+        negative_identity_rule,
+    )
     from idgen.recording import IdentityMaskRecorder
 
     assert request.id_images is not None
@@ -264,13 +271,18 @@ def _generate_several(
     output = pipe(
         request.prompt, id_images=[list(photos) for photos in request.id_images], boxes=boxes,
         mode=request.mode, policy=policy, recorder=recorder, combine=combine,
-        negative_identity=request.negative_identity, **request.sampling(),
+        negative_identity=request.negative_identity, bound_attention=request.bound_attention,
+        **request.sampling(),
     )  # fmt: skip
     sidecar = _sidecar(pipe, request, policy, scheduler, model)
     sidecar["seconds"] = {"generate": round(time.perf_counter() - started, 3)}
     true_cfg = (sidecar["sampling"].get("true_cfg_scale") or 1.0) > 1.0  # else no negative pass counts
     rule = negative_identity_rule(request.negative_identity, request.mode, len(request.id_images), true_cfg)
     sidecar["negative_identity"] = rule if true_cfg else None
+    people = len(request.id_images)
+    sidecar["bound_attention"] = bound_attention_rule(
+        request.bound_attention, request.mode, people, bool(boxes)
+    )
     masks = recorder.mean_masks_per_step() if recorder is not None else None
     return GenerationResult(output.images[0], None, masks, sidecar, several_identities=True)
 
@@ -345,7 +357,7 @@ def _request_record(request: GenerationRequest) -> dict[str, Any]:
     record = dataclasses.asdict(request)
     record.pop("parameters")
     # One person's record stays as it was.
-    for several in ("id_images", "boxes", "combine", "negative_identity"):
+    for several in ("id_images", "boxes", "combine", "negative_identity", "bound_attention"):
         if record[several] is None:
             record.pop(several)
     record["id_image"] = None if request.id_image is None else str(request.id_image)

@@ -28,6 +28,7 @@ from idgen.world.multi_gates import (
     SINGLE_W2,
     SPATIAL,
     SPATIAL_W2,
+    UNBOUNDED,
     UNIFORM,
     UNIFORM_BOXES,
     Case,
@@ -254,7 +255,11 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     a, b = _person(feats, c.left), _person(feats, c.right)
 
     def call(
-        people: list[IdentityFeatures], mode: str, boxes: list[Any] | None = None, w: float = 1.0
+        people: list[IdentityFeatures],
+        mode: str,
+        boxes: list[Any] | None = None,
+        w: float = 1.0,
+        bound: bool | None = None,
     ) -> Any:
         out = pipe(
             c.prompt.text,
@@ -264,6 +269,7 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
             id_weight=w,
             seed=c.seed,
             output_type="pt",
+            bound_attention=bound,
         )
         return out.images
 
@@ -271,6 +277,7 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
         NONE: pipe(c.prompt.text, mode=NONE, seed=c.seed, output_type="pt").images,
         UNIFORM: call([a, b], UNIFORM),
         SPATIAL: call([a, b], SPATIAL, list(HALVES)),
+        UNBOUNDED: call([a, b], SPATIAL, list(HALVES), bound=False),
         SEPARATED: call([a, b], SPATIAL),
         UNIFORM_BOXES: call([a, b], UNIFORM, list(HALVES)),
         SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
@@ -280,11 +287,12 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     for mode in MODES[:-1]:
         torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
     # The world samples with true CFG: the spatial modes' negative pass takes the other person's tokens.
-    spatial_rules = {SPATIAL: "others", SEPARATED: "others", SPATIAL_W2: "others"}
+    spatial_rules = {SPATIAL: "others", UNBOUNDED: "others", SEPARATED: "others", SPATIAL_W2: "others"}
     assert negative_rules(pipe) == {UNIFORM: "uncond", UNIFORM_BOXES: "uncond", **spatial_rules}
     assert set(negative_rules(pipe, "uncond").values()) == {"uncond"}
     assert MODES[-1] == RENDERS and images[RENDERS].shape == (1, 3, 64, 64)
     assert not torch.allclose(images[SPATIAL], images[UNIFORM], atol=1e-2)
+    assert not torch.allclose(images[SPATIAL], images[UNBOUNDED], atol=1e-2)  # the boxes bound the attention
 
     s = summarise(rows(ev, chunk, images), "test")
     assert (s["images"], s["identity_pairs"]) == (1, 1) and set(s["modes"]) == set(MODES)

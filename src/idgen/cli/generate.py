@@ -94,6 +94,13 @@ def add_generate(sub: Any) -> None:
         "(uncond) or the other people's (others). Default: others in the spatial mode, where the people's "
         "masks compete; uncond in the uniform mode (docs/multi-identity.md)",
     )
+    p.add_argument(
+        "--bound-attention",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="several people with --id-box: keep each person's image tokens from attending to another "
+        "person's box. Default: on in the spatial mode, off in the uniform mode (docs/multi-identity.md)",
+    )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)
     p.add_argument("--start-step", type=int, default=0, help="first step with the identity, in [0, steps-1]")
@@ -202,6 +209,7 @@ def identity_photos(args: argparse.Namespace) -> tuple[tuple[str, ...], ...] | N
     people = tuple(person_photos(v) for v in values)
     check_combine(args, people)
     check_negative_identity_flag(args, people)
+    check_bound_attention_flag(args, people)
     if len(people) > 1 or any(len(p) > 1 for p in people) or getattr(args, "id_box", None):
         return people
     return None
@@ -215,6 +223,16 @@ def check_negative_identity_flag(args: argparse.Namespace, people: tuple[tuple[s
         raise IdgenError("--negative-identity others needs two or more people (repeat --id-image)")
     if args.true_cfg is not None and args.true_cfg <= 1:
         raise IdgenError("--negative-identity others steers true CFG's negative pass: give --true-cfg > 1")
+
+
+def check_bound_attention_flag(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
+    """--bound-attention / --no-bound-attention only where it acts: two or more people, each with a box."""
+    given = getattr(args, "bound_attention", None)
+    if given is None:
+        return
+    flag = "--bound-attention" if given else "--no-bound-attention"
+    if len(people) < 2 or not getattr(args, "id_box", None):
+        raise IdgenError(f"{flag} acts on two or more people with their boxes (--id-image and --id-box each)")
 
 
 def check_combine(args: argparse.Namespace, people: tuple[tuple[str, ...], ...]) -> None:
@@ -280,13 +298,15 @@ def generation_request(
         boxes=None if people is None or not args.id_box else tuple(args.id_box),
         combine=args.combine,
         negative_identity=args.negative_identity,
+        bound_attention=args.bound_attention,
     )
 
 
 def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
     it was before several people existed."""
-    unset = [k for k in ("id_box", "combine", "negative_identity") if not getattr(args, k, None)]
+    several = ("id_box", "combine", "negative_identity", "bound_attention")
+    unset = [k for k in several if getattr(args, k, None) is None or getattr(args, k) in ([], "")]
     return {k: v for k, v in vars(args).items() if k not in ("func", "debug", *unset)}
 
 
@@ -367,6 +387,7 @@ FLUX_ONLY_FLAGS = {
     "boxes": "--id-box",
     "combine": "--combine",
     "negative_identity": "--negative-identity",
+    "bound_attention": "--bound-attention",
 }
 
 

@@ -37,6 +37,7 @@ from idgen.core.multi import (
     PriorLayout,
     Region,
     SummedResiduals,
+    bounded_attention,
     separated_boxes,
 )
 from idgen.core.refine import (
@@ -79,6 +80,7 @@ __all__ = [
     "TemporalSpatialScheduler",
     "UniformMask",
     "attention_entropy",
+    "bounded_attention",
     "box_token_span",
     "ca_output_norm",
     "crop_output",

@@ -75,6 +75,23 @@ class PriorLayout:
         return self.scheduler.prior(grid, device=device)  # (H, W), max 1
 
 
+def bounded_attention(
+    regions: Sequence[Region], grid: Grid, text_tokens: int, device: torch.device
+) -> Tensor:
+    """(1, 1, T + N, T + N) bool, True where a query token may attend to a key token: an image token in one
+    person's region does not attend to the tokens of another person's region, so no face copies from the
+    other (the self-attention half of Bounded Attention, Dahary et al. 2024). Text tokens, and image tokens
+    in no region or in several, attend and are attended as before. FLUX's joint attention orders the T text
+    tokens before the N = H * W image tokens."""
+    owned = torch.stack([region(grid, device).flatten() > 0 for region in regions])  # (n, N)
+    alone = owned & (owned.sum(dim=0, keepdim=True) == 1)  # tokens of exactly one region
+    owner = torch.full((text_tokens + owned.shape[1],), -1, dtype=torch.long, device=device)  # (T + N,)
+    owner[text_tokens:] = torch.where(alone.any(dim=0), alone.to(torch.long).argmax(dim=0), -1)
+    query, key = owner[:, None], owner[None, :]
+    crossing = (query >= 0) & (key >= 0) & (query != key)  # (T + N, T + N)
+    return ~crossing[None, None]
+
+
 class AssignmentRule(Protocol):
     """(n, B, N) masks of the n identities -> the (n, B, N) masks that gate their residuals."""
 

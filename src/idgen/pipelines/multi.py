@@ -31,6 +31,7 @@ from idgen.core.multi import (
     PriorLayout,
     Region,
     SummedResiduals,
+    bounded_attention,
     separated_boxes,
 )
 from idgen.errors import IdgenError, NoFaceError
@@ -273,6 +274,14 @@ class Identities:
     boxes: list[Box] | None = None
     masks: list[Tensor] | None = None
     negative: str | None = None  # what each person's true-CFG negative pass takes; None: the default rule
+    bounded: bool | None = None  # whether the people's regions bound the image's attention; None: the rule
+
+    @property
+    def regions(self) -> list[Region]:
+        """Each person's box or mask as a Region on the token grid; [] without either."""
+        if self.boxes is not None:
+            return [BoxRegion(b) for b in self.boxes]
+        return [MaskRegion(m) for m in self.masks] if self.masks is not None else []
 
     @property
     def count(self) -> int:
@@ -334,6 +343,32 @@ def negative_identity_rule(rule: str | None, mode: str, count: int, true_cfg: bo
         return rule
     competing = mode == SPATIAL and count > 1 and true_cfg
     return OTHERS_NEGATIVE_IDENTITY if competing else PULID_NEGATIVE_IDENTITY
+
+
+def check_bound_attention(bounded: bool, identities: Identities | None) -> None:
+    """Bounding the attention needs two or more people, each with a box or a mask."""
+    if not bounded:
+        return
+    if identities is None or identities.count < 2:
+        raise IdgenError("bound_attention needs two or more people in the image")
+    if not identities.regions:
+        raise IdgenError("bound_attention needs each person's box or mask (boxes=... or masks=...)")
+
+
+def bound_attention_rule(rule: bool | None, mode: str, count: int, regions: bool) -> bool:
+    """Whether the people's regions bound the image's attention: as given, or by default where two or more
+    people's masks compete (the spatial mode) inside boxes or masks (`regions`). The uniform mode stays the
+    naive baseline. Chosen on the demo world's validation pairs (docs/multi-identity.md)."""
+    if rule is not None:
+        return rule
+    return mode == SPATIAL and count > 1 and regions
+
+
+def bounded_attention_kwargs(
+    identities: Identities, grid: tuple[int, int], text_tokens: int, device: torch.device
+) -> dict[str, Tensor]:
+    """FLUX's `joint_attention_kwargs` that keep each person's image tokens from attending to another's."""
+    return {"attention_mask": bounded_attention(identities.regions, grid, text_tokens, device)}
 
 
 def negative_id_tokens(tokens: Sequence[Tensor], uncond: Sequence[Tensor], rule: str) -> Tensor:

@@ -67,7 +67,7 @@ def identity_tokens_for_batch(
 # several-people arguments (the competing masks run on FLUX's token grid).
 FLUX_ONLY_ARGUMENTS = (
     "true_cfg_scale", "true_cfg_start_step", "max_sequence_length",
-    "id_images", "boxes", "masks", "combine", "negative_identity",
+    "id_images", "boxes", "masks", "combine", "negative_identity", "bound_attention",
 )  # fmt: skip
 
 

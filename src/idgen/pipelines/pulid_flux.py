@@ -35,6 +35,9 @@ from idgen.pipelines.base import (
 from idgen.pipelines.multi import (
     Identities,
     PhotoCombination,
+    bound_attention_rule,
+    bounded_attention_kwargs,
+    check_bound_attention,
     check_identities,
     check_negative_identity,
     competing_run,
@@ -130,7 +133,8 @@ class IdentityFluxPipeline:
         max_sequence_length: int | None = None, recorder: Recorder | None = None,
         true_cfg_start_step: int | None = None, num_images_per_prompt: int = 1, return_dict: bool = True,
         id_images: list[Any] | None = None, boxes: list[Any] | None = None, masks: list[Any] | None = None,
-        combine: PhotoCombination | None = None, negative_identity: str | None = None, **flux_kwargs: Any,
+        combine: PhotoCombination | None = None, negative_identity: str | None = None,
+        bound_attention: bool | None = None, **flux_kwargs: Any,
     ) -> Any:  # fmt: skip
         """Generate. `policy` (a mask policy object) overrides `mode`; `scheduler` overrides `preset`, and
         with neither the spatial mode keeps `self.spatial`'s schedule (the model's; v1 for FLUX).
@@ -141,9 +145,9 @@ class IdentityFluxPipeline:
         image k the seed seed + k, a list one seed per image. `id_features`: one photo's features, or one row
         per prompt. With true CFG (true_cfg_scale > 1), steps before `true_cfg_start_step` use the
         conditional prediction alone, as PuLID-FLUX's sampler does (diffusers still runs their negative
-        pass). Other keywords (output_type, image, mask_image, strength, prompt_embeds, ...) go to the
-        wrapped FLUX pipeline. Returns an IdentityPipelineOutput, or its to_tuple() if not return_dict.
-        Several people: `id_images`, `boxes`, `masks`, `combine`, `negative_identity` (`_identities`)."""
+        pass). Other keywords (output_type, image, strength, prompt_embeds, ...) go to the wrapped FLUX
+        pipeline. Returns an IdentityPipelineOutput (its to_tuple() if not return_dict). Several people:
+        id_images, boxes, masks, combine, negative_identity, bound_attention (`_identities`)."""
         s = with_defaults(
             self.defaults, height=height, width=width, num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale, max_sequence_length=max_sequence_length,
@@ -155,11 +159,9 @@ class IdentityFluxPipeline:
             self.pixel_multiple,
         )  # fmt: skip
         identities = self._identities(
-            s, negative_identity, id_image, id_images, id_features, id_weight, boxes, masks
+            s, (negative_identity, bound_attention), id_image, id_images, id_features, id_weight, boxes, masks
         )
         prompts, per_prompt = batch_size(prompt, flux_kwargs.get("prompt_embeds")), num_images_per_prompt
-        if per_prompt < 1:
-            raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
         chosen = policy if policy is not None else mask_policy(mode, preset, scheduler, spatial=self.spatial)
         generator = generator if generator is not None else seed_generators(seed, prompts * per_prompt)
         call = {**self._flux_call(prompt, prompts, s, generator, flux_kwargs), **flux_kwargs}
@@ -169,7 +171,9 @@ class IdentityFluxPipeline:
         output = IdentityPipelineOutput(images=self._sample(call, run), id_features=features)
         return output if return_dict else output.to_tuple()
 
-    def _identities(self, s: dict[str, Any], negative_identity: str | None, *given: Any) -> Identities | None:
+    def _identities(
+        self, s: dict[str, Any], rules: tuple[str | None, bool | None], *given: Any
+    ) -> Identities | None:
         """A several-people call's identities, checked (None for a call with one id_image / id_features).
 
         Several people (docs/multi-identity.md): `id_images=[a, b]`, each entry a photo or a list of photos
@@ -179,8 +183,12 @@ class IdentityFluxPipeline:
         uniform mode their residuals are summed. With true CFG, `negative_identity` says what each person's
         negative pass takes: PuLID's uncond id tokens ("uncond") or the other people's ("others"); by default
         "others" where the masks compete (spatial mode), "uncond" in uniform mode (`negative_identity_rule`).
+        `bound_attention`: whether each person's image tokens are kept from attending to another person's
+        region; by default where the masks compete inside boxes or masks (`bound_attention_rule`).
 
-        given: id_image, id_images, id_features, id_weight, boxes, masks."""
+        rules: negative_identity, bound_attention; given: id_image, id_images, id_features, id_weight, boxes,
+        masks."""
+        negative_identity, bound_attention = rules
         id_image, id_images, id_features, id_weight, boxes, masks = given
         identities = None
         if several_identities(id_images, id_features, id_weight, boxes, masks):
@@ -191,6 +199,10 @@ class IdentityFluxPipeline:
             check_negative_identity(negative_identity, people, (s["true_cfg_scale"] or 1.0) > 1.0)
             if identities is not None:
                 identities = dataclasses.replace(identities, negative=negative_identity)
+        if bound_attention is not None:
+            check_bound_attention(bound_attention, identities)
+            if identities is not None:
+                identities = dataclasses.replace(identities, bounded=bound_attention)
         return identities
 
     def _identity_run(
@@ -208,6 +220,7 @@ class IdentityFluxPipeline:
         )
         (prompts, per_prompt), true_cfg = batch, call["true_cfg_scale"] > 1.0
         if identities is not None:
+            self._bound_attention(call, s, identities, mode)
             run = competing_run(
                 self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine, **settings
             )
@@ -223,6 +236,27 @@ class IdentityFluxPipeline:
             **settings,
         )
         return features, run
+
+    def _bound_attention(
+        self, call: dict[str, Any], s: dict[str, Any], identities: Identities, mode: str
+    ) -> None:
+        """Where the rule says so, FLUX's joint attention keeps each person's image tokens from attending to
+        another person's region (beside the user's own joint_attention_kwargs). Kontext's reference tokens
+        would change the sequence, so it is not bounded there."""
+        kontext = "Kontext" in type(self.flux).__name__
+        if kontext and identities.bounded:
+            raise IdgenError(
+                "bound_attention does not run on a Kontext pipeline (its reference image's tokens)"
+            )
+        if kontext or not bound_attention_rule(
+            identities.bounded, mode, identities.count, bool(identities.regions)
+        ):
+            return
+        grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
+        embeds = call.get("prompt_embeds")
+        text_tokens = int(embeds.shape[1]) if embeds is not None else int(s["max_sequence_length"])
+        bounds = bounded_attention_kwargs(identities, grid, text_tokens, self.flux._execution_device)
+        call["joint_attention_kwargs"] = {**(call.get("joint_attention_kwargs") or {}), **bounds}
 
     def _sample(self, call: dict[str, Any], run: InjectionRun | None) -> Any:
         """The wrapped pipeline's images, with the identity run active (None: stock FLUX)."""
@@ -367,6 +401,8 @@ GIVEN_EMBEDS = (
 def images_per_prompt(call: dict[str, Any], per_prompt: int) -> None:
     """Set num_images_per_prompt. diffusers repeats the text embeddings it encodes for each image, but not
     given prompt_embeds; those are repeated here the same way (each row per_prompt times, in place)."""
+    if per_prompt < 1:
+        raise IdgenError(f"num_images_per_prompt must be >= 1, got {per_prompt}")
     if call.get("prompt_embeds") is None or per_prompt == 1:
         call["num_images_per_prompt"] = per_prompt
         return

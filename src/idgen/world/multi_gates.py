@@ -12,7 +12,10 @@ same seed, every mode generates:
   baseline;
 - `spatial`: SpatialID with competing masks (the demo world's SpatialMask, one early prior per person,
   `ArgmaxAssignment`), each person boxed to their half of the image (`--id-box 0,0,0.5,1 --id-box
-  0.5,0,1,1`);
+  0.5,0,1,1`), which also bound the image's attention: no image token of one half attends to the other
+  half's (`bound_attention`, the library's default with boxes in the spatial mode);
+- `spatial_unbounded`: the same with `bound_attention=False`: each person's image tokens may attend to the
+  other person's half (the default before the boxes bounded the attention);
 - `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, which also weigh the
   competition; no region);
 - `uniform_boxes`: uniform with the same boxes, each residual kept inside its person's half: what the
@@ -57,7 +60,14 @@ from idgen.core.gate import MaskPolicy, UniformMask
 from idgen.core.multi import Box, CompetingMasks
 from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
-from idgen.pipelines.multi import competing_masks, negative_id_tokens, negative_identity_rule
+from idgen.pipelines.multi import (
+    Identities,
+    bound_attention_rule,
+    bounded_attention_kwargs,
+    competing_masks,
+    negative_id_tokens,
+    negative_identity_rule,
+)
 from idgen.pipelines.names import NEGATIVE_IDENTITIES, NONE, PULID_NEGATIVE_IDENTITY, SPATIAL, UNIFORM
 from idgen.world.captions import TwoPeoplePrompt, two_people_test_prompts, two_people_validation_prompts
 from idgen.world.evaluators import largest_region_boxes
@@ -75,14 +85,15 @@ from idgen.world.render import (
 )
 
 SEPARATED, SINGLE, UNIFORM_BOXES, RENDERS = "spatial_separated", "single", "uniform_boxes", "renders"
-SPATIAL_W2, SINGLE_W2 = "spatial_w2", "single_w2"
-MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
+SPATIAL_W2, SINGLE_W2, UNBOUNDED = "spatial_w2", "single_w2", "spatial_unbounded"
+MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, UNBOUNDED, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
 SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
-TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, SEPARATED)  # both identities in one call
+TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, UNBOUNDED, SEPARATED)  # both identities in one call
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
     SPATIAL: "spatial, boxes = halves",
+    UNBOUNDED: "spatial, boxes = halves, attention not bounded",
     SEPARATED: "spatial, no boxes",
     UNIFORM_BOXES: "uniform, boxes = halves",
     SINGLE: "single person, its half",
@@ -98,9 +109,12 @@ LIBRARY_CALLS: dict[str, tuple[str, tuple[Box, Box] | None]] = {
     UNIFORM: (UNIFORM, None),
     UNIFORM_BOXES: (UNIFORM, HALVES),
     SPATIAL: (SPATIAL, HALVES),
+    UNBOUNDED: (SPATIAL, HALVES),
     SEPARATED: (SPATIAL, None),
     SPATIAL_W2: (SPATIAL, HALVES),  # spatial's call at id weight 2
 }
+# `bound_attention` as the call passes it (None: the library's default for that call).
+BOUND_ATTENTION: dict[str, bool | None] = {UNBOUNDED: False}
 SIZE = 64
 # Seeds of the generations; validation's never coincide with the held-out ones.
 _SEED_OFFSET = {"test": 700_000, "validation": 800_000}
@@ -174,13 +188,28 @@ def flux_call(pipe: Any, prompts: list[str], seeds: list[int]) -> dict[str, Any]
 
 
 @torch.no_grad()
-def sample(pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | None) -> Tensor:
-    """(B, 3, 64, 64) in [0, 1]; run None: no identity."""
+def sample(
+    pipe: Any, prompts: list[str], seeds: list[int], run: InjectionRun | None, bounds: Any = None
+) -> Tensor:
+    """(B, 3, 64, 64) in [0, 1]; run None: no identity. bounds: FLUX's joint_attention_kwargs."""
     call = flux_call(pipe, prompts, seeds)
     if run is None:
         return pipe.flux(**call).images
     with pipe.injector.run(run):
-        return pipe.flux(**call, callback_on_step_end=run.step_end_callback).images
+        return pipe.flux(
+            **call, callback_on_step_end=run.step_end_callback, joint_attention_kwargs=bounds
+        ).images
+
+
+def attention(pipe: Any, mode: str) -> dict[str, Tensor] | None:
+    """A two-person mode's joint_attention_kwargs as the library's call builds them: the people's boxes
+    bounding the image's attention where `bound_attention_rule` says so, else None."""
+    library, boxes = LIBRARY_CALLS[mode]
+    people = Identities([0, 1], True, (1.0, 1.0), list(boxes) if boxes else None)
+    if not bound_attention_rule(BOUND_ATTENTION.get(mode), library, people.count, bool(people.regions)):
+        return None
+    grid = (SIZE // pipe.pixel_multiple, SIZE // pipe.pixel_multiple)
+    return bounded_attention_kwargs(people, grid, pipe.defaults["max_sequence_length"], pipe.flux.device)
 
 
 def competing_run(
@@ -243,11 +272,10 @@ def generate_modes(
     rules = negative_rules(pipe, negative)
     images = {NONE: sample(pipe, prompts, seeds, None)}
     for mode in TWO_PEOPLE_MODES:
-        images[mode] = sample(
-            pipe, prompts, seeds, competing_run(pipe, feats, pair, runs[mode], 1.0, rules[mode])
-        )
+        run = competing_run(pipe, feats, pair, runs[mode], 1.0, rules[mode])
+        images[mode] = sample(pipe, prompts, seeds, run, attention(pipe, mode))
     two = competing_run(pipe, feats, pair, runs[SPATIAL], 2.0, rules[SPATIAL_W2])
-    images[SPATIAL_W2] = sample(pipe, prompts, seeds, two)
+    images[SPATIAL_W2] = sample(pipe, prompts, seeds, two, attention(pipe, SPATIAL_W2))
     for mode, weight in ((SINGLE, 1.0), (SINGLE_W2, 2.0)):
         singles = [
             sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"], weight))
