@@ -665,25 +665,19 @@ def test_a_token_in_two_regions_is_bounded_by_neither():
     assert allowed.all()  # one owner at most: nothing to keep apart
 
 
-def test_boxes_bound_the_attention_in_the_spatial_mode_by_default(tiny_pipe):
-    boxes = [LEFT, RIGHT]
-    bounded = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes)
-    assert torch.equal(bounded, latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes,
-                                        bound_attention=True))  # fmt: skip
-    unbounded = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes, bound_attention=False)
-    assert (bounded - unbounded).abs().max() > 1e-3
+def test_bound_attention_changes_the_image_only_when_asked(tiny_pipe):
+    people, boxes = [features(1), features(2)], [LEFT, RIGHT]
+    default = latents(tiny_pipe, id_features=people, boxes=boxes)
+    assert torch.equal(default, latents(tiny_pipe, id_features=people, boxes=boxes, bound_attention=False))
+    bounded = latents(tiny_pipe, id_features=people, boxes=boxes, bound_attention=True)
+    assert (bounded - default).abs().max() > 1e-3
     # the user's own joint_attention_kwargs are kept beside the bounds
-    scaled = latents(tiny_pipe, id_features=[features(1), features(2)], boxes=boxes,
+    scaled = latents(tiny_pipe, id_features=people, boxes=boxes, bound_attention=True,
                      joint_attention_kwargs={"scale": 1.0})  # fmt: skip
     assert torch.equal(scaled, bounded)
-
-
-def test_the_uniform_mode_and_calls_without_boxes_are_not_bounded(tiny_pipe):
-    people = [features(1), features(2)]
-    uniform = dict(mode="uniform", boxes=[LEFT, RIGHT])
-    default = latents(tiny_pipe, id_features=people, **uniform)
-    assert torch.equal(default, latents(tiny_pipe, id_features=people, bound_attention=False, **uniform))
-    assert not torch.equal(default, latents(tiny_pipe, id_features=people, bound_attention=True, **uniform))
+    uniform = latents(tiny_pipe, id_features=people, boxes=boxes, mode="uniform")
+    assert not torch.equal(uniform, latents(tiny_pipe, id_features=people, boxes=boxes, mode="uniform",
+                                            bound_attention=True))  # fmt: skip
     no_boxes = latents(tiny_pipe, id_features=people)
     assert torch.equal(no_boxes, latents(tiny_pipe, id_features=people, bound_attention=False))
 
@@ -700,7 +694,9 @@ def test_bound_attention_bad_inputs_are_one_line_errors(tiny_pipe, kwargs, messa
         latents(tiny_pipe, bound_attention=True, **kwargs)
 
 
-@pytest.mark.parametrize(("flag", "recorded"), [([], True), (["--no-bound-attention"], False)])
+@pytest.mark.parametrize(
+    ("flag", "recorded"), [([], False), (["--no-bound-attention"], False), (["--bound-attention"], True)]
+)
 def test_cli_bound_attention_is_recorded(tmp_path, flag, recorded):
     import json
 

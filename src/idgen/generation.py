@@ -82,7 +82,7 @@ class GenerationRequest:
     combine: str | None = None  # how one person's photos are joined (PHOTO_COMBINATIONS); None: the default
     # What each person's true-CFG negative pass takes (NEGATIVE_IDENTITIES); None: the default rule.
     negative_identity: str | None = None
-    # Whether the people's boxes bound the image's attention; None: the default rule.
+    # Whether the people's boxes bound the image's attention; None: the library's default (not bounded).
     bound_attention: bool | None = None
 
     def sampling(self) -> dict[str, Any]:
@@ -259,7 +259,6 @@ def _generate_several(
     from idgen.pipelines.multi import (
         COMBINATIONS,
         DEFAULT_COMBINATION,
-        bound_attention_rule,
         negative_identity_rule,
     )
     from idgen.recording import IdentityMaskRecorder
@@ -279,10 +278,7 @@ def _generate_several(
     true_cfg = (sidecar["sampling"].get("true_cfg_scale") or 1.0) > 1.0  # else no negative pass counts
     rule = negative_identity_rule(request.negative_identity, request.mode, len(request.id_images), true_cfg)
     sidecar["negative_identity"] = rule if true_cfg else None
-    people = len(request.id_images)
-    sidecar["bound_attention"] = bound_attention_rule(
-        request.bound_attention, request.mode, people, bool(boxes)
-    )
+    sidecar["bound_attention"] = bool(request.bound_attention)
     masks = recorder.mean_masks_per_step() if recorder is not None else None
     return GenerationResult(output.images[0], None, masks, sidecar, several_identities=True)
 

@@ -17,6 +17,7 @@ from idgen.world.captions import TwoPeoplePrompt
 from idgen.world.gates import Evaluators, reference_seed
 from idgen.world.multi_gates import (
     BACKDROP_GROUPS,
+    BOUNDED,
     HALVES,
     LABELS,
     MODES,
@@ -28,7 +29,6 @@ from idgen.world.multi_gates import (
     SINGLE_W2,
     SPATIAL,
     SPATIAL_W2,
-    UNBOUNDED,
     UNIFORM,
     UNIFORM_BOXES,
     Case,
@@ -277,7 +277,7 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
         NONE: pipe(c.prompt.text, mode=NONE, seed=c.seed, output_type="pt").images,
         UNIFORM: call([a, b], UNIFORM),
         SPATIAL: call([a, b], SPATIAL, list(HALVES)),
-        UNBOUNDED: call([a, b], SPATIAL, list(HALVES), bound=False),
+        BOUNDED: call([a, b], SPATIAL, list(HALVES), bound=True),
         SEPARATED: call([a, b], SPATIAL),
         UNIFORM_BOXES: call([a, b], UNIFORM, list(HALVES)),
         SINGLE: torch.cat([call([a], SPATIAL, [HALVES[0]]), call([b], SPATIAL, [HALVES[1]])]),
@@ -287,12 +287,12 @@ def test_batched_modes_are_the_library_calls_and_a_tiny_run_summarises() -> None
     for mode in MODES[:-1]:
         torch.testing.assert_close(images[mode], expected[mode], atol=1e-5, rtol=0)
     # The world samples with true CFG: the spatial modes' negative pass takes the other person's tokens.
-    spatial_rules = {SPATIAL: "others", UNBOUNDED: "others", SEPARATED: "others", SPATIAL_W2: "others"}
+    spatial_rules = {SPATIAL: "others", BOUNDED: "others", SEPARATED: "others", SPATIAL_W2: "others"}
     assert negative_rules(pipe) == {UNIFORM: "uncond", UNIFORM_BOXES: "uncond", **spatial_rules}
     assert set(negative_rules(pipe, "uncond").values()) == {"uncond"}
     assert MODES[-1] == RENDERS and images[RENDERS].shape == (1, 3, 64, 64)
     assert not torch.allclose(images[SPATIAL], images[UNIFORM], atol=1e-2)
-    assert not torch.allclose(images[SPATIAL], images[UNBOUNDED], atol=1e-2)  # the boxes bound the attention
+    assert not torch.allclose(images[SPATIAL], images[BOUNDED], atol=1e-2)  # the boxes bound the attention
 
     s = summarise(rows(ev, chunk, images), "test")
     assert (s["images"], s["identity_pairs"]) == (1, 1) and set(s["modes"]) == set(MODES)

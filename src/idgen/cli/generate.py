@@ -99,7 +99,7 @@ def add_generate(sub: Any) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="several people with --id-box: keep each person's image tokens from attending to another "
-        "person's box. Default: on in the spatial mode, off in the uniform mode (docs/multi-identity.md)",
+        "person's box (default: off; docs/multi-identity.md)",
     )
     p.add_argument("--mode", choices=MODES, default=SPATIAL)
     p.add_argument("--id-weight", type=float, default=1.0)

@@ -274,7 +274,7 @@ class Identities:
     boxes: list[Box] | None = None
     masks: list[Tensor] | None = None
     negative: str | None = None  # what each person's true-CFG negative pass takes; None: the default rule
-    bounded: bool | None = None  # whether the people's regions bound the image's attention; None: the rule
+    bounded: bool = False  # whether the people's regions bound the image's attention (bound_attention)
 
     @property
     def regions(self) -> list[Region]:
@@ -353,15 +353,6 @@ def check_bound_attention(bounded: bool, identities: Identities | None) -> None:
         raise IdgenError("bound_attention needs two or more people in the image")
     if not identities.regions:
         raise IdgenError("bound_attention needs each person's box or mask (boxes=... or masks=...)")
-
-
-def bound_attention_rule(rule: bool | None, mode: str, count: int, regions: bool) -> bool:
-    """Whether the people's regions bound the image's attention: as given, or by default where two or more
-    people's masks compete (the spatial mode) inside boxes or masks (`regions`). The uniform mode stays the
-    naive baseline. Chosen on the demo world's validation pairs (docs/multi-identity.md)."""
-    if rule is not None:
-        return rule
-    return mode == SPATIAL and count > 1 and regions
 
 
 def bounded_attention_kwargs(

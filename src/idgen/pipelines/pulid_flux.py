@@ -35,7 +35,6 @@ from idgen.pipelines.base import (
 from idgen.pipelines.multi import (
     Identities,
     PhotoCombination,
-    bound_attention_rule,
     bounded_attention_kwargs,
     check_bound_attention,
     check_identities,
@@ -183,8 +182,8 @@ class IdentityFluxPipeline:
         uniform mode their residuals are summed. With true CFG, `negative_identity` says what each person's
         negative pass takes: PuLID's uncond id tokens ("uncond") or the other people's ("others"); by default
         "others" where the masks compete (spatial mode), "uncond" in uniform mode (`negative_identity_rule`).
-        `bound_attention`: whether each person's image tokens are kept from attending to another person's
-        region; by default where the masks compete inside boxes or masks (`bound_attention_rule`).
+        `bound_attention=True`: each person's image tokens are kept from attending to another person's box
+        or mask (off by default: on the demo world it costs scene adherence; docs/multi-identity.md).
 
         rules: negative_identity, bound_attention; given: id_image, id_images, id_features, id_weight, boxes,
         masks."""
@@ -220,7 +219,7 @@ class IdentityFluxPipeline:
         )
         (prompts, per_prompt), true_cfg = batch, call["true_cfg_scale"] > 1.0
         if identities is not None:
-            self._bound_attention(call, s, identities, mode)
+            self._bound_attention(call, s, identities)
             run = competing_run(
                 self, identities, mode, policy, prompts * per_prompt, true_cfg, combine=combine, **settings
             )
@@ -237,21 +236,15 @@ class IdentityFluxPipeline:
         )
         return features, run
 
-    def _bound_attention(
-        self, call: dict[str, Any], s: dict[str, Any], identities: Identities, mode: str
-    ) -> None:
-        """Where the rule says so, FLUX's joint attention keeps each person's image tokens from attending to
-        another person's region (beside the user's own joint_attention_kwargs). Kontext's reference tokens
-        would change the sequence, so it is not bounded there."""
-        kontext = "Kontext" in type(self.flux).__name__
-        if kontext and identities.bounded:
+    def _bound_attention(self, call: dict[str, Any], s: dict[str, Any], identities: Identities) -> None:
+        """With bound_attention, FLUX's joint attention keeps each person's image tokens from attending to
+        another person's region (beside the user's own joint_attention_kwargs)."""
+        if not identities.bounded:
+            return
+        if "Kontext" in type(self.flux).__name__:  # its reference image's tokens change the sequence
             raise IdgenError(
                 "bound_attention does not run on a Kontext pipeline (its reference image's tokens)"
             )
-        if kontext or not bound_attention_rule(
-            identities.bounded, mode, identities.count, bool(identities.regions)
-        ):
-            return
         grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
         embeds = call.get("prompt_embeds")
         text_tokens = int(embeds.shape[1]) if embeds is not None else int(s["max_sequence_length"])

@@ -12,10 +12,9 @@ same seed, every mode generates:
   baseline;
 - `spatial`: SpatialID with competing masks (the demo world's SpatialMask, one early prior per person,
   `ArgmaxAssignment`), each person boxed to their half of the image (`--id-box 0,0,0.5,1 --id-box
-  0.5,0,1,1`), which also bound the image's attention: no image token of one half attends to the other
-  half's (`bound_attention`, the library's default with boxes in the spatial mode);
-- `spatial_unbounded`: the same with `bound_attention=False`: each person's image tokens may attend to the
-  other person's half (the default before the boxes bounded the attention);
+  0.5,0,1,1`);
+- `spatial_bounded`: the same with `bound_attention=True`: no image token of one half attends to the
+  other half's (an option, off by default);
 - `spatial_separated`: the same without boxes (priors on `separated_boxes(2)`, which also weigh the
   competition; no region);
 - `uniform_boxes`: uniform with the same boxes, each residual kept inside its person's half: what the
@@ -62,7 +61,6 @@ from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.multi import (
     Identities,
-    bound_attention_rule,
     bounded_attention_kwargs,
     competing_masks,
     negative_id_tokens,
@@ -85,15 +83,15 @@ from idgen.world.render import (
 )
 
 SEPARATED, SINGLE, UNIFORM_BOXES, RENDERS = "spatial_separated", "single", "uniform_boxes", "renders"
-SPATIAL_W2, SINGLE_W2, UNBOUNDED = "spatial_w2", "single_w2", "spatial_unbounded"
-MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, UNBOUNDED, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
+SPATIAL_W2, SINGLE_W2, BOUNDED = "spatial_w2", "single_w2", "spatial_bounded"
+MODES = (NONE, UNIFORM, UNIFORM_BOXES, SPATIAL, BOUNDED, SEPARATED, SINGLE, SPATIAL_W2, SINGLE_W2, RENDERS)
 SINGLE_RUNS = (SINGLE, SINGLE_W2)  # each person in their own run: (2B, ...) images, left runs then right
-TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, UNBOUNDED, SEPARATED)  # both identities in one call
+TWO_PEOPLE_MODES = (UNIFORM, UNIFORM_BOXES, SPATIAL, BOUNDED, SEPARATED)  # both identities in one call
 LABELS = {
     NONE: "none (no identity)",
     UNIFORM: "uniform, residuals summed",
     SPATIAL: "spatial, boxes = halves",
-    UNBOUNDED: "spatial, boxes = halves, attention not bounded",
+    BOUNDED: "spatial, boxes = halves, attention bounded",
     SEPARATED: "spatial, no boxes",
     UNIFORM_BOXES: "uniform, boxes = halves",
     SINGLE: "single person, its half",
@@ -109,12 +107,12 @@ LIBRARY_CALLS: dict[str, tuple[str, tuple[Box, Box] | None]] = {
     UNIFORM: (UNIFORM, None),
     UNIFORM_BOXES: (UNIFORM, HALVES),
     SPATIAL: (SPATIAL, HALVES),
-    UNBOUNDED: (SPATIAL, HALVES),
+    BOUNDED: (SPATIAL, HALVES),
     SEPARATED: (SPATIAL, None),
     SPATIAL_W2: (SPATIAL, HALVES),  # spatial's call at id weight 2
 }
-# `bound_attention` as the call passes it (None: the library's default for that call).
-BOUND_ATTENTION: dict[str, bool | None] = {UNBOUNDED: False}
+# The modes whose call passes bound_attention=True.
+BOUNDED_MODES = (BOUNDED,)
 SIZE = 64
 # Seeds of the generations; validation's never coincide with the held-out ones.
 _SEED_OFFSET = {"test": 700_000, "validation": 800_000}
@@ -202,12 +200,12 @@ def sample(
 
 
 def attention(pipe: Any, mode: str) -> dict[str, Tensor] | None:
-    """A two-person mode's joint_attention_kwargs as the library's call builds them: the people's boxes
-    bounding the image's attention where `bound_attention_rule` says so, else None."""
-    library, boxes = LIBRARY_CALLS[mode]
-    people = Identities([0, 1], True, (1.0, 1.0), list(boxes) if boxes else None)
-    if not bound_attention_rule(BOUND_ATTENTION.get(mode), library, people.count, bool(people.regions)):
+    """A two-person mode's joint_attention_kwargs as the library's call builds them: with bound_attention,
+    the people's boxes bounding the image's attention; else None."""
+    _, boxes = LIBRARY_CALLS[mode]
+    if mode not in BOUNDED_MODES or boxes is None:
         return None
+    people = Identities([0, 1], True, (1.0, 1.0), list(boxes))
     grid = (SIZE // pipe.pixel_multiple, SIZE // pipe.pixel_multiple)
     return bounded_attention_kwargs(people, grid, pipe.defaults["max_sequence_length"], pipe.flux.device)
 
