@@ -86,13 +86,13 @@ def test_fp8_storage_with_bfloat16_compute_runs_the_identity_in_bfloat16(plain):
     )
 
 
-def write_gguf_q8_0(transformer, path):
-    """The transformer's own weights in a GGUF file, under diffusers' key names: Q8_0 for each matrix
-    whose rows split into Q8_0's 32-value blocks, float32 for the rest."""
+def write_gguf_q8_0(tensors, path):
+    """Named tensors (a state dict, under whichever key names) in a GGUF file: Q8_0 for each matrix whose
+    rows split into Q8_0's 32-value blocks, float32 for the rest."""
     gguf = pytest.importorskip("gguf", reason="GGUF needs the gguf package (idgen[lowvram])")
     writer = gguf.GGUFWriter(str(path), arch="flux")
     q8_0 = gguf.GGMLQuantizationType.Q8_0
-    for name, tensor in transformer.state_dict().items():
+    for name, tensor in tensors.items():
         array = tensor.float().numpy()
         if array.ndim == 2 and array.shape[1] % 32 == 0:
             packed = gguf.quants.quantize(array, q8_0)
@@ -108,7 +108,7 @@ def write_gguf_q8_0(transformer, path):
 def test_wrapping_a_gguf_transformer_works(plain, tmp_path):
     flux = tiny_flux_pipeline(0)
     flux.transformer.save_config(tmp_path)
-    write_gguf_q8_0(flux.transformer, tmp_path / "transformer-q8_0.gguf")
+    write_gguf_q8_0(flux.transformer.state_dict(), tmp_path / "transformer-q8_0.gguf")
     transformer = lowvram.load_gguf_transformer(tmp_path / "transformer-q8_0.gguf", tmp_path, torch.float32)
     assert transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.uint8  # still packed Q8_0
     flux.transformer = transformer
@@ -120,7 +120,7 @@ def test_wrapping_a_gguf_transformer_works(plain, tmp_path):
 
 def test_a_gguf_file_of_another_architecture_is_refused(tmp_path):
     flux = tiny_flux_pipeline(0)
-    write_gguf_q8_0(flux.transformer, tmp_path / "t.gguf")
+    write_gguf_q8_0(flux.transformer.state_dict(), tmp_path / "t.gguf")
     other = dict(flux.transformer.config)
     other["num_single_layers"] = 6  # the file has 5 single blocks
     from diffusers import FluxTransformer2DModel

@@ -15,6 +15,7 @@ from idgen.cli import main
 from idgen.errors import CheckpointError, IdgenError
 from idgen.pipelines import lowvram
 from idgen.pipelines.tiny import tiny_flux_pipeline
+from tests.test_lowvram import write_gguf_q8_0
 
 TINY = ["--pulid", "tiny-random", "--encoder", "tiny-random"]
 
@@ -116,22 +117,9 @@ def test_the_original_layouts_load_to_exactly_their_weights(wide, prefix, storag
 
 @pytest.mark.slow
 def test_a_gguf_file_in_the_original_layout_runs_like_its_weights(wide):
-    gguf = pytest.importorskip("gguf", reason="GGUF needs the gguf package (idgen[lowvram])")
     model, folder = wide
     file = folder / "flux-Q8_0.gguf"
-    writer = gguf.GGUFWriter(str(file), arch="flux")
-    q8_0 = gguf.GGMLQuantizationType.Q8_0
-    for name, tensor in original_flux_layout(model.state_dict()).items():
-        array = tensor.float().numpy()
-        if array.ndim == 2 and array.shape[1] % 32 == 0:
-            packed = gguf.quants.quantize(array, q8_0)
-            writer.add_tensor(name, packed, raw_shape=packed.shape, raw_dtype=q8_0)
-        else:
-            writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    write_gguf_q8_0(original_flux_layout(model.state_dict()), file)
     loaded = lowvram.load_transformer_file(file, folder, torch.bfloat16)
     assert loaded.transformer_blocks[0].attn.to_q.weight.dtype == torch.uint8  # still packed Q8_0
     g = torch.Generator().manual_seed(0)
