@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import os
 from importlib import import_module
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from idgen.errors import IdgenError
 from idgen.identity.base import IdentityEncoder
-from idgen.models.loading import PULID_HUB_REPO, split_hub_id
+from idgen.models.loading import PULID_HUB_REPO
 from idgen.models.pulid import PuLIDAdapter
-from idgen.pipelines.base import IdentityPipeline
-from idgen.pipelines.lowvram import (
-    check_quantize,
-    check_transformer_file,
-    load_transformer_file,
-    quantize_pipeline,
-)
+from idgen.pipelines.base import IdentityPipeline, model_source
+from idgen.pipelines.lowvram import check_quantize, load_transformer_file, quantize_pipeline
 from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS
 from idgen.pipelines.pulid_flux import FLUX_HUB_REPO, load_flux, pretrained_flux
 from idgen.pipelines.tiny import TINY_RANDOM
@@ -86,8 +80,7 @@ def flux_with_transformer_file(
     """The base FLUX pipeline with `transformer`'s file in place of its own transformer, which is never
     loaded; both are checked before anything loads."""
     base = transformer_base(flux, backbone)
-    check_transformer_file(transformer, quantize)
-    loaded = load_transformer_file(transformer, base, dtype)
+    loaded = load_transformer_file(transformer, base, dtype, quantize=quantize)
     return pretrained_flux(base, None, dtype, 0, transformer=loaded)
 
 
@@ -98,10 +91,7 @@ def transformer_base(flux: Any, backbone: str) -> str:
         raise IdgenError(f"a transformer file replaces FLUX's transformer; backbone {backbone!r} has none")
     if not isinstance(flux, (str, os.PathLike)) or flux == TINY_RANDOM:
         raise IdgenError("a transformer file needs the base model as a FLUX folder or hub id (its config)")
-    local = Path(flux).expanduser()
-    if not local.exists() and split_hub_id(os.fspath(flux)) is None:
-        raise IdgenError(f"cannot load a FLUX pipeline from {os.fspath(flux)}: no such folder, nor a hub id")
-    return str(local) if local.exists() else os.fspath(flux)
+    return model_source(flux, "a FLUX pipeline")
 
 
 def check_offload(offload: str, device: str, backbone: str = DEFAULT_BACKBONE) -> None:

@@ -256,11 +256,7 @@ def _generate_several(
     pipe: Any, request: GenerationRequest, policy: Any, scheduler: Any, model: Any, started: float
 ) -> GenerationResult:
     """Several people in one image: per-person masks compete; the strip colours each person's mask."""
-    from idgen.pipelines.multi import (
-        COMBINATIONS,
-        DEFAULT_COMBINATION,
-        negative_identity_rule,
-    )
+    from idgen.pipelines.multi import COMBINATIONS, DEFAULT_COMBINATION, negative_identity_rule
     from idgen.recording import IdentityMaskRecorder
 
     assert request.id_images is not None

@@ -7,7 +7,7 @@ import math
 from typing import Any, NoReturn
 
 from idgen.errors import IdgenError
-from idgen.pipelines.lowvram import QUANTIZE_CHOICES
+from idgen.pipelines.lowvram import NO_QUANTIZE, QUANTIZE_CHOICES
 from idgen.pipelines.names import BACKBONES, DEFAULT_BACKBONE, NO_OFFLOAD, OFFLOADS, SD15_BACKBONE
 from idgen.validation import shown
 
@@ -119,7 +119,7 @@ def model_record(args: argparse.Namespace) -> Any:
     given = {
         "backbone": args.backbone if args.backbone != DEFAULT_BACKBONE else None,
         "dtype": args.dtype,
-        "quantize": args.quantize if args.quantize != "none" else None,
+        "quantize": args.quantize if args.quantize != NO_QUANTIZE else None,
         "transformer": args.transformer,
     }
     return record | {k: v for k, v in given.items() if v is not None}

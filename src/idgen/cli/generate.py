@@ -306,7 +306,7 @@ def recorded_arguments(args: argparse.Namespace) -> dict[str, Any]:
     """The arguments as the sidecar keeps them; --id-box only when given, so one person's sidecar is as
     it was before several people existed."""
     several = ("id_box", "combine", "negative_identity", "bound_attention")
-    unset = [k for k in several if getattr(args, k, None) is None or getattr(args, k) in ([], "")]
+    unset = [k for k in several if getattr(args, k, None) in (None, [], "")]  # a False flag is kept
     return {k: v for k, v in vars(args).items() if k not in ("func", "debug", *unset)}
 
 

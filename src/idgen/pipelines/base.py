@@ -197,17 +197,24 @@ def seed_generators(
     return [torch.Generator("cpu").manual_seed(seed + i) for i in range(batch)]
 
 
-def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:
-    """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
-    `what` (offline, a hub id must already be in the cache)."""
+def model_source(source: str | os.PathLike[str], what: str) -> str:
+    """A model's folder (`~` expanded) or hub id as given; neither is a one-line error naming `what`."""
     local = Path(source).expanduser()
-    found = local.exists()
-    if not found and split_hub_id(source) is None:
+    if local.exists():
+        return str(local)
+    if split_hub_id(source) is None:
         raise IdgenError(
             f"cannot load {what} from {source}: no such folder, nor a hub id (owner/name); {DOCTOR_HINT}"
         )
+    return os.fspath(source)
+
+
+def from_pretrained(cls: Any, source: str | os.PathLike[str], what: str, **kwargs: Any) -> Any:
+    """cls.from_pretrained(source, **kwargs) for a diffusers pipeline class, with a one-line error naming
+    `what` (offline, a hub id must already be in the cache)."""
+    found = model_source(source, what)
     try:
-        return cls.from_pretrained(str(local) if found else str(source), **kwargs)
+        return cls.from_pretrained(found, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise IdgenError(f"cannot load {what} from {source}: {first}; {DOCTOR_HINT}") from None

@@ -216,16 +216,18 @@ def _tensor_names(file: Path) -> list[str]:
 
 
 def load_transformer_file(
-    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None
+    path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None, *, quantize: str = NONE
 ) -> Any:
     """A FluxTransformer2DModel from one file, through diffusers' single-file loader: a GGUF file (kept
     quantised, computing in `dtype`), or safetensors in diffusers' layout, Black Forest Labs' original one
     (flux1-dev.safetensors) or ComfyUI's (the same, prefixed; fp8 files included), cast to `dtype`.
     config: a transformer folder (its config.json), or a FLUX pipeline's folder or hub id (its
-    `transformer` subfolder); offline, a hub id must be in the cache. dtype: default bfloat16."""
+    `transformer` subfolder); offline, a hub id must be in the cache. dtype: default bfloat16. quantize:
+    the scheme the caller applies afterwards (a GGUF file takes none); the file is checked before loading
+    (`check_transformer_file`)."""
     import torch
 
-    file = check_transformer_file(path)
+    file = check_transformer_file(path, quantize)
     dtype = torch.bfloat16 if dtype is None else dtype
     if file.suffix.lower() == GGUF_SUFFIX:
         from diffusers import GGUFQuantizationConfig
@@ -240,10 +242,6 @@ def load_gguf_transformer(
     path: str | os.PathLike[str], config: str | os.PathLike[str], dtype: Any = None
 ) -> Any:
     """A FluxTransformer2DModel from a GGUF file (`load_transformer_file` for GGUF files alone)."""
-    if not installed(GGUF_PACKAGE[0]):
-        raise missing_package("a GGUF transformer", *GGUF_PACKAGE)
-    if not os.path.isfile(path):
-        raise IdgenError(f"no GGUF file at {os.fspath(path)}")
     if Path(path).suffix.lower() != GGUF_SUFFIX:
         raise IdgenError(f"{os.fspath(path)} is not a .gguf file")
     return load_transformer_file(path, config, dtype)

@@ -356,10 +356,10 @@ def check_bound_attention(bounded: bool, identities: Identities | None) -> None:
 
 
 def bounded_attention_kwargs(
-    identities: Identities, grid: tuple[int, int], text_tokens: int, device: torch.device
+    regions: Sequence[Region], grid: tuple[int, int], text_tokens: int, device: torch.device
 ) -> dict[str, Tensor]:
     """FLUX's `joint_attention_kwargs` that keep each person's image tokens from attending to another's."""
-    return {"attention_mask": bounded_attention(identities.regions, grid, text_tokens, device)}
+    return {"attention_mask": bounded_attention(regions, grid, text_tokens, device)}
 
 
 def negative_id_tokens(tokens: Sequence[Tensor], uncond: Sequence[Tensor], rule: str) -> Tensor:

@@ -248,7 +248,7 @@ class IdentityFluxPipeline:
         grid = (s["height"] // self.pixel_multiple, s["width"] // self.pixel_multiple)
         embeds = call.get("prompt_embeds")
         text_tokens = int(embeds.shape[1]) if embeds is not None else int(s["max_sequence_length"])
-        bounds = bounded_attention_kwargs(identities, grid, text_tokens, self.flux._execution_device)
+        bounds = bounded_attention_kwargs(identities.regions, grid, text_tokens, self.flux._execution_device)
         call["joint_attention_kwargs"] = {**(call.get("joint_attention_kwargs") or {}), **bounds}
 
     def _sample(self, call: dict[str, Any], run: InjectionRun | None) -> Any:

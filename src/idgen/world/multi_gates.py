@@ -56,11 +56,10 @@ from torch import Tensor
 
 from idgen.backbones.run import InjectionRun
 from idgen.core.gate import MaskPolicy, UniformMask
-from idgen.core.multi import Box, CompetingMasks
+from idgen.core.multi import Box, BoxRegion, CompetingMasks
 from idgen.eval.metrics.maths import mean_ci
 from idgen.io import atomic_write_text
 from idgen.pipelines.multi import (
-    Identities,
     bounded_attention_kwargs,
     competing_masks,
     negative_id_tokens,
@@ -111,8 +110,6 @@ LIBRARY_CALLS: dict[str, tuple[str, tuple[Box, Box] | None]] = {
     SEPARATED: (SPATIAL, None),
     SPATIAL_W2: (SPATIAL, HALVES),  # spatial's call at id weight 2
 }
-# The modes whose call passes bound_attention=True.
-BOUNDED_MODES = (BOUNDED,)
 SIZE = 64
 # Seeds of the generations; validation's never coincide with the held-out ones.
 _SEED_OFFSET = {"test": 700_000, "validation": 800_000}
@@ -200,14 +197,13 @@ def sample(
 
 
 def attention(pipe: Any, mode: str) -> dict[str, Tensor] | None:
-    """A two-person mode's joint_attention_kwargs as the library's call builds them: with bound_attention,
-    the people's boxes bounding the image's attention; else None."""
-    _, boxes = LIBRARY_CALLS[mode]
-    if mode not in BOUNDED_MODES or boxes is None:
+    """A two-person mode's joint_attention_kwargs as the library's call builds them: the halves bounding
+    the image's attention in the mode that passes bound_attention=True; else None."""
+    if mode != BOUNDED:
         return None
-    people = Identities([0, 1], True, (1.0, 1.0), list(boxes))
     grid = (SIZE // pipe.pixel_multiple, SIZE // pipe.pixel_multiple)
-    return bounded_attention_kwargs(people, grid, pipe.defaults["max_sequence_length"], pipe.flux.device)
+    halves = [BoxRegion(box) for box in HALVES]
+    return bounded_attention_kwargs(halves, grid, pipe.defaults["max_sequence_length"], pipe.flux.device)
 
 
 def competing_run(
@@ -273,7 +269,7 @@ def generate_modes(
         run = competing_run(pipe, feats, pair, runs[mode], 1.0, rules[mode])
         images[mode] = sample(pipe, prompts, seeds, run, attention(pipe, mode))
     two = competing_run(pipe, feats, pair, runs[SPATIAL], 2.0, rules[SPATIAL_W2])
-    images[SPATIAL_W2] = sample(pipe, prompts, seeds, two, attention(pipe, SPATIAL_W2))
+    images[SPATIAL_W2] = sample(pipe, prompts, seeds, two)
     for mode, weight in ((SINGLE, 1.0), (SINGLE_W2, 2.0)):
         singles = [
             sample(pipe, prompts, seeds, competing_run(pipe, feats, [who], runs[f"single_{side}"], weight))
